@@ -1,0 +1,254 @@
+"""XQDA and the shared learned-metric machinery (pair covariances, save/load, fitting for a checkpoint)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metricattack.errors import MetricAttackError
+from metricattack.metrics.distance import MahalanobisMetric
+from metricattack.metrics.learned import (
+    fit_learned,
+    fit_learned_metric,
+    load_for_checkpoint,
+    load_learned_metric,
+    metric_path,
+    pair_covariances,
+    pair_scatter,
+    save_learned_metric,
+)
+from metricattack.metrics.xqda import fit_xqda
+
+
+def gaussian_reid(seed: int, num_ids: int, per_id: int, dim: int = 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian identities with correlated noise that swamps the identity signal for Euclidean distance.
+
+    In a rotated basis ``Q`` (shared by every call), identity means vary along the first 4 axes
+    (std 1) where the noise is small (std 0.3); the other axes carry only noise (std 3). The
+    noise covariance is the same for all identities, so a metric learned on some identities
+    transfers to unseen ones. Returns ``(x [N, dim], pids [N], camids [N])``.
+    """
+    rotation = np.linalg.qr(np.random.default_rng(1234).standard_normal((dim, dim)))[0]
+    noise_std = np.where(np.arange(dim) < 4, 0.3, 3.0)
+    rng = np.random.default_rng(seed)
+    means = np.zeros((num_ids, dim))
+    means[:, :4] = rng.standard_normal((num_ids, 4))
+    pids = np.repeat(np.arange(num_ids), per_id)
+    x = (means[pids] + rng.standard_normal((num_ids * per_id, dim)) * noise_std) @ rotation.T
+    return x, pids, np.tile(np.arange(per_id) % 3, num_ids)
+
+
+def rank1_and_map(dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[float, float]:
+    """Rank-1 accuracy and mean non-interpolated AP of a ``[Q, G]`` distance matrix."""
+    order = np.argsort(dist, axis=1, kind="stable")
+    matches = g_pids[order] == q_pids[:, None]
+    hits = np.cumsum(matches, axis=1)
+    precision_at_hits = np.where(matches, hits / np.arange(1, matches.shape[1] + 1), 0.0)
+    ap = precision_at_hits.sum(1) / matches.sum(1)
+    return float(matches[:, 0].mean()), float(ap.mean())
+
+
+def held_out_scores(metric_projection: torch.Tensor | None, seed: int = 7) -> tuple[float, float]:
+    """Rank-1 / mAP on unseen identities: first image of each identity is the query, the rest gallery."""
+    x, pids, _ = gaussian_reid(seed, num_ids=40, per_id=4)
+    feats = torch.from_numpy(x).float()
+    metric = MahalanobisMetric(torch.eye(x.shape[1]) if metric_projection is None else metric_projection)
+    is_query = np.arange(len(pids)) % 4 == 0
+    dist = metric.pairwise(feats[is_query], feats[~is_query]).numpy()
+    return rank1_and_map(dist, pids[is_query], pids[~is_query])
+
+
+@pytest.fixture(scope="module")
+def train() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return gaussian_reid(0, num_ids=60, per_id=6)
+
+
+def brute_force_covariances(x, pids, camids, cross_camera):
+    same, diff, n_same, n_diff = np.zeros((x.shape[1],) * 2), np.zeros((x.shape[1],) * 2), 0, 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            if cross_camera and camids[i] == camids[j]:
+                continue
+            outer = np.outer(x[i] - x[j], x[i] - x[j])
+            if pids[i] == pids[j]:
+                same, n_same = same + outer, n_same + 1
+            else:
+                diff, n_diff = diff + outer, n_diff + 1
+    return same / n_same, diff / n_diff, n_same, n_diff
+
+
+@pytest.mark.parametrize("cross_camera", [False, True])
+def test_pair_covariances_match_enumerating_every_pair(cross_camera):
+    rng = np.random.default_rng(3)
+    x, pids, camids = rng.standard_normal((40, 5)), rng.integers(0, 7, 40), rng.integers(0, 3, 40)
+    cov = pair_covariances(x, pids, camids, cross_camera=cross_camera)
+    same, diff, n_same, n_diff = brute_force_covariances(x, pids, camids, cross_camera)
+    assert (cov.num_similar, cov.num_dissimilar) == (n_same, n_diff)
+    np.testing.assert_allclose(cov.similar, same, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cov.dissimilar, diff, rtol=1e-10, atol=1e-12)
+
+
+def test_pair_scatter_of_one_group_is_n_times_the_centred_scatter():
+    x = np.random.default_rng(4).standard_normal((9, 3))
+    scatter, pairs = pair_scatter(x, np.zeros(9, dtype=np.int64))
+    centred = x - x.mean(0)
+    assert pairs == 36
+    np.testing.assert_allclose(scatter, 9 * centred.T @ centred, rtol=1e-12)
+
+
+def test_xqda_beats_euclidean_on_unseen_identities(train):
+    fit = fit_xqda(*train)
+    euclid_r1, euclid_map = held_out_scores(None)
+    xqda_r1, xqda_map = held_out_scores(fit.metric.projection)
+    assert xqda_r1 > euclid_r1 + 0.2 and xqda_map > euclid_map + 0.2, (euclid_r1, euclid_map, xqda_r1, xqda_map)
+
+
+def test_xqda_kernel_is_psd_and_distances_match_the_direct_formula(train):
+    fit = fit_xqda(*train)
+    w, m = torch.from_numpy(fit.basis), torch.from_numpy(fit.kernel)
+    assert torch.linalg.eigvalsh(m).min() > 0
+    assert fit.info["kernel_num_negative_eigenvalues"] == 0
+    assert all(g > 1 for g in fit.info["eigenvalues"])
+    probes, gallery = torch.randn(5, 24, dtype=torch.float64), torch.randn(7, 24, dtype=torch.float64)
+    diff = probes[:, None, :] - gallery[None, :, :]
+    direct = torch.einsum("pgd,de,ef,hf,pgh->pg", diff, w, m, w, diff)
+    learned = fit.metric.pairwise(probes.float(), gallery.float()).double()
+    torch.testing.assert_close(learned, direct, rtol=1e-4, atol=1e-4 * float(direct.abs().max()))
+
+
+def test_xqda_kernel_is_the_difference_of_projected_inverse_covariances(train):
+    x, pids, camids = train
+    fit = fit_xqda(x, pids, camids, reg=0.01)
+    cov = pair_covariances(x, pids)
+    w = fit.basis
+    expected = np.linalg.inv(w.T @ (cov.similar + 0.01 * np.eye(24)) @ w) - np.linalg.inv(w.T @ cov.dissimilar @ w)
+    np.testing.assert_allclose(fit.kernel, expected, rtol=1e-8, atol=1e-10)
+    # W holds generalised eigenvectors of (Σ_E, Σ_I + λI): Σ_E w = γ (Σ_I + λI) w
+    gammas = np.array(fit.info["eigenvalues"])
+    np.testing.assert_allclose(cov.dissimilar @ w, (cov.similar + 0.01 * np.eye(24)) @ w * gammas, rtol=1e-6, atol=1e-9)
+
+
+def test_dim_caps_the_subspace_to_the_leading_eigenvalues(train):
+    full = fit_xqda(*train)
+    capped = fit_xqda(*train, dim=2)
+    assert full.info["subspace_dim"] > 2 and capped.metric.projection.shape == (24, 2)
+    assert capped.info["eigenvalues"] == full.info["eigenvalues"][:2]
+
+
+def test_cross_camera_option_uses_fewer_pairs(train):
+    everything = fit_xqda(*train)
+    cross = fit_xqda(*train, cross_camera=True)
+    assert cross.info["num_similar_pairs"] < everything.info["num_similar_pairs"]
+    assert cross.info["num_dissimilar_pairs"] < everything.info["num_dissimilar_pairs"]
+
+
+def test_more_dimensions_than_images_works_with_the_ridge_and_fails_clearly_without():
+    x, pids, camids = gaussian_reid(0, num_ids=5, per_id=3, dim=40)  # 15 images, 40 dims
+    assert fit_xqda(x, pids, camids).metric.feature_dim == 40
+    with pytest.raises(MetricAttackError, match="intra-personal.*singular"):
+        fit_xqda(x, pids, camids, reg=0.0)
+
+
+def test_gradients_flow_through_the_mahalanobis_objective(train):
+    """Attack-style objective: features of an input through a tiny linear model, distance to a probe."""
+    metric = fit_learned_metric("xqda", *train)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(10, 24)
+    images = torch.rand(3, 10, requires_grad=True)
+    probe = torch.randn(1, 24)
+    metric.pairwise(probe, model(images)).sum().backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    reference = images.detach().clone().requires_grad_(True)
+    m = metric.projection @ metric.projection.T
+    diff = model(reference) - probe
+    torch.einsum("nd,de,ne->n", diff, m, diff).sum().backward()
+    torch.testing.assert_close(images.grad, reference.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_every_identity_with_a_single_image_is_an_error():
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    with pytest.raises(MetricAttackError, match="no pair of images of the same identity"):
+        fit_xqda(x, np.arange(6))
+
+
+def test_cross_camera_without_multi_camera_identities_is_an_error():
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    with pytest.raises(MetricAttackError, match="two different cameras"):
+        fit_xqda(x, np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 2, 2]), cross_camera=True)
+
+
+def test_a_single_identity_is_an_error():
+    x = np.random.default_rng(0).standard_normal((6, 4))
+    with pytest.raises(MetricAttackError, match="no pair of images of different identities"):
+        fit_xqda(x, np.zeros(6, dtype=int))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"features": np.zeros((0, 4)), "pids": []}, r"non-empty \[N, D\]"),
+        ({"features": np.full((4, 2), np.nan), "pids": [0, 0, 1, 1]}, "NaN"),
+        ({"features": np.zeros((4, 2)), "pids": [0, 0, 1]}, r"pids must have shape \[4\]"),
+        ({"features": np.zeros((4, 2)), "pids": [0, 0, 1, 1], "camids": [0]}, r"camids must have shape \[4\]"),
+        ({"features": np.zeros((4, 2)), "pids": [0, 0, 1, 1], "dim": 3}, "dim must be between 1 and"),
+        ({"features": np.zeros((4, 2)), "pids": [0, 0, 1, 1], "on_non_psd": "ignore"}, "on_non_psd must be"),
+        ({"features": np.zeros((4, 2)), "pids": [0, 0, 1, 1], "reg": -1.0}, "reg must be >= 0"),
+    ],
+)
+def test_bad_inputs_name_the_culprit(kwargs, message):
+    with pytest.raises(MetricAttackError, match=message):
+        fit_xqda(**kwargs)
+
+
+def test_fit_learned_rejects_unknown_kinds_and_options(train):
+    with pytest.raises(MetricAttackError, match="unknown learned metric 'lmnn'"):
+        fit_learned("lmnn", *train)
+    with pytest.raises(MetricAttackError, match="does not take option.*rank"):
+        fit_learned("xqda", *train, rank=3)
+
+
+def test_save_load_round_trip_keeps_distances_and_checks_the_feature_dimension(train, tmp_path):
+    fit = fit_learned("xqda", *train)
+    path = save_learned_metric(fit, metric_path(tmp_path / "model.safetensors", "xqda"), {"checkpoint_sha256": "ab"})
+    assert path == tmp_path / "model.xqda.safetensors"
+    sidecar = json.loads((tmp_path / "model.xqda.json").read_text())
+    assert sidecar["meta"]["learned_metric"]["input_dim"] == 24
+    assert sidecar["meta"]["learned_metric"]["fit"]["options"]["reg"] == 0.001
+    assert sidecar["meta"]["checkpoint_sha256"] == "ab" and sidecar["state"]["feature_dim"] == 24
+    loaded = load_for_checkpoint(tmp_path / "model.safetensors", "xqda", feature_dim=24)
+    a, b = torch.randn(4, 24), torch.randn(6, 24)
+    torch.testing.assert_close(loaded.pairwise(a, b), fit.metric.pairwise(a, b))
+    assert loaded.name == "xqda"
+    with pytest.raises(MetricAttackError, match="fitted on 24-d features but the model gives 2048-d"):
+        load_learned_metric(path, feature_dim=2048)
+    with pytest.raises(MetricAttackError, match="expects features of dimension 24"):
+        loaded.pairwise(torch.randn(2, 2048), torch.randn(2, 2048))
+    with pytest.raises(MetricAttackError, match="no kissme metric beside checkpoint"):
+        load_for_checkpoint(tmp_path / "model.safetensors", "kissme")
+
+
+def test_fit_for_checkpoint_writes_the_metric_with_provenance(request, tmp_path):
+    """End to end through the ``fit-metric`` command on a tiny model and dataset."""
+    for module in ("models.checkpoint", "models.reid", "evaluation.features", "data.layouts", "data.synthetic"):
+        pytest.importorskip(f"metricattack.{module}")
+    tiny_dataset_root = request.getfixturevalue("tiny_dataset_root")
+    from metricattack.cli import main
+    from metricattack.io import sha256_file
+    from metricattack.models.checkpoint import save_checkpoint
+    from metricattack.models.reid import ReIDModel
+
+    torch.manual_seed(0)
+    model = ReIDModel("resnet18", num_classes=16, input_size=(32, 16), pretrained=False).eval()
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(model, checkpoint, {"note": "test"})
+    argv = ["fit-metric", "--checkpoint", str(checkpoint), "--data-root", str(tiny_dataset_root),
+            "--dataset", "market1501", "--kind", "xqda", "--dim", "8"]
+    assert main(argv) == 0
+    sidecar = json.loads((tmp_path / "tiny.xqda.json").read_text())
+    assert sidecar["meta"]["checkpoint_sha256"] == sha256_file(checkpoint)
+    assert sidecar["meta"]["dataset"]["fingerprint"] and sidecar["meta"]["options"]["dim"] == 8
+    metric = load_for_checkpoint(checkpoint, "xqda", feature_dim=model.feature_dim)
+    assert metric.projection.shape[0] == model.feature_dim and metric.projection.shape[1] <= 8
