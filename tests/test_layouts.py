@@ -337,3 +337,13 @@ def test_fingerprint_missing_file(tmp_path: Path) -> None:
     ds.query[0].path.unlink()
     with pytest.raises(DatasetError, match=r"cannot read image .*0001_c1s1_001051_00\.jpg"):
         dataset_fingerprint(ds)
+
+
+def test_folder_loads_the_synthetic_dataset(request: pytest.FixtureRequest) -> None:
+    pytest.importorskip("metricattack.data.synthetic")
+    root = request.getfixturevalue("tiny_dataset_root")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_dataset("folder", root)
+    assert ds.train and ds.query and ds.gallery
+    assert {r.pid for r in ds.train}.isdisjoint({r.pid for r in ds.query})

@@ -1,0 +1,156 @@
+"""Reading and writing images, and batching dataset records.
+
+Images are float32 tensors ``[3,H,W]`` in [0,1] (RGB). Saved images are lossless PNGs on
+the 1/255 grid, so ``read_image(save_png(x))`` returns ``round(x * 255) / 255`` exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..distributed import shard_indices
+from ..errors import ConfigError, DatasetError
+from ..io import atomic_path
+from .types import ImageRecord
+
+PathLike = str | os.PathLike[str]
+
+
+def read_image(path: PathLike) -> torch.Tensor:
+    """Decode ``path`` to an RGB float32 tensor ``[3,H,W]`` in [0,1].
+
+    Raises :class:`DatasetError` naming the file when it is missing, not an image, or
+    truncated (PIL's ``LOAD_TRUNCATED_IMAGES`` is forced off while decoding).
+    """
+    allow_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"cannot read image {os.fspath(path)}: {exc} (expected a complete JPEG or PNG file)") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
+    return pixels.permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """``(H, W)`` of the image at ``path``, read from the file header only."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"cannot read image header of {os.fspath(path)}: {exc} (expected a JPEG or PNG file)") from None
+    return height, width
+
+
+def save_png(image: torch.Tensor, path: PathLike) -> None:
+    """Write ``image`` ``[3,H,W]`` in [0,1] to ``path`` as a lossless 8-bit RGB PNG, atomically.
+
+    Values are clamped to [0,1] and rounded to the nearest multiple of 1/255.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"save_png expects an image of shape [3,H,W], got {tuple(image.shape)} for {os.fspath(path)}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"save_png: image for {os.fspath(path)} contains NaN or infinite values")
+    pixels = image.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    array = pixels.permute(1, 2, 0).contiguous().numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+class RecordImages(Dataset[tuple[torch.Tensor, int]]):
+    """``records[i] -> (image [3,H,W] in [0,1], i)``, optionally resized to ``resize_to`` (H, W)."""
+
+    def __init__(self, records: Sequence[ImageRecord], resize_to: tuple[int, int] | None = None) -> None:
+        self.records = records
+        self.resize_to = resize_to
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = read_image(self.records[index].path)
+        if self.resize_to is not None and tuple(image.shape[-2:]) != self.resize_to:
+            image = TF.resize(image, list(self.resize_to), antialias=True).clamp_(0.0, 1.0)
+        return image, index
+
+
+class SizeBucketBatchSampler(Sampler[list[int]]):
+    """Batches of ``indices`` where every batch holds one size key only.
+
+    Without shuffling, buckets come in order of first appearance and keep record order.
+    With shuffling, indices are permuted within buckets and the batches are permuted,
+    from a generator seeded by ``seed + epoch`` (see :meth:`set_epoch`).
+    """
+
+    def __init__(self, indices: Sequence[int], keys: Sequence[object], batch_size: int, *, shuffle: bool = False, seed: int = 0) -> None:
+        buckets: dict[object, list[int]] = {}
+        for index, key in zip(indices, keys, strict=True):
+            buckets.setdefault(key, []).append(index)
+        self.buckets = list(buckets.values())
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order of epoch ``epoch`` (no effect without shuffling)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(-(-len(b) // self.batch_size) for b in self.buckets)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = []
+        for bucket in self.buckets:
+            order = torch.randperm(len(bucket), generator=gen).tolist() if self.shuffle else range(len(bucket))
+            items = [bucket[i] for i in order]
+            batches.extend(items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size))
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        return iter(batches)
+
+
+def make_loader(
+    records: Sequence[ImageRecord],
+    batch_size: int,
+    *,
+    resize_to: tuple[int, int] | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    shard: bool = False,
+) -> DataLoader:
+    """A loader yielding ``(images [B,3,H,W] float32 in [0,1], indices [B] long)``.
+
+    ``indices`` are positions in ``records``. Without ``resize_to`` (H, W), each batch holds
+    images of one native size (sizes read from file headers). With ``shard`` only this
+    rank's indices (:func:`metricattack.distributed.shard_indices`) are loaded; place the
+    results with ``indices``, since batches do not follow shard order.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+    if resize_to is not None:
+        if len(resize_to) != 2 or min(resize_to) < 1:
+            raise ConfigError(f"resize_to must be (height, width) with positive values, got {resize_to}")
+        resize_to = (int(resize_to[0]), int(resize_to[1]))
+    indices = list(shard_indices(len(records))) if shard else list(range(len(records)))
+    keys: list[object] = [resize_to] * len(indices) if resize_to else [image_size(records[i].path) for i in indices]
+    sampler = SizeBucketBatchSampler(indices, keys, batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(
+        RecordImages(records, resize_to),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
