@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 import metricattack.distributed as distributed
 from metricattack.data.loading import image_size, make_loader, read_image, save_png
@@ -69,13 +69,15 @@ def test_read_image_jpeg(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
-def test_truncated_image_names_the_file(tmp_path: Path, fmt: str) -> None:
+def test_truncated_image_names_the_file(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # a global someone else may have set
     data = encoded(random_pixels(3, (32, 16)), fmt)
     pixel_data_start = data.index(b"IDAT" if fmt == "PNG" else b"\xff\xda")  # headers end here
     path = tmp_path / f"0001_c1s1_000001_00.{fmt.lower()}"
     path.write_bytes(data[: (pixel_data_start + len(data)) // 2])  # cut inside the pixel data
     with pytest.raises(DatasetError, match=rf"cannot read image .*0001_c1s1_000001_00\.{fmt.lower()}: .*(?i:truncated)"):
         read_image(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
     # the header is intact, so the size is still known: image_size reads the header only
     assert image_size(path) == (32, 16)
 

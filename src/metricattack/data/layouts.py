@@ -106,8 +106,8 @@ def _resolve_root(root: Path, title: str, is_dataset: Callable[[Path], bool], fo
     return root
 
 
-def _has_any(folder: Path, names: Iterable[str]) -> bool:
-    return any((folder / n).is_dir() for n in names)
+def _is_market_tree(folder: Path) -> bool:
+    return any((folder / d).is_dir() for d in MARKET_SPLIT_DIRS.values())
 
 
 def _check_not_empty(ds: ReIDDataset) -> None:
@@ -150,7 +150,7 @@ def _load_market_tree(name: str, title: str, folder: Path, folder_names: Sequenc
 
 def _market_like(name: str, title: str, folder_names: Sequence[str]) -> Callable[[Path], ReIDDataset]:
     def load(root: Path) -> ReIDDataset:
-        folder = _resolve_root(root, title, lambda p: _has_any(p, MARKET_SPLIT_DIRS.values()), folder_names)
+        folder = _resolve_root(root, title, _is_market_tree, folder_names)
         return _load_market_tree(name, title, folder, folder_names)
 
     return load
@@ -205,8 +205,7 @@ def load_cuhk03np(root: Path, variant: str | None = None) -> ReIDDataset:
     if variant is not None and variant not in _CUHK03_VARIANTS:
         raise DatasetError(f"cuhk03np variant {variant!r} is unknown; expected one of {', '.join(_CUHK03_VARIANTS)}")
     title = "CUHK03-NP"
-    is_tree = lambda p: _has_any(p, MARKET_SPLIT_DIRS.values())  # noqa: E731
-    if root.is_dir() and is_tree(root):
+    if root.is_dir() and _is_market_tree(root):
         if variant is not None and root.name in _CUHK03_VARIANTS and root.name != variant:
             raise DatasetError(f"cuhk03np root {root} is the {root.name!r} variant but variant={variant!r} was asked for")
         variant = variant or (root.name if root.name in _CUHK03_VARIANTS else "detected")
