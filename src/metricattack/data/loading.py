@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..distributed import shard_indices
@@ -35,7 +35,7 @@ def read_image(path: PathLike) -> torch.Tensor:
         with Image.open(path) as img:
             img.load()
             rgb = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise DatasetError(f"cannot read image {os.fspath(path)}: {exc} (expected a complete JPEG or PNG file)") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
@@ -48,7 +48,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise DatasetError(f"cannot read image header of {os.fspath(path)}: {exc} (expected a JPEG or PNG file)") from None
     return height, width
 
