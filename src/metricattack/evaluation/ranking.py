@@ -312,7 +312,10 @@ def evaluate_distance_blocks(
     pairs that cover every query exactly once, in order (e.g. computed chunk by chunk).
     """
     cmc_ranks = _check_options(ap, ranks)
-    proto = _Protocol(q_pids, g_pids, q_camids, g_camids)
+    return _evaluate_blocks(blocks, _Protocol(q_pids, g_pids, q_camids, g_camids), ap, cmc_ranks)
+
+
+def _evaluate_blocks(blocks: Iterable[tuple[int, Any]], proto: _Protocol, ap: str, cmc_ranks: tuple[int, ...]) -> RankingResult:
     stats = _QueryStats(proto.num_queries)
     step = _rows_per_block(proto.num_gallery)
     covered = 0
@@ -320,7 +323,7 @@ def evaluate_distance_blocks(
         if start != covered:
             raise MetricAttackError(f"distance blocks must cover queries in order: expected a block at row {covered}, got {start}")
         chunk_arr = _as_numpy(chunk, "distance block")
-        nrows = chunk_arr.shape[0] if chunk_arr.ndim == 2 else -1
+        nrows = chunk_arr.shape[0] if chunk_arr.ndim == 2 and chunk_arr.shape[1] == proto.num_gallery else -1
         if nrows < 1 or covered + nrows > proto.num_queries:
             raise MetricAttackError(
                 f"distance block at row {start} must have shape [C, {proto.num_gallery}] with 1 ≤ C ≤ "
@@ -355,10 +358,14 @@ def evaluate_distances(
         >>> evaluate_distances([[0.1, 0.5]], [1], [1, 2], [0], [1, 1]).cmc[1]
         1.0
     """
+    cmc_ranks = _check_options(ap, ranks)
+    proto = _Protocol(q_pids, g_pids, q_camids, g_camids)
     arr = _as_numpy(dist, "distance matrix")
-    if arr.ndim != 2:
-        raise MetricAttackError(f"distance matrix must be 2-D [queries, gallery], got shape {tuple(arr.shape)}")
-    return evaluate_distance_blocks([(0, arr)], q_pids, g_pids, q_camids, g_camids, ap=ap, ranks=ranks)
+    if arr.shape != (proto.num_queries, proto.num_gallery):
+        raise MetricAttackError(
+            f"distance matrix must have shape [{proto.num_queries}, {proto.num_gallery}] (queries × gallery), got {tuple(arr.shape)}"
+        )
+    return _evaluate_blocks([(0, arr)], proto, ap, cmc_ranks)
 
 
 def evaluate_distances_reference(
