@@ -1,0 +1,246 @@
+"""``run_benchmark``: dataset → base models → features → adversarial sets → results → outputs.
+
+Each step is a cached stage (:mod:`.stages`) run group by group, each group with its own
+progress bar and ETA. Experiments then read the cached tensors and produce the sections
+of ``results.json``; tables, figures and ``report.html`` are always redrawn from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.types import ReIDDataset
+from ..errors import MetricAttackError
+from ..io import atomic_write_json, environment_versions
+from . import backend, experiments
+from .config import BenchmarkConfig
+from .figures import write_figures
+from .findings import compute_findings
+from .jobs import AttackJob, Plan, plan
+from .report import write_report
+from .schema import AttackSetting, DatasetInfo, ModelInfo, Provenance, Results
+from .stages import StageCache, StageSpec, progress, read_stage_log
+from .tables import write_tables
+
+CODE_DATA = ("data",)
+CODE_TRAIN = ("data", "models", "training")
+CODE_FEATURES = ("data", "models", "evaluation")
+CODE_ATTACK = ("data", "models", "metrics", "attacks")
+
+
+def xqda_available() -> bool:
+    """True when the XQDA module can be imported (issue #5)."""
+    try:
+        from ..metrics import xqda  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Run:
+    """The resources of one run (dataset, models, features, adversarial sets), each a stage."""
+
+    def __init__(self, cfg: BenchmarkConfig, out: Path) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self.cache = StageCache(self.out)
+        self.device = backend.resolve_device(cfg)
+        self.keys: dict[str, str] = {}
+        self.models: dict[str, torch.nn.Module] = {}
+        self.checkpoints: dict[str, dict[str, Any]] = {}
+        self.clean: dict[str, dict[str, torch.Tensor]] = {}
+        self.metrics: dict[tuple[str, str], Any] = {}
+        self.attacks: dict[AttackJob, dict[str, Any]] = {}
+        self.adv_features: dict[tuple[AttackJob, str], torch.Tensor] = {}
+        self.adv_datasets: dict[AttackJob, ReIDDataset] = {}
+        self.ds: ReIDDataset | None = None
+        self.dataset_root = ""
+
+    # ----------------------------------------------------------------- stages
+    def prepare_dataset(self) -> ReIDDataset:
+        section = self.cfg.dataset
+        spec = StageSpec("dataset", section.name, section.model_dump(mode="json"), code=CODE_DATA)
+        out = self.cache.run(spec, lambda folder: backend.dataset_work(section, folder))
+        self.dataset_root = out["root"]
+        self.ds = backend.open_dataset(section, out["root"])
+        self.keys["dataset"] = spec.key
+        self.fingerprint = backend.fingerprint(self.ds)
+        return self.ds
+
+    def train_models(self) -> None:
+        for m in progress(self.cfg.models, "base models"):
+            config = {"model": m.model_dump(mode="json"), "settings": backend.train_settings(m), "device": self.device}
+            if m.checkpoint is not None:
+                config["sha256"] = backend.sha256_file(m.checkpoint)
+            spec = StageSpec("model", m.name, config, upstream=(self.keys["dataset"],), code=CODE_TRAIN)
+            out = self.cache.run(spec, lambda folder, m=m: backend.model_work(m, self.cfg.dataset, self.dataset_root,
+                                                                              self.device, folder))
+            out["seconds"] = _stage_seconds(self.cache, spec)
+            self.keys[f"model:{m.name}"] = spec.key
+            self.checkpoints[m.name] = out
+            self.models[m.name] = backend.load_model(out["checkpoint"], self.device)
+
+    def extract_clean(self, with_train: list[str]) -> None:
+        assert self.ds is not None
+        for name in progress(self.cfg.model_names(), "clean features"):
+            train = name in with_train
+            spec = StageSpec("features", name, {"batch_size": self.cfg.evaluation.batch_size, "train": train},
+                             upstream=(self.keys["dataset"], self.keys[f"model:{name}"]), code=CODE_FEATURES)
+            self.cache.run(spec, lambda folder, name=name, train=train: backend.features_work(
+                self.models[name], self.ds, self.cfg.evaluation.batch_size, self.device, folder, train))
+            self.clean[name] = backend.load_tensors(self.cache.folder(spec) / "features.safetensors")
+            self.keys[f"features:{name}"] = spec.key
+
+    def fit_metrics(self, xqda_models: list[str]) -> None:
+        assert self.ds is not None
+        for name in progress(xqda_models, "XQDA metrics"):
+            spec = StageSpec("xqda", name, {}, upstream=(self.keys[f"features:{name}"],), code=("metrics",))
+            self.cache.run(spec, lambda folder, name=name: backend.xqda_work(self.clean[name]["train"], self.ds, folder))
+            self.metrics[(name, "xqda")] = backend.load_metric_file(self.cache.folder(spec) / "xqda.safetensors")
+            self.keys[f"xqda:{name}"] = spec.key
+
+    def metric(self, model: str, name: str) -> Any:
+        """The metric ``name`` for ``model``'s features (learned metrics are per model)."""
+        if (model, name) not in self.metrics:
+            if name == "xqda":
+                raise MetricAttackError(f"XQDA metric of model {model} was not fitted in this run")
+            self.metrics[(model, name)] = backend.builtin_metric(name)
+        return self.metrics[(model, name)]
+
+    def attack_spec(self, job: AttackJob) -> StageSpec:
+        a = self.cfg.attack
+        config = {"sources": list(job.sources), "mode": job.mode, "method": job.method, "epsilon": job.epsilon,
+                  "metric": job.metric, "alpha": a.alpha, "momentum": a.momentum,
+                  "steps": backend.steps_for(job.epsilon, a.steps, job.method), "batch_size": a.batch_size,
+                  "seed": self.cfg.seed}
+        upstream = [self.keys["dataset"]] + [self.keys[f"model:{s}"] for s in job.sources]
+        if job.metric == "xqda":
+            upstream += [self.keys[f"xqda:{s}"] for s in job.sources]
+        return StageSpec("attack", job.id, config, upstream=tuple(upstream), code=CODE_ATTACK)
+
+    def run_attacks(self, jobs: list[AttackJob]) -> None:
+        assert self.ds is not None
+        for job in progress(jobs, "adversarial sets"):
+            spec = self.attack_spec(job)
+            models = [self.models[s] for s in job.sources]
+            metrics = [self.metric(s, job.metric) for s in job.sources]
+            out = self.cache.run(spec, lambda folder, job=job, models=models, metrics=metrics: backend.attack_work(
+                models, metrics, self.ds, _job_dict(job), self.cfg.attack, self.cfg.seed, self.device, folder))
+            out["folder"] = str(self.cache.folder(spec))
+            out["key"] = spec.key
+            self.attacks[job] = out
+
+    def adversarial_dataset(self, job: AttackJob) -> ReIDDataset:
+        if job not in self.adv_datasets:
+            self.adv_datasets[job] = backend.open_folder_dataset(self.attacks[job]["dataset_dir"])
+        return self.adv_datasets[job]
+
+    def adversarial_gallery(self, job: AttackJob) -> list:
+        """The adversarial gallery records in the clean gallery's order (matched by file name)."""
+        assert self.ds is not None
+        adv = {r.path.name: r for r in self.adversarial_dataset(job).gallery}
+        missing = [r.path.name for r in self.ds.gallery if r.path.name not in adv]
+        if missing:
+            raise MetricAttackError(f"adversarial set {job.id} lacks gallery images {missing[:3]} (of {len(missing)})")
+        return [adv[r.path.name] for r in self.ds.gallery]
+
+    def extract_adversarial(self, evaluations: list[tuple[AttackJob, str]]) -> None:
+        for job, tested in progress(evaluations, "adversarial features"):
+            spec = StageSpec("adv_features", f"{job.id}@{tested}", {"batch_size": self.cfg.evaluation.batch_size},
+                             upstream=(self.attacks[job]["key"], self.keys[f"model:{tested}"]), code=CODE_FEATURES)
+            self.cache.run(spec, lambda folder, job=job, tested=tested: _adv_features_work(self, job, tested, folder))
+            self.adv_features[(job, tested)] = backend.load_tensors(self.cache.folder(spec) / "gallery.safetensors")["gallery"]
+
+
+def _adv_features_work(run: Run, job: AttackJob, tested: str, folder: Path) -> dict[str, Any]:
+    feats = backend.extract(run.models[tested], run.adversarial_gallery(job), run.cfg.evaluation.batch_size, run.device)
+    backend.save_tensors(folder / "gallery.safetensors", {"gallery": feats})
+    return {"file": "gallery.safetensors"}
+
+
+def _job_dict(job: AttackJob) -> dict[str, Any]:
+    return {"sources": list(job.sources), "mode": job.mode, "method": job.method, "epsilon": job.epsilon,
+            "metric": job.metric, "id": job.id}
+
+
+def _stage_seconds(cache: StageCache, spec: StageSpec) -> float | None:
+    marker = cache.folder(spec) / "stage.json"
+    return json.loads(marker.read_text(encoding="utf-8")).get("seconds") if marker.is_file() else None
+
+
+def _model_info(run: Run, name: str) -> ModelInfo:
+    section = next(m for m in run.cfg.models if m.name == name)
+    ckpt = run.checkpoints[name]
+    model = run.models[name]
+    spec = model.spec() if hasattr(model, "spec") else {}
+    seed = backend.train_settings(section).get("seed")
+    return ModelInfo(name=name, description=section.description, checkpoint=ckpt["checkpoint"],
+                     checkpoint_sha256=ckpt["sha256"], spec=json.loads(json.dumps(spec, default=str)),
+                     train_seed=seed, train_seconds=ckpt.get("seconds"))
+
+
+def _attack_setting(run: Run, job: AttackJob) -> AttackSetting:
+    out = run.attacks[job]
+    a = run.cfg.attack
+    return AttackSetting(id=job.id, sources=list(job.sources), mode=job.mode, method=job.method, epsilon=job.epsilon,
+                         alpha=a.alpha, momentum=a.momentum, steps=backend.steps_for(job.epsilon, a.steps, job.method),
+                         metric=job.metric, seed=run.cfg.seed, linf=out.get("linf"), dataset_dir=out["dataset_dir"])
+
+
+def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Results:
+    """Run (or resume) every selected experiment of ``cfg`` into ``out``; returns the results."""
+    start = time.perf_counter()
+    out = Path(out)
+    log_before = len(read_stage_log(out))
+    run = Run(cfg, out)
+    have_xqda = xqda_available()
+    the_plan: Plan = plan(cfg, have_xqda)
+    ds = run.prepare_dataset()
+    run.train_models()
+    run.extract_clean(the_plan.train_features)
+    run.fit_metrics(the_plan.xqda_models)
+    run.run_attacks(the_plan.jobs)
+    run.extract_adversarial(the_plan.evaluations)
+
+    sections = experiments.compute_all(run, have_xqda)
+    stage_seconds: dict[str, float] = {}
+    for entry in read_stage_log(out)[log_before:]:
+        stage_seconds[entry["kind"]] = stage_seconds.get(entry["kind"], 0.0) + entry["seconds"]
+    synth_seed = cfg.dataset.synthetic.get("seed") if cfg.dataset.name == "synthetic" else None
+    provenance = Provenance(
+        config=cfg.model_dump(mode="json"), config_path=str(config_path),
+        seeds={"run": cfg.seed, "dataset": synth_seed,
+               "models": {m.name: backend.train_settings(m).get("seed") for m in cfg.models}},
+        versions=environment_versions(), ap_convention=cfg.evaluation.ap,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), experiments=cfg.selected(),
+        stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()}, wall_seconds=0.0)
+    counts = {"train": len(ds.train), "query": len(ds.query), "gallery": len(ds.gallery),
+              "train_ids": ds.num_train_ids()}
+    results = Results(
+        provenance=provenance,
+        dataset=DatasetInfo(name=cfg.dataset.name, root=str(run.dataset_root), fingerprint=run.fingerprint, counts=counts),
+        models=[_model_info(run, n) for n in cfg.model_names()],
+        attacks=[_attack_setting(run, j) for j in the_plan.jobs],
+        findings=[], **sections)
+    results = results.model_copy(update={"findings": compute_findings(results)})
+    results.provenance.wall_seconds = round(time.perf_counter() - start, 3)
+    write_outputs(results, out)
+    return results
+
+
+def write_outputs(results: Results, out: Path) -> dict[str, Path]:
+    """Write results.json (validated), tables, figures and report.html into ``out``."""
+    data = json.loads(results.model_dump_json())
+    Results.model_validate(data)
+    atomic_write_json(out / "results.json", data)
+    tables = write_tables(results, out / "tables")
+    figures = write_figures(results, out / "figures")
+    report = write_report(results, figures, out / "report.html")
+    return {"results": out / "results.json", "report": report, "tables": out / "tables", "figures": out / "figures",
+            **{f"table:{t.name}": out / "tables" / f"{t.name}.md" for t in tables}}
+

@@ -1,0 +1,316 @@
+"""The schema of ``results.json``: every number a benchmark run produced, with provenance.
+
+All accuracies (rank-k, mAP, mINP) are percentages in [0, 100]; the AP convention of every
+mAP is ``provenance.ap_convention``. Sections of experiments that were not selected are
+``null``. ``docs/results-schema.md`` is generated from these models by
+:func:`schema_markdown` (``python -m metricattack.benchmark.schema docs/results-schema.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..io import atomic_write_text
+
+SCHEMA_VERSION = 1
+Status = Literal["holds", "does not hold", "not measured"]
+
+
+class Record(BaseModel):
+    """Base of every results section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Ranking(Record):
+    """Retrieval accuracy of one (gallery, tested model, test metric) combination, in %."""
+
+    rank1: float = Field(ge=0, le=100)
+    rank5: float = Field(ge=0, le=100)
+    rank10: float = Field(ge=0, le=100)
+    mAP: float = Field(ge=0, le=100)
+    mINP: float | None = Field(None, ge=0, le=100)
+    num_queries: int = Field(ge=0)
+
+
+class ModelInfo(Record):
+    name: str
+    description: str
+    checkpoint: str
+    checkpoint_sha256: str
+    spec: dict[str, Any] = Field(description="ReIDModel.spec() of the checkpoint")
+    train_seed: int | None = None
+    train_seconds: float | None = None
+
+
+class AttackSetting(Record):
+    """One adversarial gallery: which models were attacked, how, with which metric."""
+
+    id: str
+    sources: list[str]
+    mode: Literal["nontargeted", "targeted", "classification"]
+    method: str
+    epsilon: float
+    alpha: float
+    momentum: float
+    steps: int
+    metric: str
+    seed: int
+    linf: float | None = Field(None, description="measured max |x_adv - x| over saved images, 0..255 units")
+    dataset_dir: str
+
+
+class Table1Row(Record):
+    model: str
+    description: str
+    metric: str
+    clean: Ranking
+
+
+class MatrixCell(Record):
+    tested: str
+    ranking: Ranking
+    white_box: bool
+    worst_in_column: bool
+
+
+class MatrixRow(Record):
+    attacked: str
+    method: str
+    attack_id: str
+    cells: list[MatrixCell]
+
+
+class Table2(Record):
+    """White-box (diagonal) and black-box matrix of mAP, rows = attacked × method."""
+
+    title: str
+    epsilon: float
+    clean_mAP: dict[str, float]
+    rows: list[MatrixRow]
+
+
+class EnsembleRow(Record):
+    holdout: str
+    ensemble: list[str]
+    method: str
+    attack_id: str
+    ensemble_mAP: float = Field(description="mAP of the ensemble as one system: distance = mean of member distances")
+    holdout_mAP: float
+    best_single_transfer_mAP: float | None = Field(
+        None, description="lowest hold-out mAP over single-model attacks on the other models (Table 2, same method)")
+
+
+class Table4(Record):
+    epsilon: float
+    rows: list[EnsembleRow]
+
+
+class RatioPoint(Record):
+    tested: str
+    attacked: str
+    method: str
+    white_box: bool
+    ratio: float = Field(description="adversarial mAP / clean mAP")
+
+
+class Fig3(Record):
+    points: list[RatioPoint]
+
+
+class CurvePoint(Record):
+    epsilon: float
+    mAP: float
+    attack_id: str | None = Field(None, description="null for ε = 0 (the clean gallery)")
+
+
+class Curve(Record):
+    method: str
+    attack_metric: str
+    test_metric: str
+    points: list[CurvePoint]
+
+
+class Fig5(Record):
+    model: str
+    curves: list[Curve]
+    clean: dict[str, Ranking] = Field(description="clean accuracy of the model under each test metric")
+    missing_metrics: dict[str, str] = Field(default_factory=dict, description="metric -> why it was not measured")
+
+
+class ClassificationVsMetric(Record):
+    """The paper's 77.52 → 0.367 (metric attack) vs 52.93 (classification attack) comparison."""
+
+    model: str
+    method: str
+    clean: Ranking
+    metric_attack: Ranking
+    classification_attack: Ranking | None
+    classification_missing: str | None = None
+    mean_tp_distance: dict[str, float] = Field(description="mean Euclidean distance probe → true positives: clean / metric_attack / classification_attack")
+
+
+class Targeted(Record):
+    model: str
+    method: str
+    attack_id: str
+    num_images: int
+    top1_rate: float = Field(ge=0, le=1, description="fraction of attacked gallery images ranked 1st for their target probe")
+    top10_rate: float = Field(ge=0, le=1)
+    clean_top1_rate: float = Field(ge=0, le=1, description="same fraction before the attack (baseline)")
+    clean_top10_rate: float = Field(ge=0, le=1)
+    after: Ranking = Field(description="accuracy of the model on the targeted-attack gallery")
+
+
+class RankedImage(Record):
+    rank: int = Field(ge=1)
+    path: str
+    pid: int
+    camid: int
+    correct: bool = Field(description="true positive (same identity) for the probe")
+    adversarial: bool
+
+
+class RankingList(Record):
+    setting: Literal["clean", "nontargeted", "targeted"]
+    attack_id: str | None
+    top: list[RankedImage]
+
+
+class ProbeLists(Record):
+    query_index: int
+    path: str
+    pid: int
+    camid: int
+    lists: list[RankingList]
+
+
+class Fig4(Record):
+    model: str
+    top_k: int
+    probes: list[ProbeLists]
+
+
+class Fig1Example(Record):
+    query_path: str
+    gallery_path: str
+    adversarial_path: str
+    true_match: bool
+    similarity_before: float = Field(description="cosine similarity of L2-normalised features, probe vs gallery")
+    similarity_after: float
+    linf: float
+
+
+class Fig1(Record):
+    model: str
+    attack_id: str
+    examples: list[Fig1Example]
+
+
+class Table5Cell(Record):
+    base_model: str
+    gallery: str = Field(description="'original' or 'adv(<attacked model>)'")
+    normal_mAP: float
+    defended_mAP: float
+    improvement: float = Field(description="relative improvement (#M - #N) / #N")
+
+
+class Table5(Record):
+    status: Literal["ok", "not run"]
+    reason: str | None = None
+    cells: list[Table5Cell] = Field(default_factory=list)
+    adaptive: list[dict[str, Any]] = Field(default_factory=list, description="white-box attacks on defended models")
+
+
+class Finding(Record):
+    id: int
+    title: str
+    status: Status
+    summary: str = Field(description="plain-language statement with the numbers behind it")
+    numbers: dict[str, float] = Field(default_factory=dict)
+
+
+class DatasetInfo(Record):
+    name: str
+    root: str
+    fingerprint: str
+    counts: dict[str, int]
+
+
+class Provenance(Record):
+    config: dict[str, Any]
+    config_path: str
+    seeds: dict[str, Any]
+    versions: dict[str, str]
+    ap_convention: Literal["market", "noninterp"]
+    created: str
+    experiments: list[str]
+    stage_seconds: dict[str, float] = Field(default_factory=dict, description="stage kind -> seconds spent in this run")
+    wall_seconds: float
+
+
+class Results(Record):
+    """Everything one benchmark run measured."""
+
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="version of this schema")
+    provenance: Provenance = Field(description="config, seeds, software versions, AP convention, timings")
+    dataset: DatasetInfo = Field(description="dataset name, root, fingerprint and split sizes")
+    models: list[ModelInfo] = Field(description="the base models: checkpoint, checksum, spec, training seed")
+    attacks: list[AttackSetting] = Field(description="every adversarial gallery made in the run (attack settings, measured L∞)")
+    table1: list[Table1Row] | None = Field(None, description="Table 1: clean rank-k / mAP of every base model")
+    table2: Table2 | None = Field(None, description="Tables 2/3: white-box / black-box mAP matrix, rows = attacked model × method")
+    table4: Table4 | None = Field(None, description="Table 4: leave-one-out ensemble attacks (ensemble and hold-out mAP)")
+    table5: Table5 | None = Field(None, description="Table 5: metric-preserving defence (#N, #M, #I), or status 'not run'")
+    fig1: Fig1 | None = Field(None, description="Fig. 1: example images with similarity to the probe before/after")
+    fig3: Fig3 | None = Field(None, description="Fig. 3: adversarial / clean mAP ratio per tested model and setting")
+    fig4: Fig4 | None = Field(None, description="Fig. 4: top-k ranking lists of chosen probes (clean, non-targeted, targeted)")
+    fig5: Fig5 | None = Field(None, description="Fig. 5: mAP against ε per attack-metric / test-metric pair")
+    classification: ClassificationVsMetric | None = Field(
+        None, description="metric attack vs classification attack, and mean distance to true positives")
+    targeted: Targeted | None = Field(None, description="targeted attack: share of images reaching their target's top-1/top-10")
+    findings: list[Finding] = Field(description="the paper's six findings: holds / does not hold / not measured, with numbers")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``results.json``."""
+    return Results.model_json_schema()
+
+
+def validate_results(data: dict[str, Any]) -> Results:
+    """Parse ``data`` (a loaded results.json) or raise pydantic's ValidationError."""
+    return Results.model_validate(data)
+
+
+def schema_markdown() -> str:
+    """The text of ``docs/results-schema.md``: a field guide plus the full JSON Schema."""
+    lines = [
+        "# `results.json` schema",
+        "",
+        "Written by `metricattack benchmark` into the run folder and validated before it is",
+        "written. Generated from `metricattack.benchmark.schema` — regenerate with",
+        "`python -m metricattack.benchmark.schema docs/results-schema.md`.",
+        "",
+        "Conventions: every accuracy (rank-k, mAP, mINP) is a percentage in [0, 100]; the AP",
+        "convention of every mAP is `provenance.ap_convention` (`market` = the official",
+        "Market-1501 trapezoidal AP the paper uses, `noninterp` = torchreid/fast-reid AP).",
+        "ε, α are in 0..255 pixel units. Sections of experiments that were not selected",
+        "(`--only`) are `null`; `findings` always lists the six findings of the paper, each",
+        "`holds`, `does not hold` or `not measured`, computed from the numbers in this file.",
+        "",
+        "## Top-level fields",
+        "",
+    ]
+    props = Results.model_fields
+    for name, field in props.items():
+        lines.append(f"- `{name}`: {field.description}")
+    lines += ["", "## JSON Schema", "", "```json", json.dumps(json_schema(), indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # regenerate docs/results-schema.md
+    atomic_write_text(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/results-schema.md"), schema_markdown())

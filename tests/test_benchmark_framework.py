@@ -1,0 +1,194 @@
+"""Benchmark framework without models: stage cache, config, schema doc, tables, findings, report."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metricattack.benchmark import findings, schema
+from metricattack.benchmark.config import load_benchmark_config
+from metricattack.benchmark.figures import write_figures
+from metricattack.benchmark.report import write_report
+from metricattack.benchmark.stages import StageCache, StageSpec, read_stage_log
+from metricattack.benchmark.tables import write_tables
+from metricattack.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------- stages
+def test_stage_runs_once_and_logs(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+    calls = []
+
+    def work(folder: Path) -> dict:
+        calls.append(folder)
+        (folder / "x.txt").write_text("done")
+        return {"value": 3}
+
+    spec = StageSpec("demo", "a", {"n": 1})
+    assert cache.run(spec, work) == {"value": 3}
+    assert StageCache(tmp_path).run(spec, work) == {"value": 3}
+    assert len(calls) == 1
+    assert [e["status"] for e in read_stage_log(tmp_path)] == ["ran", "cached"]
+    marker = json.loads((cache.folder(spec) / "stage.json").read_text())
+    assert marker["config"] == {"n": 1} and "versions" in marker
+
+
+def test_stage_key_depends_on_config_upstream_and_code() -> None:
+    base = StageSpec("demo", "a", {"n": 1}, upstream=("k1",), code=("benchmark",))
+    assert base.key == StageSpec("demo", "other label", {"n": 1}, upstream=("k1",), code=("benchmark",)).key
+    assert base.key != StageSpec("demo", "a", {"n": 2}, upstream=("k1",), code=("benchmark",)).key
+    assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k2",), code=("benchmark",)).key
+    assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k1",), code=("io",)).key
+
+
+def test_interrupted_stage_reruns_in_same_folder(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+    spec = StageSpec("demo", "a", {})
+
+    def crash(folder: Path) -> dict:
+        (folder / "partial.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.run(spec, crash)
+    assert not cache.is_done(spec)
+    seen = cache.run(spec, lambda folder: {"resumed_from": (folder / "partial.txt").read_text()})
+    assert seen == {"resumed_from": "half"} and cache.is_done(spec)
+
+
+# ----------------------------------------------------------------- config
+def test_shipped_configs_validate() -> None:
+    for path in ["configs/quickstart.yaml", "configs/tiny.yaml", "configs/paper/market1501.yaml", "configs/paper/dukemtmc.yaml"]:
+        cfg = load_benchmark_config(REPO / path)
+        assert cfg.models, path
+
+
+def test_config_errors_name_the_problem(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("models:\n  - {name: B1, train: {}}\n  - {name: B1, train: {}}\n")
+    with pytest.raises(ConfigError, match="unique"):
+        load_benchmark_config(path)
+    path.write_text("models:\n  - {name: B1}\n")
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_benchmark_config(path)
+    path.write_text("models:\n  - {name: B1, train: {}}\n")
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        load_benchmark_config(path, only=["table9"])
+    assert load_benchmark_config(path, only=["table2"]).selected() == ["table2"]
+
+
+# ----------------------------------------------------------------- schema
+def test_schema_doc_is_up_to_date() -> None:
+    doc = (REPO / "docs" / "results-schema.md").read_text(encoding="utf-8")
+    assert doc == schema.schema_markdown(), "regenerate with python -m metricattack.benchmark.schema docs/results-schema.md"
+
+
+# ----------------------------------------------------------------- a hand-built results object
+def _rank(m: float) -> dict:
+    return {"rank1": min(100.0, m + 10), "rank5": min(100.0, m + 15), "rank10": min(100.0, m + 20), "mAP": m,
+            "mINP": m / 2, "num_queries": 10}
+
+
+def _png(path: Path, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def make_results(tmp_path: Path, whitebox: float, blackbox: float) -> schema.Results:
+    """Two models, three methods; white-box cells ``whitebox``, black-box cells ``blackbox`` (+ method offsets)."""
+    names, methods = ["B1", "B2"], ["fgsm", "ifgsm", "mifgsm"]
+    offset = {"fgsm": 5.0, "ifgsm": 0.0, "mifgsm": 1.0}
+    bb_offset = {"fgsm": 5.0, "ifgsm": 2.0, "mifgsm": 0.0}
+    rows = [{"attacked": a, "method": m, "attack_id": f"{m}-{a}",
+             "cells": [{"tested": t, "ranking": _rank(whitebox + offset[m] if t == a else blackbox + bb_offset[m]),
+                        "white_box": t == a, "worst_in_column": False} for t in names]}
+            for a in names for m in methods]
+    img = [_png(tmp_path / f"i{k}.png", k) for k in range(4)]
+    data = {
+        "provenance": {"config": {"name": "unit", "attack": {"epsilon": 5}}, "config_path": "x.yaml",
+                       "seeds": {"run": 0}, "versions": {"metricattack": "0"}, "ap_convention": "market",
+                       "created": "now", "experiments": ["table1", "table2", "fig3"], "wall_seconds": 1.0},
+        "dataset": {"name": "synthetic", "root": "/x", "fingerprint": "f", "counts": {"query": 10, "gallery": 20}},
+        "models": [], "attacks": [],
+        "table1": [{"model": n, "description": "d", "metric": "euclidean", "clean": _rank(80.0)} for n in names],
+        "table2": {"title": "Table 2", "epsilon": 5, "clean_mAP": {n: 80.0 for n in names}, "rows": rows},
+        "fig3": {"points": [{"tested": "B1", "attacked": "B2", "method": "ifgsm", "white_box": False, "ratio": 0.5}]},
+        "fig1": {"model": "B1", "attack_id": "a", "examples": [
+            {"query_path": img[0], "gallery_path": img[1], "adversarial_path": img[2], "true_match": True,
+             "similarity_before": 0.8, "similarity_after": 0.1, "linf": 5.0}]},
+        "fig4": {"model": "B1", "top_k": 2, "probes": [{"query_index": 0, "path": img[0], "pid": 1, "camid": 0, "lists": [
+            {"setting": "clean", "attack_id": None, "top": [
+                {"rank": 1, "path": img[1], "pid": 1, "camid": 1, "correct": True, "adversarial": False},
+                {"rank": 2, "path": img[3], "pid": 2, "camid": 1, "correct": False, "adversarial": False}]}]}]},
+        "fig5": {"model": "B1", "clean": {"euclidean": _rank(80.0)}, "missing_metrics": {"xqda": "not available"},
+                 "curves": [{"method": "ifgsm", "attack_metric": "euclidean", "test_metric": "euclidean",
+                             "points": [{"epsilon": 0, "mAP": 80}, {"epsilon": 5, "mAP": whitebox, "attack_id": "a"}]}]},
+        "table5": {"status": "not run", "reason": "defence not available"},
+        "findings": [],
+    }
+    res = schema.validate_results(data)
+    return res.model_copy(update={"findings": findings.compute_findings(res)})
+
+
+def test_findings_follow_the_numbers(tmp_path: Path) -> None:
+    strong = {f.id: f for f in make_results(tmp_path, whitebox=0.5, blackbox=30.0).findings}
+    assert strong[1].status == "holds" and strong[2].status == "holds" and strong[3].status == "holds"
+    assert strong[4].status == strong[5].status == strong[6].status == "not measured"
+    weak = {f.id: f for f in make_results(tmp_path, whitebox=40.0, blackbox=30.0).findings}
+    assert weak[1].status == "does not hold" and weak[2].status == "does not hold"
+    assert weak[1].numbers["B1.whitebox_ifgsm_mAP"] == 40.0
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links, self.ids, self.imgs, self.external = [], set(), {}, []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "a" and a.get("href", "").startswith("#"):
+            self.links.append(a["href"][1:])
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.imgs[a.get("data-figure")] = a["src"]
+        if tag in ("link", "script") and (a.get("href") or a.get("src")):
+            self.external.append(a)
+
+
+def check_report(html: str, expected_figures: set[str]) -> _Collect:
+    """Every announced section exists; every figure is an embedded, decodable PNG; nothing external."""
+    parser = _Collect()
+    parser.feed(html)
+    assert parser.links, "report has no table of contents"
+    assert set(parser.links) <= parser.ids, f"announced but missing: {set(parser.links) - parser.ids}"
+    assert expected_figures <= set(parser.imgs), f"figures missing: {expected_figures - set(parser.imgs)}"
+    for src in parser.imgs.values():
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not parser.external
+    return parser
+
+
+def test_tables_figures_report(tmp_path: Path) -> None:
+    res = make_results(tmp_path, whitebox=0.5, blackbox=30.0)
+    tables = write_tables(res, tmp_path / "tables")
+    assert {t.name for t in tables} == {"table1", "table2", "table5"}
+    md = (tmp_path / "tables" / "table2.md").read_text()
+    assert "0.500†" in md and sum(line.count("†") for line in md.splitlines()[4:]) == 6  # white-box cells
+    assert (tmp_path / "tables" / "table2.csv").read_text().splitlines()[0].startswith("Model,Attack,B1 (80.00)")
+    figures = write_figures(res, tmp_path / "figures")
+    assert set(figures) == {"fig1", "fig3", "fig4", "fig5"}
+    html = write_report(res, figures, tmp_path / "report.html").read_text()
+    check_report(html, {"fig1", "fig3", "fig4", "fig5"})
+    assert "not run: defence not available" in html
+    assert html.count('data-finding="') == 6
