@@ -1,0 +1,166 @@
+"""Backbone registry: a name → a convolutional trunk and its output channel count.
+
+Every builder returns ``(trunk, feature_dim)`` where ``trunk(x [B,3,H,W]) -> [B,C,h,w]``
+with ``C == feature_dim`` (no pooling, no classifier). ImageNet initialisation:
+
+* ``pretrained=False``: random initialisation (torchvision defaults);
+* ``pretrained=True``: torchvision's weights API (``Weights.DEFAULT``), read from the torch
+  hub cache or downloaded; offline without a cached file this raises a
+  :class:`~metricattack.errors.MetricAttackError` explaining what to do;
+* ``pretrained="path/to/file"``: a local ``.safetensors`` or ``.pth`` file holding the
+  torchvision classification model's state dict (e.g. ``resnet50-11ad3fa6.pth``).
+
+Example::
+
+    trunk, dim = build_backbone("resnet18", pretrained=False, last_stride=1)
+    trunk(torch.rand(2, 3, 64, 32)).shape  # -> [2, 512, 4, 2]
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from ..errors import MetricAttackError
+
+Pretrained = bool | str
+Builder = Callable[[Pretrained, int], tuple[nn.Module, int]]
+
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_backbone(name: str) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder ``(pretrained, last_stride) -> (trunk, dim)`` under ``name``."""
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorate
+
+
+def available_backbones() -> list[str]:
+    """Sorted names accepted by :func:`build_backbone`."""
+    return sorted(_REGISTRY)
+
+
+def build_backbone(name: str, pretrained: Pretrained = False, last_stride: int = 1) -> tuple[nn.Module, int]:
+    """Build the trunk registered as ``name``; ``last_stride`` (1 or 2) applies to ResNets only."""
+    if name not in _REGISTRY:
+        raise MetricAttackError(f"unknown backbone {name!r}; available backbones: {', '.join(available_backbones())}")
+    if last_stride not in (1, 2):
+        raise MetricAttackError(f"last_stride must be 1 or 2, got {last_stride!r}")
+    return _REGISTRY[name](pretrained, last_stride)
+
+
+# --- ImageNet weights ---------------------------------------------------------------------
+
+_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _download_state_dict(weights: tvm.WeightsEnum) -> dict[str, torch.Tensor]:
+    """State dict of torchvision ``weights`` from the hub cache, downloading when missing."""
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise MetricAttackError(
+            f"ImageNet weights {weights} are not in the torch hub cache ({torch.hub.get_dir()}/checkpoints) "
+            f"and could not be downloaded ({exc}). Offline, set `model.pretrained: false` in the config, "
+            "or set `model.pretrained` to the path of a local weights file (.pth or .safetensors)"
+        ) from None
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """State dict stored in a local ``.safetensors`` or ``torch.save`` file."""
+    if not path.is_file():
+        raise MetricAttackError(f"pretrained weights file {path} does not exist (expected a .pth or .safetensors state dict)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad user file
+        raise MetricAttackError(f"cannot read pretrained weights file {path}: {exc}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise MetricAttackError(f"pretrained weights file {path} does not hold a state dict (got {type(state).__name__})")
+    return state
+
+
+def _load_imagenet(model: nn.Module, pretrained: Pretrained, weights: tvm.WeightsEnum, name: str) -> None:
+    """Load ImageNet weights into the full torchvision ``model`` (in place)."""
+    if pretrained is False:
+        return
+    if pretrained is True:
+        state, source = _download_state_dict(weights), f"torchvision {weights}"
+    else:
+        state, source = _read_weights_file(Path(pretrained)), str(pretrained)
+    state = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise MetricAttackError(
+            f"pretrained weights {source} do not fit backbone {name!r}: "
+            f"missing keys {result.missing_keys[:5]}, unexpected keys {result.unexpected_keys[:5]} "
+            f"(expected the state dict of torchvision's {name} classification model)"
+        )
+
+
+def _build(factory: Callable[..., nn.Module], weights: tvm.WeightsEnum, pretrained: Pretrained, name: str) -> nn.Module:
+    if not isinstance(pretrained, (bool, str)):
+        raise MetricAttackError(f"pretrained must be true, false or a weights file path, got {pretrained!r}")
+    model = factory(weights=None)
+    try:
+        _load_imagenet(model, pretrained, weights, name)
+    except RuntimeError as exc:  # shape mismatch inside load_state_dict
+        raise MetricAttackError(f"pretrained weights {pretrained} do not fit backbone {name!r}: {exc}") from None
+    return model
+
+
+# --- builders -----------------------------------------------------------------------------
+
+
+def _resnet_trunk(model: Any, last_stride: int) -> nn.Module:
+    if last_stride == 1:
+        for module in model.layer4[0].modules():
+            if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+                module.stride = (1, 1)
+    return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4)
+
+
+def _register_resnet(name: str, factory: Callable[..., nn.Module], weights: tvm.WeightsEnum, dim: int) -> None:
+    @register_backbone(name)
+    def build(pretrained: Pretrained, last_stride: int) -> tuple[nn.Module, int]:
+        return _resnet_trunk(_build(factory, weights, pretrained, name), last_stride), dim
+
+
+_register_resnet("resnet18", tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, 512)
+_register_resnet("resnet34", tvm.resnet34, tvm.ResNet34_Weights.DEFAULT, 512)
+_register_resnet("resnet50", tvm.resnet50, tvm.ResNet50_Weights.DEFAULT, 2048)
+_register_resnet("resnext50_32x4d", tvm.resnext50_32x4d, tvm.ResNeXt50_32X4D_Weights.DEFAULT, 2048)
+
+
+@register_backbone("densenet121")
+def _densenet121(pretrained: Pretrained, last_stride: int) -> tuple[nn.Module, int]:
+    model = _build(tvm.densenet121, tvm.DenseNet121_Weights.DEFAULT, pretrained, "densenet121")
+    return nn.Sequential(model.features, nn.ReLU(inplace=False)), 1024
+
+
+def _register_mobilenet(name: str, factory: Callable[..., nn.Module], weights: tvm.WeightsEnum, dim: int) -> None:
+    @register_backbone(name)
+    def build(pretrained: Pretrained, last_stride: int) -> tuple[nn.Module, int]:
+        return _build(factory, weights, pretrained, name).features, dim
+
+
+_register_mobilenet("mobilenet_v3_small", tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights.DEFAULT, 576)
+_register_mobilenet("mobilenet_v3_large", tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.DEFAULT, 960)
