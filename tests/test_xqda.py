@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from metricattack.errors import MetricAttackError
 from metricattack.metrics.distance import MahalanobisMetric
@@ -186,6 +188,12 @@ def test_a_single_identity_is_an_error():
         fit_xqda(x, np.zeros(6, dtype=int))
 
 
+def test_features_where_same_identity_pairs_differ_most_are_an_error():
+    x = np.array([[0.0], [10.0], [0.1], [10.1]])  # each identity spans the gap, identities overlap
+    with pytest.raises(MetricAttackError, match="no direction where different identities differ more"):
+        fit_xqda(x, [0, 0, 1, 1])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -230,25 +238,46 @@ def test_save_load_round_trip_keeps_distances_and_checks_the_feature_dimension(t
         load_for_checkpoint(tmp_path / "model.safetensors", "kissme")
 
 
-def test_fit_for_checkpoint_writes_the_metric_with_provenance(request, tmp_path):
-    """End to end through the ``fit-metric`` command on a tiny model and dataset."""
-    for module in ("models.checkpoint", "models.reid", "evaluation.features", "data.layouts", "data.synthetic"):
+def write_tiny_market(root: Path, num_train_ids: int = 8) -> Path:
+    """A Market-1501 tree of random 32x16 images: 3 cameras x 2 images per identity."""
+    rng = np.random.default_rng(0)
+    for split, pids in (("bounding_box_train", range(1, num_train_ids + 1)), ("query", (50, 51)), ("bounding_box_test", (50, 51))):
+        (root / split).mkdir(parents=True)
+        for pid in pids:
+            for cam in (1, 2, 3):
+                for k in range(2):
+                    image = Image.fromarray((rng.random((32, 16, 3)) * 255).astype(np.uint8))
+                    image.save(root / split / f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny tree's image counts are not Market-1501's
+def test_fit_metric_command_writes_the_metric_with_provenance_beside_the_checkpoint(tmp_path, capsys):
+    """End to end: tiny model checkpoint + tiny dataset → ``fit-metric`` → metric file → loaded for the model."""
+    for module in ("models.checkpoint", "models.reid", "evaluation.features", "data.layouts", "data.loading"):
         pytest.importorskip(f"metricattack.{module}")
-    tiny_dataset_root = request.getfixturevalue("tiny_dataset_root")
     from metricattack.cli import main
     from metricattack.io import sha256_file
     from metricattack.models.checkpoint import save_checkpoint
     from metricattack.models.reid import ReIDModel
 
-    torch.manual_seed(0)
-    model = ReIDModel("resnet18", num_classes=16, input_size=(32, 16), pretrained=False).eval()
-    checkpoint = tmp_path / "tiny.safetensors"
-    save_checkpoint(model, checkpoint, {"note": "test"})
-    argv = ["fit-metric", "--checkpoint", str(checkpoint), "--data-root", str(tiny_dataset_root),
+    data_root = write_tiny_market(tmp_path / "market")
+    model = ReIDModel("resnet18", num_classes=8, input_size=(32, 16)).eval()
+    checkpoint = save_checkpoint(model, tmp_path / "tiny.safetensors", {"note": "test"})
+    argv = ["fit-metric", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
             "--dataset", "market1501", "--kind", "xqda", "--dim", "8"]
     assert main(argv) == 0
     sidecar = json.loads((tmp_path / "tiny.xqda.json").read_text())
-    assert sidecar["meta"]["checkpoint_sha256"] == sha256_file(checkpoint)
-    assert sidecar["meta"]["dataset"]["fingerprint"] and sidecar["meta"]["options"]["dim"] == 8
+    meta = sidecar["meta"]
+    assert meta["checkpoint_sha256"] == sha256_file(checkpoint)
+    assert meta["dataset"]["num_images"] == 48 and len(meta["dataset"]["fingerprint"]) == 64
+    assert meta["options"]["dim"] == 8 and meta["learned_metric"]["fit"]["num_identities"] == 8
+    assert "torch" in sidecar["versions"]
     metric = load_for_checkpoint(checkpoint, "xqda", feature_dim=model.feature_dim)
-    assert metric.projection.shape[0] == model.feature_dim and metric.projection.shape[1] <= 8
+    assert metric.feature_dim == model.feature_dim and 1 <= metric.projection.shape[1] <= 8
+    with pytest.raises(MetricAttackError, match=f"fitted on {model.feature_dim}-d features"):
+        load_for_checkpoint(checkpoint, "xqda", feature_dim=model.feature_dim + 1)
+    bad = ["fit-metric", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
+           "--dataset", "market1501", "--kind", "kissme", "--on-non-psd", "error"]
+    assert main(bad) == 2  # 48 features of dimension 512: a singular covariance is a user error
+    assert "covariance is singular" in capsys.readouterr().err

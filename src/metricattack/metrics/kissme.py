@@ -7,9 +7,13 @@ The log-likelihood ratio of two zero-mean Gaussians on pair differences gives th
 the method is usually run after PCA to ``dim`` dimensions (the basis of the learned metric);
 an optional ridge ``reg·I`` is added to both covariances.
 
-Example:
-    >>> fit = fit_kissme(train_features, train_pids, dim=64)   # doctest: +SKIP
-    >>> fit.basis.shape                                         # [D, 64]   # doctest: +SKIP
+Example::
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((60, 8))
+    >>> fit = fit_kissme(x, np.repeat(np.arange(12), 5), dim=4, on_non_psd="project")
+    >>> fit.basis.shape, fit.metric.feature_dim
+    ((8, 4), 8)
 """
 
 from __future__ import annotations

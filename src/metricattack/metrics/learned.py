@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from ..data.types import JUNK_PID
+from ..data.types import DISTRACTOR_PID, JUNK_PID
 from ..distributed import barrier, is_main_process
 from ..errors import MetricAttackError
 from ..io import sha256_file
@@ -206,7 +206,7 @@ def kernel_to_metric(
         "kernel_eigenvalue_min": float(eigvals.min()),
         "kernel_eigenvalue_max": float(eigvals.max()),
         "kernel_num_negative_eigenvalues": int(negative.sum()),
-        "kernel_negative_mass_fraction": float(-eigvals[negative].sum() / np.abs(eigvals).sum()),
+        "kernel_negative_mass_fraction": float(np.abs(eigvals[negative]).sum() / np.abs(eigvals).sum()),
     }
     if negative.any():
         message = (
@@ -320,8 +320,8 @@ def fit_for_checkpoint(
 ) -> Path:
     """Fit ``kind`` on the training features of the model in ``checkpoint``; save it beside the model.
 
-    Features come from ``extract_features(load_model(checkpoint), train records)`` (junk
-    images excluded). Writes ``out`` (default :func:`metric_path`) + JSON sidecar recording the
+    Features come from ``extract_features(load_model(checkpoint), train records)`` (junk and
+    distractor images excluded: they are not identities). Writes ``out`` (default :func:`metric_path`) + JSON sidecar recording the
     checkpoint's SHA-256, the dataset fingerprint, the options, the fit diagnostics and the
     software versions. Under torchrun every rank extracts its shard, rank 0 writes.
     """
@@ -335,7 +335,7 @@ def fit_for_checkpoint(
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
     data = load_dataset(dataset, data_root)
-    records = [r for r in data.train if r.pid != JUNK_PID]
+    records = [r for r in data.train if r.pid not in (JUNK_PID, DISTRACTOR_PID)]
     features = extract_features(model, records, batch_size=batch_size)
     fit = fit_learned(kind, features, [r.pid for r in records], [r.camid for r in records], **options)
     path = Path(out) if out is not None else metric_path(checkpoint, kind)

@@ -12,9 +12,13 @@ differences (see :mod:`metricattack.metrics.learned` for the pair convention), X
 and the distance is ``d(p, x) = (p − x)ᵀ W M Wᵀ (p − x)``. Since ``γ > 1`` for every kept
 direction, ``M`` is positive definite up to rounding; the PSD check still runs.
 
-Example:
-    >>> fit = fit_xqda(train_features, train_pids)          # doctest: +SKIP
-    >>> fit.projection.shape                                 # [D, r]   # doctest: +SKIP
+Example::
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((60, 8))
+    >>> fit = fit_xqda(x, np.repeat(np.arange(12), 5))      # 12 identities, 5 images each
+    >>> fit.metric.feature_dim, fit.basis.shape[1] == fit.info["subspace_dim"]
+    (8, True)
 """
 
 from __future__ import annotations
