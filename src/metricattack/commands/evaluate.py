@@ -1,0 +1,173 @@
+"""``metricattack evaluate``: CMC / mAP / mINP of a model checkpoint on a dataset's query and gallery.
+
+Prints a table and, with ``--out``, writes JSON (atomically) with the results and their
+provenance: checkpoint SHA-256, dataset fingerprint, metric (and its file's SHA-256), AP
+convention, options and software versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..distributed import is_main_process
+from ..errors import MetricAttackError
+from ..evaluation.features import evaluate_split_features, extract_features
+from ..evaluation.ranking import AP_CONVENTIONS, RankingResult
+from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file, sha256_json
+from ..metrics.distance import Metric, build_metric, load_metric
+
+BUILTIN_METRICS = ("euclidean", "cosine")
+LEARNED_METRICS = ("xqda", "kissme")
+AP_NAMES = {
+    "market": "official Market-1501 trapezoidal AP",
+    "noninterp": "non-interpolated AP (torchreid / fast-reid)",
+}
+RESULT_FORMAT = "metricattack.evaluation/1"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` parser."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="rank-1/5/10/20, mAP and mINP of a model on a dataset",
+        description="Extract query and gallery features with CHECKPOINT's model and report CMC, mAP and mINP.",
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.safetensors with .json sidecar)")
+    parser.add_argument("--data-root", type=Path, required=True, help="dataset folder")
+    parser.add_argument("--dataset", required=True, help="dataset layout: market1501, dukemtmc, msmt17, cuhk03np or folder")
+    parser.add_argument(
+        "--metric", default="euclidean",
+        help="euclidean (squared, paper Eq. 3), cosine, xqda / kissme (the metric fitted beside the "
+        "checkpoint by `metricattack fit-metric`), or the path of a metric .safetensors file",
+    )
+    parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default: market, as in the paper)")
+    parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="queries per distance chunk (bounds memory)")
+    parser.add_argument("--device", default="cpu", help="torch device for feature extraction (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--out", type=Path, default=None, help="write results + provenance to this JSON file")
+    parser.add_argument("--features-cache", type=Path, default=None, help="folder to reuse extracted features from (keyed by checkpoint and dataset)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def resolve_metric(spec: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]:
+    """The metric named by ``--metric`` and a provenance record for it."""
+    key = spec.lower()
+    if key in BUILTIN_METRICS:
+        return build_metric(key), {"name": key}
+    if key in LEARNED_METRICS:
+        from ..metrics.learned import load_for_checkpoint, metric_path
+
+        metric = load_for_checkpoint(checkpoint, key)
+        path = metric_path(checkpoint, key)
+        return metric, {"name": key, "file": str(path), "sha256": sha256_file(path)}
+    path = Path(spec)
+    if path.suffix == ".safetensors" or path.exists():
+        metric = load_metric(path)
+        return metric, {"name": metric.name, "file": str(path), "sha256": sha256_file(path)}
+    raise MetricAttackError(
+        f"unknown --metric {spec!r}: expected {', '.join(BUILTIN_METRICS + LEARNED_METRICS)} or the path of a metric .safetensors file"
+    )
+
+
+def cached_features(cache: Path | None, key: dict[str, Any], compute: Callable[[], torch.Tensor], count: int) -> torch.Tensor:
+    """``compute()`` features, or reuse those cached in ``cache`` for ``key`` (``count`` rows).
+
+    A cache entry is one safetensors file named by the hash of ``key`` (checkpoint SHA-256,
+    dataset fingerprint, split); an unreadable or mismatching entry is recomputed and replaced.
+    """
+    if cache is None:
+        return compute()
+    path = cache / f"features-{sha256_json(key)[:24]}.safetensors"
+    if path.is_file():
+        try:
+            feats = load_file(str(path)).get("features")
+        except Exception:  # noqa: BLE001 - a damaged cache entry is simply recomputed
+            feats = None
+        if feats is not None and feats.dim() == 2 and feats.shape[0] == count:
+            return feats
+    feats = compute()
+    if is_main_process():
+        with atomic_path(path) as tmp:
+            save_file({"features": feats.contiguous()}, str(tmp), metadata={k: str(v) for k, v in key.items()})
+    return feats
+
+
+def format_table(result: RankingResult, metric_name: str) -> str:
+    """A small text table: rank-k, mAP, mINP in percent, and the AP convention."""
+    heads = [f"rank-{k}" for k in result.cmc] + ["mAP", "mINP"]
+    values = [100 * v for v in result.cmc.values()] + [100 * result.mAP, 100 * result.mINP]
+    lines = [
+        f"metric: {metric_name}   AP convention: {result.ap_convention} ({AP_NAMES[result.ap_convention]})",
+        "  ".join(f"{h:>7s}" for h in heads),
+        "  ".join(f"{v:7.2f}" for v in values),
+        f"queries: {result.num_queries} ({result.num_valid_queries} with a valid match); ties: {result.tie_rule}",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate; print the table; write ``--out`` JSON on the main process."""
+    from ..data.layouts import dataset_fingerprint, load_dataset
+    from ..models.checkpoint import load_model
+
+    if args.batch_size < 1 or args.chunk_size < 1:
+        raise MetricAttackError(f"--batch-size and --chunk-size must be positive, got {args.batch_size} and {args.chunk_size}")
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise MetricAttackError(f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)")
+    metric, metric_info = resolve_metric(args.metric, checkpoint)
+    model = load_model(checkpoint, device=args.device)
+    if metric.feature_dim is not None and metric.feature_dim != model.feature_dim:
+        raise MetricAttackError(
+            f"metric {args.metric} expects {metric.feature_dim}-d features but the model in {checkpoint} gives "
+            f"{model.feature_dim}-d features; fit the metric for this model (metricattack fit-metric)"
+        )
+    dataset = load_dataset(args.dataset, args.data_root)
+    ckpt_sha = sha256_file(checkpoint)
+    fingerprint = dataset_fingerprint(dataset)
+    start = time.perf_counter()
+    feats = {}
+    for split in ("query", "gallery"):
+        records = dataset.split(split)
+        feats[split] = cached_features(
+            args.features_cache,
+            {"checkpoint_sha256": ckpt_sha, "dataset_fingerprint": fingerprint, "split": split},
+            lambda records=records: extract_features(model, records, batch_size=args.batch_size, device=args.device, progress=not args.no_progress),
+            len(records),
+        )
+    result = evaluate_split_features(feats["query"], feats["gallery"], dataset, metric, ap=args.ap, chunk_size=args.chunk_size)
+    seconds = time.perf_counter() - start
+    if not is_main_process():
+        return 0
+    print(f"{dataset.name}: {len(dataset.query)} queries, {len(dataset.gallery)} gallery images, model {checkpoint.name}")
+    print(format_table(result, metric_info["name"]))
+    if args.out is not None:
+        atomic_write_json(
+            args.out,
+            {
+                "format": RESULT_FORMAT,
+                "results": result.to_dict(),
+                "metric": metric_info,
+                "checkpoint": {"path": str(checkpoint), "sha256": ckpt_sha},
+                "dataset": {
+                    "name": args.dataset,
+                    "root": str(args.data_root),
+                    "fingerprint": fingerprint,
+                    "num_query": len(dataset.query),
+                    "num_gallery": len(dataset.gallery),
+                },
+                "options": {"ap": args.ap, "batch_size": args.batch_size, "chunk_size": args.chunk_size, "device": args.device},
+                "seconds": round(seconds, 3),
+                "versions": environment_versions(),
+            },
+        )
+        print(f"results written to {args.out}")
+    return 0
