@@ -1,0 +1,227 @@
+"""Attack objectives: per-image losses on a metric (or a classifier), for one or many models.
+
+**Metric loss.** Image ``x`` with a reference set ``R(x)`` (the probes it must move away
+from or toward) has the loss ``L(x) = mean_{r ∈ R(x)} d(r, x)`` with ``d`` any
+:class:`~metricattack.metrics.distance.Metric` (squared Euclidean Eq. 3, cosine, Mahalanobis
+Eq. 4). The paper sums over probes; the mean differs by a positive factor per image, which
+changes neither ``sign(∇)`` nor MI-FGSM's per-image normalised gradient, so the adversarial
+images are the same, and the mean is a readable distance. Every ``Metric`` is
+``d(r, x) = s‖e(r) − e(x)‖²`` with ``e = metric.embed``, hence exactly
+
+    ``mean_r d(r, x) = s‖c − e(x)‖² + s·mean_r‖e(r) − c‖²``,  ``c = mean_r e(r)``,
+
+so each image needs one centroid and one constant (:class:`ReferenceTargets`), computed once
+per model from detached reference features: cost and memory do not grow with ``|R(x)|``.
+
+**Reference sets** (pure functions of identities, cameras and a seed):
+
+* :func:`gallery_reference_sets` -- gallery image of identity k ↦ every query image of k
+  (non-targeted gallery attack; junk, distractors and identities without query: empty).
+* :func:`query_reference_sets` -- probe ↦ its true gallery matches (same identity, other camera).
+* :func:`targeted_reference_sets` -- gallery image ↦ one probe of another identity, drawn
+  uniformly with a seeded generator, identity by identity in ascending order of identity.
+
+Images with an empty reference set are not attacked.
+
+**Classification baseline** (:class:`ClassificationLoss`): cross-entropy of the model's own
+classifier w.r.t. the class it predicts on the clean image (test identities are not classes
+of the classifier, so the prediction stands in for the label).
+
+**Ensembles** (:class:`EnsembleLoss`): the mean of the per-model losses; each model embeds
+images with its own input size and normalisation, and its features only meet its own
+metric and reference features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.types import DISTRACTOR_PID, JUNK_PID
+from ..errors import MetricAttackError
+from ..metrics.distance import Metric
+
+RefSets = list[tuple[int, ...]]
+
+
+def _as_list(values: Sequence[int] | torch.Tensor) -> list[int]:
+    return values.tolist() if isinstance(values, torch.Tensor) else [int(v) for v in values]
+
+
+def _is_identity(pid: int) -> bool:
+    return pid not in (JUNK_PID, DISTRACTOR_PID)
+
+
+def gallery_reference_sets(gallery_pids: Sequence[int] | torch.Tensor, query_pids: Sequence[int] | torch.Tensor) -> RefSets:
+    """Per gallery image: indices of the query images of its identity (empty for junk/distractors)."""
+    by_pid: dict[int, list[int]] = {}
+    for q, pid in enumerate(_as_list(query_pids)):
+        by_pid.setdefault(pid, []).append(q)
+    return [tuple(by_pid.get(pid, ())) if _is_identity(pid) else () for pid in _as_list(gallery_pids)]
+
+
+def query_reference_sets(
+    query_pids: Sequence[int] | torch.Tensor,
+    query_camids: Sequence[int] | torch.Tensor,
+    gallery_pids: Sequence[int] | torch.Tensor,
+    gallery_camids: Sequence[int] | torch.Tensor,
+) -> RefSets:
+    """Per probe: indices of its true gallery matches (same identity, different camera)."""
+    by_pid: dict[int, list[tuple[int, int]]] = {}
+    for g, (pid, cam) in enumerate(zip(_as_list(gallery_pids), _as_list(gallery_camids), strict=True)):
+        by_pid.setdefault(pid, []).append((g, cam))
+    out: RefSets = []
+    for pid, cam in zip(_as_list(query_pids), _as_list(query_camids), strict=True):
+        matches = by_pid.get(pid, []) if _is_identity(pid) else []
+        out.append(tuple(g for g, g_cam in matches if g_cam != cam))
+    return out
+
+
+def targeted_reference_sets(
+    gallery_pids: Sequence[int] | torch.Tensor, query_pids: Sequence[int] | torch.Tensor, seed: int
+) -> tuple[RefSets, torch.Tensor]:
+    """Per gallery image of a queried identity: one target probe of another identity.
+
+    Returns ``(sets, targets [G] long)`` with ``targets[g] = −1`` for images not attacked (junk,
+    distractors, identities without query). Targets are drawn uniformly among the probes whose
+    identity differs, with ``torch.Generator().manual_seed(seed)``, identity by identity in
+    ascending identity order (within an identity: gallery order).
+    """
+    g_pids, q_pids = _as_list(gallery_pids), _as_list(query_pids)
+    queried = {p for p in q_pids if _is_identity(p)}
+    gen = torch.Generator().manual_seed(int(seed))
+    targets = torch.full((len(g_pids),), -1, dtype=torch.long)
+    q_tensor = torch.tensor(q_pids, dtype=torch.long)
+    members_of: dict[int, list[int]] = {}
+    for g, pid in enumerate(g_pids):
+        members_of.setdefault(pid, []).append(g)
+    for pid in sorted(queried):
+        members = members_of.get(pid, [])
+        if not members:
+            continue
+        candidates = torch.nonzero((q_tensor != pid) & (q_tensor != JUNK_PID), as_tuple=False).flatten()
+        if candidates.numel() == 0:
+            raise MetricAttackError(f"targeted attack: identity {pid} has no probe of another identity to be pulled toward")
+        draws = torch.randint(candidates.numel(), (len(members),), generator=gen)
+        targets[members] = candidates[draws]
+    return [(int(t),) if t >= 0 else () for t in targets.tolist()], targets
+
+
+@dataclass(frozen=True)
+class ReferenceTargets:
+    """Per attacked image: centroid of its embedded references and their mean squared spread.
+
+    Attributes:
+        centroids: ``[N, k]`` ``c_i = mean_r e(r)`` (zeros when inactive).
+        spreads: ``[N]`` ``s·mean_r ‖e(r) − c_i‖²`` (the constant part of the loss).
+        active: ``[N]`` bool, False for an empty reference set.
+    """
+
+    centroids: torch.Tensor
+    spreads: torch.Tensor
+    active: torch.Tensor
+
+    @classmethod
+    def build(cls, metric: Metric, reference_features: torch.Tensor, ref_sets: RefSets) -> ReferenceTargets:
+        """From detached ``reference_features [R, D]`` and one reference set per attacked image."""
+        with torch.no_grad():
+            metric.check_features(reference_features, "reference features")
+            emb = metric.embed(reference_features.detach().float())
+            centroids = emb.new_zeros((len(ref_sets), emb.shape[1]))
+            spreads = emb.new_zeros(len(ref_sets))
+            cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+            for i, refs in enumerate(ref_sets):
+                if not refs:
+                    continue
+                if refs not in cache:
+                    rows = emb[list(refs)]
+                    c = rows.mean(0)
+                    cache[refs] = (c, metric.scale * (rows - c).pow(2).sum(1).mean())
+                centroids[i], spreads[i] = cache[refs]
+        active = torch.tensor([bool(r) for r in ref_sets], dtype=torch.bool)
+        return cls(centroids, spreads, active)
+
+
+class MetricLoss:
+    """``L_i = mean_{r ∈ R(i)} d(r, model(x_i))`` for one model and its metric (see module docstring)."""
+
+    def __init__(self, model: nn.Module, metric: Metric, targets: ReferenceTargets) -> None:
+        self.model, self.metric, self.targets = model, metric, targets
+
+    def prepare(self, clean: torch.Tensor, indices: torch.Tensor) -> None:
+        """Nothing to prepare: the references are fixed."""
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        emb = self.metric.embed(self.model(images))
+        idx = indices.to(self.targets.centroids.device)
+        centroids = self.targets.centroids[idx].to(emb.device, emb.dtype)
+        spreads = self.targets.spreads[idx].to(emb.device, emb.dtype)
+        return self.metric.scale * (emb - centroids).pow(2).sum(1) + spreads
+
+
+class ClassificationLoss:
+    """Cross-entropy of ``model.classify`` w.r.t. its prediction on the clean image (I-FGSM baseline)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        if not callable(getattr(model, "classify", None)):
+            raise MetricAttackError(f"the classification attack needs a model with a classifier (classify()); {type(model).__name__} has none")
+        self.model = model
+        self.labels: dict[int, int] = {}
+
+    @torch.no_grad()
+    def prepare(self, clean: torch.Tensor, indices: torch.Tensor) -> None:
+        """Record the predicted class of each clean image of the batch."""
+        predicted = self.model.classify(clean).argmax(1).tolist()
+        self.labels.update(zip(indices.tolist(), predicted, strict=True))
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        try:
+            labels = torch.tensor([self.labels[i] for i in indices.tolist()], device=images.device)
+        except KeyError as exc:
+            raise MetricAttackError(f"classification loss: image {exc.args[0]} was not prepared on its clean version") from None
+        return F.cross_entropy(self.model.classify(images), labels, reduction="none")
+
+
+class EnsembleLoss:
+    """Mean of per-model losses (paper Sec. 3.4.3); one part is just that part's loss."""
+
+    def __init__(self, parts: Sequence[MetricLoss | ClassificationLoss]) -> None:
+        if not parts:
+            raise MetricAttackError("an attack needs at least one model")
+        self.parts = list(parts)
+
+    def prepare(self, clean: torch.Tensor, indices: torch.Tensor) -> None:
+        for part in self.parts:
+            part.prepare(clean, indices)
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        total = self.parts[0](images, indices)
+        for part in self.parts[1:]:
+            total = total + part(images, indices)
+        return total / len(self.parts)
+
+
+def metrics_per_model(models: Sequence[nn.Module], metrics: Metric | Sequence[Metric]) -> list[Metric]:
+    """One metric per model: a shared metric is repeated, a list must match ``models``.
+
+    Raises MetricAttackError when a metric that needs one feature space (``feature_dim``, e.g.
+    a Mahalanobis matrix of size D) is given a model whose features have another dimension.
+    """
+    if isinstance(metrics, Metric):
+        metrics = [metrics] * len(models)
+    metrics = list(metrics)
+    if len(metrics) != len(models):
+        raise MetricAttackError(f"got {len(metrics)} metrics for {len(models)} models; give one shared metric or one per model")
+    for i, (model, metric) in enumerate(zip(models, metrics, strict=True)):
+        dim = getattr(model, "feature_dim", None)
+        if metric.feature_dim is not None and dim is not None and int(dim) != metric.feature_dim:
+            dims = ", ".join(str(getattr(m, "feature_dim", "?")) for m in models)
+            raise MetricAttackError(
+                f"metric {metric.name!r} works in one {metric.feature_dim}-d feature space but model {i} gives "
+                f"{dim}-d features (model feature dims: {dims}); use one metric per model or a metric without a fixed dimension"
+            )
+    return metrics
