@@ -142,3 +142,13 @@ def test_load_errors_name_the_file(tmp_path):
         save_metric(EuclideanMetric(), tmp_path / "m.pt")
     # nothing half-written: no stray temporary files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_state_roundtrip_without_files():
+    m = MahalanobisMetric(torch.eye(3)[:, :2], name="xqda")
+    tensors, meta = m.to_state()
+    json.dumps(meta)  # JSON-able
+    back = MahalanobisMetric.from_state(tensors, meta)
+    assert back.name == "xqda" and torch.equal(back.projection, m.projection)
+    with pytest.raises(MetricAttackError, match="expected MahalanobisMetric"):
+        MahalanobisMetric.from_state(*EuclideanMetric().to_state())

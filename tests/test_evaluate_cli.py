@@ -147,3 +147,15 @@ def test_evaluate_command_end_to_end(tmp_path, tiny_checkpoint, capsys):
     bad = save_metric(MahalanobisMetric(torch.ones(7, 2)), tmp_path / "bad.safetensors")
     assert main(argv[:7] + ["--metric", str(bad)]) == 2
     assert f"expects 7-d features but the model in {tiny_checkpoint} gives {model.feature_dim}-d" in capsys.readouterr().err
+
+
+def test_evaluate_model_on_colour_identities(tmp_path):
+    # identities differ by colour, cameras by brightness: mean colour retrieves every true match
+    # first, so CMC and both APs are exactly 1; the junk and same-camera images are ignored.
+    from metricattack.data.layouts import load_dataset
+    from metricattack.evaluation.features import evaluate_model
+
+    ds = load_dataset("folder", _write_dataset(tmp_path / "data"))
+    for ap in ("market", "noninterp"):
+        res = evaluate_model(MeanColour(), ds, EuclideanMetric(), ap=ap, batch_size=4, progress=False)
+        assert res.num_valid_queries == 3 and res.cmc[1] == 1.0 and res.mAP == 1.0 and res.mINP == 1.0

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.types import ImageRecord, ReIDDataset
-from ..distributed import gather_rows, is_main_process
+from ..distributed import gather_rows, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
 from .ranking import DEFAULT_RANKS, APConvention, RankingResult, evaluate_distance_blocks
@@ -41,6 +41,9 @@ def extract_features(
 
     if len(records) == 0:
         raise MetricAttackError("cannot extract features: no images given (empty split?)")
+    world = rank_and_world()[1]
+    if len(records) < world:
+        raise MetricAttackError(f"cannot shard {len(records)} images over {world} processes; use fewer processes")
     model.eval().to(device)
     loader = make_loader(records, batch_size, resize_to=getattr(model, "input_size", None), shard=True)
     local: dict[int, torch.Tensor] = {}
@@ -52,8 +55,7 @@ def extract_features(
         for i, f in zip(indices.tolist(), feats):
             local[i] = f
     # gather_rows wants this rank's rows in shard order (ascending record index).
-    rows = torch.stack([local[i] for i in sorted(local)]) if local else torch.empty(0, 0)
-    return gather_rows(rows, len(records))
+    return gather_rows(torch.stack([local[i] for i in sorted(local)]), len(records))
 
 
 def _distance_chunks(q_emb: torch.Tensor, g_emb: torch.Tensor, metric: Metric, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:

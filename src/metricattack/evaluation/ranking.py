@@ -97,7 +97,8 @@ class RankingResult:
 # ----------------------------------------------------------------------------- input checks
 
 
-def _as_numpy(values: Any, name: str) -> np.ndarray:
+def _as_numpy(values: Any) -> np.ndarray:
+    """numpy view (or float32 copy for half precision) of a tensor or array-like."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu()
         if values.dtype in (torch.float16, torch.bfloat16):
@@ -107,12 +108,16 @@ def _as_numpy(values: Any, name: str) -> np.ndarray:
 
 
 def _ids(values: Any, name: str, count: int | None) -> np.ndarray:
-    arr = _as_numpy(values, name)
+    arr = _as_numpy(values)
     if arr.ndim != 1 or (count is not None and arr.shape[0] != count):
         expected = f"[{count}]" if count is not None else "[N]"
         raise MetricAttackError(f"{name} must be a 1-D array of shape {expected}, got shape {tuple(arr.shape)}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
+        try:
+            whole = bool(np.all(np.equal(np.mod(arr.astype(np.float64), 1), 0)))
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
             raise MetricAttackError(f"{name} must hold integers, got dtype {arr.dtype}")
     return arr.astype(np.int64)
 
@@ -127,7 +132,7 @@ def _check_options(ap: str, ranks: Sequence[int]) -> tuple[int, ...]:
 
 
 def _as_distances(block: Any, rows: int, cols: int, name: str = "distance matrix") -> np.ndarray:
-    arr = _as_numpy(block, name)
+    arr = _as_numpy(block)
     if arr.shape != (rows, cols):
         raise MetricAttackError(f"{name} must have shape [{rows}, {cols}] (queries × gallery), got {tuple(arr.shape)}")
     if not np.issubdtype(arr.dtype, np.floating):
@@ -322,7 +327,7 @@ def _evaluate_blocks(blocks: Iterable[tuple[int, Any]], proto: _Protocol, ap: st
     for start, chunk in blocks:
         if start != covered:
             raise MetricAttackError(f"distance blocks must cover queries in order: expected a block at row {covered}, got {start}")
-        chunk_arr = _as_numpy(chunk, "distance block")
+        chunk_arr = _as_numpy(chunk)
         nrows = chunk_arr.shape[0] if chunk_arr.ndim == 2 and chunk_arr.shape[1] == proto.num_gallery else -1
         if nrows < 1 or covered + nrows > proto.num_queries:
             raise MetricAttackError(
@@ -360,7 +365,7 @@ def evaluate_distances(
     """
     cmc_ranks = _check_options(ap, ranks)
     proto = _Protocol(q_pids, g_pids, q_camids, g_camids)
-    arr = _as_numpy(dist, "distance matrix")
+    arr = _as_numpy(dist)
     if arr.shape != (proto.num_queries, proto.num_gallery):
         raise MetricAttackError(
             f"distance matrix must have shape [{proto.num_queries}, {proto.num_gallery}] (queries × gallery), got {tuple(arr.shape)}"

@@ -88,7 +88,9 @@ class Metric(nn.Module):
     def pairwise_embedded(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
         """:meth:`pairwise` on already embedded rows ``ea [N, k]``, ``eb [M, k]`` (embed a gallery once)."""
         dist = squared_euclidean_pairwise(ea, eb)
-        return dist if self.scale == 1.0 else dist * self.scale
+        if self.scale == 1.0:
+            return dist
+        return dist * self.scale if dist.requires_grad else dist.mul_(self.scale)
 
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Distances between matching rows of ``a [N, D]`` and ``b [N, D]`` → ``[N]``."""
@@ -98,8 +100,16 @@ class Metric(nn.Module):
         return dist if self.scale == 1.0 else dist * self.scale
 
     def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """``(tensors, meta)``: what :func:`metric_from_state` needs to rebuild this metric."""
+        """``(tensors, meta)``: what :meth:`from_state` needs to rebuild this metric (meta is JSON-able)."""
         return {}, {"kind": self.kind, "name": self.name}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Metric:
+        """Rebuild a metric from :meth:`to_state` output; it must be an instance of ``cls``."""
+        metric = metric_from_state(tensors, meta)
+        if not isinstance(metric, cls):
+            raise MetricAttackError(f"metric state holds a {metric.kind!r} metric, expected {cls.__name__}")
+        return metric
 
     @property
     def kind(self) -> str:
