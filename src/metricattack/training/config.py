@@ -1,0 +1,160 @@
+"""The training configuration (YAML → :class:`TrainConfig`), validated with clear errors.
+
+Example (``configs/paper/market1501-b1.yaml``)::
+
+    data: {dataset: market1501, root: data/Market-1501-v15.09.15}
+    model: {backbone: resnet50, pretrained: true, input_size: [256, 128], last_stride: 1}
+    loss: {cross_entropy: {label_smoothing: 0.0}}
+    optimizer: {lr: 0.00035, weight_decay: 0.0005}
+    schedule: {epochs: 60, lr_steps: [20, 40], lr_gamma: 0.1}
+    batch: {batch_size: 32, sampler: random}
+    seed: 0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from ..config import StrictModel, load_config
+
+# Fields that change how fast or where a run executes but not what it computes; a resumed
+# run may differ in these (and in ``schedule.epochs``, to extend a finished run).
+RUNTIME_FIELDS = ("device", "num_workers", "checkpoint_every", "progress")
+
+
+class DataSection(StrictModel):
+    """Which dataset to train on (its ``train`` split)."""
+
+    dataset: str = Field(description="layout name: market1501, dukemtmc, msmt17, cuhk03np, folder")
+    root: Path = Field(description="dataset folder (or its parent)")
+    cache: bool = Field(False, description="decode + resize every training image once and keep it in memory (uint8)")
+
+
+class ModelSection(StrictModel):
+    """Architecture of the :class:`~metricattack.models.reid.ReIDModel`."""
+
+    backbone: str
+    pretrained: bool | str = Field(False, description="true: torchvision ImageNet weights; a path: local weights file")
+    input_size: tuple[PositiveInt, PositiveInt] = (256, 128)
+    last_stride: Literal[1, 2] = 1
+    neck: Literal["bnneck", "none"] = "bnneck"
+    reduce_dim: PositiveInt | None = None
+
+
+class CrossEntropyLoss(StrictModel):
+    """Identity classification loss on the BN-neck logits."""
+
+    weight: PositiveFloat = 1.0
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TripletLoss(StrictModel):
+    """Batch-hard triplet loss on the pooled features (before the BN neck)."""
+
+    weight: PositiveFloat = 1.0
+    margin: PositiveFloat = 0.3
+
+
+class LossSection(StrictModel):
+    """One or both losses; their weighted sum is minimised."""
+
+    cross_entropy: CrossEntropyLoss | None = None
+    triplet: TripletLoss | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> LossSection:
+        if self.cross_entropy is None and self.triplet is None:
+            raise ValueError("set loss.cross_entropy and/or loss.triplet")
+        return self
+
+
+class OptimizerSection(StrictModel):
+    """Adam."""
+
+    name: Literal["adam"] = "adam"
+    lr: PositiveFloat = 3.5e-4
+    weight_decay: float = Field(5e-4, ge=0.0)
+
+
+class ScheduleSection(StrictModel):
+    """Epochs and a per-epoch learning-rate schedule: linear warm-up, then step decay."""
+
+    epochs: PositiveInt
+    warmup_epochs: NonNegativeInt = 0
+    lr_steps: list[PositiveInt] = Field(default_factory=list, description="epochs (1-based) at which lr *= lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of the base lr during 1-based ``epoch``."""
+        warm = min(1.0, epoch / (self.warmup_epochs + 1)) if self.warmup_epochs else 1.0
+        return warm * self.lr_gamma ** sum(epoch >= step for step in self.lr_steps)
+
+
+class BatchSection(StrictModel):
+    """Batch composition: shuffled images, or P identities × K images (``pk``, needed by triplet)."""
+
+    batch_size: PositiveInt = 32
+    sampler: Literal["random", "pk"] = "random"
+    images_per_id: PositiveInt = Field(4, description="K of the P×K sampler; P = batch_size / K")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> BatchSection:
+        if self.sampler == "pk" and (self.batch_size % self.images_per_id or self.batch_size // self.images_per_id < 2):
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of images_per_id ({self.images_per_id}) "
+                "with at least 2 identities per batch"
+            )
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (BatchNorm needs more than one image)")
+        return self
+
+    @property
+    def ids_per_batch(self) -> int:
+        """P of the P×K sampler."""
+        return self.batch_size // self.images_per_id
+
+
+class AugmentSection(StrictModel):
+    """Light augmentation at the model input size."""
+
+    flip: bool = True
+    pad: NonNegativeInt = Field(10, description="zero-pad by this many pixels, then randomly crop back (0 = off)")
+
+
+class TrainConfig(StrictModel):
+    """Everything :func:`~metricattack.training.trainer.train` needs."""
+
+    data: DataSection
+    model: ModelSection
+    loss: LossSection
+    optimizer: OptimizerSection = OptimizerSection()
+    schedule: ScheduleSection
+    batch: BatchSection = BatchSection()
+    augmentation: AugmentSection = AugmentSection()
+    seed: int = 0
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N")
+    num_workers: NonNegativeInt = 0
+    checkpoint_every: PositiveInt = Field(1, description="save a resumable checkpoint every this many epochs")
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _triplet_needs_pk(self) -> TrainConfig:
+        if self.loss.triplet is not None and self.batch.sampler != "pk":
+            raise ValueError("loss.triplet needs batch.sampler: pk (batch-hard mining needs several images per identity)")
+        return self
+
+    def result_defining(self) -> dict[str, Any]:
+        """The config without runtime-only fields and ``schedule.epochs`` (compared when resuming)."""
+        data = self.model_dump(mode="json")
+        for name in RUNTIME_FIELDS:
+            data.pop(name, None)
+        data["schedule"].pop("epochs", None)
+        return data
+
+
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Load a training YAML with ``key.sub=value`` overrides (one ConfigError naming every bad field)."""
+    return load_config(TrainConfig, path, overrides)

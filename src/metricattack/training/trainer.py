@@ -1,0 +1,257 @@
+"""The training loop: CE and/or batch-hard triplet, Adam, resumable checkpoints, DDP.
+
+Output folder layout of :func:`train`::
+
+    OUT/checkpoints/epoch-007.safetensors (+ .json, .train-state.pt)   latest resumable state
+    OUT/model.safetensors (+ model.json)                               the final model
+
+A re-run with the same config resumes from the latest epoch checkpoint (the random state
+is re-seeded from ``seed + epoch`` at every epoch start, so an interrupted and resumed run
+computes the same weights as an uninterrupted one). Raising ``schedule.epochs`` extends a
+finished run; any other change of the result-defining config is refused.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel;
+each rank trains on its share of every epoch's batches and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .. import __version__
+from ..data.layouts import dataset_fingerprint, load_dataset
+from ..distributed import barrier, is_main_process, rank_and_world
+from ..errors import ConfigError
+from ..models.checkpoint import checkpoint_meta, load_model, load_train_state, meta_path, save_checkpoint, save_train_state, train_state_path
+from ..models.reid import ReIDModel
+from .config import TrainConfig
+from .data import TrainImages, relabel
+from .losses import batch_hard_triplet_loss, cross_entropy_loss
+from .sampler import PKBatchSampler
+
+FINAL_NAME = "model.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class _TrainStep(nn.Module):
+    """Routes ``forward`` to ``forward_train`` so DDP's gradient hooks see the training pass."""
+
+    def __init__(self, model: ReIDModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_train(images)
+
+
+@dataclass
+class LossTerms:
+    """Weighted loss of one batch from ``(features [B,D], logits [B,C], labels [B])``."""
+
+    cfg: TrainConfig
+
+    def __call__(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts: dict[str, torch.Tensor] = {}
+        ce, tri = self.cfg.loss.cross_entropy, self.cfg.loss.triplet
+        if ce is not None:
+            parts["cross_entropy"] = ce.weight * cross_entropy_loss(logits, labels, ce.label_smoothing)
+        if tri is not None:
+            parts["triplet"] = tri.weight * batch_hard_triplet_loss(features, labels, tri.margin)
+        return sum(parts.values()), parts  # type: ignore[return-value]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → ``cuda`` when available (``cuda:LOCAL_RANK`` under torchrun), else ``cpu``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a valid torch device (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; set device: cpu")
+    return device
+
+
+def _init_distributed(device: torch.device) -> bool:
+    """Initialise the process group from torchrun's environment; True when this call did it."""
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def build_loader(cfg: TrainConfig, dataset: TrainImages, labels: list[int], rank: int, world: int) -> DataLoader:
+    """DataLoader over ``dataset``: P×K batches or shuffled full batches (seeded, sharded by rank)."""
+    if cfg.batch.sampler == "pk":
+        sampler: Any = PKBatchSampler(labels, cfg.batch.ids_per_batch, cfg.batch.images_per_id, seed=cfg.seed, rank=rank, world=world)
+    else:
+        sampler = _ShuffledBatches(len(dataset), cfg.batch.batch_size, seed=cfg.seed, rank=rank, world=world)
+    if len(sampler) == 0:
+        raise ConfigError(f"batch.batch_size={cfg.batch.batch_size} is larger than one epoch's worth of training images ({len(dataset)})")
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+
+
+class _ShuffledBatches(torch.utils.data.Sampler[list[int]]):
+    """Full batches of a ``seed + epoch`` permutation (last partial batch dropped); rank r takes r::world."""
+
+    def __init__(self, count: int, batch_size: int, *, seed: int, rank: int, world: int) -> None:
+        self.count, self.batch_size, self.seed, self.rank, self.world = count, batch_size, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.count // self.batch_size) // self.world
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        order = torch.randperm(self.count, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        batches = [order[s : s + self.batch_size] for s in range(0, self.count - self.batch_size + 1, self.batch_size)]
+        usable = len(batches) - len(batches) % self.world
+        return iter(batches[self.rank : usable : self.world])
+
+
+def run_epoch(step: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm) -> dict[str, float]:
+    """One pass over ``loader``; returns mean losses, image count, seconds and images/s."""
+    step.train()
+    totals: dict[str, torch.Tensor] = {}
+    images_seen, batches, start = 0, 0, time.perf_counter()
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        features, logits = step(images)
+        loss, parts = losses(features, logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, value in {"loss": loss, **parts}.items():
+            totals[name] = totals.get(name, 0.0) + value.detach()
+        images_seen, batches = images_seen + images.shape[0], batches + 1
+        bar.update(1)
+        if not bar.disable:
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images_seen / (time.perf_counter() - start):.0f}")
+    seconds = time.perf_counter() - start
+    stats = {name: float(total) / max(batches, 1) for name, total in totals.items()}
+    return {**stats, "images": images_seen, "seconds": seconds, "images_per_second": images_seen / seconds if seconds else 0.0}
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    """Highest-epoch checkpoint in ``folder`` whose JSON sidecar and train state both exist."""
+    complete = [p for p in folder.glob("epoch-*.safetensors") if meta_path(p).is_file() and train_state_path(p).is_file()]
+    return max(complete, default=None, key=lambda p: int(p.stem.split("-")[1]))
+
+
+def _check_same_run(meta: dict[str, Any], cfg: TrainConfig, fingerprint: str, path: Path) -> None:
+    """Refuse to resume the run of checkpoint ``path`` when its config or dataset differs from ``cfg``."""
+    out_dir = path.parent.parent
+    saved = TrainConfig.model_validate(meta["config"]).result_defining()
+    wanted = cfg.result_defining()
+    for section in sorted(set(saved) | set(wanted)):
+        if saved.get(section) != wanted.get(section):
+            raise ConfigError(
+                f"{out_dir} holds a run made with a different config ({section}: {saved.get(section)!r} there, "
+                f"{wanted.get(section)!r} now); use another --out folder or remove it to start over"
+            )
+    if meta["dataset"]["fingerprint"] != fingerprint:
+        raise ConfigError(f"{out_dir} holds a run trained on different data (dataset fingerprint changed); use another --out folder")
+    if meta["epoch"] > cfg.schedule.epochs:
+        raise ConfigError(f"{path} is already at epoch {meta['epoch']}, beyond schedule.epochs={cfg.schedule.epochs}")
+
+
+def train(cfg: TrainConfig, out_dir: Path) -> Path:
+    """Train a :class:`ReIDModel` per ``cfg``, writing checkpoints under ``out_dir``; return the final checkpoint path."""
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    owns_group = _init_distributed(device)
+    try:
+        return _train(cfg, out_dir, device)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, out_dir: Path, device: torch.device) -> Path:
+    rank, world = rank_and_world()
+    dataset = load_dataset(cfg.data.dataset, cfg.data.root)
+    records, labels, class_pids = relabel(dataset.train)
+    fingerprint = dataset_fingerprint(dataset)
+    final, ckpt_dir = out_dir / FINAL_NAME, out_dir / CHECKPOINT_DIR
+
+    latest = _latest_checkpoint(ckpt_dir)
+    meta = checkpoint_meta(latest)["meta"] if latest else None
+    if meta is not None:
+        _check_same_run(meta, cfg, fingerprint, latest)  # type: ignore[arg-type]
+        if meta["epoch"] == cfg.schedule.epochs and final.is_file() and checkpoint_meta(final)["meta"]["epoch"] == meta["epoch"]:
+            return final
+
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    model = ReIDModel(m.backbone, len(class_pids), m.input_size, pretrained=m.pretrained, last_stride=m.last_stride, neck=m.neck, reduce_dim=m.reduce_dim)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if latest is not None and meta is not None:
+        model.load_state_dict(load_model(latest).state_dict())
+        optimizer.load_state_dict(load_train_state(latest)["optimizer"])
+        history, start_epoch = list(meta["history"]), int(meta["epoch"])
+    model.to(device)
+    step: nn.Module = _TrainStep(model)
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        step = nn.parallel.DistributedDataParallel(step, device_ids=ids, find_unused_parameters=cfg.loss.cross_entropy is None)
+
+    images = TrainImages(records, labels, m.input_size, cfg.augmentation, cache=cfg.data.cache)
+    loader = build_loader(cfg, images, labels, rank, world)
+    losses = LossTerms(cfg)
+    base = {
+        "config": cfg.model_dump(mode="json"),
+        "dataset": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint, "train_images": len(records)},
+        "class_pids": class_pids,
+        "seed": cfg.seed,
+        "code_version": __version__,
+        "world_size": world,
+    }
+    show = cfg.progress and is_main_process()
+    if show and start_epoch:
+        tqdm.write(f"resuming from {latest} (epoch {start_epoch}/{cfg.schedule.epochs})")
+    for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
+        torch.manual_seed(cfg.seed + epoch)
+        loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        lr = cfg.optimizer.lr * cfg.schedule.lr_factor(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar:
+            stats = run_epoch(step, loader, optimizer, losses, device, bar)
+        history.append({"epoch": epoch, "lr": lr, **stats})
+        if show:
+            tqdm.write(f"epoch {epoch}/{cfg.schedule.epochs}: loss {stats['loss']:.4f}, {stats['images_per_second']:.1f} images/s")
+        if is_main_process() and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.schedule.epochs):
+            _save_epoch(model, optimizer, ckpt_dir, epoch, {**base, "epoch": epoch, "history": history})
+        barrier()
+    if is_main_process():
+        save_checkpoint(model.eval(), final, {**base, "epoch": cfg.schedule.epochs, "history": history})
+    barrier()
+    return final
+
+
+def _save_epoch(model: ReIDModel, optimizer: torch.optim.Optimizer, folder: Path, epoch: int, meta: dict[str, Any]) -> None:
+    """Write the resumable checkpoint of ``epoch`` (state, then weights + JSON), then drop older ones."""
+    path = folder / f"epoch-{epoch:03d}.safetensors"
+    save_train_state(path, {"epoch": epoch, "optimizer": optimizer.state_dict()})
+    save_checkpoint(model, path, meta)
+    for old in folder.glob("epoch-*.safetensors"):
+        if old != path:
+            for file in (old, meta_path(old), train_state_path(old)):
+                file.unlink(missing_ok=True)
