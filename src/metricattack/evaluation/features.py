@@ -27,8 +27,8 @@ from .ranking import DEFAULT_RANKS, APConvention, RankingResult, evaluate_distan
 def extract_features(
     model: nn.Module,
     records: Sequence[ImageRecord],
-    *,
     batch_size: int = 64,
+    *,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> torch.Tensor:
