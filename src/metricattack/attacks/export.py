@@ -1,0 +1,326 @@
+"""Write an adversarial copy of a dataset to disk (paper contribution 5) and evaluate it.
+
+Layout of ``out`` (readable by ``load_dataset("folder", out)`` and any Market-1501 parser):
+
+* the attacked split, every image as a lossless PNG at native resolution, same relative path
+  and name stem (``0002_c1s1_000451_03.jpg`` → ``0002_c1s1_000451_03.png``); pixels on the
+  1/255 grid, within ⌊ε⌋/255 of the original and inside [0,1] (see :func:`~.methods.quantize`);
+  images that are not attacked (junk, distractors, ...) are written unchanged as PNG too;
+* the other splits hard-linked (copied when linking fails) with their original names;
+* ``manifest.json``: attack spec, setting, metric, models (checkpoint SHA-256), seed, software
+  versions, source dataset fingerprint, and per file ``source → output`` name and SHA-256;
+* ``attack_results.json``: clean vs adversarial CMC/mAP (images reloaded from disk *and* the
+  in-memory float images), mean true-positive distance, targeted success, measured L∞;
+* ``.attack/``: the run identity and per-batch completion records (resumption).
+
+Resumption: a batch counts as done when its JSON record exists (written last, atomically,
+after its PNGs and its in-memory feature record). A re-run with the same run identity skips
+done batches; the batches are deterministic, so the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from ..data.layouts import dataset_fingerprint
+from ..data.loading import read_image, save_png
+from ..data.types import SPLITS, ImageRecord, ReIDDataset
+from ..distributed import barrier, is_main_process, rank_and_world
+from ..errors import MetricAttackError
+from ..evaluation.features import evaluate_split_features
+from ..evaluation.ranking import APConvention
+from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file, sha256_json
+from ..metrics.distance import Metric
+from .methods import linf_255, quantize
+from .objectives import metrics_per_model
+from .runner import (
+    SplitFeatures,
+    attack_batches,
+    clean_features,
+    mean_true_positive_distance,
+    native_features,
+    plan_attack,
+    targeted_success,
+    true_positive_pairs,
+)
+from .spec import AttackSpec
+
+MANIFEST_FORMAT = "metricattack.adversarial-dataset/1"
+RESULTS_FORMAT = "metricattack.attack-results/1"
+STATE_DIR = ".attack"
+
+
+@dataclass
+class ModelEntry:
+    """A model with its metric and a provenance record (e.g. checkpoint path and SHA-256)."""
+
+    model: nn.Module
+    metric: Metric
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def check_output_location(out: Path, source_root: Path) -> None:
+    """Refuse an output folder that is, or lies inside, the source dataset, or holds something else."""
+    out_r, src_r = Path(out).resolve(), Path(source_root).resolve()
+    if out_r == src_r or src_r in out_r.parents:
+        raise MetricAttackError(f"output folder {out} is inside the source dataset {source_root}; choose a folder outside it")
+    if out_r.is_dir() and any(out_r.iterdir()) and not (out_r / STATE_DIR / "run.json").is_file():
+        raise MetricAttackError(f"output folder {out} is not empty and holds no metricattack attack run; choose an empty or new folder")
+
+
+def output_name(rel: Path, attacked: bool) -> Path:
+    """Relative output path: attacked images become ``.png`` with the same stem."""
+    return rel.with_suffix(".png") if attacked else rel
+
+
+def _relative(record: ImageRecord, root: Path) -> Path:
+    try:
+        return record.path.relative_to(root)
+    except ValueError:
+        raise MetricAttackError(f"image {record.path} is not inside the dataset root {root}; cannot mirror the layout") from None
+
+
+def _claim_run(out: Path, identity: dict[str, Any]) -> None:
+    """Record the run identity, or check it equals the one of the run being resumed."""
+    path = out / STATE_DIR / "run.json"
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous.get("key") != identity["key"]:
+            raise MetricAttackError(
+                f"output folder {out} holds a different attack run (other options, models, data or batch size); "
+                "choose another --out or delete that folder"
+            )
+        return
+    if is_main_process():
+        atomic_write_json(path, identity)
+    barrier()
+
+
+def _batch_dir(out: Path) -> Path:
+    rank, world = rank_and_world()
+    return out / STATE_DIR / "batches" / f"rank{rank}-of{world}"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+
+
+def _gather_batch_records(out: Path, count: int, num_eval: int) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, str]]:
+    """In-memory adversarial features per eval model ``[count, D]``, in-memory L∞ ``[count]`` and file checksums."""
+    feats: list[dict[int, torch.Tensor]] = [{} for _ in range(num_eval)]
+    linf: dict[int, float] = {}
+    checksums: dict[str, str] = {}
+    for record in sorted((out / STATE_DIR / "batches").glob("*/*.json")):
+        info = json.loads(record.read_text(encoding="utf-8"))
+        tensors = load_file(str(record.with_suffix(".safetensors")))
+        indices = tensors["indices"].tolist()
+        for m in range(num_eval):
+            feats[m].update(zip(indices, tensors[f"features.{m}"], strict=True))
+        linf.update(zip(indices, tensors["linf_memory"].tolist(), strict=True))
+        checksums.update(info["files"])
+    if len(linf) != count:
+        raise MetricAttackError(f"{out}: batch records cover {len(linf)} of {count} images; re-run the attack to finish it")
+    return [torch.stack([f[i] for i in range(count)]) for f in feats], torch.tensor([linf[i] for i in range(count)]), checksums
+
+
+def measured_linf(original: Sequence[ImageRecord], adversarial: Sequence[ImageRecord]) -> torch.Tensor:
+    """Per-image L∞ ``[N]`` (0..255 units) between image files, decoded from disk."""
+    out = torch.empty(len(original))
+    for i, (a, b) in enumerate(zip(original, adversarial, strict=True)):
+        out[i] = linf_255(read_image(b.path).unsqueeze(0), read_image(a.path).unsqueeze(0))[0]
+    return out
+
+
+def export_attack(
+    attack_models: Sequence[ModelEntry],
+    dataset: ReIDDataset,
+    out: str | Path,
+    spec: AttackSpec,
+    setting: str = "gallery",
+    *,
+    eval_models: Sequence[ModelEntry] = (),
+    metric_record: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    ap: APConvention = "market",
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Attack ``dataset`` with ``attack_models``, write the adversarial dataset to ``out``, evaluate it.
+
+    Args:
+        attack_models: one entry per model of the (ensemble) attack; each model's metric is
+            used for its loss and its white-box evaluation.
+        eval_models: further (black-box) models evaluated on the result.
+        metric_record: provenance of the metric option (name, file, checksum).
+        on_batch: called with the batch number after each batch is completely written.
+
+    Returns the content of ``attack_results.json`` (also written, by rank 0).
+    """
+    out = Path(out)
+    check_output_location(out, dataset.root)
+    models = [e.model for e in attack_models]
+    metrics_per_model(models, [e.metric for e in attack_models])
+    everyone = [*attack_models, *eval_models]
+    metrics_per_model([e.model for e in everyone], [e.metric for e in everyone])
+    rank, world = rank_and_world()
+    fingerprint = dataset_fingerprint(dataset)
+    identity_fields = {
+        "attack": spec.resolved(),
+        "setting": setting,
+        "metric": metric_record or {},
+        "models": [e.record for e in attack_models],
+        "dataset_fingerprint": fingerprint,
+        "batch_size": batch_size,
+        "world_size": world,
+    }
+    identity = {**identity_fields, "key": sha256_json(identity_fields)}
+
+    training = [e.model.training for e in everyone]
+    for e in everyone:
+        e.model.eval()
+    try:
+        features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device)
+        plan = plan_attack(models, [e.metric for e in attack_models], dataset, setting, spec, features[: len(models)])
+        _claim_run(out, identity)
+        _write_batches(plan, spec, out, dataset, everyone, batch_size=batch_size, device=device, progress=progress, on_batch=on_batch)
+        barrier()
+        results = _finish(out, dataset, plan, spec, setting, everyone, len(attack_models), features, identity,
+                          fingerprint, batch_size=batch_size, device=device, ap=ap)
+    finally:
+        for e, was_training in zip(everyone, training, strict=True):
+            e.model.train(was_training)
+    return results
+
+
+def _write_batches(plan, spec: AttackSpec, out: Path, dataset: ReIDDataset, everyone: Sequence[ModelEntry], *,
+                   batch_size: int, device, progress: bool, on_batch: Callable[[int], None] | None) -> None:
+    batch_dir = _batch_dir(out)
+
+    def done(number: int) -> bool:
+        return (batch_dir / f"{number:06d}.json").is_file()
+
+    batches = attack_batches(plan, spec, batch_size=batch_size, device=device, skip=done)
+    for batch in tqdm(batches, desc=f"attack {plan.split}", unit="batch", disable=not (progress and is_main_process()), leave=False):
+        pixels = quantize(batch.adversarial, batch.clean, spec.eps).cpu()
+        files: dict[str, str] = {}
+        for i, index in enumerate(batch.indices.tolist()):
+            rel = output_name(_relative(plan.records[index], dataset.root), attacked=True)
+            save_png(pixels[i].float() / 255.0, out / rel)
+            files[rel.as_posix()] = sha256_file(out / rel)
+        tensors = {"indices": batch.indices.clone(), "linf_memory": linf_255(batch.adversarial, batch.clean).cpu().contiguous()}
+        with torch.no_grad():
+            for m, entry in enumerate(everyone):
+                tensors[f"features.{m}"] = entry.model(batch.adversarial).float().cpu().contiguous()
+        stem = batch_dir / f"{batch.number:06d}"
+        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(stem.with_suffix(".json"), {"batch": batch.number, "files": files})
+        if on_batch is not None:
+            on_batch(batch.number)
+
+
+def _finish(out: Path, dataset: ReIDDataset, plan, spec: AttackSpec, setting: str, everyone: Sequence[ModelEntry],
+            num_attack: int, features: Sequence[SplitFeatures], identity: dict[str, Any], fingerprint: str, *,
+            batch_size: int, device, ap: APConvention) -> dict[str, Any]:
+    memory_feats, linf_memory, checksums = _gather_batch_records(out, len(plan.records), len(everyone))
+    files = []
+    for split in SPLITS:
+        attacked = split == plan.split
+        for record in dataset.split(split):
+            rel = _relative(record, dataset.root)
+            target = output_name(rel, attacked)
+            if not attacked and is_main_process():
+                _link_or_copy(record.path, out / target)
+            files.append({"split": split, "source": rel.as_posix(), "output": target.as_posix(), "attacked": attacked})
+    barrier()
+    adv_records = tuple(ImageRecord(out / output_name(_relative(r, dataset.root), True), r.pid, r.camid) for r in plan.records)
+    for entry in files:
+        entry["sha256"] = checksums[entry["output"]] if entry["attacked"] else sha256_file(out / entry["output"])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "source": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint, "split_dirs": dataset.split_dirs},
+        "attacked_split": plan.split,
+        "attack": identity["attack"],
+        "setting": setting,
+        "seed": spec.seed,
+        "metric": identity["metric"],
+        "models": identity["models"],
+        "num_active": int(plan.active.sum()),
+        "batch_size": identity["batch_size"],
+        "world_size": identity["world_size"],
+        "versions": environment_versions(),
+        "files": files,
+    }
+    if is_main_process():
+        atomic_write_json(out / "manifest.json", manifest)
+
+    pairs = true_positive_pairs(dataset)
+    evaluations = []
+    for m, entry in enumerate(everyone):
+        disk = native_features(entry.model, adv_records, batch_size=batch_size, device=device)
+        evaluations.append(_evaluate_model(entry, m < num_attack, dataset, plan, features[m], memory_feats[m], disk, pairs, ap))
+    disk_linf = measured_linf(plan.records, adv_records)
+    active = plan.active
+    results = {
+        "format": RESULTS_FORMAT,
+        "setting": setting,
+        "attacked_split": plan.split,
+        "attack": identity["attack"],
+        "metric": identity["metric"],
+        "models": identity["models"],
+        "ap_convention": ap,
+        "num_images": len(plan.records),
+        "num_attacked": int(active.sum()),
+        "linf_255": {
+            "bound": spec.eps,
+            "max_disk": float(disk_linf.max()),
+            "mean_disk_attacked": float(disk_linf[active].mean()) if active.any() else 0.0,
+            "max_memory": float(linf_memory.max()),
+            "max_disk_unattacked": float(disk_linf[~active].max()) if (~active).any() else 0.0,
+        },
+        "evaluations": evaluations,
+        "dataset": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint},
+        "output": str(out),
+        "manifest_sha256": sha256_file(out / "manifest.json"),
+        "versions": environment_versions(),
+    }
+    if is_main_process():
+        atomic_write_json(out / "attack_results.json", results)
+    return results
+
+
+def _evaluate_model(entry: ModelEntry, white_box: bool, dataset: ReIDDataset, plan, clean: SplitFeatures,
+                    memory: torch.Tensor, disk: torch.Tensor, pairs, ap: APConvention) -> dict[str, Any]:
+    def split_feats(adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (adv, clean.gallery) if plan.split == "query" else (clean.query, adv)
+
+    variants = {"clean": (clean.query, clean.gallery), "adversarial_disk": split_feats(disk), "adversarial_memory": split_feats(memory)}
+    row: dict[str, Any] = {"model": entry.record, "white_box": white_box, "metric": entry.metric.name}
+    for name, (q, g) in variants.items():
+        ranking = evaluate_split_features(q, g, dataset, entry.metric, ap=ap)
+        row[name] = {
+            **ranking.to_dict(),
+            "mean_true_positive_distance": mean_true_positive_distance(entry.metric, q, g, pairs),
+        }
+        if plan.targets is not None:
+            row[name]["targeted"] = targeted_success(entry.metric, q, g, dataset, plan.targets)
+    return row

@@ -1,0 +1,240 @@
+"""Attack a dataset split batch by batch, and measure what the attack did.
+
+:func:`plan_attack` fixes everything before the first batch: which split is attacked, which
+images are active, each image's references (from clean features computed once per model,
+detached) and the objective. :func:`attack_batches` then streams the split at native image
+size (``make_loader`` buckets, sharded under ``torchrun``) and yields one
+:class:`AttackedBatch` at a time, so memory is bounded by the batch size, not the split.
+
+Features are always computed as ``model(images at native size)`` (the model resizes and
+normalises inside), for clean, in-memory adversarial and reloaded images alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data.loading import make_loader
+from ..data.types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
+from ..distributed import gather_rows
+from ..errors import MetricAttackError
+from ..metrics.distance import Metric
+from .methods import perturb
+from .objectives import (
+    ClassificationLoss,
+    EnsembleLoss,
+    MetricLoss,
+    ReferenceTargets,
+    gallery_reference_sets,
+    metrics_per_model,
+    query_reference_sets,
+    targeted_reference_sets,
+)
+from .spec import SETTINGS, AttackSpec
+
+
+def check_setting(setting: str) -> str:
+    """``setting`` if known, else MetricAttackError listing the settings."""
+    if setting not in SETTINGS:
+        raise MetricAttackError(f"unknown attack setting {setting!r}; expected one of {', '.join(SETTINGS)}")
+    return setting
+
+
+def attacked_split(setting: str) -> str:
+    """``"query"`` for the query-side attack, ``"gallery"`` otherwise."""
+    return "query" if check_setting(setting) == "query" else "gallery"
+
+
+@torch.no_grad()
+def native_features(model: nn.Module, records: Sequence[ImageRecord], *, batch_size: int = 32, device: str | torch.device = "cpu") -> torch.Tensor:
+    """``model(images)`` ``[N, D]`` (float32, CPU) of ``records`` at native size, in record order (sharded + gathered)."""
+    if not records:
+        raise MetricAttackError("cannot compute features: no images given (empty split?)")
+    local: dict[int, torch.Tensor] = {}
+    for images, indices in make_loader(records, batch_size, shard=True):
+        feats = model(images.to(device)).float().cpu()
+        local.update(zip(indices.tolist(), feats, strict=True))
+    rows = torch.stack([local[i] for i in sorted(local)]) if local else torch.empty(0, 0)
+    return gather_rows(rows, len(records))
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """Clean features of one model: ``query [Q, D]`` and ``gallery [G, D]``."""
+
+    query: torch.Tensor
+    gallery: torch.Tensor
+
+
+def clean_features(models: Sequence[nn.Module], dataset: ReIDDataset, *, batch_size: int = 32, device: str | torch.device = "cpu") -> list[SplitFeatures]:
+    """Clean query and gallery features of every model (models put in eval mode)."""
+    out = []
+    for model in models:
+        model.eval()
+        out.append(SplitFeatures(native_features(model, dataset.query, batch_size=batch_size, device=device),
+                                 native_features(model, dataset.gallery, batch_size=batch_size, device=device)))
+    return out
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """Everything fixed before the first batch.
+
+    Attributes:
+        setting: ``gallery``, ``targeted``, ``query`` or ``classification``.
+        split: the attacked split (``gallery`` or ``query``).
+        records: that split's records.
+        active: ``[N]`` bool, images that are perturbed (others are written unchanged).
+        targets: ``[N]`` target probe per image (targeted setting, −1 when inactive) or None.
+        objective: per-image loss over all attack models.
+        minimise: True for the targeted attack (Eq. 8).
+    """
+
+    setting: str
+    split: str
+    records: tuple[ImageRecord, ...]
+    active: torch.Tensor
+    targets: torch.Tensor | None
+    objective: EnsembleLoss
+    minimise: bool
+
+
+def plan_attack(
+    models: Sequence[nn.Module],
+    metrics: Metric | Sequence[Metric],
+    dataset: ReIDDataset,
+    setting: str,
+    spec: AttackSpec,
+    features: Sequence[SplitFeatures],
+) -> AttackPlan:
+    """Build the objective of ``setting`` from each model's clean ``features`` (see :mod:`.objectives`)."""
+    split = attacked_split(setting)
+    if len(features) != len(models):
+        raise MetricAttackError(f"got clean features of {len(features)} models for {len(models)} models")
+    per_model = metrics_per_model(models, metrics)
+    q_pids, g_pids = [r.pid for r in dataset.query], [r.pid for r in dataset.gallery]
+    targets = None
+    if setting == "query":
+        ref_sets = query_reference_sets(q_pids, [r.camid for r in dataset.query], g_pids, [r.camid for r in dataset.gallery])
+    elif setting == "targeted":
+        ref_sets, targets = targeted_reference_sets(g_pids, q_pids, spec.seed)
+    else:
+        ref_sets = gallery_reference_sets(g_pids, q_pids)
+    active = torch.tensor([bool(s) for s in ref_sets], dtype=torch.bool)
+    parts: list[MetricLoss | ClassificationLoss] = []
+    for model, metric, feats in zip(models, per_model, features, strict=True):
+        model.eval()
+        if setting == "classification":
+            parts.append(ClassificationLoss(model))
+        else:
+            refs = feats.gallery if split == "query" else feats.query
+            parts.append(MetricLoss(model, metric, ReferenceTargets.build(metric, refs, ref_sets)))
+    return AttackPlan(setting, split, dataset.split(split), active, targets, EnsembleLoss(parts), setting == "targeted")
+
+
+@dataclass(frozen=True)
+class AttackedBatch:
+    """One attacked batch: ``number`` (this rank's batch order), ``indices [B]`` into the split, images ``[B,3,H,W]``."""
+
+    number: int
+    indices: torch.Tensor
+    clean: torch.Tensor
+    adversarial: torch.Tensor
+
+
+def attack_batches(
+    plan: AttackPlan,
+    spec: AttackSpec,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    skip: Callable[[int], bool] = lambda number: False,
+) -> Iterator[AttackedBatch]:
+    """Stream ``plan.records`` (native sizes, this rank's shard) and yield adversarial batches.
+
+    Batch ``number``s follow the loader's deterministic order; ``skip(number)`` True skips
+    the batch without reading its images (resuming).
+    """
+    loader = make_loader(plan.records, batch_size, shard=True)
+    dataset = loader.dataset
+    for number, batch in enumerate(loader.batch_sampler):
+        if skip(number):
+            continue
+        indices = torch.tensor(batch, dtype=torch.long)
+        clean = torch.stack([dataset[i][0] for i in batch]).to(device)
+        active = plan.active[indices]
+        if active.any():
+            plan.objective.prepare(clean, indices)
+            adversarial = perturb(clean, plan.objective, spec, indices=indices, active=active, minimise=plan.minimise)
+        else:
+            adversarial = clean.clone()
+        yield AttackedBatch(number, indices, clean, adversarial)
+
+
+# ------------------------------------------------------------------ measurements
+def true_positive_pairs(dataset: ReIDDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(query idx, gallery idx)`` of all true-positive pairs: same identity (not junk/distractor), other camera."""
+    by_pid: dict[int, list[int]] = {}
+    for g, r in enumerate(dataset.gallery):
+        by_pid.setdefault(r.pid, []).append(g)
+    qs, gs = [], []
+    for q, r in enumerate(dataset.query):
+        if r.pid in (JUNK_PID, DISTRACTOR_PID):
+            continue
+        for g in by_pid.get(r.pid, []):
+            if dataset.gallery[g].camid != r.camid:
+                qs.append(q)
+                gs.append(g)
+    return torch.tensor(qs, dtype=torch.long), torch.tensor(gs, dtype=torch.long)
+
+
+@torch.no_grad()
+def mean_true_positive_distance(metric: Metric, q_feats: torch.Tensor, g_feats: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Mean ``d(p, x)`` over true-positive pairs (paper Sec. 5.1: 0.80 → 1.42 for B1); NaN without pairs."""
+    q_idx, g_idx = pairs
+    if q_idx.numel() == 0:
+        return float("nan")
+    return float(metric.paired(q_feats[q_idx], g_feats[g_idx]).mean())
+
+
+@torch.no_grad()
+def targeted_success(
+    metric: Metric,
+    q_feats: torch.Tensor,
+    g_feats: torch.Tensor,
+    dataset: ReIDDataset,
+    targets: torch.Tensor,
+    ks: Sequence[int] = (1, 10),
+) -> dict[str, float]:
+    """Fraction of attacked gallery images in the top-k of their target probe's ranking.
+
+    The ranking of probe ``t`` follows the evaluation protocol: junk images and images of
+    ``t``'s identity and camera are left out; ties are broken by gallery index. Returns
+    ``{"top1": ..., "top10": ..., "mean_rank": ..., "num_targets": n}`` (ranks are 1-based).
+    """
+    attacked = torch.nonzero(targets >= 0).flatten()
+    if attacked.numel() == 0:
+        return {**{f"top{k}": float("nan") for k in ks}, "mean_rank": float("nan"), "num_targets": 0}
+    g_pids = torch.tensor([r.pid for r in dataset.gallery])
+    g_cams = torch.tensor([r.camid for r in dataset.gallery])
+    q_pids = torch.tensor([r.pid for r in dataset.query])
+    q_cams = torch.tensor([r.camid for r in dataset.query])
+    g_emb = metric.embed(g_feats.float())
+    positions = torch.arange(len(dataset.gallery))
+    ranks = torch.empty(attacked.numel(), dtype=torch.long)
+    for start in range(0, attacked.numel(), 256):
+        gal = attacked[start : start + 256]
+        tgt = targets[gal]
+        dist = metric.pairwise_embedded(metric.embed(q_feats[tgt].float()), g_emb)  # [b, G]
+        ignored = (g_pids == JUNK_PID).unsqueeze(0) | ((g_pids.unsqueeze(0) == q_pids[tgt].unsqueeze(1)) & (g_cams.unsqueeze(0) == q_cams[tgt].unsqueeze(1)))
+        own = dist.gather(1, gal.unsqueeze(1))
+        before = (dist < own) | ((dist == own) & (positions.unsqueeze(0) < gal.unsqueeze(1)))
+        ranks[start : start + gal.numel()] = (before & ~ignored).sum(1)
+    out: dict[str, float] = {f"top{k}": float((ranks < k).float().mean()) for k in ks}
+    out["mean_rank"] = float((ranks + 1).float().mean())
+    out["num_targets"] = int(attacked.numel())
+    return out

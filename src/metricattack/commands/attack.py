@@ -1,0 +1,119 @@
+"""``metricattack attack``: write an adversarial copy of a dataset and evaluate clean vs adversarial.
+
+Example (paper defaults: I-FGSM, ε = 5, α = 1, n = min(ε + 4, 1.25 ε), Euclidean metric)::
+
+    metricattack attack --checkpoint runs/b1/model.safetensors --data-root data/Market-1501 \\
+        --dataset market1501 --out runs/market-adv-b1 --method ifgsm --eps 5
+
+Several ``--checkpoint`` options attack their ensemble (mean of the per-model metric losses).
+The output folder has the source layout (attacked split as PNG), ``manifest.json`` and
+``attack_results.json``; an interrupted run resumes when started again with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..attacks.export import ModelEntry, export_attack
+from ..attacks.report import format_summary
+from ..attacks.spec import METHODS, SETTINGS, make_spec
+from ..distributed import is_main_process
+from ..errors import MetricAttackError
+from ..evaluation.ranking import AP_CONVENTIONS
+from ..io import sha256_file
+from ..metrics.distance import MahalanobisMetric, Metric
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``attack`` parser."""
+    parser = subparsers.add_parser(
+        "attack",
+        help="adversarial metric attack: write an attacked copy of a dataset and evaluate it",
+        description="Attack the gallery (or query) of a dataset with one or more models and write it as a new dataset.",
+    )
+    parser.add_argument("--checkpoint", type=Path, action="append", required=True, help="model checkpoint; repeat for an ensemble attack")
+    parser.add_argument("--eval-checkpoint", type=Path, action="append", default=[], help="extra (black-box) model to evaluate on; repeatable")
+    parser.add_argument("--data-root", type=Path, required=True, help="source dataset folder")
+    parser.add_argument("--dataset", required=True, help="dataset layout: market1501, dukemtmc, cuhk03np or folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (new or a previous run of the same attack, outside the source)")
+    parser.add_argument("--method", choices=METHODS, default="ifgsm", help="attack method (default ifgsm)")
+    parser.add_argument("--eps", type=float, default=5.0, help="L-inf radius in 0..255 pixel units (default 5)")
+    parser.add_argument("--alpha", type=float, default=None, help="step size in 0..255 units (default 1)")
+    parser.add_argument("--steps", type=int, default=None, help="iterations (default min(eps+4, 1.25 eps))")
+    parser.add_argument("--mu", type=float, default=None, help="MI-FGSM momentum decay (default 1)")
+    parser.add_argument("--no-random-start", action="store_true", help="PGD without its random start")
+    parser.add_argument(
+        "--metric", default="euclidean",
+        help="euclidean, cosine, xqda / kissme (fitted beside each checkpoint), a metric .safetensors file, "
+        "or a .npy PSD matrix [D, D]",
+    )
+    parser.add_argument("--setting", choices=SETTINGS, default="gallery", help="gallery (non-targeted), targeted, query, classification")
+    parser.add_argument("--seed", type=int, default=0, help="seeds PGD's start and the targeted setting's targets")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per attack batch (bounds memory)")
+    parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market, as the paper)")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def resolve_metric(option: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]:
+    """``--metric`` for one checkpoint: names and metric files as ``evaluate``; ``.npy`` → PSD matrix (non-PSD is an error)."""
+    path = Path(option)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise MetricAttackError(f"--metric {option}: matrix file does not exist")
+        try:
+            matrix = torch.from_numpy(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise MetricAttackError(f"--metric {option}: not a readable .npy matrix: {exc}") from None
+        metric = MahalanobisMetric.from_matrix(matrix, on_non_psd="error", name=path.stem)
+        return metric, {"name": path.stem, "file": str(path), "sha256": sha256_file(path)}
+    from .evaluate import resolve_metric as resolve_named
+
+    return resolve_named(option, checkpoint)
+
+
+def _entries(checkpoints: list[Path], metric_option: str, device: str, shared: dict[str, Metric]) -> list[ModelEntry]:
+    """Load each checkpoint with its metric; the same metric file or name gives one shared metric object."""
+    from ..models.checkpoint import load_model
+
+    entries = []
+    for checkpoint in checkpoints:
+        if not checkpoint.is_file():
+            raise MetricAttackError(f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)")
+        metric, info = resolve_metric(metric_option, checkpoint)
+        key = info.get("sha256", info["name"])
+        metric = shared.setdefault(key, metric)
+        record = {"label": checkpoint.stem, "checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "metric": info}
+        entries.append(ModelEntry(load_model(checkpoint, device=device), metric, record))
+    return entries
+
+
+def run(args: argparse.Namespace) -> int:
+    """Attack, export, evaluate; print the summary table."""
+    from ..data.layouts import load_dataset
+
+    if args.batch_size < 1:
+        raise MetricAttackError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    spec = make_spec(
+        "attack options", method=args.method, eps=args.eps, alpha=args.alpha, steps=args.steps, mu=args.mu,
+        random_start=False if args.no_random_start else None, seed=args.seed,
+    )
+    shared: dict[str, Metric] = {}
+    attack_entries = _entries(list(args.checkpoint), args.metric, args.device, shared)
+    eval_entries = _entries(list(args.eval_checkpoint), args.metric, args.device, shared)
+    dataset = load_dataset(args.dataset, args.data_root)
+    results = export_attack(
+        attack_entries, dataset, args.out, spec, args.setting, eval_models=eval_entries,
+        metric_record={"option": args.metric, "per_model": [e.record["metric"] for e in attack_entries]},
+        batch_size=args.batch_size, device=args.device, ap=args.ap, progress=not args.no_progress,
+    )
+    if is_main_process():
+        print(format_summary(results))
+        print(f"adversarial dataset written to {args.out} (manifest.json, attack_results.json)")
+    return 0
