@@ -204,6 +204,7 @@ def test_features_where_same_identity_pairs_differ_most_are_an_error():
         ({"features": np.zeros((4, 2)), "pids": [0, 0, 1, 1], "dim": 3}, "dim must be between 1 and"),
         ({"features": np.zeros((4, 2)), "pids": [0, 0, 1, 1], "on_non_psd": "ignore"}, "on_non_psd must be"),
         ({"features": np.zeros((4, 2)), "pids": [0, 0, 1, 1], "reg": -1.0}, "reg must be >= 0"),
+        ({"features": np.zeros((4, 2)), "pids": [0, 0, 1, 1], "cross_camera": True}, "needs camera ids"),
     ],
 )
 def test_bad_inputs_name_the_culprit(kwargs, message):

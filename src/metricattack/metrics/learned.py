@@ -149,7 +149,7 @@ def pair_covariances(
         raise MetricAttackError(
             "cannot learn a metric: no pair of images of different identities"
             + (" taken by different cameras" if cross_camera else "")
-            + f" ({len(np.unique(pids))} identity in the training features); at least two are needed"
+            + f" (training features of {len(np.unique(pids))} distinct identity label(s)); at least two identities are needed"
         )
     dissimilar = everything - same_id
     return PairCovariances(
