@@ -16,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from ..config import StrictModel, load_config
+from ..models.backbones import available_backbones
 
 # Fields that change how fast or where a run executes but not what it computes; a resumed
 # run may differ in these (and in ``schedule.epochs``, to extend a finished run).
@@ -42,6 +43,13 @@ class ModelSection(StrictModel):
     last_stride: Literal[1, 2] = 1
     neck: Literal["bnneck", "none"] = "bnneck"
     reduce_dim: PositiveInt | None = None
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in available_backbones():
+            raise ValueError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
+        return name
 
 
 class CrossEntropyLoss(StrictModel):

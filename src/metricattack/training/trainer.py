@@ -141,7 +141,7 @@ def run_epoch(step: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimi
         images_seen, batches = images_seen + images.shape[0], batches + 1
         bar.update(1)
         if not bar.disable:
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images_seen / (time.perf_counter() - start):.0f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images_seen / (time.perf_counter() - start):.0f}", refresh=False)
     seconds = time.perf_counter() - start
     stats = {name: float(total) / max(batches, 1) for name, total in totals.items()}
     return {**stats, "images": images_seen, "seconds": seconds, "images_per_second": images_seen / seconds if seconds else 0.0}
