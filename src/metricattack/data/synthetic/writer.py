@@ -1,0 +1,229 @@
+"""Plan, render and write a synthetic dataset in the Market-1501 layout, atomically.
+
+Every image has its own random stream, seeded from (seed, kind, ids...), so an image
+does not depend on generation order or on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ...errors import MetricAttackError
+from ...io import atomic_write_json, environment_versions
+from .appearance import Camera, Identity, sample_camera, sample_identity
+from .config import SynthConfig
+from .render import render_background, render_image, render_junk
+
+MANIFEST = "synth.json"
+#: Bumped whenever the drawing code changes the bytes produced for a given config.
+GENERATOR_VERSION = 1
+SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+
+# Stream kinds: the second entry of every seed tuple, so streams never collide.
+_IDENTITY, _CAMERA, _IMAGE, _DISTRACTOR, _SUBSET, _JUNK, _FRAMES, _PIDS, _BACKGROUND = range(1, 10)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image to draw: where it goes and which random streams make it."""
+
+    relpath: str
+    pid: int  # as written in the name: -1 junk, 0 distractor
+    cam: int  # 0-based
+    who: tuple[int, int]  # identity stream (kind, index); kind 0 for junk
+    key: tuple[int, ...]  # image stream
+
+
+def _rng(cfg: SynthConfig, *key: int) -> np.random.Generator:
+    return np.random.default_rng([cfg.seed, *key])
+
+
+def split_identities(cfg: SynthConfig) -> tuple[list[int], list[int]]:
+    """Disjoint sorted train and test pids, drawn from 1..num_train_ids+num_test_ids."""
+    perm = _rng(cfg, _PIDS).permutation(cfg.num_train_ids + cfg.num_test_ids) + 1
+    return sorted(int(p) for p in perm[: cfg.num_train_ids]), sorted(int(p) for p in perm[cfg.num_train_ids :])
+
+
+def _cameras_of(cfg: SynthConfig, pid: int) -> list[int]:
+    if cfg.cameras_per_id is None:
+        return list(range(cfg.num_cameras))
+    chosen = _rng(cfg, _SUBSET, pid).choice(cfg.num_cameras, cfg.cameras_per_id, replace=False)
+    return sorted(int(c) for c in chosen)
+
+
+def plan(cfg: SynthConfig) -> list[_Job]:
+    """Every image of the dataset with its Market-1501 file name."""
+    train, test = split_identities(cfg)
+    raw: list[tuple[str, int, int, tuple[int, int], tuple[int, ...]]] = []
+    for pid in train:
+        for cam in _cameras_of(cfg, pid):
+            raw += [("train", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, k)) for k in range(cfg.images_per_camera)]
+    for pid in test:
+        for cam in _cameras_of(cfg, pid):
+            raw.append(("query", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, cfg.images_per_camera)))
+            raw += [("gallery", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, k)) for k in range(cfg.images_per_camera)]
+    for i in range(cfg.num_distractors):
+        cam = int(_rng(cfg, _DISTRACTOR, i, 0).integers(0, cfg.num_cameras))
+        raw.append(("gallery", 0, cam, (_DISTRACTOR, i), (_DISTRACTOR, i, 1)))
+    for i in range(cfg.num_junk):
+        cam = int(_rng(cfg, _JUNK, i, 0).integers(0, cfg.num_cameras))
+        raw.append(("gallery", -1, cam, (0, 0), (_JUNK, i, 1)))
+    frame_rng = _rng(cfg, _FRAMES)
+    frames = [0] * cfg.num_cameras
+    jobs = []
+    for split, pid, cam, who, key in raw:
+        frames[cam] += int(frame_rng.integers(1, 60))
+        name = f"{'-1' if pid < 0 else f'{pid:04d}'}_c{cam + 1}s1_{frames[cam]:06d}_01.png"
+        jobs.append(_Job(f"{SPLIT_DIRS[split]}/{name}", pid, cam, who, key))
+    return jobs
+
+
+@lru_cache(maxsize=64)
+def _camera(cfg: SynthConfig, cam: int) -> tuple[Camera, Image.Image]:
+    camera = sample_camera(_rng(cfg, _CAMERA, cam), cfg.difficulty)
+    return camera, render_background(camera, cfg.height, cfg.width, _rng(cfg, _BACKGROUND, cam))
+
+
+@lru_cache(maxsize=4096)
+def _identity(cfg: SynthConfig, kind: int, index: int) -> Identity:
+    return sample_identity(_rng(cfg, kind, index))
+
+
+def render_job(cfg: SynthConfig, job: _Job) -> bytes:
+    """PNG bytes of one planned image."""
+    camera, background = _camera(cfg, job.cam)
+    rng = _rng(cfg, *job.key)
+    if job.pid < 0:
+        pixels = render_junk(camera, background, cfg.height, cfg.width, rng)
+    else:
+        pixels = render_image(_identity(cfg, *job.who), camera, background, cfg.height, cfg.width, rng)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _render_many(cfg: SynthConfig, jobs: list[_Job]) -> list[bytes]:
+    return [render_job(cfg, job) for job in jobs]
+
+
+def _rendered(cfg: SynthConfig, jobs: list[_Job], workers: int) -> Iterable[tuple[_Job, bytes]]:
+    if workers <= 1:
+        for job in jobs:
+            yield job, render_job(cfg, job)
+        return
+    chunks = [jobs[i : i + 64] for i in range(0, len(jobs), 64)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for chunk, blobs in zip(chunks, pool.map(_render_many, [cfg] * len(chunks), chunks)):
+            yield from zip(chunk, blobs)
+
+
+def _counts(jobs: list[_Job]) -> dict[str, int]:
+    split_of = {v: k for k, v in SPLIT_DIRS.items()}
+    counts: dict[str, Any] = {f"{s}_images": 0 for s in SPLIT_DIRS}
+    ids: dict[str, set[int]] = {s: set() for s in SPLIT_DIRS}
+    for job in jobs:
+        split = split_of[job.relpath.split("/", 1)[0]]
+        counts[f"{split}_images"] += 1
+        if job.pid > 0:
+            ids[split].add(job.pid)
+    counts.update({f"{s}_ids": len(v) for s, v in ids.items()})
+    counts["distractors"] = sum(job.pid == 0 for job in jobs)
+    counts["junk"] = sum(job.pid < 0 for job in jobs)
+    return counts
+
+
+def _existing(out_dir: Path, cfg: SynthConfig) -> bool:
+    """True when ``out_dir`` already holds this dataset; raise when it holds anything else."""
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise MetricAttackError(f"synthetic output {out_dir} is a file; expected a directory (or a new path)")
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        if any(out_dir.iterdir()):
+            raise MetricAttackError(
+                f"synthetic output {out_dir} is not empty and holds no {MANIFEST}; choose a new or empty directory"
+            )
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MetricAttackError(f"{manifest_path} is unreadable ({exc}); delete {out_dir} and generate again") from exc
+    wanted = cfg.model_dump(mode="json")
+    if manifest.get("config") != wanted or manifest.get("generator_version") != GENERATOR_VERSION:
+        raise MetricAttackError(
+            f"{out_dir} holds a synthetic dataset made with another config or generator version "
+            f"({manifest.get('config')}, v{manifest.get('generator_version')}); expected {wanted}, "
+            f"v{GENERATOR_VERSION}. Use another --out or delete it"
+        )
+    missing = [rel for rel in manifest.get("files", {}) if not (out_dir / rel).is_file()]
+    if missing:
+        raise MetricAttackError(f"{out_dir} is incomplete ({len(missing)} files missing, e.g. {missing[0]}); delete it")
+    return True
+
+
+def generate(out_dir: Path | str, cfg: SynthConfig, *, workers: int = 1, progress: bool = False) -> Path:
+    """Write the dataset of ``cfg`` to ``out_dir`` (Market-1501 layout) and return ``out_dir``.
+
+    Images are lossless PNG; same config ⇒ same bytes, whatever ``workers``. A directory
+    that already holds this exact dataset is returned as is; one that holds anything else
+    raises :class:`MetricAttackError`. The dataset is built in a temporary sibling and
+    renamed into place, so an interrupted run leaves nothing behind.
+    """
+    out_dir = Path(out_dir)
+    if _existing(out_dir, cfg):
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    jobs = plan(cfg)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for sub in SPLIT_DIRS.values():
+            (tmp / sub).mkdir()
+        files: dict[str, str] = {}
+        stream = _rendered(cfg, jobs, workers)
+        for job, blob in tqdm(stream, total=len(jobs), desc="synth", unit="img", disable=not progress):
+            (tmp / job.relpath).write_bytes(blob)
+            files[job.relpath] = hashlib.sha256(blob).hexdigest()
+        atomic_write_json(
+            tmp / MANIFEST,
+            {
+                "format": "metricattack-synth",
+                "generator_version": GENERATOR_VERSION,
+                "config": cfg.model_dump(mode="json"),
+                "seed": cfg.seed,
+                "counts": _counts(jobs),
+                "layout": "market1501",
+                "environment": environment_versions(),
+                "files": files,
+            },
+        )
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_manifest(root: Path | str) -> dict[str, Any]:
+    """The ``synth.json`` manifest of a generated dataset."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise MetricAttackError(f"{path} does not exist; expected a dataset made by `metricattack synth`")
+    return json.loads(path.read_text(encoding="utf-8"))
