@@ -77,10 +77,11 @@ def model_work(model: ModelSection, dataset: DatasetSection, dataset_root: str, 
     from ..training import TrainConfig, train
 
     settings = train_settings(model)
-    data = settings.setdefault("data", {})
-    data["name"] = "folder" if dataset.name == "synthetic" else dataset.name
+    data = dict(settings.get("data") or {})
+    data["dataset"] = "folder" if dataset.name == "synthetic" else dataset.name
     data["root"] = dataset_root
-    settings.setdefault("device", device)
+    settings["data"] = data
+    settings["device"] = device
     cfg = validate(TrainConfig, settings, f"model {model.name} training config")
     checkpoint = Path(train(cfg, folder / "train"))
     return {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)}
@@ -161,18 +162,69 @@ def builtin_metric(name: str) -> Any:
 
 
 # --------------------------------------------------------------------------- attacks
+SETTING_OF_MODE = {"nontargeted": "gallery", "targeted": "targeted", "classification": "classification"}
+
+
 def attack_work(
     models: list[torch.nn.Module],
     metrics: list[Any],
+    records: list[dict[str, Any]],
     ds: ReIDDataset,
     job: dict[str, Any],
     attack: AttackSection,
     seed: int,
+    ap: str,
     device: str,
     folder: Path,
 ) -> dict[str, Any]:
-    """Attack the gallery of ``ds`` as ``job`` says and export it as a dataset in ``folder/data``."""
-    raise MetricAttackError("the attack module (metricattack.attacks) is not available yet")
+    """Attack the gallery of ``ds`` as ``job`` says; export it as a dataset in ``folder/data``.
+
+    ``records`` are the provenance records (checkpoint, sha256) of ``models``. The export
+    resumes by itself when the stage is re-run after an interruption.
+    """
+    from ..attacks.export import ModelEntry, export_attack
+    from ..attacks.spec import make_spec
+
+    spec = make_spec(f"attack {job['id']}", method=job["method"], eps=job["epsilon"], alpha=min(attack.alpha, job["epsilon"]),
+                     steps=None if job["method"] == "fgsm" else attack.steps, mu=attack.momentum, seed=seed)
+    entries = [ModelEntry(m, metric, rec) for m, metric, rec in zip(models, metrics, records, strict=True)]
+    out = export_attack(entries, ds, folder / "data", spec, SETTING_OF_MODE[job["mode"]],
+                        metric_record={"name": job["metric"]}, batch_size=attack.batch_size, device=device,
+                        ap=ap, progress=False)
+    return {"dataset_dir": str((folder / "data").resolve()), "linf": out["linf_255"]["max_disk"],
+            "num_attacked": out["num_attacked"], "steps": spec.num_steps}
+
+
+def target_assignment(ds: ReIDDataset, seed: int) -> torch.Tensor:
+    """``[G]`` target probe of each gallery image in the targeted attack (−1: not attacked)."""
+    from ..attacks.objectives import targeted_reference_sets
+
+    _, targets = targeted_reference_sets([r.pid for r in ds.gallery], [r.pid for r in ds.query], seed)
+    return torch.as_tensor(targets)
+
+
+def attacked_mask(ds: ReIDDataset, mode: str, seed: int) -> torch.Tensor:
+    """``[G]`` bool: gallery images the attack of ``mode`` perturbs (the attack module's rule)."""
+    if mode == "targeted":
+        return target_assignment(ds, seed) >= 0
+    from ..attacks.objectives import gallery_reference_sets
+
+    sets = gallery_reference_sets([r.pid for r in ds.gallery], [r.pid for r in ds.query])
+    return torch.tensor([bool(s) for s in sets], dtype=torch.bool)
+
+
+def mean_true_positive_distance(metric: Any, q: torch.Tensor, g: torch.Tensor, ds: ReIDDataset) -> float:
+    """Mean metric distance (squared Euclidean for ``euclidean``) over true-positive pairs."""
+    from ..attacks.runner import mean_true_positive_distance as _mean, true_positive_pairs
+
+    return _mean(metric, q, g, true_positive_pairs(ds))
+
+
+def targeted_success(metric: Any, q: torch.Tensor, g: torch.Tensor, ds: ReIDDataset, targets: torch.Tensor) -> dict[str, float]:
+    """Top-1 / top-10 rates of attacked images in their target's ranking (the attack module's protocol)."""
+    from ..attacks.runner import targeted_success as _success
+
+    return _success(metric, q, g, ds, targets)
 
 
 def steps_for(epsilon: float, steps: int | None, method: str) -> int:

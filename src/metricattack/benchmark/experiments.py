@@ -55,15 +55,9 @@ def evaluate(run: Run, tested: str, gallery: torch.Tensor, metric: str = "euclid
     return ranking_of(run, distances(run, tested, metric, gallery))
 
 
-def mean_true_positive_distance(run: Run, model: str, gallery: torch.Tensor) -> float:
-    """Mean (non-squared) Euclidean distance from each query to its valid true positives."""
-    q, g = run.clean[model]["query"], gallery
-    d = torch.cdist(q, g)
-    q_pids, q_cams = _ids(run.ds.query)
-    g_pids, g_cams = _ids(run.ds.gallery)
-    mask = (q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] != g_cams[None, :]) & (g_pids[None, :] > 0)
-    mask_t = torch.from_numpy(mask)
-    return float(d[mask_t].mean()) if mask.any() else float("nan")
+def tp_distance(run: Run, model: str, gallery: torch.Tensor) -> float:
+    """Mean squared-Euclidean distance between queries and their true positives (other camera)."""
+    return backend.mean_true_positive_distance(run.metric(model, "euclidean"), run.clean[model]["query"], gallery, run.ds)
 
 
 # ----------------------------------------------------------------- tables
@@ -118,38 +112,27 @@ def classification(run: Run) -> ClassificationVsMetric:
     return ClassificationVsMetric(
         model=m, method=method, clean=evaluate(run, m, clean_g), metric_attack=evaluate(run, m, adv(run, metric_job, m)),
         classification_attack=evaluate(run, m, adv(run, cls_job, m)),
-        mean_tp_distance={"clean": mean_true_positive_distance(run, m, clean_g),
-                          "metric_attack": mean_true_positive_distance(run, m, adv(run, metric_job, m)),
-                          "classification_attack": mean_true_positive_distance(run, m, adv(run, cls_job, m))})
-
-
-def _target_ranks(run: Run, model: str, gallery: torch.Tensor, targets: dict[int, int]) -> np.ndarray:
-    """1-based rank of each attacked gallery image in its target probe's list (junk excluded)."""
-    d = distances(run, model, "euclidean", gallery)
-    g_pids, _ = _ids(run.ds.gallery)
-    d[:, torch.from_numpy(g_pids == JUNK_PID)] = float("inf")
-    ranks = []
-    for g_index, q_index in targets.items():
-        row = d[q_index]
-        ranks.append(int((row < row[g_index]).sum()) + 1)
-    return np.array(ranks)
+        mean_tp_distance={"clean": tp_distance(run, m, clean_g),
+                          "metric_attack": tp_distance(run, m, adv(run, metric_job, m)),
+                          "classification_attack": tp_distance(run, m, adv(run, cls_job, m))})
 
 
 def targeted(run: Run) -> Targeted:
     m, method = run.cfg.chosen_model("targeted"), run.cfg.experiments.targeted.method
     job = single(run.cfg, m, method, mode="targeted")
-    targets = target_map(run, job)
-    after = _target_ranks(run, m, adv(run, job, m), targets)
-    before = _target_ranks(run, m, run.clean[m]["gallery"], targets)
-    return Targeted(model=m, method=method, attack_id=job.id, num_images=len(targets),
-                    top1_rate=float((after <= 1).mean()), top10_rate=float((after <= 10).mean()),
-                    clean_top1_rate=float((before <= 1).mean()), clean_top10_rate=float((before <= 10).mean()),
-                    after=evaluate(run, m, adv(run, job, m)))
+    targets = backend.target_assignment(run.ds, run.cfg.seed)
+    metric, q = run.metric(m, "euclidean"), run.clean[m]["query"]
+    after = backend.targeted_success(metric, q, adv(run, job, m), run.ds, targets)
+    before = backend.targeted_success(metric, q, run.clean[m]["gallery"], run.ds, targets)
+    return Targeted(model=m, method=method, attack_id=job.id, num_images=int(after["num_targets"]),
+                    top1_rate=after["top1"], top10_rate=after["top10"], clean_top1_rate=before["top1"],
+                    clean_top10_rate=before["top10"], after=evaluate(run, m, adv(run, job, m)))
 
 
-def target_map(run: Run, job: AttackJob) -> dict[int, int]:
-    """Gallery index → target query index of a targeted job (from the attack's export)."""
-    return {int(g): int(q) for g, q in run.attacks[job]["targets"].items()}
+def target_map(run: Run) -> dict[int, int]:
+    """Gallery index → target query index of the targeted attack (the attack module's seeded rule)."""
+    targets = backend.target_assignment(run.ds, run.cfg.seed)
+    return {g: int(t) for g, t in enumerate(targets.tolist()) if t >= 0}
 
 
 # ----------------------------------------------------------------- figures
@@ -160,14 +143,9 @@ def _top(run: Run, model: str, gallery: torch.Tensor, q_index: int, k: int) -> l
     return torch.argsort(d, stable=True)[:k].tolist()
 
 
-def _changed(a: str, b: str) -> bool:
-    from ..data.loading import read_image
-
-    return not torch.equal(read_image(a), read_image(b))
-
-
 def _ranked(run: Run, model: str, q_index: int, k: int, job: AttackJob | None, setting: str) -> RankingList:
     records = run.ds.gallery if job is None else run.adversarial_gallery(job)
+    attacked = None if job is None else backend.attacked_mask(run.ds, job.mode, run.cfg.seed)
     gallery = run.clean[model]["gallery"] if job is None else adv(run, job, model)
     q_pid = run.ds.query[q_index].pid
     top = []
@@ -175,7 +153,7 @@ def _ranked(run: Run, model: str, q_index: int, k: int, job: AttackJob | None, s
         rec = records[g]
         top.append(RankedImage(rank=rank, path=str(rec.path), pid=rec.pid, camid=rec.camid,
                                correct=rec.pid == q_pid and rec.pid > 0,
-                               adversarial=job is not None and _changed(str(run.ds.gallery[g].path), str(rec.path))))
+                               adversarial=attacked is not None and bool(attacked[g])))
     return RankingList(setting=setting, attack_id=None if job is None else job.id, top=top)
 
 
@@ -199,7 +177,7 @@ def fig4(run: Run) -> Fig4:
     probes = []
     for qi in sorted(rng.sample(good, min(f.probes, len(good)))):
         probes.append(_probe(run, m, qi, f.top_k, [(None, "clean"), (nt, "nontargeted")]))
-    targeted_probes = sorted(set(target_map(run, tg).values()))
+    targeted_probes = sorted(set(target_map(run).values()))
     for qi in sorted(rng.sample(targeted_probes, min(f.probes, len(targeted_probes)))):
         probes.append(_probe(run, m, qi, f.top_k, [(None, "clean"), (tg, "targeted")]))
     return Fig4(model=m, top_k=f.top_k, probes=probes)
@@ -237,7 +215,7 @@ def fig1(run: Run) -> Fig1:
     for qi in sorted(rng.sample(good, min(count, len(good)))):
         gi = _top(run, m, g_clean, qi, 1)[0]
         examples.append(example(qi, gi, nt))
-        pulled = [g for g, q in target_map(run, tg).items() if q == qi]
+        pulled = [g for g, q in target_map(run).items() if q == qi]
         if pulled:
             examples.append(example(qi, pulled[0], tg))
     return Fig1(model=m, attack_id=nt.id, examples=examples)

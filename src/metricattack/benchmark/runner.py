@@ -58,6 +58,7 @@ class Run:
         self.attacks: dict[AttackJob, dict[str, Any]] = {}
         self.adv_features: dict[tuple[AttackJob, str], torch.Tensor] = {}
         self.adv_datasets: dict[AttackJob, ReIDDataset] = {}
+        self.adv_gallery_records: dict[AttackJob, list] = {}
         self.ds: ReIDDataset | None = None
         self.dataset_root = ""
 
@@ -129,8 +130,11 @@ class Run:
             spec = self.attack_spec(job)
             models = [self.models[s] for s in job.sources]
             metrics = [self.metric(s, job.metric) for s in job.sources]
-            out = self.cache.run(spec, lambda folder, job=job, models=models, metrics=metrics: backend.attack_work(
-                models, metrics, self.ds, _job_dict(job), self.cfg.attack, self.cfg.seed, self.device, folder))
+            records = [{"name": s, "checkpoint": self.checkpoints[s]["checkpoint"], "sha256": self.checkpoints[s]["sha256"]}
+                       for s in job.sources]
+            out = self.cache.run(spec, lambda folder, job=job, models=models, metrics=metrics, records=records:
+                                 backend.attack_work(models, metrics, records, self.ds, _job_dict(job), self.cfg.attack,
+                                                     self.cfg.seed, self.cfg.evaluation.ap, self.device, folder))
             out["folder"] = str(self.cache.folder(spec))
             out["key"] = spec.key
             self.attacks[job] = out
@@ -143,11 +147,13 @@ class Run:
     def adversarial_gallery(self, job: AttackJob) -> list:
         """The adversarial gallery records in the clean gallery's order (matched by file name)."""
         assert self.ds is not None
-        adv = {r.path.name: r for r in self.adversarial_dataset(job).gallery}
-        missing = [r.path.name for r in self.ds.gallery if r.path.name not in adv]
-        if missing:
-            raise MetricAttackError(f"adversarial set {job.id} lacks gallery images {missing[:3]} (of {len(missing)})")
-        return [adv[r.path.name] for r in self.ds.gallery]
+        if job not in self.adv_gallery_records:
+            adv = {r.path.stem: r for r in self.adversarial_dataset(job).gallery}
+            missing = [r.path.name for r in self.ds.gallery if r.path.stem not in adv]
+            if missing:
+                raise MetricAttackError(f"adversarial set {job.id} lacks gallery images {missing[:3]} (of {len(missing)})")
+            self.adv_gallery_records[job] = [adv[r.path.stem] for r in self.ds.gallery]
+        return self.adv_gallery_records[job]
 
     def extract_adversarial(self, evaluations: list[tuple[AttackJob, str]]) -> None:
         for job, tested in progress(evaluations, "adversarial features"):

@@ -152,7 +152,7 @@ class ClassificationVsMetric(Record):
     metric_attack: Ranking
     classification_attack: Ranking | None
     classification_missing: str | None = None
-    mean_tp_distance: dict[str, float] = Field(description="mean Euclidean distance probe → true positives: clean / metric_attack / classification_attack")
+    mean_tp_distance: dict[str, float] = Field(description="mean squared-Euclidean distance probe → true positive (other camera): clean / metric_attack / classification_attack")
 
 
 class Targeted(Record):

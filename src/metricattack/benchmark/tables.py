@@ -150,7 +150,7 @@ def classification_table(results: Results) -> Table | None:
              fmt(c.mean_tp_distance.get("classification_attack"))]]
     return Table("classification", "Metric vs classification attack",
                  f"White-box attacks on {c.model}: the paper reports mAP 77.52 → 0.367 (metric) vs 52.93 "
-                 "(classification) and a mean distance to true positives 0.80 → 1.42.",
+                 "(classification) and a mean distance to true positives 0.80 → 1.42 (its distance convention is not stated; ours is squared Euclidean).",
                  ["Gallery", "Rank-1", "mAP", "Mean distance to true positives"], rows)
 
 
