@@ -170,6 +170,41 @@ def test_gradients_flow_through_the_mahalanobis_objective(train):
     torch.testing.assert_close(images.grad, reference.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_attack_objective_on_xqda_matches_the_direct_formula_and_ifgsm_increases_it(train):
+    """The attack's metric loss with an XQDA metric: value and input gradient equal the direct
+    mean_r (r − f(x))ᵀ W M Wᵀ (r − f(x)), and I-FGSM (ε = 8) increases it."""
+    pytest.importorskip("metricattack.attacks.objectives")
+    from metricattack.attacks.methods import input_gradient, perturb
+    from metricattack.attacks.objectives import MetricLoss, ReferenceTargets
+    from metricattack.attacks.spec import AttackSpec
+
+    fit = fit_xqda(*train)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 2, 24)).eval()
+    images, indices = torch.rand(3, 3, 4, 2), torch.arange(3)
+    references = torch.randn(4, 24)
+    ref_sets = [(0, 1), (2,), (1, 3)]
+    loss = MetricLoss(model, fit.metric, ReferenceTargets.build(fit.metric, references, ref_sets))
+    kernel = torch.from_numpy(fit.basis @ fit.kernel @ fit.basis.T).float()
+
+    def direct(x: torch.Tensor) -> torch.Tensor:
+        feats = model(x)
+        return torch.stack([
+            torch.stack([(references[r] - f) @ kernel @ (references[r] - f) for r in refs]).mean()
+            for f, refs in zip(feats, ref_sets)
+        ])
+
+    torch.testing.assert_close(loss(images, indices), direct(images), rtol=1e-4, atol=1e-5)
+    x = images.clone().requires_grad_(True)
+    (expected_grad,) = torch.autograd.grad(direct(x).sum(), x)
+    grad = input_gradient(loss, images, indices)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-3, atol=1e-5)
+    adversarial = perturb(images, loss, AttackSpec(method="ifgsm", eps=8, alpha=1), indices=indices)
+    assert (adversarial - images).abs().max() <= 8 / 255 + 1e-6
+    assert bool((loss(adversarial, indices) > loss(images, indices)).all())
+
+
 def test_every_identity_with_a_single_image_is_an_error():
     x = np.random.default_rng(0).standard_normal((6, 4))
     with pytest.raises(MetricAttackError, match="no pair of images of the same identity"):
