@@ -67,14 +67,10 @@ def train_settings(model: ModelSection) -> dict[str, Any]:
     return {}
 
 
-def model_work(model: ModelSection, dataset: DatasetSection, dataset_root: str, device: str, folder: Path) -> dict[str, Any]:
-    """Train ``model`` on the dataset (or reference its given checkpoint)."""
-    if model.checkpoint is not None:
-        if not model.checkpoint.is_file():
-            raise ConfigError(f"model {model.name}: checkpoint {model.checkpoint} does not exist")
-        return {"checkpoint": str(model.checkpoint), "sha256": sha256_file(model.checkpoint)}
+def train_config(model: ModelSection, dataset: DatasetSection, dataset_root: str, device: str) -> Any:
+    """The validated TrainConfig of ``model``, training on the benchmark's dataset and device."""
     from ..config import validate
-    from ..training import TrainConfig, train
+    from ..training import TrainConfig
 
     settings = train_settings(model)
     data = dict(settings.get("data") or {})
@@ -82,7 +78,18 @@ def model_work(model: ModelSection, dataset: DatasetSection, dataset_root: str, 
     data["root"] = dataset_root
     settings["data"] = data
     settings["device"] = device
-    cfg = validate(TrainConfig, settings, f"model {model.name} training config")
+    return validate(TrainConfig, settings, f"model {model.name} training config")
+
+
+def model_work(model: ModelSection, dataset: DatasetSection, dataset_root: str, device: str, folder: Path) -> dict[str, Any]:
+    """Train ``model`` on the dataset (or reference its given checkpoint)."""
+    if model.checkpoint is not None:
+        if not model.checkpoint.is_file():
+            raise ConfigError(f"model {model.name}: checkpoint {model.checkpoint} does not exist")
+        return {"checkpoint": str(model.checkpoint), "sha256": sha256_file(model.checkpoint)}
+    from ..training import train
+
+    cfg = train_config(model, dataset, dataset_root, device)
     checkpoint = Path(train(cfg, folder / "train"))
     return {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)}
 

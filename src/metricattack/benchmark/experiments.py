@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.types import JUNK_PID
-from . import backend
+from . import backend, defence
 from .jobs import AttackJob, ensembles, fig5_attack_metrics, single
 from .schema import (ClassificationVsMetric, Curve, CurvePoint, EnsembleRow, Fig1, Fig1Example, Fig3, Fig4, Fig5,
                      MatrixCell, MatrixRow, ProbeLists, RankedImage, Ranking, RankingList, RatioPoint, Table1Row,
@@ -242,11 +242,10 @@ def fig5(run: Run, have_xqda: bool) -> Fig5:
 def table5(run: Run) -> Table5:
     if not run.cfg.experiments.table5.enabled:
         return Table5(status="not run", reason="disabled in the config (experiments.table5.enabled: false)")
-    try:
-        from ..defense import benchmark as defence  # issue #6
-    except ImportError:
-        return Table5(status="not run", reason="the metric-preserving defence (issue #6) is not available in this version")
-    return defence.table5(run)
+    reason = defence.unavailable_reason()
+    if reason is not None:
+        return Table5(status="not run", reason=reason)
+    return defence.table5(run, evaluate, adv)
 
 
 def compute_all(run: Run, have_xqda: bool) -> dict[str, Any]:

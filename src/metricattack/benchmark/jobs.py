@@ -72,6 +72,10 @@ def plan(cfg: BenchmarkConfig, xqda_available: bool) -> Plan:
         for _, members in ensembles(cfg):
             for method in methods:
                 p.add(AttackJob(members, "nontargeted", method, cfg.attack.epsilon, cfg.attack.metric), names)
+    if "table5" in selected and cfg.experiments.table5.enabled:
+        method = str(cfg.experiments.table5.settings.get("method", "ifgsm"))
+        for m in names:
+            p.add(single(cfg, m, method), names)
     if "classification" in selected:
         m, method = cfg.chosen_model("classification"), cfg.experiments.classification.method
         p.add(single(cfg, m, method), [m])

@@ -17,11 +17,11 @@ import torch
 from ..data.types import ReIDDataset
 from ..errors import MetricAttackError
 from ..io import atomic_write_json, environment_versions
-from . import backend, experiments
+from . import backend, defence, experiments
 from .config import BenchmarkConfig
 from .figures import write_figures
 from .findings import compute_findings
-from .jobs import AttackJob, Plan, plan
+from .jobs import AttackJob, Plan, plan, single
 from .report import write_report
 from .schema import AttackSetting, DatasetInfo, ModelInfo, Provenance, Results
 from .stages import StageCache, StageSpec, progress, read_stage_log
@@ -86,9 +86,9 @@ class Run:
             self.checkpoints[m.name] = out
             self.models[m.name] = backend.load_model(out["checkpoint"], self.device)
 
-    def extract_clean(self, with_train: list[str]) -> None:
+    def extract_clean(self, names: list[str], with_train: list[str], desc: str = "clean features") -> None:
         assert self.ds is not None
-        for name in progress(self.cfg.model_names(), "clean features"):
+        for name in progress(names, desc):
             train = name in with_train
             spec = StageSpec("features", name, {"batch_size": self.cfg.evaluation.batch_size, "train": train},
                              upstream=(self.keys["dataset"], self.keys[f"model:{name}"]), code=CODE_FEATURES)
@@ -155,8 +155,8 @@ class Run:
             self.adv_gallery_records[job] = [adv[r.path.stem] for r in self.ds.gallery]
         return self.adv_gallery_records[job]
 
-    def extract_adversarial(self, evaluations: list[tuple[AttackJob, str]]) -> None:
-        for job, tested in progress(evaluations, "adversarial features"):
+    def extract_adversarial(self, evaluations: list[tuple[AttackJob, str]], desc: str = "adversarial features") -> None:
+        for job, tested in progress(evaluations, desc):
             spec = StageSpec("adv_features", f"{job.id}@{tested}", {"batch_size": self.cfg.evaluation.batch_size},
                              upstream=(self.attacks[job]["key"], self.keys[f"model:{tested}"]), code=CODE_FEATURES)
             self.cache.run(spec, lambda folder, job=job, tested=tested: _adv_features_work(self, job, tested, folder))
@@ -208,10 +208,15 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
     the_plan: Plan = plan(cfg, have_xqda)
     ds = run.prepare_dataset()
     run.train_models()
-    run.extract_clean(the_plan.train_features)
+    run.extract_clean(cfg.model_names(), the_plan.train_features)
     run.fit_metrics(the_plan.xqda_models)
     run.run_attacks(the_plan.jobs)
     run.extract_adversarial(the_plan.evaluations)
+    if "table5" in cfg.selected() and cfg.experiments.table5.enabled and defence.unavailable_reason() is None:
+        defended = defence.train_defended(run)
+        run.extract_clean(defended, [], "defended features")
+        method = defence.method_of(cfg)
+        run.extract_adversarial([(single(cfg, m, method), d) for m in cfg.model_names() for d in defended])
 
     sections = experiments.compute_all(run, have_xqda)
     stage_seconds: dict[str, float] = {}

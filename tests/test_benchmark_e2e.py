@@ -1,0 +1,68 @@
+"""End to end: `metricattack benchmark --config configs/tiny.yaml` on tiny synthetic data.
+
+One run of the whole pipeline (train → attack → evaluate → results/tables/figures/report),
+then a re-run that must do no work, then an `--only` selection.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from metricattack.benchmark.schema import validate_results
+from metricattack.benchmark.stages import read_stage_log
+from metricattack.cli import main
+
+from test_benchmark_framework import check_report
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = {"dataset", "model", "features", "xqda", "attack", "adv_features"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
+    data = json.loads((tiny_run / "results.json").read_text())
+    res = validate_results(data)
+    assert res.provenance.ap_convention in ("market", "noninterp")
+    assert res.provenance.seeds["run"] == 0 and res.provenance.versions["torch"]
+    for section in ("table1", "table2", "table4", "table5", "fig1", "fig3", "fig4", "fig5", "classification", "targeted"):
+        assert getattr(res, section) is not None, section
+    assert [f.id for f in res.findings] == [1, 2, 3, 4, 5, 6]
+    # every white-box cell is the attacked model itself, and the matrix is complete
+    names = [m.name for m in res.models]
+    assert len(res.table2.rows) == len(names) * 3
+    assert all(c.white_box == (c.tested == r.attacked) for r in res.table2.rows for c in r.cells)
+    # the saved adversarial images respect the ε bound
+    assert all(a.linf is None or a.linf <= a.epsilon + 1e-6 for a in res.attacks)
+
+
+@pytest.mark.slow
+def test_outputs_tables_figures_report(tiny_run: Path) -> None:
+    for name in ("table1", "table2", "table4", "classification", "targeted", "table5"):
+        assert (tiny_run / "tables" / f"{name}.md").is_file() and (tiny_run / "tables" / f"{name}.csv").is_file()
+    figures = {p.stem for p in (tiny_run / "figures").glob("*.png")}
+    assert figures == {"fig1", "fig3", "fig4", "fig5"}
+    check_report((tiny_run / "report.html").read_text(encoding="utf-8"), figures)
+
+
+@pytest.mark.slow
+def test_rerun_does_no_work_and_only_selects(tiny_run: Path) -> None:
+    before = len(read_stage_log(tiny_run))
+    assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tiny_run)]) == 0
+    rerun = read_stage_log(tiny_run)[before:]
+    assert rerun and {e["kind"] for e in rerun} <= HEAVY
+    assert [e for e in rerun if e["status"] != "cached"] == []
+    assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tiny_run),
+                 "--only", "table1"]) == 0
+    res = validate_results(json.loads((tiny_run / "results.json").read_text()))
+    assert res.table1 is not None and res.table2 is None
+    assert {f.status for f in res.findings} == {"not measured"}
