@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/metricattack demo --out $(DEMO_OUT)
+	$(VENV)/bin/metricattack benchmark --config configs/quickstart.yaml --out $(DEMO_OUT)
 
 clean:
 	rm -rf runs build dist src/*.egg-info .pytest_cache
