@@ -35,3 +35,35 @@ def tiny_dataset_root(tmp_path_factory: pytest.TempPathFactory):
         ),
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_checkpoint(tiny_dataset_root, tmp_path_factory: pytest.TempPathFactory):
+    """Checkpoint path of a ResNet-18 (64x32 input) trained briefly on ``tiny_dataset_root``.
+
+    Trained once per session with cross-entropy + batch-hard triplet; its rank-1 on the tiny
+    test split is checked in ``tests/test_training.py``. Trains on one thread: on the shared
+    2-core machine, 2 intra-op threads per process made this up to 10x slower under load.
+    """
+    from metricattack.training import TrainConfig, train
+
+    cfg = TrainConfig.model_validate(
+        {
+            "data": {"dataset": "folder", "root": str(tiny_dataset_root), "cache": True},
+            "model": {"backbone": "resnet18", "input_size": [64, 32]},
+            "loss": {"cross_entropy": {"label_smoothing": 0.1}, "triplet": {"margin": 0.3}},
+            "optimizer": {"lr": 0.002},
+            "schedule": {"epochs": 8, "lr_steps": [7]},
+            "batch": {"batch_size": 16, "sampler": "pk", "images_per_id": 4},
+            "augmentation": {"pad": 3},
+            "device": "cpu",
+            "progress": False,
+            "seed": 0,
+        }
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(cfg, tmp_path_factory.mktemp("tiny_model"))
+    finally:
+        torch.set_num_threads(threads)

@@ -18,6 +18,16 @@ from metricattack.training import trainer as trainer_module
 from metricattack.training.losses import batch_hard_triplet_loss
 from metricattack.training.sampler import PKBatchSampler
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Train on one intra-op thread (much faster than two on the shared, loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- losses
 
 

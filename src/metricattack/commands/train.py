@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..models.checkpoint import checkpoint_meta
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides)
     out = args.out if args.out is not None else Path("runs") / args.config.stem
     final = train(cfg, out)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports (the process group is gone by now)
+        return 0
     last = checkpoint_meta(final)["meta"]["history"][-1]
     print(f"trained {cfg.model.backbone} for {cfg.schedule.epochs} epochs: last loss {last['loss']:.4f}, {last['images_per_second']:.1f} images/s -> {final}")
     return 0

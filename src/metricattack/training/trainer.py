@@ -147,6 +147,21 @@ def run_epoch(step: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimi
     return {**stats, "images": images_seen, "seconds": seconds, "images_per_second": images_seen / seconds if seconds else 0.0}
 
 
+def _across_ranks(stats: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Epoch statistics of all ranks: images summed, losses averaged, seconds of the slowest rank."""
+    _, world = rank_and_world()
+    if world == 1:
+        return stats
+    names = sorted(k for k in stats if k not in ("images", "seconds", "images_per_second"))
+    sums = torch.tensor([stats[k] for k in names] + [stats["images"]], dtype=torch.float64, device=device)
+    slowest = torch.tensor([stats["seconds"]], dtype=torch.float64, device=device)
+    dist.all_reduce(sums)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    out = {k: float(v) / world for k, v in zip(names, sums[:-1].tolist())}
+    images, seconds = int(sums[-1].item()), float(slowest.item())
+    return {**out, "images": images, "seconds": seconds, "images_per_second": images / seconds if seconds else 0.0}
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
     """Highest-epoch checkpoint in ``folder`` whose JSON sidecar and train state both exist."""
     complete = [p for p in folder.glob("epoch-*.safetensors") if meta_path(p).is_file() and train_state_path(p).is_file()]
@@ -233,7 +248,7 @@ def _train(cfg: TrainConfig, out_dir: Path, device: torch.device) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr
         with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar:
-            stats = run_epoch(step, loader, optimizer, losses, device, bar)
+            stats = _across_ranks(run_epoch(step, loader, optimizer, losses, device, bar), device)
         history.append({"epoch": epoch, "lr": lr, **stats})
         if show:
             tqdm.write(f"epoch {epoch}/{cfg.schedule.epochs}: loss {stats['loss']:.4f}, {stats['images_per_second']:.1f} images/s")
