@@ -1,0 +1,159 @@
+"""The defence configuration (YAML → :class:`DefenseConfig`), validated with clear errors.
+
+Example (``configs/defense/quickstart.yaml``)::
+
+    train: {...TrainConfig of the clean model F...}
+    base_checkpoint: null            # or an existing checkpoint of F (then F is not trained)
+    strategy: metric_preserving      # or: online
+    training_attack: {attack: {method: ifgsm, eps: 5}, metric: euclidean, batch_size: 32}
+    retrain: {init: scratch}         # or: finetune (start from F's weights)
+    online: {method: ifgsm, eps: 2, alpha: 1, steps: 2, guides: [push, pull]}
+    evaluation: {transfer: {method: ifgsm, eps: 5}, adaptive: {methods: [ifgsm, mifgsm, pgd], epsilons: [2, 5]}}
+
+ε and α are in 0..255 pixel units, like everywhere in metricattack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from ..attacks.spec import AttackSpec, Method
+from ..config import StrictModel, load_config
+from ..evaluation.ranking import APConvention
+from ..training.config import TrainConfig
+
+Guide = Literal["push", "pull"]
+
+
+class TrainingSetAttack(StrictModel):
+    """Step 2 of the paper: attack every training image against the clean model F.
+
+    Each training image of identity k is pushed away from the clean features of the
+    training images of identity k (its own clean feature included; see
+    :mod:`.training_set_attack`).
+    """
+
+    attack: AttackSpec = AttackSpec(method="ifgsm", eps=5.0)
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    batch_size: PositiveInt = 32
+
+
+class RetrainSection(StrictModel):
+    """Step 3: F_adv is trained on Y ∪ Y_adv with F's recipe.
+
+    ``init: scratch`` starts from F's initialisation (same seed, same architecture, same
+    classes); ``finetune`` starts from F's trained weights for ``finetune_epochs`` epochs
+    (default: the recipe's epochs) at the recipe's learning rate times ``finetune_lr_factor``.
+    """
+
+    init: Literal["scratch", "finetune"] = "scratch"
+    finetune_epochs: PositiveInt | None = None
+    finetune_lr_factor: float = Field(0.1, gt=0.0, le=1.0)
+
+
+class OnlineSection(StrictModel):
+    """Online adversarial training: every batch gets adversarial copies made against the current model.
+
+    Per image the maximised objective is ``push·d(f(x'), c_same) − pull·d(f(x'), f_other)``
+    with ``c_same`` the mean clean feature of the *other* same-identity images of the batch
+    (its own clean feature when it has none) and ``f_other`` the clean feature of one image of
+    another identity of the batch, drawn with a seeded generator (Bouniot et al., CVPRW 2020
+    use push and pull guides in the same spirit). The loss is the recipe's loss on the
+    batch ``[clean; adversarial]`` (labels repeated).
+    """
+
+    method: Method = "ifgsm"
+    eps: float = Field(2.0, gt=0, le=255)
+    alpha: float = Field(1.0, gt=0)
+    steps: PositiveInt = 2
+    guides: list[Guide] = Field(default_factory=lambda: ["push", "pull"], min_length=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> OnlineSection:
+        if self.alpha > self.eps:
+            raise ValueError(f"alpha ({self.alpha}) must not exceed eps ({self.eps}); both are in 0..255 units")
+        if self.method == "fgsm" and self.steps != 1:
+            raise ValueError("fgsm takes exactly one step; set steps: 1")
+        if len(set(self.guides)) != len(self.guides):
+            raise ValueError(f"guides must not repeat, got {self.guides}")
+        return self
+
+    def spec(self) -> AttackSpec:
+        """The per-batch attack as an :class:`AttackSpec`."""
+        return AttackSpec(method=self.method, eps=self.eps, alpha=self.alpha, steps=None if self.method == "fgsm" else self.steps, seed=self.seed)
+
+
+class TransferSection(StrictModel):
+    """The gallery attack against the *normal* model F whose adversarial gallery Table 5 tests."""
+
+    attack: AttackSpec = AttackSpec(method="ifgsm", eps=5.0)
+    batch_size: PositiveInt = 32
+
+
+class AdaptiveSection(StrictModel):
+    """White-box attacks made against each model itself (the honest robustness numbers)."""
+
+    methods: list[Method] = Field(default_factory=lambda: ["ifgsm", "mifgsm", "pgd"], min_length=1)
+    epsilons: list[float] = Field(default_factory=lambda: [2.0, 5.0], min_length=1)
+    alpha: float = Field(1.0, gt=0, description="step size (capped at each ε)")
+    seed: int = 0
+    batch_size: PositiveInt = 32
+
+    @model_validator(mode="after")
+    def _eps_range(self) -> AdaptiveSection:
+        bad = [e for e in self.epsilons if not 0 < e <= 255]
+        if bad:
+            raise ValueError(f"epsilons must lie in (0, 255] (0..255 pixel units), got {bad}")
+        return self
+
+    def specs(self) -> list[AttackSpec]:
+        """One spec per (method, ε), in config order."""
+        return [AttackSpec(method=m, eps=e, alpha=min(self.alpha, e), seed=self.seed) for m in self.methods for e in self.epsilons]
+
+
+class EvaluationSection(StrictModel):
+    """What ``metricattack defend`` measures after training."""
+
+    enabled: bool = True
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    ap: APConvention = "market"
+    transfer: TransferSection = TransferSection()
+    adaptive: AdaptiveSection = AdaptiveSection()
+    batch_size: PositiveInt = 64
+
+
+class DefenseConfig(StrictModel):
+    """Everything :func:`~metricattack.defense.pipeline.run_defense` needs."""
+
+    train: TrainConfig = Field(description="recipe of the clean model F (its data section names the dataset)")
+    base_checkpoint: Path | None = Field(None, description="existing checkpoint of F; skips training F")
+    strategy: Literal["metric_preserving", "online"] = "metric_preserving"
+    training_attack: TrainingSetAttack = TrainingSetAttack()
+    retrain: RetrainSection = RetrainSection()
+    online: OnlineSection = OnlineSection()
+    evaluation: EvaluationSection = EvaluationSection()
+
+
+class DefenceSettings(StrictModel):
+    """The ``experiments.table5.settings`` of a benchmark config (Table 5 in the benchmark).
+
+    ``method`` is the attack of the adversarial galleries Table 5 tests (one per base model,
+    with the benchmark's ε, α, μ); the other sections are those of :class:`DefenseConfig`.
+    """
+
+    method: Method = "ifgsm"
+    training_attack: TrainingSetAttack = TrainingSetAttack()
+    retrain: RetrainSection = RetrainSection()
+    adaptive: AdaptiveSection = AdaptiveSection()
+    adaptive_normal: bool = Field(True, description="also attack the normal models white-box, for comparison")
+
+
+def load_defense_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DefenseConfig:
+    """Load a defence YAML (relative paths are relative to the working directory) with ``key.sub=value`` overrides (one ConfigError naming every bad field)."""
+    return load_config(DefenseConfig, path, overrides)
+
+

@@ -1,0 +1,203 @@
+"""``run_defense``: the metric-preserving network (paper Sec. 4) or online adversarial training, staged.
+
+Stages and the folders they write under ``out``:
+
+1. ``base``            -- the clean model F: trained with ``cfg.train`` into ``base/`` (or ``cfg.base_checkpoint``);
+2. ``training_attack`` -- Y_adv: the training set attacked against F (``train_adv/``, an adversarial dataset);
+3. ``merge``           -- Y ∪ Y_adv as a ``folder`` dataset (``merged/``, same pids, hard links);
+4. ``retrain``         -- F_adv trained on the merged set with F's recipe (``defended_train/``): from F's
+   initialisation (same seed) by default, or fine-tuned from F. With ``strategy: online`` stages 2-3
+   are skipped and F_adv is trained online-adversarially on Y from F's initialisation instead;
+5. ``finalise``        -- ``defended/model.safetensors``: F_adv as a normal checkpoint whose JSON ``meta.defence``
+   says how it was made (strategy, attack spec and ε, fingerprints of Y, Y_adv and the merged set, F's SHA-256);
+6. ``evaluate``        -- ``defense_results.json``: clean mAP of F and F_adv, the gallery attacked against F
+   (``transfer_gallery/``, evaluated on disk by both: the Table 5 cells) and white-box adaptive attacks
+   against both models.
+
+Each stage writes ``stages/<name>.json`` (its settings key and outputs) when it finishes; a
+re-run skips finished stages and resumes the interrupted one (training per epoch, attacks per
+batch). A finished stage made with other settings is refused, except ``evaluate``, which is
+recomputed when its settings change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..attacks.export import ModelEntry, export_attack
+from ..data.layouts import dataset_fingerprint, load_dataset
+from ..data.types import ReIDDataset
+from ..errors import ConfigError
+from ..io import atomic_write_json, environment_versions, sha256_file, sha256_json
+from ..metrics.distance import build_metric
+from ..models.checkpoint import checkpoint_meta, load_model, save_checkpoint
+from ..training import train
+from ..training.config import TrainConfig
+from ..training.trainer import resolve_device
+from .config import DefenseConfig
+from .evaluation import ORIGINAL, adaptive_attack_rows, adversarial_gallery_name, table5_cells
+from .online import train_defended
+from .training_set_attack import adversarial_training_records, attack_training_set, merge_training_sets
+
+RESULTS_FORMAT = "metricattack.defense-results/1"
+STAGES = ("base", "training_attack", "merge", "retrain", "finalise", "evaluate")
+
+
+class StageRunner:
+    """Runs named stages once per settings key, recording ``out/stages/<name>.json``."""
+
+    def __init__(self, out: Path, log: Callable[[str], None] = print) -> None:
+        self.out, self.log = Path(out), log
+        self.ran: list[str] = []
+
+    def run(self, name: str, settings: Any, work: Callable[[], dict[str, Any]], *, redo_on_change: bool = False) -> dict[str, Any]:
+        marker = self.out / "stages" / f"{name}.json"
+        key = sha256_json(settings)
+        if marker.is_file():
+            record = json.loads(marker.read_text(encoding="utf-8"))
+            if record["key"] == key:
+                return dict(record["outputs"])
+            if not redo_on_change:
+                raise ConfigError(f"{self.out}: stage {name!r} was made with other settings; use another --out folder or remove it")
+        self.log(f"defence stage {name} ...")
+        outputs = work()
+        atomic_write_json(marker, {"stage": name, "key": key, "settings": settings, "outputs": outputs, "versions": environment_versions()})
+        self.ran.append(name)
+        return outputs
+
+
+def _train_settings(cfg: TrainConfig) -> dict[str, Any]:
+    return cfg.result_defining() | {"epochs": cfg.schedule.epochs}
+
+
+def _with_data(cfg: TrainConfig, root: Path) -> TrainConfig:
+    data = cfg.data.model_copy(update={"dataset": "folder", "root": Path(root)})
+    return cfg.model_copy(update={"data": data})
+
+
+def _source(cfg: DefenseConfig) -> ReIDDataset:
+    return load_dataset(cfg.train.data.dataset, cfg.train.data.root)
+
+
+def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) every stage; returns the defence results (also ``out/defense_results.json`` when evaluated)."""
+    out = Path(out)
+    stages = StageRunner(out, log)
+    dataset = _source(cfg)
+    fingerprint = dataset_fingerprint(dataset)
+    device = str(resolve_device(cfg.train.device))
+
+    def base_work() -> dict[str, Any]:
+        path = Path(cfg.base_checkpoint) if cfg.base_checkpoint is not None else train(cfg.train, out / "base")
+        return {"checkpoint": str(Path(path).resolve()), "sha256": sha256_file(path)}
+
+    base_settings = {"checkpoint": str(cfg.base_checkpoint)} if cfg.base_checkpoint else {"train": _train_settings(cfg.train), "data": fingerprint}
+    base = stages.run("base", base_settings, base_work)
+    base_ckpt = Path(base["checkpoint"])
+    base_record = {"name": "F", "checkpoint": str(base_ckpt), "sha256": base["sha256"]}
+
+    data_record: dict[str, Any] = {"clean": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint}}
+    if cfg.strategy == "metric_preserving":
+        attack_settings = {"attack": cfg.training_attack.model_dump(mode="json") | {"attack": cfg.training_attack.attack.resolved()},
+                           "base": base["sha256"], "data": fingerprint}
+
+        def attack_work() -> dict[str, Any]:
+            model = load_model(base_ckpt, device=device)
+            results = attack_training_set(model, dataset, out / "train_adv", cfg.training_attack, model_record=base_record,
+                                          device=device, progress=cfg.train.progress)
+            adv = adversarial_training_records(dataset, out / "train_adv")
+            y_adv = ReIDDataset("y_adv", out / "train_adv", adv, (), ())
+            white = results["evaluations"][0]
+            return {"root": str((out / "train_adv").resolve()), "fingerprint": dataset_fingerprint(y_adv),
+                    "manifest_sha256": sha256_file(out / "train_adv" / "manifest.json"),
+                    "num_attacked": results["num_attacked"], "linf_max_disk": results["linf_255"]["max_disk"],
+                    "train_view_mAP": {"clean": 100 * white["clean"]["mAP"], "adversarial": 100 * white["adversarial_disk"]["mAP"]}}
+
+        attacked = stages.run("training_attack", attack_settings, attack_work)
+        merged = stages.run("merge", {"attack": attacked["fingerprint"], "data": fingerprint}, lambda: _merge_work(dataset, out))
+        data_record |= {"adversarial": attacked, "merged": merged}
+        recipe = _with_data(cfg.train, Path(merged["root"]))
+        retrain_settings = {"train": _train_settings(recipe), "retrain": cfg.retrain.model_dump(mode="json"),
+                            "data": merged["fingerprint"], "base": base["sha256"]}
+    else:
+        recipe = cfg.train
+        retrain_settings = {"train": _train_settings(recipe), "online": cfg.online.model_dump(mode="json"), "data": fingerprint}
+
+    def retrain_work() -> dict[str, Any]:
+        folder = out / "defended_train"
+        if cfg.strategy == "online":
+            path = train_defended(recipe, folder, online=cfg.online)
+        elif cfg.retrain.init == "finetune":
+            epochs = cfg.retrain.finetune_epochs or recipe.schedule.epochs
+            tuned = recipe.model_copy(update={"schedule": recipe.schedule.model_copy(update={"epochs": epochs, "warmup_epochs": 0, "lr_steps": []})})
+            path = train_defended(tuned, folder, init_checkpoint=base_ckpt, lr_factor=cfg.retrain.finetune_lr_factor)
+        else:
+            path = train(recipe, folder)
+        return {"checkpoint": str(Path(path).resolve()), "sha256": sha256_file(path)}
+
+    retrained = stages.run("retrain", retrain_settings, retrain_work)
+
+    def finalise_work() -> dict[str, Any]:
+        trained = Path(retrained["checkpoint"])
+        meta = dict(checkpoint_meta(trained)["meta"])
+        meta["defence"] = {
+            "strategy": cfg.strategy,
+            "base_model": base_record,
+            "initialisation": ("F's initialisation (same seed, architecture and classes)" if cfg.strategy == "online" or cfg.retrain.init == "scratch"
+                               else "fine-tuned from F's weights"),
+            "training_attack": ({"attack": cfg.training_attack.attack.resolved(), "epsilon": cfg.training_attack.attack.eps,
+                                 "metric": cfg.training_attack.metric, "setting": "push each training image away from its identity's clean training features"}
+                                if cfg.strategy == "metric_preserving" else None),
+            "retrain": cfg.retrain.model_dump(mode="json") if cfg.strategy == "metric_preserving" else None,
+            "online": cfg.online.model_dump(mode="json") if cfg.strategy == "online" else None,
+            "data": data_record,
+            "trained_checkpoint": {"path": str(trained), "sha256": retrained["sha256"]},
+        }
+        path = save_checkpoint(load_model(trained), out / "defended" / "model.safetensors", meta)
+        return {"checkpoint": str(path.resolve()), "sha256": sha256_file(path)}
+
+    final = stages.run("finalise", {"retrained": retrained["sha256"], "data": data_record, "strategy": cfg.strategy}, finalise_work)
+    summary: dict[str, Any] = {"base": base, "defended": final, "data": data_record, "stages_ran": stages.ran}
+    if cfg.evaluation.enabled:
+        eval_settings = {"evaluation": cfg.evaluation.model_dump(mode="json"), "base": base["sha256"], "defended": final["sha256"], "data": fingerprint}
+        summary["evaluation"] = stages.run("evaluate", eval_settings, lambda: _evaluate(cfg, out, dataset, base_record, final, device),
+                                           redo_on_change=True)
+    summary["stages_ran"] = stages.ran
+    return summary
+
+
+def _merge_work(dataset: ReIDDataset, out: Path) -> dict[str, Any]:
+    root = merge_training_sets(dataset, out / "train_adv", out / "merged")
+    record = json.loads((root / "merge.json").read_text(encoding="utf-8"))
+    return {"root": str(root.resolve()), "fingerprint": record["merged_fingerprint"], "train_images": record["train_images"]}
+
+
+def _evaluate(cfg: DefenseConfig, out: Path, dataset: ReIDDataset, base_record: dict[str, Any], final: dict[str, Any], device: str) -> dict[str, Any]:
+    """Table 5 cells for F / F_adv and the adaptive white-box rows; writes ``defense_results.json``."""
+    ev = cfg.evaluation
+    metric = build_metric(ev.metric)
+    normal = load_model(Path(base_record["checkpoint"]), device=device)
+    defended = load_model(Path(final["checkpoint"]), device=device)
+    defended_record = {"name": "F_adv", "checkpoint": final["checkpoint"], "sha256": final["sha256"]}
+    transfer = export_attack([ModelEntry(normal, metric, base_record)], dataset, out / "transfer_gallery", ev.transfer.attack, "gallery",
+                             eval_models=[ModelEntry(defended, metric, defended_record)], metric_record={"name": ev.metric},
+                             batch_size=ev.transfer.batch_size, device=device, ap=ev.ap, progress=cfg.train.progress)
+    by_model = {row["model"]["name"]: row for row in transfer["evaluations"]}
+    gallery = adversarial_gallery_name("F")
+    maps = {(name, ORIGINAL): 100 * row["clean"]["mAP"] for name, row in by_model.items()}
+    maps |= {(name, gallery): 100 * row["adversarial_disk"]["mAP"] for name, row in by_model.items()}
+    cells = table5_cells(["F"], [ORIGINAL, gallery], lambda b, g: maps[("F", g)], lambda b, g: maps[("F_adv", g)])
+    adaptive = adaptive_attack_rows({"F": normal, "F_adv": defended}, dataset, metric, ev.adaptive.specs(),
+                                    batch_size=ev.adaptive.batch_size, device=device, ap=ev.ap, roles={"F": "normal", "F_adv": "defended"})
+    results = {"format": RESULTS_FORMAT, "strategy": cfg.strategy, "ap_convention": ev.ap, "metric": ev.metric,
+               "units": "mAP and rank-1 in percent; improvement = (#M - #N) / #N as a fraction",
+               "models": {"F": base_record, "F_adv": defended_record},
+               "table5": {"cells": cells, "transfer_attack": transfer["attack"], "transfer_dir": str(out / "transfer_gallery"),
+                          "linf_255": transfer["linf_255"]},
+               "adaptive": adaptive, "config": cfg.model_dump(mode="json"), "versions": environment_versions()}
+    atomic_write_json(out / "defense_results.json", results)
+    return {"results": str((out / "defense_results.json").resolve()), "cells": cells,
+            "adaptive": [{k: r[k] for k in ("model", "method", "epsilon", "clean_mAP", "adversarial_mAP")} for r in adaptive]}
