@@ -98,6 +98,7 @@ class DefenceSection(StrictModel):
     """Table 5 (metric-preserving models); passed to the defence module when it exists."""
 
     enabled: bool = True
+    models: list[str] | None = Field(None, description="base models to defend (default: all)")
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -133,6 +134,9 @@ class BenchmarkConfig(StrictModel):
             chosen = getattr(self.experiments, section).model
             if chosen is not None and chosen not in names:
                 raise ValueError(f"experiments.{section}.model {chosen!r} is not one of the models {names}")
+        for chosen in self.experiments.table5.models or []:
+            if chosen not in names:
+                raise ValueError(f"experiments.table5.models: {chosen!r} is not one of the models {names}")
         for exp in self.experiments.only or []:
             if exp not in EXPERIMENTS:
                 raise ValueError(f"unknown experiment {exp!r} in experiments.only; expected some of {', '.join(EXPERIMENTS)}")
@@ -144,6 +148,10 @@ class BenchmarkConfig(StrictModel):
     def chosen_model(self, section: str) -> str:
         """The model an experiment section attacks (its ``model`` or the first model)."""
         return getattr(self.experiments, section).model or self.models[0].name
+
+    def defended_models(self) -> list[str]:
+        """The base models Table 5 defends."""
+        return self.experiments.table5.models or self.model_names()
 
     def selected(self) -> list[str]:
         """The experiments this run computes, in paper order."""

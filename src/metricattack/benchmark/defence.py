@@ -56,7 +56,8 @@ def train_defended(run: Run) -> list[str]:
 
     settings = settings_of(run)
     names = []
-    for section in progress(run.cfg.models, "defended models"):
+    chosen = run.cfg.defended_models()
+    for section in progress([m for m in run.cfg.models if m.name in chosen], "defended models"):
         base = section.name
         train_cfg = backend.train_config(section, run.cfg.dataset, run.dataset_root, run.device)
         dcfg = validate(DefenseConfig, {"train": train_cfg.model_dump(mode="json"),
@@ -87,7 +88,7 @@ def adaptive_rows(run: Run, defended: list[str]) -> list[dict[str, Any]]:
     from ..defense.evaluation import adaptive_attack_rows
 
     settings = settings_of(run)
-    names = defended + (run.cfg.model_names() if settings.adaptive_normal else [])
+    names = defended + (run.cfg.defended_models() if settings.adaptive_normal else [])
     spec = StageSpec("adaptive", ",".join(names), {"adaptive": settings.adaptive.model_dump(mode="json"),
                                                     "ap": run.cfg.evaluation.ap},
                      upstream=tuple(run.keys[f"model:{n}"] for n in names), code=CODE_DEFENCE)
@@ -106,14 +107,14 @@ def table5(run: Run, evaluate: Any, adv: Any) -> Table5:
     """The Table 5 section from the cached features (``evaluate``/``adv`` from :mod:`.experiments`)."""
     from ..defense.evaluation import ORIGINAL, adversarial_gallery_name, table5_cells
 
-    names = run.cfg.model_names()
+    attacked, bases = run.cfg.model_names(), run.cfg.defended_models()
     method = method_of(run.cfg)
-    jobs = {adversarial_gallery_name(a): single(run.cfg, a, method) for a in names}
+    jobs = {adversarial_gallery_name(a): single(run.cfg, a, method) for a in attacked}
 
     def mAP(model: str, gallery: str) -> float:
         feats = run.clean[model]["gallery"] if gallery == ORIGINAL else adv(run, jobs[gallery], model)
         return evaluate(run, model, feats).mAP
 
-    cells = table5_cells(names, [ORIGINAL, *jobs], mAP, lambda b, g: mAP(defended_name(b), g))
-    adaptive = adaptive_rows(run, [defended_name(n) for n in names])
+    cells = table5_cells(bases, [ORIGINAL, *jobs], mAP, lambda b, g: mAP(defended_name(b), g))
+    adaptive = adaptive_rows(run, [defended_name(n) for n in bases])
     return Table5(status="ok", cells=[Table5Cell(**c) for c in cells], adaptive=adaptive)

@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..io import atomic_write_text
 from .schema import Results
-from .tables import Table, classification_table, table1, table2, table4, table5, targeted_table
+from .tables import Table, adaptive_table, classification_table, table1, table2, table4, table5, targeted_table
 
 FIGURE_CAPTIONS = {
     "fig1": "Clean gallery image, the perturbation rescaled to [0, 1] for display, and the adversarial image, with the "
@@ -52,9 +52,12 @@ def build_sections(res: Results, figures: dict[str, Path]) -> list[Section]:
                    ("table4", "Table 4 — multi-model (ensemble) attacks", table4, 3),
                    ("classification", "Metric attack vs classification attack", classification_table, 1),
                    ("targeted", "Targeted attack success", targeted_table, 1),
-                   ("table5", "Table 5 — metric-preserving defence", table5, 1)]
+                   ("table5", "Table 5 — metric-preserving defence", table5, 1),
+                   ("table5_adaptive", "Table 5 (adaptive) — white-box attacks on the defended models", adaptive_table, 3)]
     for sid, title, fn, text_cols in table_specs:
         table = fn(res)
+        if table is None and sid == "table5_adaptive":
+            continue
         if table is None:
             sections.append(Section(sid, title, note="not run in this run (not selected).", not_run=True))
         elif sid == "table5" and res.table5 is not None and res.table5.status != "ok":
@@ -89,7 +92,7 @@ def render_report(res: Results, figures: dict[str, Path]) -> str:
         title=prov.config.get("name", "benchmark"), dataset=res.dataset, models=[m.name for m in res.models],
         epsilon=prov.config.get("attack", {}).get("epsilon"), ap=prov.ap_convention,
         version=prov.versions.get("metricattack", "?"), created=prov.created, wall=f"{minutes} min {seconds} s",
-        sections=build_sections(res, figures), findings=res.findings, summary_line=summary_line,
+        sections=build_sections(res, figures), findings=res.findings, further=res.further_findings, summary_line=summary_line,
         seeds=prov.seeds, versions=", ".join(f"{k} {v}" for k, v in sorted(prov.versions.items())))
 
 

@@ -20,7 +20,7 @@ from ..io import atomic_write_json, environment_versions
 from . import backend, defence, experiments
 from .config import BenchmarkConfig
 from .figures import write_figures
-from .findings import compute_findings
+from .findings import compute_findings, compute_further_findings
 from .jobs import AttackJob, Plan, plan, single
 from .report import write_report
 from .schema import AttackSetting, DatasetInfo, ModelInfo, Provenance, Results
@@ -238,7 +238,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
         models=[_model_info(run, n) for n in cfg.model_names()],
         attacks=[_attack_setting(run, j) for j in the_plan.jobs],
         findings=[], **sections)
-    results = results.model_copy(update={"findings": compute_findings(results)})
+    results = results.model_copy(update={"findings": compute_findings(results),
+                                         "further_findings": compute_further_findings(results)})
     results.provenance.wall_seconds = round(time.perf_counter() - start, 3)
     write_outputs(results, out)
     return results

@@ -274,6 +274,8 @@ class Results(Record):
         None, description="metric attack vs classification attack, and mean distance to true positives")
     targeted: Targeted | None = Field(None, description="targeted attack: share of images reaching their target's top-1/top-10")
     findings: list[Finding] = Field(description="the paper's six findings: holds / does not hold / not measured, with numbers")
+    further_findings: list[Finding] = Field(
+        default_factory=list, description="further claims of the paper (XQDA, defence), checked the same way")
 
 
 def json_schema() -> dict[str, Any]:
