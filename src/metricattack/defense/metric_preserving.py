@@ -11,7 +11,7 @@ Stages and the folders they write under ``out``:
 5. ``finalise``        -- ``defended/model.safetensors``: F_adv as a normal checkpoint whose JSON ``meta.defence``
    says how it was made (strategy, attack spec and ε, fingerprints of Y, Y_adv and the merged set, F's SHA-256);
 6. ``evaluate``        -- ``defense_results.json``: clean mAP of F and F_adv, the gallery attacked against F
-   (``transfer_gallery/``, evaluated on disk by both: the Table 5 cells) and white-box adaptive attacks
+   (``transfer_gallery/<settings key>/``, evaluated on disk by both: the Table 5 cells) and white-box adaptive attacks
    against both models.
 
 Each stage writes ``stages/<name>.json`` (its settings key and outputs) when it finishes; a
@@ -94,7 +94,11 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
         path = Path(cfg.base_checkpoint) if cfg.base_checkpoint is not None else train(cfg.train, out / "base")
         return {"checkpoint": str(Path(path).resolve()), "sha256": sha256_file(path)}
 
-    base_settings = {"checkpoint": str(cfg.base_checkpoint)} if cfg.base_checkpoint else {"train": _train_settings(cfg.train), "data": fingerprint}
+    if cfg.base_checkpoint is not None:
+        checkpoint_meta(Path(cfg.base_checkpoint))  # a clear error when missing or not a checkpoint
+        base_settings: dict[str, Any] = {"checkpoint": str(cfg.base_checkpoint), "sha256": sha256_file(cfg.base_checkpoint)}
+    else:
+        base_settings = {"train": _train_settings(cfg.train), "data": fingerprint}
     base = stages.run("base", base_settings, base_work)
     base_ckpt = Path(base["checkpoint"])
     base_record = {"name": "F", "checkpoint": str(base_ckpt), "sha256": base["sha256"]}
@@ -182,7 +186,8 @@ def _evaluate(cfg: DefenseConfig, out: Path, dataset: ReIDDataset, base_record: 
     normal = load_model(Path(base_record["checkpoint"]), device=device)
     defended = load_model(Path(final["checkpoint"]), device=device)
     defended_record = {"name": "F_adv", "checkpoint": final["checkpoint"], "sha256": final["sha256"]}
-    transfer = export_attack([ModelEntry(normal, metric, base_record)], dataset, out / "transfer_gallery", ev.transfer.attack, "gallery",
+    folder = out / "transfer_gallery" / sha256_json([ev.transfer.model_dump(mode="json"), ev.metric, ev.ap, base_record, final])[:16]
+    transfer = export_attack([ModelEntry(normal, metric, base_record)], dataset, folder, ev.transfer.attack, "gallery",
                              eval_models=[ModelEntry(defended, metric, defended_record)], metric_record={"name": ev.metric},
                              batch_size=ev.transfer.batch_size, device=device, ap=ev.ap, progress=cfg.train.progress)
     by_model = {row["model"]["name"]: row for row in transfer["evaluations"]}
@@ -195,7 +200,7 @@ def _evaluate(cfg: DefenseConfig, out: Path, dataset: ReIDDataset, base_record: 
     results = {"format": RESULTS_FORMAT, "strategy": cfg.strategy, "ap_convention": ev.ap, "metric": ev.metric,
                "units": "mAP and rank-1 in percent; improvement = (#M - #N) / #N as a fraction",
                "models": {"F": base_record, "F_adv": defended_record},
-               "table5": {"cells": cells, "transfer_attack": transfer["attack"], "transfer_dir": str(out / "transfer_gallery"),
+               "table5": {"cells": cells, "transfer_attack": transfer["attack"], "transfer_dir": str(folder),
                           "linf_255": transfer["linf_255"]},
                "adaptive": adaptive, "config": cfg.model_dump(mode="json"), "versions": environment_versions()}
     atomic_write_json(out / "defense_results.json", results)
