@@ -13,6 +13,15 @@ from metricattack.models.checkpoint import checkpoint_meta, load_model, load_tra
 from metricattack.models.reid import ReIDModel
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: much faster than two on the shared, loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture()
 def saved(tmp_path: Path) -> tuple[ReIDModel, Path]:
     torch.manual_seed(0)
@@ -54,6 +63,8 @@ def test_missing_files(tmp_path: Path, saved: tuple[ReIDModel, Path]) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "nope.safetensors")
     _, path = saved
+    with pytest.raises(CheckpointError, match="must be the .safetensors weights file"):
+        load_model(path.with_suffix(".json"))
     path.with_suffix(".json").unlink()
     with pytest.raises(CheckpointError, match="metadata .*model.json is missing"):
         load_model(path)

@@ -252,3 +252,16 @@ def test_tiny_model_learns_synthetic_reid(request: pytest.FixtureRequest) -> Non
     root = request.getfixturevalue("tiny_dataset_root")
     rank1, chance = _rank1(load_model(checkpoint), root)
     assert rank1 >= max(0.6, 5 * chance), f"rank-1 {rank1:.3f} (chance {chance:.3f})"
+
+
+def test_train_command_runs_and_reports_bad_overrides(blob_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from metricattack.cli import main
+
+    config = _write(tmp_path / "train.yaml", _config_dict(blob_root, loss={"cross_entropy": {}}, batch={"batch_size": 8}))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "schedule.epochs=1"]) == 0
+    assert f"-> {out / 'model.safetensors'}" in capsys.readouterr().out
+    assert main(["train", "--config", str(config), "--out", str(out), "batch.batch_size=1"]) == 2
+    assert "batch: Value error, batch_size must be at least 2" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--out", str(out), "data.root=/nonexistent"]) == 2
+    assert "/nonexistent" in capsys.readouterr().err

@@ -82,6 +82,8 @@ def load_train_state(path: Path) -> dict[str, Any]:
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     """The parsed JSON sidecar of checkpoint ``path`` (validated to hold a model spec)."""
     path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"checkpoint {path} must be the .safetensors weights file (its .json sidecar is found beside it)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (expected a .safetensors file written by `metricattack train`)")
     sidecar = meta_path(path)

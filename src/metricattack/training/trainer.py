@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -171,7 +172,10 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 def _check_same_run(meta: dict[str, Any], cfg: TrainConfig, fingerprint: str, path: Path) -> None:
     """Refuse to resume the run of checkpoint ``path`` when its config or dataset differs from ``cfg``."""
     out_dir = path.parent.parent
-    saved = TrainConfig.model_validate(meta["config"]).result_defining()
+    try:
+        saved = TrainConfig.model_validate(meta["config"]).result_defining()
+    except ValidationError:
+        raise ConfigError(f"{out_dir} holds a run whose recorded config is not valid for this version; use another --out folder") from None
     wanted = cfg.result_defining()
     for section in sorted(set(saved) | set(wanted)):
         if saved.get(section) != wanted.get(section):
