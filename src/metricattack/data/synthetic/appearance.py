@@ -79,12 +79,12 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     while top2 == top:
         top2 = _pick(rng, CLOTHES)
     return Identity(
-        shoulder=float(rng.uniform(0.10, 0.155)),
-        hip=float(rng.uniform(0.075, 0.115)),
+        shoulder=float(rng.uniform(0.14, 0.19)),
+        hip=float(rng.uniform(0.11, 0.15)),
         head=float(rng.uniform(0.055, 0.072)),
         torso=float(rng.uniform(0.26, 0.34)),
-        leg_w=float(rng.uniform(0.032, 0.05)),
-        arm_w=float(rng.uniform(0.035, 0.05)),
+        leg_w=float(rng.uniform(0.05, 0.065)),
+        arm_w=float(rng.uniform(0.05, 0.062)),
         skin=jitter_colour(rng, _pick(rng, SKIN), 10),
         hair=jitter_colour(rng, _pick(rng, HAIR), 10),
         hair_style=_pick(rng, HAIR_STYLES, [0.35, 0.25, 0.08, 0.17, 0.15]),
@@ -129,27 +129,36 @@ class Camera:
     occluder_probs: tuple[float, float, float]  # low, pole, person
 
 
+def _scene_colour(rng: np.random.Generator) -> RGB:
+    """A muted scene colour: mostly grey, beige or concrete, with a little hue."""
+    grey = rng.uniform(50, 210)
+    hue = np.asarray(jitter_colour(rng, _pick(rng, CLOTHES), 40), dtype=np.float64)
+    mix = rng.uniform(0.1, 0.45)
+    c = (1 - mix) * grey + mix * hue
+    return (int(c[0]), int(c[1]), int(c[2]))
+
+
 def sample_camera(rng: np.random.Generator, difficulty: float) -> Camera:
     """Draw one random camera; ``difficulty`` 0 gives neutral, identical cameras."""
     d = difficulty
-    bg_colours = tuple(jitter_colour(rng, _pick(rng, CLOTHES), 40) for _ in range(3))
+    bg_colours = tuple(_scene_colour(rng) for _ in range(3))
     mix = min(d, 1.0)
     views = (1 - mix) * np.full(3, 1 / 3) + mix * rng.dirichlet([0.8, 0.8, 0.8])
     occ = rng.dirichlet([1.0, 1.0, 1.0])
     return Camera(
         background=_pick(rng, BACKGROUNDS),
         bg_colours=bg_colours,
-        floor=jitter_colour(rng, (120, 115, 105), 60),
+        floor=_scene_colour(rng),
         floor_y=float(rng.uniform(0.6, 0.85)),
         clutter=int(rng.integers(0, 6)),
         view_probs=(float(views[0]), float(views[1]), float(views[2])),
         scale=float(1.0 - d * rng.uniform(0.0, 0.12)),
         shift=float(d * rng.uniform(0.02, 0.07)),
-        gain=float(np.exp(d * rng.uniform(-0.45, 0.35))),
-        cast=tuple(float(np.exp(v)) for v in d * rng.uniform(-0.18, 0.18, 3)),  # type: ignore[arg-type]
-        gamma=float(np.exp(d * rng.uniform(-0.35, 0.35))),
-        saturation=float(np.clip(1.0 + d * rng.uniform(-0.5, 0.25), 0.2, 1.5)),
-        light_grad=(float(d * rng.uniform(-0.25, 0.25)), float(d * rng.uniform(-0.25, 0.25))),
+        gain=float(np.exp(d * rng.uniform(-0.1, 0.1))),
+        cast=tuple(float(np.exp(v)) for v in d * rng.uniform(-0.02, 0.02, 3)),  # type: ignore[arg-type]
+        gamma=float(np.exp(d * rng.uniform(-0.08, 0.08))),
+        saturation=float(np.clip(1.0 + d * rng.uniform(-0.1, 0.06), 0.2, 1.5)),
+        light_grad=(float(d * rng.uniform(-0.1, 0.1)), float(d * rng.uniform(-0.1, 0.1))),
         noise=float(d * rng.uniform(0.004, 0.025)),
         blur=float(d * rng.uniform(0.0, 0.9)),
         lowres=float(1.0 + d * rng.uniform(0.0, 0.9)),

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .appearance import CLOTHES, OCCLUDERS, RGB, VIEWS, Camera, Identity, jitter_colour, sample_identity
 
 SUPERSAMPLE = 2
+SHADING = 0.15  # std of log-brightness of the smooth shading field
 
 
 def _shade(colour: RGB, factor: float) -> RGB:
@@ -23,8 +24,8 @@ def _shade(colour: RGB, factor: float) -> RGB:
 
 
 def render_background(cam: Camera, height: int, width: int, rng: np.random.Generator) -> Image.Image:
-    """The camera's scene at supersampled size, twice as wide as an image (crops slide over it)."""
-    h, w = height * SUPERSAMPLE, width * SUPERSAMPLE * 2
+    """The camera's scene at supersampled size, four images wide (crops slide over it)."""
+    h, w = height * SUPERSAMPLE, width * SUPERSAMPLE * 4
     c0, c1, c2 = cam.bg_colours
     img = Image.new("RGB", (w, h), c0)
     draw = ImageDraw.Draw(img)
@@ -51,7 +52,7 @@ def render_background(cam: Camera, height: int, width: int, rng: np.random.Gener
     else:  # foliage: many soft blobs
         for _ in range(60):
             cx, cy, r = rng.uniform(0, w), rng.uniform(0, floor), rng.uniform(4, 14) * SUPERSAMPLE
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=jitter_colour(rng, cam.bg_colours[int(rng.integers(0, 3))], 30))
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=jitter_colour(rng, cam.bg_colours[int(rng.integers(0, 3))], 25))
     draw.rectangle([0, floor, w, h], fill=cam.floor)
     for _ in range(cam.clutter):
         _clutter_shape(draw, rng, cam, w, h)
@@ -59,7 +60,7 @@ def render_background(cam: Camera, height: int, width: int, rng: np.random.Gener
 
 
 def _clutter_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cam: Camera, w: int, h: int) -> None:
-    colour = jitter_colour(rng, cam.bg_colours[int(rng.integers(0, 3))], 50)
+    colour = jitter_colour(rng, cam.bg_colours[int(rng.integers(0, 3))], 35)
     x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
     x1, y1 = x0 + rng.uniform(0.05, 0.3) * w, y0 + rng.uniform(0.05, 0.3) * h
     if rng.random() < 0.5:
@@ -276,6 +277,13 @@ def _draw_occluder(img: Image.Image, cam: Camera, rng: np.random.Generator) -> N
         draw_person(img, other, VIEWS[int(rng.integers(0, 3))], w / 2 + side * w * rng.uniform(0.55, 0.8), h * 0.02, size, rng)
 
 
+def _shading(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative shading ``[H,W,1]`` (folds, shadows): flat colours become gradients."""
+    coarse = np.exp(rng.normal(0.0, SHADING, (8, 4))).astype(np.float32)
+    field = Image.fromarray(coarse, mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(field, dtype=np.float32)[..., None]
+
+
 def _apply_camera(img: Image.Image, cam: Camera, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Reduce to output size and apply the camera's optics; returns ``[H,W,3]`` uint8."""
     if cam.lowres > 1.05:
@@ -286,6 +294,7 @@ def _apply_camera(img: Image.Image, cam: Camera, height: int, width: int, rng: n
     if cam.blur > 0.05:
         img = img.filter(ImageFilter.GaussianBlur(cam.blur))
     x = np.asarray(img, dtype=np.float32) / 255.0
+    x = x * _shading(height, width, rng)
     x = np.power(x, cam.gamma)
     grey = x.mean(axis=2, keepdims=True)
     x = grey + cam.saturation * (x - grey)
@@ -298,18 +307,25 @@ def _apply_camera(img: Image.Image, cam: Camera, height: int, width: int, rng: n
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def _scene_crop(background: Image.Image, width: int, rng: np.random.Generator) -> Image.Image:
+def _scene_crop(background: Image.Image, cam: Camera, width: int, rng: np.random.Generator) -> Image.Image:
+    """A random window of the camera's scene with some per-image clutter (passers-by, objects)."""
     w2 = width * SUPERSAMPLE
     off = int(rng.integers(0, background.size[0] - w2 + 1))
-    return background.crop((off, 0, off + w2, background.size[1]))
+    crop = np.asarray(background.crop((off, 0, off + w2, background.size[1])), dtype=np.float32)
+    tint = rng.uniform(0.65, 1.35) * rng.uniform(0.75, 1.25, 3).astype(np.float32)  # where in the scene, sun/shade
+    img = Image.fromarray(np.clip(crop * tint, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(0, 3))):
+        _clutter_shape(draw, rng, cam, w2, img.size[1])
+    return img
 
 
 def render_image(ident: Identity, cam: Camera, background: Image.Image, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """One image of ``ident`` in camera ``cam``: ``[height, width, 3]`` uint8."""
-    img = _scene_crop(background, width, rng)
+    img = _scene_crop(background, cam, width, rng)
     h2, w2 = img.size[1], img.size[0]
     view = VIEWS[int(rng.choice(3, p=cam.view_probs))]
-    size = h2 * cam.scale * float(rng.uniform(0.9, 1.02))
+    size = h2 * cam.scale * float(rng.uniform(0.88, 0.98))
     cx = w2 / 2 + w2 * float(rng.normal(0.0, cam.shift))
     top = (h2 - size) / 2 + h2 * float(rng.normal(0.0, 0.02))
     draw_person(img, ident, view, cx, top, size, rng)
@@ -320,7 +336,7 @@ def render_image(ident: Identity, cam: Camera, background: Image.Image, height: 
 
 def render_junk(cam: Camera, background: Image.Image, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """A bad detection: empty background or a badly cropped fragment of a random person."""
-    img = _scene_crop(background, width, rng)
+    img = _scene_crop(background, cam, width, rng)
     h2, w2 = img.size[1], img.size[0]
     if rng.random() < 0.6:
         size = h2 * float(rng.uniform(1.6, 3.0))

@@ -166,10 +166,11 @@ def _existing(out_dir: Path, cfg: SynthConfig) -> bool:
         raise MetricAttackError(f"{manifest_path} is unreadable ({exc}); delete {out_dir} and generate again") from exc
     wanted = cfg.model_dump(mode="json")
     if manifest.get("config") != wanted or manifest.get("generator_version") != GENERATOR_VERSION:
+        old = dict(manifest.get("config") or {}, generator_version=manifest.get("generator_version"))
+        new = dict(wanted, generator_version=GENERATOR_VERSION)
+        diff = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} wanted" for k in sorted(new) if old.get(k) != new.get(k))
         raise MetricAttackError(
-            f"{out_dir} holds a synthetic dataset made with another config or generator version "
-            f"({manifest.get('config')}, v{manifest.get('generator_version')}); expected {wanted}, "
-            f"v{GENERATOR_VERSION}. Use another --out or delete it"
+            f"{out_dir} holds a different synthetic dataset ({diff}); use another --out or delete it"
         )
     missing = [rel for rel in manifest.get("files", {}) if not (out_dir / rel).is_file()]
     if missing:
