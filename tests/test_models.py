@@ -84,6 +84,13 @@ def test_last_stride_doubles_resnet_resolution() -> None:
     assert one(x).shape[-2:] == (4, 2) and two(x).shape[-2:] == (2, 1)
 
 
+@pytest.mark.parametrize("name", available_backbones())
+def test_batchnorm_momentum_is_pytorch_default(name: str) -> None:
+    trunk, _ = build_backbone(name)
+    momenta = {m.momentum for m in trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}
+
+
 def test_registry_lists_paper_and_cpu_backbones() -> None:
     names = available_backbones()
     for name in ("resnet50", "resnext50_32x4d", "densenet121", "resnet18", "mobilenet_v3_small"):

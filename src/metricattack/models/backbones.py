@@ -156,10 +156,23 @@ def _densenet121(pretrained: Pretrained, last_stride: int) -> tuple[nn.Module, i
     return nn.Sequential(model.features, nn.ReLU(inplace=False)), 1024
 
 
+def _default_bn_momentum(trunk: nn.Module) -> nn.Module:
+    """Set every BatchNorm's momentum to PyTorch's default 0.1.
+
+    torchvision's MobileNetV3 uses 0.01 (tuned for long ImageNet runs); in a short re-ID run
+    the running statistics then stay near their initial values, and in eval mode every image
+    collapses onto nearly the same feature.
+    """
+    for module in trunk.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.1
+    return trunk
+
+
 def _register_mobilenet(name: str, factory: Callable[..., nn.Module], weights: tvm.WeightsEnum, dim: int) -> None:
     @register_backbone(name)
     def build(pretrained: Pretrained, last_stride: int) -> tuple[nn.Module, int]:
-        return _build(factory, weights, pretrained, name).features, dim
+        return _default_bn_momentum(_build(factory, weights, pretrained, name).features), dim
 
 
 _register_mobilenet("mobilenet_v3_small", tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights.DEFAULT, 576)
