@@ -217,7 +217,8 @@ def _train(cfg: TrainConfig, out_dir: Path, device: torch.device) -> Path:
 
     torch.manual_seed(cfg.seed)
     m = cfg.model
-    model = ReIDModel(m.backbone, len(class_pids), m.input_size, pretrained=m.pretrained, last_stride=m.last_stride, neck=m.neck, reduce_dim=m.reduce_dim)
+    pretrained = m.pretrained if latest is None else False  # resuming: weights come from the checkpoint
+    model = ReIDModel(m.backbone, len(class_pids), m.input_size, pretrained=pretrained, last_stride=m.last_stride, neck=m.neck, reduce_dim=m.reduce_dim)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
     history: list[dict[str, float]] = []
     start_epoch = 0
