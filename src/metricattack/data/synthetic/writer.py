@@ -39,7 +39,7 @@ _IDENTITY, _CAMERA, _IMAGE, _DISTRACTOR, _SUBSET, _JUNK, _FRAMES, _PIDS, _BACKGR
 
 
 @dataclass(frozen=True)
-class _Job:
+class PlannedImage:
     """One image to draw: where it goes and which random streams make it."""
 
     relpath: str
@@ -66,7 +66,7 @@ def _cameras_of(cfg: SynthConfig, pid: int) -> list[int]:
     return sorted(int(c) for c in chosen)
 
 
-def plan(cfg: SynthConfig) -> list[_Job]:
+def plan(cfg: SynthConfig) -> list[PlannedImage]:
     """Every image of the dataset with its Market-1501 file name."""
     train, test = split_identities(cfg)
     raw: list[tuple[str, int, int, tuple[int, int], tuple[int, ...]]] = []
@@ -89,7 +89,7 @@ def plan(cfg: SynthConfig) -> list[_Job]:
     for split, pid, cam, who, key in raw:
         frames[cam] += int(frame_rng.integers(1, 60))
         name = f"{'-1' if pid < 0 else f'{pid:04d}'}_c{cam + 1}s1_{frames[cam]:06d}_01.png"
-        jobs.append(_Job(f"{SPLIT_DIRS[split]}/{name}", pid, cam, who, key))
+        jobs.append(PlannedImage(f"{SPLIT_DIRS[split]}/{name}", pid, cam, who, key))
     return jobs
 
 
@@ -104,7 +104,7 @@ def _identity(cfg: SynthConfig, kind: int, index: int) -> Identity:
     return sample_identity(_rng(cfg, kind, index))
 
 
-def render_job(cfg: SynthConfig, job: _Job) -> bytes:
+def render_job(cfg: SynthConfig, job: PlannedImage) -> bytes:
     """PNG bytes of one planned image."""
     camera, background = _camera(cfg, job.cam)
     rng = _rng(cfg, *job.key)
@@ -117,11 +117,11 @@ def render_job(cfg: SynthConfig, job: _Job) -> bytes:
     return buf.getvalue()
 
 
-def _render_many(cfg: SynthConfig, jobs: list[_Job]) -> list[bytes]:
+def _render_many(cfg: SynthConfig, jobs: list[PlannedImage]) -> list[bytes]:
     return [render_job(cfg, job) for job in jobs]
 
 
-def _rendered(cfg: SynthConfig, jobs: list[_Job], workers: int) -> Iterable[tuple[_Job, bytes]]:
+def _rendered(cfg: SynthConfig, jobs: list[PlannedImage], workers: int) -> Iterable[tuple[PlannedImage, bytes]]:
     if workers <= 1:
         for job in jobs:
             yield job, render_job(cfg, job)
@@ -132,7 +132,7 @@ def _rendered(cfg: SynthConfig, jobs: list[_Job], workers: int) -> Iterable[tupl
             yield from zip(chunk, blobs)
 
 
-def _counts(jobs: list[_Job]) -> dict[str, int]:
+def _counts(jobs: list[PlannedImage]) -> dict[str, int]:
     split_of = {v: k for k, v in SPLIT_DIRS.items()}
     counts: dict[str, Any] = {f"{s}_images": 0 for s in SPLIT_DIRS}
     ids: dict[str, set[int]] = {s: set() for s in SPLIT_DIRS}
