@@ -171,6 +171,23 @@ def test_interrupted_defence_resumes_from_the_stage_it_reached(defended_run, fig
     assert checkpoint_meta(Path(resumed["defended"]["checkpoint"]))["meta"]["epoch"] == 2
 
 
+def test_finetune_option_starts_from_the_normal_model(defended_run, figures: Path, tmp_path: Path) -> None:
+    _, summary = defended_run
+    cfg = DefenseConfig.model_validate({"train": _train_section(figures), "base_checkpoint": summary["base"]["checkpoint"],
+                                        "training_attack": {"attack": {"method": "fgsm", "eps": 4}},
+                                        "retrain": {"init": "finetune", "finetune_epochs": 1}, "evaluation": {"enabled": False}})
+    result = pipeline.run_defense(cfg, tmp_path / "run", log=lambda _m: None)
+    meta = checkpoint_meta(Path(result["defended"]["checkpoint"]))["meta"]
+    assert meta["defence"]["initialisation"] == "fine-tuned from F's weights"
+    assert meta["init_sha256"] == checkpoint_meta(Path(summary["base"]["checkpoint"]))["weights_sha256"]
+    assert [h["epoch"] for h in meta["history"]] == [1] and meta["history"][0]["lr"] == pytest.approx(0.0003)
+    base, tuned = load_model(Path(summary["base"]["checkpoint"])), load_model(Path(result["defended"]["checkpoint"]))
+    distance = sum(float((a - b).detach().abs().sum()) for a, b in zip(base.parameters(), tuned.parameters(), strict=True))
+    scratch = load_model(Path(summary["defended"]["checkpoint"]))
+    from_scratch = sum(float((a - b).detach().abs().sum()) for a, b in zip(base.parameters(), scratch.parameters(), strict=True))
+    assert 0 < distance < 0.5 * from_scratch  # one epoch away from F, unlike the model retrained from F's initialisation
+
+
 # ------------------------------------------------------------------ Table 5 cells
 
 
