@@ -18,7 +18,7 @@ from metricattack.cli import main
 from test_benchmark_framework import check_report
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = {"dataset", "model", "features", "xqda", "attack", "adv_features"}
+HEAVY = {"dataset", "model", "features", "xqda", "attack", "adv_features", "defended", "adaptive"}
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,10 @@ def target_map(run: Run) -> dict[int, int]:
 
 # ----------------------------------------------------------------- figures
 def _top(run: Run, model: str, gallery: torch.Tensor, q_index: int, k: int) -> list[int]:
-    d = distances(run, model, "euclidean", gallery)[q_index].clone()
+    """Indices of the ``k`` gallery items closest to query ``q_index`` (junk excluded, ties by index)."""
+    q = run.clean[model]["query"][q_index : q_index + 1]
+    with torch.no_grad():
+        d = run.metric(model, "euclidean").pairwise(q, gallery)[0].float()
     g_pids, _ = _ids(run.ds.gallery)
     d[torch.from_numpy(g_pids == JUNK_PID)] = float("inf")
     return torch.argsort(d, stable=True)[:k].tolist()
@@ -158,15 +161,12 @@ def _ranked(run: Run, model: str, q_index: int, k: int, job: AttackJob | None, s
 
 
 def _good_probes(run: Run, model: str) -> list[int]:
-    """Queries with a true match in the gallery, ranked correctly at top-1 on clean data."""
+    """Queries whose clean top-1 (junk excluded) is a true match."""
+    d = distances(run, model, "euclidean", run.clean[model]["gallery"])
     g_pids, _ = _ids(run.ds.gallery)
-    good = []
-    for qi, q in enumerate(run.ds.query):
-        if q.pid > 0 and (g_pids == q.pid).any():
-            top = _top(run, model, run.clean[model]["gallery"], qi, 1)
-            if top and run.ds.gallery[top[0]].pid == q.pid:
-                good.append(qi)
-    return good
+    d[:, torch.from_numpy(g_pids == JUNK_PID)] = float("inf")
+    first = torch.argmin(d, dim=1).tolist()
+    return [qi for qi, q in enumerate(run.ds.query) if q.pid > 0 and g_pids[first[qi]] == q.pid]
 
 
 def fig4(run: Run) -> Fig4:

@@ -180,12 +180,14 @@ def _stage_seconds(cache: StageCache, spec: StageSpec) -> float | None:
 
 
 def _model_info(run: Run, name: str) -> ModelInfo:
-    section = next(m for m in run.cfg.models if m.name == name)
+    base = name.removesuffix(defence.SUFFIX)
+    section = next(m for m in run.cfg.models if m.name == base)
     ckpt = run.checkpoints[name]
     model = run.models[name]
     spec = model.spec() if hasattr(model, "spec") else {}
     seed = backend.train_settings(section).get("seed")
-    return ModelInfo(name=name, description=section.description, checkpoint=ckpt["checkpoint"],
+    description = section.description if name == base else f"metric-preserving {base} (Table 5)"
+    return ModelInfo(name=name, description=description, checkpoint=ckpt["checkpoint"],
                      checkpoint_sha256=ckpt["sha256"], spec=json.loads(json.dumps(spec, default=str)),
                      train_seed=seed, train_seconds=ckpt.get("seconds"))
 
@@ -235,7 +237,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
     results = Results(
         provenance=provenance,
         dataset=DatasetInfo(name=cfg.dataset.name, root=str(run.dataset_root), fingerprint=run.fingerprint, counts=counts),
-        models=[_model_info(run, n) for n in cfg.model_names()],
+        models=[_model_info(run, n) for n in run.models],
         attacks=[_attack_setting(run, j) for j in the_plan.jobs],
         findings=[], **sections)
     results = results.model_copy(update={"findings": compute_findings(results),
@@ -245,6 +247,13 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
     return results
 
 
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    """Delete outputs of earlier runs (e.g. before an ``--only`` run) that this run did not write."""
+    for path in folder.glob("*"):
+        if path.is_file() and path.name not in keep:
+            path.unlink()
+
+
 def write_outputs(results: Results, out: Path) -> dict[str, Path]:
     """Write results.json (validated), tables, figures and report.html into ``out``."""
     data = json.loads(results.model_dump_json())
@@ -252,6 +261,8 @@ def write_outputs(results: Results, out: Path) -> dict[str, Path]:
     atomic_write_json(out / "results.json", data)
     tables = write_tables(results, out / "tables")
     figures = write_figures(results, out / "figures")
+    _remove_stale(out / "tables", {p for t in tables for p in (f"{t.name}.md", f"{t.name}.csv")})
+    _remove_stale(out / "figures", {p.name for p in figures.values()})
     report = write_report(results, figures, out / "report.html")
     return {"results": out / "results.json", "report": report, "tables": out / "tables", "figures": out / "figures",
             **{f"table:{t.name}": out / "tables" / f"{t.name}.md" for t in tables}}
