@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .appearance import CLOTHES, OCCLUDERS, RGB, VIEWS, Camera, Identity, jitter_colour, sample_identity
+from .appearance import OCCLUDERS, RGB, VIEWS, Camera, Identity, jitter_colour, sample_identity
 
 SUPERSAMPLE = 2
 SHADING = 0.15  # std of log-brightness of the smooth shading field
@@ -98,7 +98,7 @@ class _Figure:
             self.draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
 
 
-def _torso_texture(ident: Identity, w: int, h: int, size: float, view: str) -> np.ndarray:
+def _torso_texture(ident: Identity, w: int, h: int, size: float) -> np.ndarray:
     """Clothing pattern for a torso bounding box of ``h``×``w`` pixels; ``[h,w,3]`` uint8."""
     top, top2 = np.asarray(ident.top, np.uint8), np.asarray(ident.top2, np.uint8)
     period = max(2, int(ident.stripe * size))
@@ -117,14 +117,14 @@ def _torso_texture(ident: Identity, w: int, h: int, size: float, view: str) -> n
     return np.where(sel[..., None], top2, top)
 
 
-def _draw_torso(img: Image.Image, fig: _Figure, ident: Identity, pts: list[tuple[float, float]], view: str) -> None:
+def _draw_torso(img: Image.Image, fig: _Figure, ident: Identity, pts: list[tuple[float, float]]) -> None:
     px = [fig.pt(x, y) for x, y in pts]
     x0, y0 = int(math.floor(min(p[0] for p in px))), int(math.floor(min(p[1] for p in px)))
     x1, y1 = int(math.ceil(max(p[0] for p in px))) + 1, int(math.ceil(max(p[1] for p in px))) + 1
     w, h = x1 - x0, y1 - y0
     mask = Image.new("L", (w, h), 0)
     ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in px], fill=255)
-    img.paste(Image.fromarray(_torso_texture(ident, w, h, fig.size, view)), (x0, y0), mask)
+    img.paste(Image.fromarray(_torso_texture(ident, w, h, fig.size)), (x0, y0), mask)
 
 
 def _draw_logo(fig: _Figure, ident: Identity, x: float, y: float, r: float) -> None:
@@ -215,7 +215,7 @@ def draw_person(img: Image.Image, ident: Identity, view: str, cx: float, top: fl
             depth = 0.09 * ident.bag_size
             fig.rect(-facing * tw, ys + 0.02, -facing * (tw + depth), ys + ident.torso * 0.75, ident.bag_colour)
         fig.rect(-0.022, 2 * hr - 0.01, 0.022, ys + 0.01, ident.skin)
-        _draw_torso(img, fig, ident, [(-tw, ys), (tw, ys), (tw * 0.95, yh), (-tw * 0.95, yh)], view)
+        _draw_torso(img, fig, ident, [(-tw, ys), (tw, ys), (tw * 0.95, yh), (-tw * 0.95, yh)])
         if ident.bag in ("shoulder", "handbag"):
             fig.rect(-0.03, yh - 0.07, 0.05 * facing, yh + 0.06, ident.bag_colour)
         swing = float(rng.uniform(-0.45, 0.45))
@@ -230,7 +230,7 @@ def draw_person(img: Image.Image, ident: Identity, view: str, cx: float, top: fl
     hips = [-hw * 0.5, hw * 0.5]
     _draw_legs(fig, ident, [(hips[0] - spread, foot_y), (hips[1] + spread, foot_y)], hips, yh)
     fig.rect(-0.025, 2 * hr - 0.01, 0.025, ys + 0.01, ident.skin)
-    _draw_torso(img, fig, ident, [(-sw, ys), (sw, ys), (hw * 1.05, yh), (-hw * 1.05, yh)], view)
+    _draw_torso(img, fig, ident, [(-sw, ys), (sw, ys), (hw * 1.05, yh), (-hw * 1.05, yh)])
     if view == "front" and ident.top_pattern == "logo":
         _draw_logo(fig, ident, 0.0, ys + ident.torso * 0.33, 0.045)
     hands = [
@@ -349,4 +349,4 @@ def render_junk(cam: Camera, background: Image.Image, height: int, width: int, r
     return _apply_camera(img, cam, height, width, rng)
 
 
-__all__ = ["CLOTHES", "render_background", "render_image", "render_junk", "draw_person"]
+__all__ = ["render_background", "render_image", "render_junk", "draw_person"]
