@@ -47,6 +47,7 @@ from .objectives import metrics_per_model
 from .runner import (
     SplitFeatures,
     attack_batches,
+    check_setting,
     clean_features,
     mean_true_positive_distance,
     native_features,
@@ -142,10 +143,10 @@ def _gather_batch_records(out: Path, count: int, num_eval: int) -> tuple[list[to
 
 
 def measured_linf(original: Sequence[ImageRecord], adversarial: Sequence[ImageRecord]) -> torch.Tensor:
-    """Per-image L∞ ``[N]`` (0..255 units) between image files, decoded from disk."""
+    """Per-image L∞ ``[N]`` between image files decoded from disk, in exact 0..255 integer steps."""
     out = torch.empty(len(original))
     for i, (a, b) in enumerate(zip(original, adversarial, strict=True)):
-        out[i] = linf_255(read_image(b.path).unsqueeze(0), read_image(a.path).unsqueeze(0))[0]
+        out[i] = (read_image(b.path).mul(255).round() - read_image(a.path).mul(255).round()).abs().max()
     return out
 
 
@@ -194,13 +195,14 @@ def export_attack(
     }
     identity = {**identity_fields, "key": sha256_json(identity_fields)}
 
+    check_setting(setting)
     training = [e.model.training for e in everyone]
     for e in everyone:
         e.model.eval()
+    _claim_run(out, identity)
     try:
         features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device)
         plan = plan_attack(models, [e.metric for e in attack_models], dataset, setting, spec, features[: len(models)])
-        _claim_run(out, identity)
         _write_batches(plan, spec, out, dataset, everyone, batch_size=batch_size, device=device, progress=progress, on_batch=on_batch)
         barrier()
         results = _finish(out, dataset, plan, spec, setting, everyone, len(attack_models), features, identity,

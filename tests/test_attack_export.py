@@ -1,0 +1,218 @@
+"""End-to-end attacks on the tiny trained model and the tiny synthetic dataset: export, resume, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metricattack.attacks.export import ModelEntry, export_attack
+from metricattack.attacks.methods import quantize
+from metricattack.attacks.runner import attack_batches, clean_features, plan_attack
+from metricattack.attacks.spec import AttackSpec
+from metricattack.cli import main
+from metricattack.data.layouts import load_dataset
+from metricattack.data.loading import read_image
+from metricattack.errors import MetricAttackError
+from metricattack.io import sha256_file
+from metricattack.metrics.distance import EuclideanMetric, MahalanobisMetric
+from metricattack.models.checkpoint import load_model, save_checkpoint
+from metricattack.models.reid import ReIDModel
+
+
+@pytest.fixture(scope="module")
+def data(tiny_dataset_root: Path):
+    return load_dataset("folder", tiny_dataset_root)
+
+
+@pytest.fixture(scope="module")
+def entry(tiny_model_checkpoint: Path) -> ModelEntry:
+    ckpt = Path(tiny_model_checkpoint)
+    return ModelEntry(load_model(ckpt), EuclideanMetric(), {"label": "tiny", "checkpoint": str(ckpt), "sha256": sha256_file(ckpt)})
+
+
+def export(entries, data, out: Path, setting: str = "gallery", **spec) -> dict:
+    return export_attack(entries, data, out, AttackSpec(**spec), setting, batch_size=8, progress=False)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` except the resumption records, by relative path."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and ".attack" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def white_box(entry: ModelEntry, data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("adv") / "ifgsm"
+    return out, export([entry], data, out, method="ifgsm", eps=5)
+
+
+def test_white_box_ifgsm_eps5_cuts_map(white_box) -> None:
+    """Issue target: > 90 % mAP cut. The shared tiny fixture model (ResNet-18 at 64x32, mAP ~0.59)
+    measured 0.586 -> 0.249 (-57 %) at ε = 5; asserted here: at least a halving, on disk and in memory,
+    and the paper's signature, the true-positive distance growing by > 30 % (paper: 0.80 -> 1.42)."""
+    _, results = white_box
+    row = results["evaluations"][0]
+    clean = row["clean"]["mAP"]
+    assert clean > 0.3
+    assert row["adversarial_disk"]["mAP"] < 0.5 * clean
+    assert row["adversarial_memory"]["mAP"] < 0.5 * clean
+    assert abs(row["adversarial_disk"]["mAP"] - row["adversarial_memory"]["mAP"]) < 0.05
+    assert row["adversarial_disk"]["mean_true_positive_distance"] > 1.3 * row["clean"]["mean_true_positive_distance"]
+    assert results["attack"]["steps"] == 6 and results["linf_255"]["max_disk"] == 5
+
+
+def test_saved_images_respect_eps_layout_and_manifest(white_box, data) -> None:
+    out, results = white_box
+    adv = load_dataset("folder", out)
+    for split in ("train", "query", "gallery"):
+        src, dst = data.split(split), adv.split(split)
+        assert [(r.path.stem, r.pid, r.camid) for r in src] == [(r.path.stem, r.pid, r.camid) for r in dst]
+    for src, dst in zip(data.gallery, adv.gallery, strict=True):
+        assert dst.path.suffix == ".png"
+        a, b = read_image(src.path), read_image(dst.path)
+        assert a.shape == b.shape
+        assert float((a - b).abs().max()) * 255 <= 5 + 1e-3
+        if src.pid in (-1, 0):
+            assert torch.equal(a, b)  # junk and distractors are not attacked
+    for src, dst in zip(data.query + data.train, adv.query + adv.train, strict=True):
+        assert src.path.read_bytes() == dst.path.read_bytes()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["attack"]["eps"] == 5 and manifest["seed"] == 0
+    assert manifest["models"][0]["sha256"] == results["models"][0]["sha256"]
+    assert len(manifest["files"]) == len(data.train) + len(data.query) + len(data.gallery)
+    for f in manifest["files"]:
+        assert sha256_file(out / f["output"]) == f["sha256"]
+        assert Path(f["output"]).stem == Path(f["source"]).stem
+
+
+def test_targeted_attack_moves_images_into_target_top_ranks(entry, data, tmp_path: Path) -> None:
+    results = export([entry], data, tmp_path / "t", "targeted", method="ifgsm", eps=5)
+    row = results["evaluations"][0]
+    before, after = row["clean"]["targeted"], row["adversarial_disk"]["targeted"]
+    assert after["top10"] > before["top10"] + 0.3 and after["top1"] > before["top1"]
+    assert after["mean_rank"] < before["mean_rank"]
+
+
+def test_query_side_and_classification_settings(entry, data, tmp_path: Path) -> None:
+    query = export([entry], data, tmp_path / "q", "query", method="ifgsm", eps=5, steps=3)
+    assert query["attacked_split"] == "query"
+    row = query["evaluations"][0]
+    assert row["adversarial_disk"]["mAP"] < 0.5 * row["clean"]["mAP"]
+    assert sorted(p.stem for p in (tmp_path / "q" / "query").iterdir()) == sorted(r.path.stem for r in data.query)
+    assert all(p.suffix == ".png" for p in (tmp_path / "q" / "query").iterdir())
+    cls = export([entry], data, tmp_path / "c", "classification", method="fgsm", eps=5)
+    queried = {r.pid for r in data.query}
+    assert cls["num_attacked"] == sum(1 for r in data.gallery if r.pid > 0 and r.pid in queried)
+    assert 0 < cls["linf_255"]["max_disk"] <= 5
+
+
+def test_same_seed_gives_identical_bytes(entry, data, tmp_path: Path) -> None:
+    a = export([entry], data, tmp_path / "a", method="pgd", eps=4, steps=1, seed=7)
+    export([entry], data, tmp_path / "b", method="pgd", eps=4, steps=1, seed=7)
+    export([entry], data, tmp_path / "c", method="pgd", eps=4, steps=1, seed=8)
+    files_a, files_b, files_c = (tree_bytes(tmp_path / n) for n in "abc")
+    pngs = [k for k in files_a if k.endswith(".png")]
+    assert all(files_a[k] == files_b[k] for k in pngs) and set(files_a) == set(files_b)
+    assert any(files_a[k] != files_c[k] for k in pngs)
+    assert a["linf_255"]["max_disk"] <= 4
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(entry, data, tmp_path: Path) -> None:
+    spec = AttackSpec(method="mifgsm", eps=5, steps=2)
+    export_attack([entry], data, tmp_path / "full", spec, batch_size=8, progress=False)
+
+    done = []
+
+    def crash_after_two(number: int) -> None:
+        done.append(number)
+        if len(done) == 2:
+            raise RuntimeError("simulated kill")
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        export_attack([entry], data, tmp_path / "resumed", spec, batch_size=8, progress=False, on_batch=crash_after_two)
+    assert not (tmp_path / "resumed" / "manifest.json").exists()
+    redone = []
+    export_attack([entry], data, tmp_path / "resumed", spec, batch_size=8, progress=False, on_batch=redone.append)
+    assert set(redone).isdisjoint(done[:2]) and redone
+    full, resumed = tree_bytes(tmp_path / "full"), tree_bytes(tmp_path / "resumed")
+    assert set(full) == set(resumed)
+    for name in full:
+        if name.endswith((".png", ".jpg")):
+            assert full[name] == resumed[name], name
+    m_full, m_res = (json.loads(x["manifest.json"]) for x in (full, resumed))
+    assert m_full["files"] == m_res["files"]
+    r_full, r_res = (json.loads(x["attack_results.json"]) for x in (full, resumed))
+    assert r_full["evaluations"][0]["adversarial_disk"]["mAP"] == r_res["evaluations"][0]["adversarial_disk"]["mAP"]
+    assert r_full["evaluations"][0]["adversarial_memory"]["mAP"] == r_res["evaluations"][0]["adversarial_memory"]["mAP"]
+
+
+def test_mixed_identity_batches_equal_one_identity_at_a_time(entry, data) -> None:
+    spec = AttackSpec(method="ifgsm", eps=5, steps=2)
+    feats = clean_features([entry.model], data, batch_size=8)
+    plan = plan_attack([entry.model], entry.metric, data, "gallery", spec, feats)
+    together = {}
+    for batch in attack_batches(plan, spec, batch_size=16):
+        for i, index in enumerate(batch.indices.tolist()):
+            together[index] = quantize(batch.adversarial[i : i + 1], batch.clean[i : i + 1], 5)
+    for pid in sorted({r.pid for r in data.gallery if r.pid > 0})[:4]:
+        ids = torch.tensor([i for i, r in enumerate(data.gallery) if r.pid == pid])
+        clean = torch.stack([read_image(data.gallery[i].path) for i in ids])
+        from metricattack.attacks.methods import perturb
+
+        alone = perturb(clean, plan.objective, spec, indices=ids, active=plan.active[ids])
+        for k, index in enumerate(ids.tolist()):
+            assert torch.equal(quantize(alone[k : k + 1], clean[k : k + 1], 5), together[index])
+
+
+def test_two_model_ensemble_with_own_input_sizes(entry, data, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    other = ReIDModel("resnet18", num_classes=4, input_size=(24, 12), reduce_dim=32).eval()
+    path = save_checkpoint(other, tmp_path / "other.safetensors", {"note": "random init"})
+    second = ModelEntry(load_model(path), EuclideanMetric(), {"label": "other", "sha256": sha256_file(path)})
+    results = export([entry, second], data, tmp_path / "ens", method="fgsm", eps=5)
+    assert [r["white_box"] for r in results["evaluations"]] == [True, True]
+    row = results["evaluations"][0]
+    assert row["adversarial_disk"]["mAP"] < row["clean"]["mAP"]
+    maha = MahalanobisMetric(torch.eye(entry.model.feature_dim))
+    with pytest.raises(MetricAttackError, match="feature space"):
+        export([ModelEntry(entry.model, maha), ModelEntry(second.model, maha)], data, tmp_path / "bad", method="ifgsm", eps=5)
+
+
+def test_refuses_bad_output_folders(entry, data, tmp_path: Path) -> None:
+    with pytest.raises(MetricAttackError, match="inside the source dataset"):
+        export([entry], data, data.root / "adv", method="fgsm", eps=5)
+    with pytest.raises(MetricAttackError, match="inside the source dataset"):
+        export([entry], data, data.root, method="fgsm", eps=5)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(MetricAttackError, match="not empty"):
+        export([entry], data, foreign, method="fgsm", eps=5)
+    export([entry], data, tmp_path / "run", method="fgsm", eps=5)
+    with pytest.raises(MetricAttackError, match="different attack run"):
+        export([entry], data, tmp_path / "run", method="fgsm", eps=4)
+
+
+def test_cli_attack_and_its_errors(tiny_model_checkpoint, tiny_dataset_root, tmp_path: Path, capsys) -> None:
+    base = ["attack", "--checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root), "--dataset", "folder", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "o"), "--method", "fgsm", "--eps", "3", "--batch-size", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "mAP clean" in printed and (tmp_path / "o" / "attack_results.json").is_file()
+    for extra, message in [
+        (["--eps", "0"], "eps"),
+        (["--eps", "300"], "eps"),
+        (["--eps", "2", "--alpha", "3"], "alpha"),
+        (["--metric", "mahalanobis-typo"], "unknown --metric"),
+        (["--out", str(tiny_dataset_root / "inside")], "inside the source"),
+    ]:
+        args = [*base, "--out", str(tmp_path / "e"), *extra] if "--out" not in extra else [*base, *extra]
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+    np.save(tmp_path / "bad.npy", np.diag([1.0, -1.0]).astype(np.float32))
+    assert main([*base, "--out", str(tmp_path / "e"), "--metric", str(tmp_path / "bad.npy")]) == 2
+    assert "positive semidefinite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path / "e"), "--method", "deepfool"])
