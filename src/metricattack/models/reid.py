@@ -66,7 +66,6 @@ class ReIDModel(nn.Module):
         self.backbone_name = backbone
         self.num_classes = int(num_classes)
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.pretrained = pretrained
         self.last_stride = int(last_stride)
         self.neck_type = neck
         self.reduce_dim = None if reduce_dim is None else int(reduce_dim)
