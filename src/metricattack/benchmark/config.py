@@ -173,10 +173,14 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def load_benchmark_config(path: str | Path, overrides: Sequence[str] = (), only: Sequence[str] = ()) -> BenchmarkConfig:
-    """Read ``path``, apply ``overrides`` and the ``--only`` list, and validate."""
+    """Read ``path``, apply ``overrides`` and the ``--only`` list, and validate.
+
+    Paths written in the file are relative to the file's folder; paths given as overrides
+    are used as given (relative to the working directory).
+    """
     path = Path(path)
-    data = apply_overrides(read_yaml(path), overrides)
-    data = _resolve_paths(data, path.resolve().parent)
+    data = _resolve_paths(read_yaml(path), path.resolve().parent)  # file paths: relative to the file
+    data = apply_overrides(data, overrides)  # --set paths: relative to the working directory
     if only:
         unknown = [o for o in only if o not in EXPERIMENTS]
         if unknown:

@@ -32,8 +32,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_benchmark_config(args.config, args.overrides, only)
     out = args.out or Path("runs") / cfg.name
     results = run_benchmark(cfg, out, str(args.config))
-    print(f"results: {out / 'results.json'}")
-    print(f"report:  {out / 'report.html'}")
-    for finding in results.findings:
+    for row in results.table1 or []:
+        print(f"{row.model:>6}  clean rank-1 {row.clean.rank1:6.2f}  mAP {row.clean.mAP:6.2f}  ({row.description})")
+    print(f"findings of the paper on this run ({results.provenance.ap_convention} AP):")
+    for finding in [*results.findings, *results.further_findings]:
         print(f"  [{finding.status}] {finding.id}. {finding.title}")
+    print(f"results: {out / 'results.json'}  tables: {out / 'tables'}  figures: {out / 'figures'}")
+    print(f"report:  {out / 'report.html'} (open it in a browser)")
     return 0
