@@ -38,7 +38,7 @@ def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
         assert getattr(res, section) is not None, section
     assert [f.id for f in res.findings] == [1, 2, 3, 4, 5, 6]
     # every white-box cell is the attacked model itself, and the matrix is complete
-    names = [m.name for m in res.models]
+    names = [r.model for r in res.table1]
     assert len(res.table2.rows) == len(names) * len(res.provenance.config["attack"]["methods"])
     assert all(c.white_box == (c.tested == r.attacked) for r in res.table2.rows for c in r.cells)
     # the saved adversarial images respect the ε bound
