@@ -8,7 +8,6 @@ JSON-able outputs stored in the stage marker (see :mod:`.stages`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +97,6 @@ def load_model(checkpoint: str, device: str) -> torch.nn.Module:
     from ..models.checkpoint import load_model as _load
 
     return _load(checkpoint, device=device)
-
-
-def checkpoint_meta(checkpoint: str) -> dict[str, Any]:
-    side = Path(checkpoint).with_suffix(".json")
-    return json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
 
 
 # --------------------------------------------------------------------------- features

@@ -76,7 +76,6 @@ class StageCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.log_path = self.root / "logs" / "stages.jsonl"
-        self.executed: list[str] = []
 
     def folder(self, spec: StageSpec) -> Path:
         """The cache folder of ``spec`` (``<root>/cache/<kind>/<key>``)."""
@@ -117,7 +116,6 @@ class StageCache:
                 "outputs": outputs,
             },
         )
-        self.executed.append(f"{spec.kind}:{spec.label}")
         self._log(spec, "ran", seconds)
         return outputs
 
