@@ -17,7 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/metricattack benchmark --config configs/quickstart.yaml --out $(DEMO_OUT)
