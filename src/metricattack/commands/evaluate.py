@@ -30,6 +30,7 @@ AP_NAMES = {
     "noninterp": "non-interpolated AP (torchreid / fast-reid)",
 }
 RESULT_FORMAT = "metricattack.evaluation/1"
+BASELINES = {"color-histogram-hsv": "hsv", "color-histogram-rgb": "rgb"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rank-1/5/10/20, mAP and mINP of a model on a dataset",
         description="Extract query and gallery features with CHECKPOINT's model and report CMC, mAP and mINP.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.safetensors with .json sidecar)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="model checkpoint (.safetensors with .json sidecar)")
+    source.add_argument(
+        "--baseline", choices=sorted(BASELINES),
+        help="evaluate a parameter-free baseline instead of a model: colour histograms of 6 stripes",
+    )
     parser.add_argument("--data-root", type=Path, required=True, help="dataset folder")
     parser.add_argument("--dataset", required=True, help="dataset layout: market1501, dukemtmc, msmt17, cuhk03np or folder")
     parser.add_argument(
@@ -120,18 +126,28 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise MetricAttackError(f"--batch-size and --chunk-size must be positive, got {args.batch_size} and {args.chunk_size}")
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        raise MetricAttackError(f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)")
-    metric, metric_info = resolve_metric(args.metric, checkpoint)
-    model = load_model(checkpoint, device=args.device)
-    if metric.feature_dim is not None and metric.feature_dim != model.feature_dim:
-        raise MetricAttackError(
-            f"metric {args.metric} expects {metric.feature_dim}-d features but the model in {checkpoint} gives "
-            f"{model.feature_dim}-d features; fit the metric for this model (metricattack fit-metric)"
-        )
+    if args.baseline is not None:
+        if args.metric.lower() not in BUILTIN_METRICS:
+            raise MetricAttackError(f"--baseline works with --metric {' or '.join(BUILTIN_METRICS)}, not {args.metric!r}")
+        from ..evaluation.baselines import ColorHistogramExtractor
+
+        checkpoint = Path(args.baseline)
+        metric, metric_info = build_metric(args.metric.lower()), {"name": args.metric.lower()}
+        model = ColorHistogramExtractor(BASELINES[args.baseline])
+        ckpt_sha = f"baseline:{args.baseline}"
+    else:
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_file():
+            raise MetricAttackError(f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)")
+        metric, metric_info = resolve_metric(args.metric, checkpoint)
+        model = load_model(checkpoint, device=args.device)
+        if metric.feature_dim is not None and metric.feature_dim != model.feature_dim:
+            raise MetricAttackError(
+                f"metric {args.metric} expects {metric.feature_dim}-d features but the model in {checkpoint} gives "
+                f"{model.feature_dim}-d features; fit the metric for this model (metricattack fit-metric)"
+            )
+        ckpt_sha = sha256_file(checkpoint)
     dataset = load_dataset(args.dataset, args.data_root)
-    ckpt_sha = sha256_file(checkpoint)
     fingerprint = dataset_fingerprint(dataset)
     start = time.perf_counter()
     feats = {}
@@ -156,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
                 "format": RESULT_FORMAT,
                 "results": result.to_dict(),
                 "metric": metric_info,
-                "checkpoint": {"path": str(checkpoint), "sha256": ckpt_sha},
+                "checkpoint": {"path": str(checkpoint), "sha256": ckpt_sha} if args.baseline is None else None,
+                "baseline": args.baseline,
                 "dataset": {
                     "name": args.dataset,
                     "root": str(args.data_root),

@@ -55,3 +55,19 @@ def color_histogram_features(
     if sqrt:
         hist = hist.sqrt()
     return hist / hist.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+class ColorHistogramExtractor(torch.nn.Module):
+    """A parameter-free "model" for the colour-histogram baseline.
+
+    ``forward(images [B,3,H,W] in [0,1]) -> [B, stripes * bins**3]`` unit rows, so it can be
+    passed wherever a re-ID model is used for feature extraction (no ``input_size``: images
+    keep their native size).
+    """
+
+    def __init__(self, color_space: str = "hsv", bins: int = 8, stripes: int = 6) -> None:
+        super().__init__()
+        self.color_space, self.bins, self.stripes = color_space, bins, stripes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return color_histogram_features(images, self.bins, self.stripes, self.color_space)
