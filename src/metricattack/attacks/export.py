@@ -21,8 +21,6 @@ done batches; the batches are deterministic, so the result equals an uninterrupt
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.features import evaluate_split_features
 from ..evaluation.ranking import APConvention
-from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file, sha256_json
+from ..io import atomic_path, link_or_copy, atomic_write_json, environment_versions, sha256_file, sha256_json
 from ..metrics.distance import Metric
 from .methods import linf_255, quantize
 from .objectives import metrics_per_model
@@ -112,16 +110,6 @@ def _batch_dir(out: Path) -> Path:
     rank, world = rank_and_world()
     return out / STATE_DIR / "batches" / f"rank{rank}-of{world}"
 
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
 
 
 def _gather_batch_records(out: Path, count: int, num_eval: int) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, str]]:
@@ -251,7 +239,7 @@ def _finish(out: Path, dataset: ReIDDataset, plan, spec: AttackSpec, setting: st
             rel = _relative(record, dataset.root)
             target = output_name(rel, attacked)
             if not attacked and is_main_process():
-                _link_or_copy(record.path, out / target)
+                link_or_copy(record.path, out / target)
             files.append({"split": split, "source": rel.as_posix(), "output": target.as_posix(), "attacked": attacked})
     barrier()
     adv_records = tuple(ImageRecord(out / output_name(_relative(r, dataset.root), True), r.pid, r.camid) for r in plan.records)

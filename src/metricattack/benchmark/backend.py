@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.types import ImageRecord, ReIDDataset
-from ..errors import ConfigError, MetricAttackError
+from ..errors import ConfigError
 from ..io import atomic_path, sha256_file
 from .config import AttackSection, BenchmarkConfig, DatasetSection, ModelSection
 

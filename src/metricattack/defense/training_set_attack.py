@@ -23,8 +23,6 @@ records both fingerprints and the file mapping.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from ..attacks.export import ModelEntry, export_attack
 from ..data.layouts import dataset_fingerprint, load_dataset
 from ..data.types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
 from ..errors import DatasetError, MetricAttackError
-from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file
+from ..io import atomic_write_json, link_or_copy, environment_versions, sha256_file
 from ..metrics.distance import build_metric
 from .config import TrainingSetAttack
 
@@ -97,16 +95,6 @@ def _pid_text(pid: int) -> str:
     return "-1" if pid == JUNK_PID else f"{pid:04d}"
 
 
-def _link(src: Path, dst: Path) -> None:
-    if dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
-
 
 def merge_training_sets(dataset: ReIDDataset, adv_dir: Path, out: Path) -> Path:
     """Write the merged training set Y ∪ Y_adv (see module docstring) to ``out``; return ``out``.
@@ -125,12 +113,12 @@ def merge_training_sets(dataset: ReIDDataset, adv_dir: Path, out: Path) -> Path:
     for i, (y, y_adv) in enumerate(zip(clean, adversarial, strict=True)):
         stem = f"{_pid_text(y.pid)}_c{y.camid + 1}"
         pair = {"clean": f"bounding_box_train/{stem}_y{i:06d}{y.path.suffix.lower()}", "adversarial": f"bounding_box_train/{stem}_a{i:06d}.png"}
-        _link(y.path, out / pair["clean"])
-        _link(y_adv.path, out / pair["adversarial"])
+        link_or_copy(y.path, out / pair["clean"])
+        link_or_copy(y_adv.path, out / pair["adversarial"])
         mapping.append({**pair, "source": y.path.relative_to(dataset.root).as_posix(), "source_adversarial": y_adv.path.name})
     for split, folder, tag in (("query", "query", "q"), ("gallery", "bounding_box_test", "g")):
         for i, r in enumerate(dataset.split(split)):
-            _link(r.path, out / folder / f"{_pid_text(r.pid)}_c{r.camid + 1}_{tag}{i:06d}{r.path.suffix.lower()}")
+            link_or_copy(r.path, out / folder / f"{_pid_text(r.pid)}_c{r.camid + 1}_{tag}{i:06d}{r.path.suffix.lower()}")
     merged = load_dataset("folder", out)
     atomic_write_json(record_path, {
         "format": MERGE_FORMAT,
