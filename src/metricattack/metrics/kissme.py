@@ -31,6 +31,7 @@ from .learned import (
     check_fit_inputs,
     check_on_non_psd,
     checked_inverse,
+    fit_info,
     pair_covariances,
     kernel_to_metric,
 )
@@ -77,15 +78,7 @@ def fit_kissme(
         cov.dissimilar + ridge, "dissimilar-pair (different identities)"
     )
     metric, psd_info = kernel_to_metric(basis, kernel, on_non_psd, "kissme")
-    info = {
-        "method": "KISSME (Köstinger et al., CVPR 2012)",
-        "options": {"dim": dim, "reg": reg, "cross_camera": cross_camera, "on_non_psd": on_non_psd},
-        "num_features": int(x.shape[0]),
-        "num_identities": int(len(np.unique(labels))),
-        "num_similar_pairs": cov.num_similar,
-        "num_dissimilar_pairs": cov.num_dissimilar,
-        "subspace_dim": int(basis.shape[1]),
-        "fit_seconds": time.perf_counter() - start,
-        **psd_info,
-    }
+    options = {"dim": dim, "reg": reg, "cross_camera": cross_camera, "on_non_psd": on_non_psd}
+    info = fit_info("KISSME (Köstinger et al., CVPR 2012)", options, labels, cov, start,
+                    subspace_dim=int(basis.shape[1]), **psd_info)
     return LearnedFit("kissme", metric, basis, kernel, info)

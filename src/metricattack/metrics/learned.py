@@ -24,6 +24,7 @@ model: ``<checkpoint stem>.<kind>.safetensors`` plus ``<checkpoint stem>.<kind>.
 from __future__ import annotations
 
 import inspect
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,6 +224,22 @@ def kernel_to_metric(
     projection = torch.from_numpy(basis) @ factor.projection.double()
     info["rank"] = int(projection.shape[1])
     return MahalanobisMetric(projection, name=name), info
+
+
+def fit_info(
+    method: str, options: dict[str, Any], labels: np.ndarray, cov: PairCovariances, start: float, **details: Any
+) -> dict[str, Any]:
+    """The JSON-able record of one fit: method, options, data and pair counts, time, ``details``."""
+    return {
+        "method": method,
+        "options": options,
+        "num_features": int(labels.shape[0]),
+        "num_identities": int(len(np.unique(labels))),
+        "num_similar_pairs": cov.num_similar,
+        "num_dissimilar_pairs": cov.num_dissimilar,
+        "fit_seconds": time.perf_counter() - start,
+        **details,
+    }
 
 
 def check_on_non_psd(on_non_psd: str) -> None:

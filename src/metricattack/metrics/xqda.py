@@ -38,6 +38,7 @@ from .learned import (
     check_nonsingular,
     check_on_non_psd,
     checked_inverse,
+    fit_info,
     pair_covariances,
     kernel_to_metric,
 )
@@ -96,17 +97,10 @@ def fit_xqda(
         basis.T @ cov.dissimilar @ basis, "projected extra-personal"
     )
     metric, psd_info = kernel_to_metric(basis, kernel, on_non_psd, "xqda")
-    info = {
-        "method": "XQDA (Liao et al., CVPR 2015)",
-        "options": {"dim": dim, "reg": reg, "cross_camera": cross_camera, "on_non_psd": on_non_psd},
-        "num_features": int(x.shape[0]),
-        "num_identities": int(len(np.unique(labels))),
-        "num_similar_pairs": cov.num_similar,
-        "num_dissimilar_pairs": cov.num_dissimilar,
-        "num_eigenvalues_above_one": num_above_one,
-        "subspace_dim": int(len(keep)),
-        "eigenvalues": [float(g) for g in gammas[keep]],
-        "fit_seconds": time.perf_counter() - start,
-        **psd_info,
-    }
+    options = {"dim": dim, "reg": reg, "cross_camera": cross_camera, "on_non_psd": on_non_psd}
+    info = fit_info(
+        "XQDA (Liao et al., CVPR 2015)", options, labels, cov, start,
+        num_eigenvalues_above_one=num_above_one, subspace_dim=int(len(keep)),
+        eigenvalues=[float(g) for g in gammas[keep]], **psd_info,
+    )
     return LearnedFit("xqda", metric, basis, kernel, info)
