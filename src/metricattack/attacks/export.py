@@ -10,7 +10,8 @@ Layout of ``out`` (readable by ``load_dataset("folder", out)`` and any Market-15
 * ``manifest.json``: attack spec, setting, metric, models (checkpoint SHA-256), seed, software
   versions, source dataset fingerprint, and per file ``source → output`` name and SHA-256;
 * ``attack_results.json``: clean vs adversarial CMC/mAP (images reloaded from disk *and* the
-  in-memory float images), mean true-positive distance, targeted success, measured L∞;
+  in-memory float images), mean true-positive distance, targeted success, measured L∞, and
+  the chance level (expected CMC/mAP of a random ranking, :mod:`~metricattack.evaluation.chance`);
 * ``.attack/``: the run identity and per-batch completion records (resumption).
 
 Resumption: a batch counts as done when its JSON record exists (written last, atomically,
@@ -36,6 +37,7 @@ from ..data.loading import read_image, save_png
 from ..data.types import SPLITS, ImageRecord, ReIDDataset
 from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
+from ..evaluation.chance import chance_ranking
 from ..evaluation.features import evaluate_split_features
 from ..evaluation.ranking import APConvention
 from ..io import atomic_path, link_or_copy, atomic_write_json, environment_versions, sha256_file, sha256_json
@@ -288,6 +290,8 @@ def _finish(out: Path, dataset: ReIDDataset, plan, spec: AttackSpec, setting: st
             "max_disk_unattacked": float(disk_linf[~active].max()) if (~active).any() else 0.0,
         },
         "evaluations": evaluations,
+        "chance": chance_ranking([r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
+                                 [r.camid for r in dataset.query], [r.camid for r in dataset.gallery], ap=ap).to_dict(),
         "dataset": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint},
         "output": str(out),
         "manifest_sha256": sha256_file(out / "manifest.json"),

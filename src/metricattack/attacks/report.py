@@ -40,4 +40,8 @@ def format_summary(results: dict[str, Any]) -> str:
                 f"{'':<40} targeted success top-1 {_pct(t_clean['top1'])}% → {_pct(t_disk['top1'])}%, "
                 f"top-10 {_pct(t_clean['top10'])}% → {_pct(t_disk['top10'])}%"
             )
+    chance = results.get("chance")
+    if chance is not None:
+        lines += ["", f"Chance level (a random ranking of this gallery): mAP {_pct(chance['mAP']).strip()}, "
+                      f"rank-1 {_pct(chance['cmc']['1']).strip()} -- the floor a perfect non-targeted attack nears."]
     return "\n".join(lines)

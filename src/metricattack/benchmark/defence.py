@@ -24,15 +24,6 @@ CODE_DEFENCE = ("data", "models", "training", "attacks", "metrics", "defense")
 SUFFIX = "#M"
 
 
-def unavailable_reason() -> str | None:
-    """Why Table 5 cannot run in this installation, or None when it can."""
-    try:
-        from ..defense import config, evaluation, metric_preserving  # noqa: F401
-    except ImportError as exc:
-        return f"the metric-preserving defence (issue #6) is not available: {exc}"
-    return None
-
-
 def settings_of(run: Run) -> Any:
     from ..defense.config import DefenceSettings
 

@@ -16,7 +16,7 @@ import torch
 
 from ..data.types import JUNK_PID
 from . import backend, defence
-from .jobs import AttackJob, ensembles, fig5_attack_metrics, single
+from .jobs import AttackJob, ensembles, single
 from .schema import (ClassificationVsMetric, Curve, CurvePoint, EnsembleRow, Fig1, Fig1Example, Fig3, Fig4, Fig5,
                      MatrixCell, MatrixRow, ProbeLists, RankedImage, Ranking, RankingList, RatioPoint, Table1Row,
                      Table2, Table4, Table5, Targeted)
@@ -221,34 +221,28 @@ def fig1(run: Run) -> Fig1:
     return Fig1(model=m, attack_id=nt.id, examples=examples)
 
 
-def fig5(run: Run, have_xqda: bool) -> Fig5:
+def fig5(run: Run) -> Fig5:
     m, f = run.cfg.chosen_model("fig5"), run.cfg.experiments.fig5
-    attack_metrics = fig5_attack_metrics(run.cfg, have_xqda)
-    test_metrics = [t for t in f.metrics if t != "xqda" or have_xqda]
-    missing = {} if have_xqda or "xqda" not in f.metrics else {"xqda": "metricattack.metrics.xqda is not available"}
-    clean = {t: evaluate(run, m, run.clean[m]["gallery"], t) for t in test_metrics}
+    clean = {t: evaluate(run, m, run.clean[m]["gallery"], t) for t in f.metrics}
     curves = []
     for method in f.methods:
-        for am in attack_metrics:
-            for tm in test_metrics:
+        for am in f.metrics:
+            for tm in f.metrics:
                 points = [CurvePoint(epsilon=0.0, mAP=clean[tm].mAP)]
                 for eps in f.epsilons:
                     job = single(run.cfg, m, method, epsilon=eps, metric=am)
                     points.append(CurvePoint(epsilon=eps, mAP=evaluate(run, m, adv(run, job, m), tm).mAP, attack_id=job.id))
                 curves.append(Curve(method=method, attack_metric=am, test_metric=tm, points=points))
-    return Fig5(model=m, curves=curves, clean=clean, missing_metrics=missing)
+    return Fig5(model=m, curves=curves, clean=clean)
 
 
 def table5(run: Run) -> Table5:
     if not run.cfg.experiments.table5.enabled:
         return Table5(status="not run", reason="disabled in the config (experiments.table5.enabled: false)")
-    reason = defence.unavailable_reason()
-    if reason is not None:
-        return Table5(status="not run", reason=reason)
     return defence.table5(run, evaluate, adv)
 
 
-def compute_all(run: Run, have_xqda: bool) -> dict[str, Any]:
+def compute_all(run: Run) -> dict[str, Any]:
     """Every selected section (plus the sections they depend on, e.g. Table 2 for Fig. 3)."""
     sel = set(run.cfg.selected())
     out: dict[str, Any] = {}
@@ -271,7 +265,7 @@ def compute_all(run: Run, have_xqda: bool) -> dict[str, Any]:
     if "fig1" in sel:
         out["fig1"] = fig1(run)
     if "fig5" in sel:
-        out["fig5"] = fig5(run, have_xqda)
+        out["fig5"] = fig5(run)
     if "table5" in sel:
         out["table5"] = table5(run)
     return out

@@ -58,7 +58,7 @@ def ensembles(cfg: BenchmarkConfig) -> list[tuple[str, tuple[str, ...]]]:
     return [(h, tuple(n for n in names if n != h)) for h in names]
 
 
-def plan(cfg: BenchmarkConfig, xqda_available: bool) -> Plan:
+def plan(cfg: BenchmarkConfig) -> Plan:
     """Every job and evaluation needed by ``cfg.selected()`` experiments."""
     p = Plan([], [], [], [])
     names = cfg.model_names()
@@ -94,19 +94,16 @@ def plan(cfg: BenchmarkConfig, xqda_available: bool) -> Plan:
     if "fig5" in selected:
         m = cfg.chosen_model("fig5")
         f5 = cfg.experiments.fig5
-        for metric in fig5_attack_metrics(cfg, xqda_available):
+        for metric in f5.metrics:
             if metric == "xqda" and m not in p.xqda_models:
                 p.xqda_models.append(m)
             for method in f5.methods:
                 for eps in f5.epsilons:
                     p.add(single(cfg, m, method, epsilon=eps, metric=metric), [m])
-        if xqda_available and "xqda" in f5.metrics and m not in p.xqda_models:
+        if "xqda" in f5.metrics and m not in p.xqda_models:
             p.xqda_models.append(m)
     if cfg.attack.metric == "xqda":
         p.xqda_models = list(dict.fromkeys(p.xqda_models + [s for j in p.jobs for s in j.sources]))
     p.train_features = list(p.xqda_models)
     return p
 
-
-def fig5_attack_metrics(cfg: BenchmarkConfig, xqda_available: bool) -> list[str]:
-    return [m for m in cfg.experiments.fig5.metrics if m != "xqda" or xqda_available]

@@ -68,10 +68,7 @@ def build_sections(res: Results, figures: dict[str, Path]) -> list[Section]:
                   "fig4": "Fig. 4 — ranking lists", "fig5": "Fig. 5 — mAP against ε"}
     for fid, title in fig_titles.items():
         if fid in figures:
-            note = ""
-            if fid == "fig5" and res.fig5 and res.fig5.missing_metrics:
-                note = "Not measured: " + "; ".join(f"{m} ({why})" for m, why in res.fig5.missing_metrics.items())
-            sections.append(Section(fid, title, image=_embed(figures[fid]), caption=FIGURE_CAPTIONS[fid], note=note))
+            sections.append(Section(fid, title, image=_embed(figures[fid]), caption=FIGURE_CAPTIONS[fid]))
         else:
             sections.append(Section(fid, title, note="not run in this run (not selected or no data).", not_run=True))
     sections.append(Section("provenance", "How this run was made"))

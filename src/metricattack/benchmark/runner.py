@@ -33,15 +33,6 @@ CODE_FEATURES = ("data", "models", "evaluation")
 CODE_ATTACK = ("data", "models", "metrics", "attacks")
 
 
-def xqda_available() -> bool:
-    """True when the XQDA module can be imported (issue #5)."""
-    try:
-        from ..metrics import xqda  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class Run:
     """The resources of one run (dataset, models, features, adversarial sets), each a stage."""
 
@@ -206,21 +197,20 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
     out = Path(out)
     log_before = len(read_stage_log(out))
     run = Run(cfg, out)
-    have_xqda = xqda_available()
-    the_plan: Plan = plan(cfg, have_xqda)
+    the_plan: Plan = plan(cfg)
     ds = run.prepare_dataset()
     run.train_models()
     run.extract_clean(cfg.model_names(), the_plan.train_features)
     run.fit_metrics(the_plan.xqda_models)
     run.run_attacks(the_plan.jobs)
     run.extract_adversarial(the_plan.evaluations)
-    if "table5" in cfg.selected() and cfg.experiments.table5.enabled and defence.unavailable_reason() is None:
+    if "table5" in cfg.selected() and cfg.experiments.table5.enabled:
         defended = defence.train_defended(run)
         run.extract_clean(defended, [], "defended features")
         method = defence.method_of(cfg)
         run.extract_adversarial([(single(cfg, m, method), d) for m in cfg.model_names() for d in defended])
 
-    sections = experiments.compute_all(run, have_xqda)
+    sections = experiments.compute_all(run)
     stage_seconds: dict[str, float] = {}
     for entry in read_stage_log(out)[log_before:]:
         stage_seconds[entry["kind"]] = stage_seconds.get(entry["kind"], 0.0) + entry["seconds"]

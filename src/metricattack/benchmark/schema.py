@@ -140,7 +140,6 @@ class Fig5(Record):
     model: str
     curves: list[Curve]
     clean: dict[str, Ranking] = Field(description="clean accuracy of the model under each test metric")
-    missing_metrics: dict[str, str] = Field(default_factory=dict, description="metric -> why it was not measured")
 
 
 class ClassificationVsMetric(Record):

@@ -184,6 +184,18 @@ class _Protocol:
         return rows, cols
 
 
+def match_counts(q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, ``(positives [Q], valid gallery items [Q])`` under the protocol above.
+
+    Valid items are the gallery minus junk and the query's same-identity same-camera images;
+    positives are the valid items with the query's identity (0 for a query without a match).
+    """
+    proto = _Protocol(q_pids, g_pids, q_camids, g_camids)
+    positives = np.diff(proto.pos_start)
+    valid = proto.num_gallery - len(proto.junk_cols) - np.diff(proto.ign_start)
+    return positives, valid
+
+
 # ----------------------------------------------------------------------------- fast path
 
 
