@@ -190,5 +190,5 @@ def test_tables_figures_report(tmp_path: Path) -> None:
     assert set(figures) == {"fig1", "fig3", "fig4", "fig5"}
     html = write_report(res, figures, tmp_path / "report.html").read_text()
     check_report(html, {"fig1", "fig3", "fig4", "fig5"})
-    assert "not run: defence not available" in html
+    assert "not run: disabled in the config" in html
     assert html.count('data-finding="') == 6
