@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, commands
+from .distributed import launched_by_torchrun, process_group, resolve_device
 from .errors import MetricAttackError
 
 
@@ -31,13 +32,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return int(_run(args) or 0)
     except MetricAttackError as exc:
         print(f"metricattack {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"metricattack {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130
+
+
+def _run(args: argparse.Namespace) -> int | None:
+    """Run the subcommand; under torchrun, inside the process group its ``torchrun`` default asks for.
+
+    ``torchrun="group"``: the command shards its batch work over the ranks of a group made here
+    (on ``--device``); ``"self"``: the command makes its own group (training); unset: the
+    command runs in one process and refuses torchrun rather than repeat its work on every rank.
+    """
+    mode = getattr(args, "torchrun", None)
+    if not launched_by_torchrun() or mode == "self":
+        return args.func(args)
+    if mode != "group":
+        raise MetricAttackError(
+            f"'{args.command}' runs in one process; start it without torchrun "
+            "(torchrun shards the work of: train, evaluate, fit-metric, attack)"
+        )
+    device = resolve_device(getattr(args, "device", "cpu"))
+    if hasattr(args, "device"):
+        args.device = str(device)  # cuda -> cuda:LOCAL_RANK
+    with process_group(device):
+        return args.func(args)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,15 @@ case, so the same code runs on a laptop and on many GPUs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import ConfigError
 
 T = TypeVar("T")
 
@@ -62,3 +66,41 @@ def barrier() -> None:
     """Synchronise all ranks (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    """True when this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` → ``cuda:LOCAL_RANK`` under torchrun."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a valid torch device (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; set device: cpu")
+    return device
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """Under torchrun, the default process group for the duration (NCCL on CUDA, Gloo on CPU).
+
+    Does nothing in a single process or when a group already exists (its owner ends it).
+    """
+    if dist.is_initialized() or not launched_by_torchrun():
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

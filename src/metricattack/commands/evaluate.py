@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write results + provenance to this JSON file")
     parser.add_argument("--features-cache", type=Path, default=None, help="folder to reuse extracted features from (keyed by checkpoint and dataset)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, torchrun="group")
 
 
 def resolve_metric(spec: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]:

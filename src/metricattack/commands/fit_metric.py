@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a kernel with negative eigenvalues: clip them with a warning, or stop")
     parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
     parser.add_argument("--out", type=Path, default=None, help="metric file (default: beside the checkpoint)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, torchrun="group")
 
 
 def run(args: argparse.Namespace) -> int:

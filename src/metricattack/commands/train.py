@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config name>)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. schedule.epochs=5 data.root=/data")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, torchrun="self")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from ..metrics.distance import build_metric
 from ..models.checkpoint import checkpoint_meta, load_model, save_checkpoint
 from ..training import train
 from ..training.config import TrainConfig
-from ..training.trainer import resolve_device
+from ..distributed import resolve_device
 from .config import DefenseConfig
 from .evaluation import ORIGINAL, adaptive_attack_rows, adversarial_gallery_name, table5_cells
 from .online import train_defended

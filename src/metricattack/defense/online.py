@@ -25,14 +25,14 @@ from tqdm import tqdm
 from .. import __version__
 from ..attacks.methods import perturb
 from ..data.layouts import dataset_fingerprint, load_dataset
-from ..distributed import rank_and_world
+from ..distributed import rank_and_world, resolve_device
 from ..errors import ConfigError
 from ..io import sha256_json
 from ..models.checkpoint import checkpoint_meta, load_model, load_train_state, meta_path, save_checkpoint, save_train_state, train_state_path
 from ..models.reid import ReIDModel
 from ..training.config import TrainConfig
 from ..training.data import TrainImages, relabel
-from ..training.trainer import LossTerms, build_loader, resolve_device, run_epoch
+from ..training.trainer import LossTerms, build_loader, run_epoch
 from .config import OnlineSection
 
 FINAL_NAME = "model.safetensors"

@@ -16,7 +16,6 @@ each rank trains on its share of every epoch's batches and only rank 0 writes fi
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data.layouts import dataset_fingerprint, load_dataset
-from ..distributed import barrier, is_main_process, rank_and_world
+from ..distributed import barrier, is_main_process, process_group, rank_and_world, resolve_device
 from ..errors import ConfigError
 from ..models.checkpoint import checkpoint_meta, load_model, load_train_state, meta_path, save_checkpoint, save_train_state, train_state_path
 from ..models.reid import ReIDModel
@@ -69,29 +68,6 @@ class LossTerms:
         if tri is not None:
             parts["triplet"] = tri.weight * batch_hard_triplet_loss(features, labels, tri.margin)
         return sum(parts.values()), parts  # type: ignore[return-value]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → ``cuda`` when available (``cuda:LOCAL_RANK`` under torchrun), else ``cpu``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a valid torch device (expected auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; set device: cpu")
-    return device
-
-
-def _init_distributed(device: torch.device) -> bool:
-    """Initialise the process group from torchrun's environment; True when this call did it."""
-    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return True
 
 
 def build_loader(cfg: TrainConfig, dataset: TrainImages, labels: list[int], rank: int, world: int) -> DataLoader:
@@ -193,12 +169,8 @@ def train(cfg: TrainConfig, out_dir: Path) -> Path:
     """Train a :class:`ReIDModel` per ``cfg``, writing checkpoints under ``out_dir``; return the final checkpoint path."""
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
-    owns_group = _init_distributed(device)
-    try:
+    with process_group(device):
         return _train(cfg, out_dir, device)
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, out_dir: Path, device: torch.device) -> Path:

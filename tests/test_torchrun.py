@@ -1,0 +1,60 @@
+"""Commands under ``torchrun``: two CPU processes (Gloo) shard the work and give the single-process result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metricattack.cli import main
+
+ATTACK = ["--method", "ifgsm", "--eps", "4", "--steps", "2", "--batch-size", "8", "--no-progress"]
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 -m metricattack ...`` on one thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "metricattack", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def attacked_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "bounding_box_test").iterdir())}
+
+
+def test_attack_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
+    common = ["attack", "--checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root), "--dataset", "folder", *ATTACK]
+    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    done = torchrun(*common, "--out", str(tmp_path / "sharded"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("adversarial dataset written to") == 1  # only rank 0 reports
+    shards = sorted(p.name for p in (tmp_path / "sharded" / ".attack" / "batches").iterdir())
+    assert shards == ["rank0-of2", "rank1-of2"]
+    assert all(any((tmp_path / "sharded" / ".attack" / "batches" / s).glob("*.json")) for s in shards)
+    assert attacked_bytes(tmp_path / "sharded") == attacked_bytes(tmp_path / "single")
+    one, two = (json.loads((tmp_path / n / "attack_results.json").read_text()) for n in ("single", "sharded"))
+    for key in ("clean", "adversarial_disk", "adversarial_memory"):
+        assert two["evaluations"][0][key]["mAP"] == pytest.approx(one["evaluations"][0][key]["mAP"], abs=1e-6)
+    assert json.loads((tmp_path / "sharded" / "manifest.json").read_text())["world_size"] == 2
+
+
+def test_single_process_commands_refuse_torchrun(tmp_path: Path) -> None:
+    done = torchrun("synth", "--out", str(tmp_path / "d"), "--train-ids", "2", "--test-ids", "2", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "'synth' runs in one process; start it without torchrun" in done.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_evaluate_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
+    common = ["evaluate", "--checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root),
+              "--dataset", "folder", "--batch-size", "8", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "single.json")]) == 0
+    done = torchrun(*common, "--out", str(tmp_path / "sharded.json"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "sharded"))
+    assert two["results"]["mAP"] == pytest.approx(one["results"]["mAP"], abs=1e-6)
+    assert two["results"]["cmc"] == pytest.approx(one["results"]["cmc"], abs=1e-6)
