@@ -1,12 +1,13 @@
 """Benchmark: how much white-box I-FGSM (ε = 5) cuts mAP, by backbone, gallery size and seed.
 
 Not a speed benchmark: it records the measurements behind the attack test's setup
-(``tests/test_attack_export.py``). For each cell it generates the tiny synthetic dataset of the
-tests (16 train / 12 test identities, 3 cameras, 2 images per camera, 128×64) with the given
-number of distractors, trains the backbone at 64×32 exactly like the test fixtures (8 epochs,
-cross-entropy + triplet), exports the white-box non-targeted I-FGSM gallery attack (ε = 5,
-α = 1, 6 steps, squared Euclidean) and prints clean / adversarial mAP (Market AP, images
-reloaded from disk), the cut, and the chance level (expected mAP of a random ranking).
+(``tests/test_attack_export.py``). For each cell it generates the tests' tiny synthetic dataset
+(16 train / 12 test identities, 3 cameras, 2 images per camera, 128×64) with the given number of
+distractors, trains the backbone with the test fixtures' recipe
+(``configs/synthetic/tiny-fixture.yaml``: 64×32, 8 epochs, cross-entropy + triplet), exports the
+white-box non-targeted I-FGSM gallery attack (ε = 5, α = 1, 6 steps, squared Euclidean) and
+prints clean / adversarial mAP (Market AP, images reloaded from disk), the cut, and the chance
+level (expected mAP of a random ranking).
 
 Run:  nice -n 10 .venv/bin/python benchmarks/bench_attack_strength.py \
           --backbones resnet18 resnet50 --distractors 6 240 --seeds 0:0 1:0 0:1 --out /tmp/bench_strength
@@ -27,7 +28,10 @@ from metricattack.data.layouts import load_dataset
 from metricattack.data.synthetic import SynthConfig, generate
 from metricattack.metrics.distance import EuclideanMetric
 from metricattack.models.checkpoint import load_model
-from metricattack.training import TrainConfig, train
+from metricattack.training import train
+from metricattack.training.config import load_train_config
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "tiny-fixture.yaml"
 
 
 def dataset(out: Path, seed: int, distractors: int) -> Path:
@@ -41,17 +45,8 @@ def dataset(out: Path, seed: int, distractors: int) -> Path:
 
 def train_fixture(root: Path, backbone: str, seed: int, out: Path) -> Path:
     """Train ``backbone`` with the test fixtures' recipe; returns the checkpoint path."""
-    cfg = TrainConfig.model_validate({
-        "data": {"dataset": "folder", "root": str(root), "cache": True},
-        "model": {"backbone": backbone, "input_size": [64, 32]},
-        "loss": {"cross_entropy": {"label_smoothing": 0.1}, "triplet": {"margin": 0.3}},
-        "optimizer": {"lr": 0.002},
-        "schedule": {"epochs": 8, "lr_steps": [7]},
-        "batch": {"batch_size": 16, "sampler": "pk", "images_per_id": 4},
-        "augmentation": {"pad": 3},
-        "device": "cpu", "progress": False, "seed": seed,
-    })
-    return train(cfg, out)
+    overrides = [f"data.root={root}", f"model.backbone={backbone}", f"seed={seed}"]
+    return train(load_train_config(RECIPE, overrides), out)
 
 
 def main() -> None:
