@@ -43,6 +43,10 @@ def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
     assert all(c.white_box == (c.tested == r.attacked) for r in res.table2.rows for c in r.cells)
     # the saved adversarial images respect the ε bound
     assert all(a.linf is None or a.linf <= a.epsilon + 1e-6 for a in res.attacks)
+    # the chance level of the test split is reported, listed in Table 1 and quoted by finding 1
+    assert res.dataset.chance is not None and 0 < res.dataset.chance.mAP < 100
+    assert "| chance | a random ranking (expected) |" in (tiny_run / "tables" / "table1.md").read_text()
+    assert f"mAP {res.dataset.chance.mAP:.2f}" in res.findings[0].summary
 
 
 @pytest.mark.slow

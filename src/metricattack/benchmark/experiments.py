@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ..data.types import JUNK_PID
+from ..evaluation.chance import chance_ranking
+from ..evaluation.ranking import RankingResult, evaluate_distances
 from . import backend, defence
 from .jobs import AttackJob, ensembles, single
 from .schema import (ClassificationVsMetric, Curve, CurvePoint, EnsembleRow, Fig1, Fig1Example, Fig3, Fig4, Fig5,
@@ -37,14 +39,22 @@ def distances(run: Run, model: str, metric: str, gallery: torch.Tensor) -> torch
         return m.pairwise(run.clean[model]["query"], gallery).float()
 
 
-def ranking_of(run: Run, dist: torch.Tensor) -> Ranking:
-    from ..evaluation.ranking import evaluate_distances
-
-    q_pids, q_cams = _ids(run.ds.query)
-    g_pids, g_cams = _ids(run.ds.gallery)
-    r = evaluate_distances(dist, q_pids, g_pids, q_cams, g_cams, ap=run.cfg.evaluation.ap)
+def _percent(r: RankingResult) -> Ranking:
     return Ranking(rank1=100 * r.cmc[1], rank5=100 * r.cmc[5], rank10=100 * r.cmc[10], mAP=100 * r.mAP,
                    mINP=100 * r.mINP, num_queries=r.num_queries)
+
+
+def ranking_of(run: Run, dist: torch.Tensor) -> Ranking:
+    q_pids, q_cams = _ids(run.ds.query)
+    g_pids, g_cams = _ids(run.ds.gallery)
+    return _percent(evaluate_distances(dist, q_pids, g_pids, q_cams, g_cams, ap=run.cfg.evaluation.ap))
+
+
+def chance(run: Run) -> Ranking:
+    """Expected accuracy of a uniformly random ranking of the test split (the attacks' floor)."""
+    q_pids, q_cams = _ids(run.ds.query)
+    g_pids, g_cams = _ids(run.ds.gallery)
+    return _percent(chance_ranking(q_pids, g_pids, q_cams, g_cams, ap=run.cfg.evaluation.ap))
 
 
 def adv(run: Run, job: AttackJob, tested: str) -> torch.Tensor:

@@ -62,7 +62,8 @@ def finding1(res: Results) -> Finding:
              for a in dict.fromkeys(k.split('.')[0] for k in numbers)]
     return Finding(id=1, title=TITLES[1], status=_verdict(ok), numbers=numbers,
                    summary=f"White-box I-FGSM mAP (clean → attacked): {'; '.join(parts)}. Criterion: every model "
-                           f"ends at ≤ {NEAR_ZERO_RATIO:.0%} of its clean mAP (paper: 77.52 → 0.367).")
+                           f"ends at ≤ {NEAR_ZERO_RATIO:.0%} of its clean mAP (paper: 77.52 → 0.367)."
+                           + (f" Chance level (a random ranking): mAP {res.dataset.chance.mAP:.2f}." if res.dataset.chance else ""))
 
 
 def finding2(res: Results) -> Finding:

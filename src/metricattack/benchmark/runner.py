@@ -226,7 +226,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
               "train_ids": ds.num_train_ids()}
     results = Results(
         provenance=provenance,
-        dataset=DatasetInfo(name=cfg.dataset.name, root=str(run.dataset_root), fingerprint=run.fingerprint, counts=counts),
+        dataset=DatasetInfo(name=cfg.dataset.name, root=str(run.dataset_root), fingerprint=run.fingerprint, counts=counts,
+                            chance=experiments.chance(run)),
         models=[_model_info(run, n) for n in run.models],
         attacks=[_attack_setting(run, j) for j in the_plan.jobs],
         findings=[], **sections)

@@ -239,6 +239,8 @@ class DatasetInfo(Record):
     root: str
     fingerprint: str
     counts: dict[str, int]
+    chance: Ranking | None = Field(None, description="expected accuracy of a uniformly random ranking of the test split "
+                                   "(closed form): the floor a perfect non-targeted attack approaches")
 
 
 class Provenance(Record):

@@ -68,6 +68,9 @@ def table1(results: Results) -> Table | None:
         return None
     rows = [[r.model, r.description, fmt(r.clean.rank1), fmt(r.clean.rank5), fmt(r.clean.rank10), fmt(r.clean.mAP)]
             for r in results.table1]
+    chance = results.dataset.chance
+    if chance is not None:
+        rows.append(["chance", "a random ranking (expected)", fmt(chance.rank1), fmt(chance.rank5), fmt(chance.rank10), fmt(chance.mAP)])
     return Table("table1", "Table 1", f"Clean accuracy of the base models on {results.dataset.name} "
                  f"({results.table1[0].metric if results.table1 else ''} distance, AP convention "
                  f"'{results.provenance.ap_convention}').",

@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     results = run_benchmark(cfg, out, str(args.config))
     for row in results.table1 or []:
         print(f"{row.model:>6}  clean rank-1 {row.clean.rank1:6.2f}  mAP {row.clean.mAP:6.2f}  ({row.description})")
+    chance = results.dataset.chance
+    if results.table1 and chance is not None:
+        print(f"{'chance':>6}  clean rank-1 {chance.rank1:6.2f}  mAP {chance.mAP:6.2f}  (a random ranking of this gallery, expected)")
     print(f"findings of the paper on this run ({results.provenance.ap_convention} AP):")
     for finding in [*results.findings, *results.further_findings]:
         print(f"  [{finding.status}] {finding.id}. {finding.title}")
