@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from metricattack.cli import main
 
@@ -58,3 +59,20 @@ def test_evaluate_under_torchrun_equals_one_process(tiny_model_checkpoint: Path,
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "sharded"))
     assert two["results"]["mAP"] == pytest.approx(one["results"]["mAP"], abs=1e-6)
     assert two["results"]["cmc"] == pytest.approx(one["results"]["cmc"], abs=1e-6)
+    assert one["options"]["world_size"] == 1 and two["options"]["world_size"] == 2  # the images were sharded
+
+
+def test_fit_metric_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    common = ["fit-metric", "--checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root),
+              "--dataset", "folder", "--kind", "xqda", "--batch-size", "8"]
+    assert main([*common, "--out", str(tmp_path / "single.safetensors")]) == 0
+    done = torchrun(*common, "--out", str(tmp_path / "sharded.safetensors"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("single", "sharded"))
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
+    sidecars = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "sharded"))
+    assert [s["meta"]["world_size"] for s in sidecars] == [1, 2]

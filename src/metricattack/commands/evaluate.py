@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..distributed import is_main_process
+from ..distributed import is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import AP_CONVENTIONS, RankingResult
@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
                     "num_query": len(dataset.query),
                     "num_gallery": len(dataset.gallery),
                 },
-                "options": {"ap": args.ap, "batch_size": args.batch_size, "chunk_size": args.chunk_size, "device": args.device},
+                "options": {"ap": args.ap, "batch_size": args.batch_size, "chunk_size": args.chunk_size, "device": args.device,
+                            "world_size": rank_and_world()[1]},
                 "seconds": round(seconds, 3),
                 "versions": environment_versions(),
             },

@@ -35,7 +35,7 @@ import scipy.sparse
 import torch
 
 from ..data.types import DISTRACTOR_PID, JUNK_PID
-from ..distributed import barrier, is_main_process
+from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..io import sha256_file
 from .distance import MahalanobisMetric, NonPSDMatrixWarning, load_metric, save_metric
@@ -367,6 +367,7 @@ def fit_for_checkpoint(
             "num_images": len(records),
         },
         "options": {"batch_size": batch_size, **fit.info["options"]},
+        "world_size": rank_and_world()[1],
     }
     if is_main_process():
         save_learned_metric(fit, path, provenance)
