@@ -76,3 +76,16 @@ def test_fit_metric_under_torchrun_equals_one_process(tiny_model_checkpoint: Pat
         assert torch.allclose(one[key], two[key], atol=1e-5), key
     sidecars = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "sharded"))
     assert [s["meta"]["world_size"] for s in sidecars] == [1, 2]
+
+
+def test_train_under_torchrun_uses_distributed_data_parallel(tiny_dataset_root: Path, tmp_path: Path) -> None:
+    from metricattack.models.checkpoint import checkpoint_meta, load_model
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "tiny-fixture.yaml"
+    done = torchrun("train", "--config", str(recipe), "--out", str(tmp_path / "ddp"), f"data.root={tiny_dataset_root}",
+                    "schedule.epochs=2", "schedule.lr_steps=[]", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = checkpoint_meta(tmp_path / "ddp" / "model.safetensors")["meta"]
+    assert meta["world_size"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]
+    model = load_model(tmp_path / "ddp" / "model.safetensors")
+    assert torch.isfinite(model(torch.rand(2, 3, 128, 64))).all()
