@@ -179,7 +179,7 @@ def test_finetune_option_starts_from_the_normal_model(defended_run, figures: Pat
     result = pipeline.run_defense(cfg, tmp_path / "run", log=lambda _m: None)
     meta = checkpoint_meta(Path(result["defended"]["checkpoint"]))["meta"]
     assert meta["defence"]["initialisation"] == "fine-tuned from F's weights"
-    assert meta["init_sha256"] == checkpoint_meta(Path(summary["base"]["checkpoint"]))["weights_sha256"]
+    assert meta["variant"]["init_sha256"] == checkpoint_meta(Path(summary["base"]["checkpoint"]))["weights_sha256"]
     assert [h["epoch"] for h in meta["history"]] == [1] and meta["history"][0]["lr"] == pytest.approx(0.0003)
     base, tuned = load_model(Path(summary["base"]["checkpoint"])), load_model(Path(result["defended"]["checkpoint"]))
     distance = sum(float((a - b).detach().abs().sum()) for a, b in zip(base.parameters(), tuned.parameters(), strict=True))
@@ -230,7 +230,7 @@ def test_online_adversarial_training_improves_white_box_robustness(defended_run,
     # with 1 thread, 0.663 vs 0.654: too close to call on this tiny data, so it is not asserted.)
     assert rows[("online", 4.0)]["adversarial_mAP"] > rows[("normal", 4.0)]["adversarial_mAP"] + 5, rows
     meta = checkpoint_meta(tmp_path / "online" / "model.safetensors")["meta"]
-    assert meta["online"]["eps"] == 8 and meta["history"][0]["images"] % 24 == 0  # [clean; adversarial] batches of 2 x 12
+    assert meta["variant"]["online"]["eps"] == 8 and meta["history"][0]["images"] % 24 == 0  # [clean; adversarial] batches of 2 x 12
 
 
 # ------------------------------------------------------------------ config errors

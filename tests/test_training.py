@@ -17,6 +17,7 @@ from metricattack.training import TrainConfig, load_train_config, train
 from metricattack.training import trainer as trainer_module
 from metricattack.training.losses import batch_hard_triplet_loss
 from metricattack.training.sampler import PKBatchSampler
+from metricattack.training.trainer import Variant
 
 
 @pytest.fixture(autouse=True)
@@ -208,6 +209,29 @@ def test_interrupted_run_resumes_to_identical_weights(blob_root: Path, tmp_path:
     # Another config in the same folder is refused, naming what changed.
     with pytest.raises(ConfigError, match=r"different config \(seed: 0 there, 1 now\)"):
         train(cfg.model_copy(update={"seed": 1}), out)
+
+
+def test_variant_starts_from_weights_scales_lr_and_transforms_batches(blob_root: Path, tmp_path: Path) -> None:
+    cfg = _cfg(blob_root, schedule={"epochs": 1}, loss={"cross_entropy": {}}, batch={"batch_size": 8})
+    base = train(cfg, tmp_path / "base")
+    epochs_seen: list[int] = []
+
+    def with_flips(loader, model, epoch):
+        for images, labels in loader:
+            epochs_seen.append(epoch)
+            yield torch.cat([images, images.flip(-1)]), torch.cat([labels, labels])
+
+    variant = Variant({"batches": "with flips", "lr_factor": 0.5}, init_checkpoint=base, lr_factor=0.5, batches=with_flips)
+    final = train(cfg, tmp_path / "tuned", variant)
+    meta, base_meta = checkpoint_meta(final)["meta"], checkpoint_meta(base)["meta"]
+    assert meta["variant"] == variant.identity and meta["init_checkpoint"] == str(base)
+    assert meta["history"][0]["lr"] == pytest.approx(0.5 * base_meta["history"][0]["lr"])
+    assert meta["history"][0]["images"] == 2 * base_meta["history"][0]["images"] and set(epochs_seen) == {1}
+    with pytest.raises(ConfigError, match="holds a run with other training settings"):
+        train(cfg, tmp_path / "tuned", Variant({"batches": "plain"}))
+    fewer = _blob_tree(tmp_path / "fewer", train_ids=6)
+    with pytest.raises(ConfigError, match="trained on other identities"):
+        train(_cfg(fewer, schedule={"epochs": 1}), tmp_path / "other", Variant({"init": "base"}, init_checkpoint=base))
 
 
 def test_checkpoint_records_provenance_and_matches_config(blob_root: Path, tmp_path: Path) -> None:

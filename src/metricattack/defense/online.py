@@ -1,4 +1,4 @@
-"""Online adversarial training, and the training loop the defence needs beyond ``training.train``.
+"""Online adversarial training, and the defence's training runs (variants of ``training.train``).
 
 :func:`adversarial_batch` makes adversarial copies of one training batch against the current
 model (in eval mode, so each image's objective depends on that image only), with the push
@@ -6,10 +6,8 @@ and pull guides of :class:`~.config.OnlineSection`. :class:`AdversarialBatches` 
 training loader so every batch becomes ``[clean; adversarial]`` with repeated labels, which
 the trainer's own :func:`~metricattack.training.trainer.run_epoch` and loss consume unchanged.
 
-:func:`train_defended` is the epoch loop for the two cases ``training.train`` cannot do
-(no batch hook, no initial weights): online adversarial training and fine-tuning from F.
-It reuses the trainer's data, sampler, loss and epoch step; it runs in one process (no DDP)
-and resumes from its last epoch checkpoint when re-run with the same settings.
+:func:`train_defended` runs the trainer with online adversarial batches or from F's weights
+(fine-tuning); it runs in one process (no DDP) and resumes like any training run.
 """
 
 from __future__ import annotations
@@ -20,22 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from .. import __version__
 from ..attacks.methods import perturb
-from ..data.layouts import dataset_fingerprint, load_dataset
 from ..distributed import rank_and_world, resolve_device
 from ..errors import ConfigError
-from ..io import sha256_json
-from ..models.checkpoint import checkpoint_meta, load_model, load_train_state, meta_path, save_checkpoint, save_train_state, train_state_path
-from ..models.reid import ReIDModel
+from ..models.checkpoint import checkpoint_meta
 from ..training.config import TrainConfig
-from ..training.data import TrainImages, relabel
-from ..training.trainer import LossTerms, build_loader, run_epoch
+from ..training.trainer import Variant, train
 from .config import OnlineSection
-
-FINAL_NAME = "model.safetensors"
 
 
 def guide_references(features: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,86 +93,24 @@ class AdversarialBatches:
             yield torch.cat([images, adv]), torch.cat([labels, labels])
 
 
-class _Step(nn.Module):
-    """``forward`` = ``forward_train`` (what :func:`run_epoch` calls)."""
-
-    def __init__(self, model: ReIDModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_train(images)
-
-
-def _latest(folder: Path) -> Path | None:
-    done = [p for p in folder.glob("epoch-*.safetensors") if meta_path(p).is_file() and train_state_path(p).is_file()]
-    return max(done, default=None, key=lambda p: int(p.stem.split("-")[1]))
-
-
 def train_defended(cfg: TrainConfig, out_dir: Path, *, online: OnlineSection | None = None,
-                   init_checkpoint: Path | None = None, lr_factor: float = 1.0,
-                   meta_extra: dict[str, Any] | None = None) -> Path:
-    """Train per ``cfg`` (online adversarial batches when ``online``; from ``init_checkpoint``'s
-    weights when given, lr × ``lr_factor``); write ``out_dir/model.safetensors`` and return it."""
+                   init_checkpoint: Path | None = None, lr_factor: float = 1.0) -> Path:
+    """Train per ``cfg`` with online adversarial batches (``online``) and/or from
+    ``init_checkpoint``'s weights at lr × ``lr_factor`` (fine-tuning); one process only.
+
+    A :class:`~metricattack.training.trainer.Variant` of the trainer's run: same data, sampler,
+    loss, checkpoints and resumption. Writes ``out_dir/model.safetensors`` and returns it.
+    """
     if rank_and_world()[1] > 1:
         raise ConfigError("defence training (online adversarial / fine-tuning) runs in one process; start it without torchrun")
-    out_dir = Path(out_dir)
+    identity = {
+        "online": online.model_dump(mode="json") if online is not None else None,
+        "init_sha256": checkpoint_meta(init_checkpoint)["weights_sha256"] if init_checkpoint is not None else None,
+        "lr_factor": lr_factor,
+    }
     device = resolve_device(cfg.device)
-    dataset = load_dataset(cfg.data.dataset, cfg.data.root)
-    records, labels, class_pids = relabel(dataset.train)
-    fingerprint = dataset_fingerprint(dataset)
-    init_sha = None
-    if init_checkpoint is not None:
-        init_meta = checkpoint_meta(init_checkpoint)
-        init_sha = init_meta["weights_sha256"]
-        if init_meta["meta"].get("class_pids", class_pids) != class_pids:
-            raise ConfigError(f"cannot fine-tune from {init_checkpoint}: it was trained on other identities than {cfg.data.root}")
-    identity = {"config": cfg.result_defining(), "online": online.model_dump(mode="json") if online else None,
-                "init_sha256": init_sha, "lr_factor": lr_factor, "dataset": fingerprint}
-    key = sha256_json(identity)
-    final, ckpt_dir = out_dir / FINAL_NAME, out_dir / "checkpoints"
-    if final.is_file() and checkpoint_meta(final)["meta"].get("run_key") == key:
-        return final
 
-    torch.manual_seed(cfg.seed)
-    m = cfg.model
-    model = ReIDModel(m.backbone, len(class_pids), m.input_size, pretrained=m.pretrained, last_stride=m.last_stride, neck=m.neck, reduce_dim=m.reduce_dim)
-    if init_checkpoint is not None:
-        model.load_state_dict(load_model(init_checkpoint).state_dict())
-    lr = cfg.optimizer.lr * lr_factor
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.optimizer.weight_decay)
-    history: list[dict[str, Any]] = []
-    start = 0
-    latest = _latest(ckpt_dir)
-    if latest is not None:
-        meta = checkpoint_meta(latest)["meta"]
-        if meta.get("run_key") != key:
-            raise ConfigError(f"{out_dir} holds a defence training run with other settings; use another output folder or remove it")
-        model.load_state_dict(load_model(latest).state_dict())
-        optimizer.load_state_dict(load_train_state(latest)["optimizer"])
-        history, start = list(meta["history"]), int(meta["epoch"])
-    model.to(device)
-    images = TrainImages(records, labels, m.input_size, cfg.augmentation, cache=cfg.data.cache)
-    loader = build_loader(cfg, images, labels, 0, 1)
-    losses, step = LossTerms(cfg), _Step(model)
-    base = {"config": cfg.model_dump(mode="json"), "online": identity["online"], "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-            "init_sha256": init_sha, "lr_factor": lr_factor, "run_key": key, "class_pids": class_pids, "seed": cfg.seed,
-            "dataset": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint, "train_images": len(records)},
-            "code_version": __version__, "world_size": 1, **(meta_extra or {})}
-    for epoch in range(start + 1, cfg.schedule.epochs + 1):
-        torch.manual_seed(cfg.seed + epoch)
-        loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        for group in optimizer.param_groups:
-            group["lr"] = lr * cfg.schedule.lr_factor(epoch)
-        batches = AdversarialBatches(loader, model, online, device, epoch) if online is not None else loader
-        with tqdm(total=len(loader), desc=f"defence epoch {epoch}/{cfg.schedule.epochs}", disable=not cfg.progress, leave=False) as bar:
-            stats = run_epoch(step, batches, optimizer, losses, device, bar)  # type: ignore[arg-type]
-        history.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats})
-        path = ckpt_dir / f"epoch-{epoch:03d}.safetensors"
-        save_train_state(path, {"epoch": epoch, "optimizer": optimizer.state_dict()})
-        save_checkpoint(model, path, {**base, "epoch": epoch, "history": history})
-        for old in ckpt_dir.glob("epoch-*.safetensors"):
-            if old != path:
-                for file in (old, meta_path(old), train_state_path(old)):
-                    file.unlink(missing_ok=True)
-    return save_checkpoint(model.eval(), final, {**base, "epoch": cfg.schedule.epochs, "history": history})
+    def adversarial(loader: Any, model: nn.Module, epoch: int) -> AdversarialBatches:
+        return AdversarialBatches(loader, model, online, device, epoch)  # type: ignore[arg-type]
+
+    return train(cfg, out_dir, Variant(identity, init_checkpoint, lr_factor, adversarial if online is not None else None))

@@ -12,12 +12,17 @@ finished run; any other change of the result-defining config is refused.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel;
 each rank trains on its share of every epoch's batches and only rank 0 writes files.
+
+A :class:`Variant` departs from plain training the ways the defence needs: start from given
+weights, scale the learning rate, transform every epoch's batches (online adversarial
+training). Its ``identity`` is recorded in every checkpoint and must match to resume.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,27 @@ class _TrainStep(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.forward_train(images)
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a run departs from plain training; ``identity`` (JSON) must describe every departure.
+
+    Attributes:
+        identity: result-defining description, recorded as ``meta["variant"]``; resuming a run
+            with another identity is refused.
+        init_checkpoint: start from these weights (a model trained on the same identities).
+        lr_factor: learning rate × this, on top of the schedule.
+        batches: ``(loader, model, epoch) -> batches`` replacing an epoch's ``(images, labels)``.
+    """
+
+    identity: dict[str, Any] = field(default_factory=dict)
+    init_checkpoint: Path | None = None
+    lr_factor: float = 1.0
+    batches: Callable[[DataLoader, ReIDModel, int], Batches] | None = None
 
 
 @dataclass
@@ -101,7 +127,7 @@ class _ShuffledBatches(torch.utils.data.Sampler[list[int]]):
         return iter(batches[self.rank : usable : self.world])
 
 
-def run_epoch(step: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm) -> dict[str, float]:
+def run_epoch(step: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm) -> dict[str, float]:
     """One pass over ``loader``; returns mean losses, image count, seconds and images/s."""
     step.train()
     totals: dict[str, torch.Tensor] = {}
@@ -145,9 +171,14 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return max(complete, default=None, key=lambda p: int(p.stem.split("-")[1]))
 
 
-def _check_same_run(meta: dict[str, Any], cfg: TrainConfig, fingerprint: str, path: Path) -> None:
-    """Refuse to resume the run of checkpoint ``path`` when its config or dataset differs from ``cfg``."""
+def _check_same_run(meta: dict[str, Any], cfg: TrainConfig, fingerprint: str, path: Path, variant: Variant) -> None:
+    """Refuse to resume the run of checkpoint ``path`` when its config, dataset or variant differs."""
     out_dir = path.parent.parent
+    if meta.get("variant", {}) != variant.identity:
+        raise ConfigError(
+            f"{out_dir} holds a run with other training settings ({meta.get('variant', {})!r} there, "
+            f"{variant.identity!r} now); use another --out folder or remove it to start over"
+        )
     try:
         saved = TrainConfig.model_validate(meta["config"]).result_defining()
     except ValidationError:
@@ -165,15 +196,23 @@ def _check_same_run(meta: dict[str, Any], cfg: TrainConfig, fingerprint: str, pa
         raise ConfigError(f"{path} is already at epoch {meta['epoch']}, beyond schedule.epochs={cfg.schedule.epochs}")
 
 
-def train(cfg: TrainConfig, out_dir: Path) -> Path:
-    """Train a :class:`ReIDModel` per ``cfg``, writing checkpoints under ``out_dir``; return the final checkpoint path."""
+def train(cfg: TrainConfig, out_dir: Path, variant: Variant | None = None) -> Path:
+    """Train a :class:`ReIDModel` per ``cfg`` (and ``variant``), writing checkpoints under
+    ``out_dir``; return the final checkpoint path."""
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
     with process_group(device):
-        return _train(cfg, out_dir, device)
+        return _train(cfg, out_dir, device, variant or Variant())
 
 
-def _train(cfg: TrainConfig, out_dir: Path, device: torch.device) -> Path:
+def _initial_weights(model: ReIDModel, checkpoint: Path, class_pids: list[int], root: Any) -> None:
+    """Load ``checkpoint``'s weights into ``model``, refusing a model trained on other identities."""
+    if checkpoint_meta(checkpoint)["meta"].get("class_pids", class_pids) != class_pids:
+        raise ConfigError(f"cannot start from {checkpoint}: it was trained on other identities than {root}")
+    model.load_state_dict(load_model(checkpoint).state_dict())
+
+
+def _train(cfg: TrainConfig, out_dir: Path, device: torch.device, variant: Variant) -> Path:
     rank, world = rank_and_world()
     dataset = load_dataset(cfg.data.dataset, cfg.data.root)
     records, labels, class_pids = relabel(dataset.train)
@@ -183,14 +222,17 @@ def _train(cfg: TrainConfig, out_dir: Path, device: torch.device) -> Path:
     latest = _latest_checkpoint(ckpt_dir)
     meta = checkpoint_meta(latest)["meta"] if latest else None
     if meta is not None:
-        _check_same_run(meta, cfg, fingerprint, latest)  # type: ignore[arg-type]
+        _check_same_run(meta, cfg, fingerprint, latest, variant)  # type: ignore[arg-type]
         if meta["epoch"] == cfg.schedule.epochs and final.is_file() and checkpoint_meta(final)["meta"]["epoch"] == meta["epoch"]:
             return final
 
     torch.manual_seed(cfg.seed)
     m = cfg.model
-    pretrained = m.pretrained if latest is None else False  # resuming: weights come from the checkpoint
+    # resuming or starting from given weights: no ImageNet initialisation to fetch
+    pretrained = m.pretrained if latest is None and variant.init_checkpoint is None else False
     model = ReIDModel(m.backbone, len(class_pids), m.input_size, pretrained=pretrained, last_stride=m.last_stride, neck=m.neck, reduce_dim=m.reduce_dim)
+    if variant.init_checkpoint is not None and latest is None:
+        _initial_weights(model, variant.init_checkpoint, class_pids, cfg.data.root)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -214,6 +256,8 @@ def _train(cfg: TrainConfig, out_dir: Path, device: torch.device) -> Path:
         "seed": cfg.seed,
         "code_version": __version__,
         "world_size": world,
+        "variant": variant.identity,
+        "init_checkpoint": str(variant.init_checkpoint) if variant.init_checkpoint else None,
     }
     show = cfg.progress and is_main_process()
     if show and start_epoch:
@@ -221,11 +265,12 @@ def _train(cfg: TrainConfig, out_dir: Path, device: torch.device) -> Path:
     for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
         torch.manual_seed(cfg.seed + epoch)
         loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        lr = cfg.optimizer.lr * cfg.schedule.lr_factor(epoch)
+        lr = cfg.optimizer.lr * variant.lr_factor * cfg.schedule.lr_factor(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        batches = variant.batches(loader, model, epoch) if variant.batches is not None else loader
         with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar:
-            stats = _across_ranks(run_epoch(step, loader, optimizer, losses, device, bar), device)
+            stats = _across_ranks(run_epoch(step, batches, optimizer, losses, device, bar), device)
         history.append({"epoch": epoch, "lr": lr, **stats})
         if show:
             tqdm.write(f"epoch {epoch}/{cfg.schedule.epochs}: loss {stats['loss']:.4f}, {stats['images_per_second']:.1f} images/s")
