@@ -130,6 +130,8 @@ def test_evaluate_command_end_to_end(tmp_path, tiny_checkpoint, capsys):
     assert record["results"]["ap_convention"] == "noninterp" and record["results"]["num_queries"] == 3
     assert record["metric"] == {"name": "cosine"} and len(record["checkpoint"]["sha256"]) == 64
     assert record["dataset"]["num_gallery"] == 7 and "torch" in record["versions"]
+    assert 0 < record["chance"]["mAP"] < 1 and record["chance"]["ap_convention"] == "noninterp"
+    assert f"chance level (a random ranking of this gallery): rank-1 {100 * record['chance']['cmc']['1']:.2f}" in printed
 
     # the same numbers as evaluating the model's features directly
     from metricattack.data.layouts import load_dataset

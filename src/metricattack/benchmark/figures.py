@@ -121,7 +121,8 @@ def fig4(res: Results, path: Path) -> Path | None:
 
 
 def fig5(res: Results, path: Path) -> Path | None:
-    """mAP against ε, one panel per method, one line per attack-metric / test-metric pair."""
+    """mAP against ε, one panel per method, one line per attack-metric / test-metric pair, and
+    the chance level (the floor a perfect attack approaches) as a dashed line."""
     f = res.fig5
     if f is None or not f.curves:
         return None
@@ -132,6 +133,8 @@ def fig5(res: Results, path: Path) -> Path | None:
             pts = sorted(curve.points, key=lambda p: p.epsilon)
             ax.plot([p.epsilon for p in pts], [p.mAP for p in pts], marker="o",
                     label=f"{curve.attack_metric}/{curve.test_metric}")
+        if res.dataset.chance is not None:
+            ax.axhline(res.dataset.chance.mAP, color="grey", linestyle="--", linewidth=1, label="chance (random ranking)")
         ax.set_title(f"{METHOD_NAMES.get(method, method)} on {f.model}", fontsize=10)
         ax.set_xlabel("ε (0..255 pixel units)")
         ax.set_ylabel("mAP (%)")

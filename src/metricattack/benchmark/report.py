@@ -24,7 +24,7 @@ FIGURE_CAPTIONS = {
     "fig3": "Ratio of adversarial to clean mAP for every tested model and attack setting (a large ratio = robust).",
     "fig4": "Ranking lists of chosen probes on the clean gallery, after the non-targeted and after the targeted attack; "
             "rank positions above each image; blue = true match, red = wrong match.",
-    "fig5": "mAP against the perturbation bound ε; the legend reads attack metric / test metric.",
+    "fig5": "mAP against the perturbation bound ε; the legend reads attack metric / test metric; the dashed line is the chance level (a random ranking).",
 }
 
 
