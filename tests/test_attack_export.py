@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +38,8 @@ def entry(tiny_model_checkpoint: Path) -> ModelEntry:
     return ModelEntry(load_model(ckpt), EuclideanMetric(), {"label": "tiny", "checkpoint": str(ckpt), "sha256": sha256_file(ckpt)})
 
 
-def export(entries, data, out: Path, setting: str = "gallery", **spec) -> dict:
-    return export_attack(entries, data, out, AttackSpec(**spec), setting, batch_size=8, progress=False)
+def export(entries, data, out: Path, setting: str = "gallery", file_names: str = "source", **spec) -> dict:
+    return export_attack(entries, data, out, AttackSpec(**spec), setting, batch_size=8, file_names=file_names, progress=False)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -106,6 +110,51 @@ def test_saved_images_respect_eps_layout_and_manifest(white_box, data) -> None:
     for f in manifest["files"]:
         assert sha256_file(out / f["output"]) == f["sha256"]
         assert Path(f["output"]).stem == Path(f["source"]).stem
+
+
+def _market_reader(folder: Path) -> dict[str, tuple[int, int, np.ndarray]]:
+    """What most re-ID code does with a Market-1501 folder: list ``*.jpg``, parse pid and camera
+    from the name, decode with PIL by content -> {name: (pid, camid, pixels)}."""
+    from PIL import Image
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.jpg"))):
+        pid, cam = map(int, re.search(r"([-\d]+)_c(\d)", path).groups())
+        out[os.path.basename(path)] = (pid, cam - 1, np.asarray(Image.open(path).convert("RGB")))
+    return out
+
+
+def test_adversarial_copy_of_a_jpg_named_dataset_loads_in_common_readers(entry, data, tmp_path: Path) -> None:
+    """Market-1501 names its files .jpg and the usual readers list only ``*.jpg``: by default the
+    attacked copy keeps every name (PNG content, lossless) so those readers load it unchanged."""
+    source = tmp_path / "market_named"
+    for record in data.train + data.query + data.gallery:
+        rel = record.path.relative_to(data.root).with_suffix(".jpg")
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(record.path, source / rel)
+    market = load_dataset("folder", source)
+    export([entry], market, tmp_path / "adv", method="fgsm", eps=4)
+    clean, adversarial = _market_reader(source / "bounding_box_test"), _market_reader(tmp_path / "adv" / "bounding_box_test")
+    assert adversarial.keys() == clean.keys() and len(adversarial) == len(market.gallery)
+    changed = 0
+    for name, (pid, cam, pixels) in adversarial.items():
+        assert (pid, cam) == clean[name][:2]
+        diff = np.abs(pixels.astype(int) - clean[name][2].astype(int)).max()
+        assert diff <= 4
+        changed += diff > 0
+    assert changed == sum(1 for r in market.gallery if r.pid > 0)  # every attacked image, nothing else
+    ours = load_dataset("folder", tmp_path / "adv")
+    for record in ours.gallery:  # our loader reads the same pixels
+        assert np.array_equal((read_image(record.path) * 255).round().byte().permute(1, 2, 0).numpy(), adversarial[record.path.name][2])
+    manifest = json.loads((tmp_path / "adv" / "manifest.json").read_text())
+    assert manifest["file_names"] == "source" and manifest["encoding"] == "png"
+
+    renamed = export([entry], market, tmp_path / "adv_png", method="fgsm", eps=4, file_names="png")
+    assert renamed["num_attacked"] == changed
+    assert _market_reader(tmp_path / "adv_png" / "bounding_box_test") == {}  # .png names: invisible to such readers
+    assert len(list((tmp_path / "adv_png" / "bounding_box_test").glob("*.png"))) == len(market.gallery)
+    with pytest.raises(MetricAttackError, match="unknown file_names 'jpeg'; expected one of source, png"):
+        export([entry], market, tmp_path / "adv_bad", method="fgsm", eps=4, file_names="jpeg")
 
 
 def test_targeted_attack_moves_images_into_target_top_ranks(entry, data, tmp_path: Path) -> None:

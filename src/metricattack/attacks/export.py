@@ -2,10 +2,13 @@
 
 Layout of ``out`` (readable by ``load_dataset("folder", out)`` and any Market-1501 parser):
 
-* the attacked split, every image as a lossless PNG at native resolution, same relative path
-  and name stem (``0002_c1s1_000451_03.jpg`` → ``0002_c1s1_000451_03.png``); pixels on the
-  1/255 grid, within ⌊ε⌋/255 of the original and inside [0,1] (see :func:`~.methods.quantize`);
-  images that are not attacked (junk, distractors, ...) are written unchanged as PNG too;
+* the attacked split, every image as a lossless PNG at native resolution and the same relative
+  path; pixels on the 1/255 grid, within ⌊ε⌋/255 of the original and inside [0,1] (see
+  :func:`~.methods.quantize`); images that are not attacked (junk, distractors, ...) are
+  written unchanged as PNG too. File names (``file_names``): ``"source"`` (default) keeps every
+  name *with its extension*, so ``0002_c1s1_000451_03.jpg`` holds PNG data — the usual
+  Market-1501 readers list ``*.jpg`` and decode by content (PIL, OpenCV, torchvision), so they
+  load the attacked copy unchanged; ``"png"`` renames to ``0002_c1s1_000451_03.png``;
 * the other splits hard-linked (copied when linking fails) with their original names;
 * ``manifest.json``: attack spec, setting, metric, models (checkpoint SHA-256), seed, software
   versions, source dataset fingerprint, and per file ``source → output`` name and SHA-256;
@@ -60,6 +63,7 @@ from .spec import AttackSpec
 MANIFEST_FORMAT = "metricattack.adversarial-dataset/1"
 RESULTS_FORMAT = "metricattack.attack-results/1"
 STATE_DIR = ".attack"
+FILE_NAMES = ("source", "png")
 
 
 @dataclass
@@ -80,9 +84,10 @@ def check_output_location(out: Path, source_root: Path) -> None:
         raise MetricAttackError(f"output folder {out} is not empty and holds no metricattack attack run; choose an empty or new folder")
 
 
-def output_name(rel: Path, attacked: bool) -> Path:
-    """Relative output path: attacked images become ``.png`` with the same stem."""
-    return rel.with_suffix(".png") if attacked else rel
+def output_name(rel: Path, attacked: bool, file_names: str = "source") -> Path:
+    """Relative output path: the source's, or for attacked images with ``file_names="png"`` the
+    same stem with a ``.png`` extension (the content is PNG either way)."""
+    return rel.with_suffix(".png") if attacked and file_names == "png" else rel
 
 
 def _relative(record: ImageRecord, root: Path) -> Path:
@@ -152,6 +157,7 @@ def export_attack(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     ap: APConvention = "market",
+    file_names: str = "source",
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -162,11 +168,14 @@ def export_attack(
             used for its loss and its white-box evaluation.
         eval_models: further (black-box) models evaluated on the result.
         metric_record: provenance of the metric option (name, file, checksum).
+        file_names: ``"source"`` (keep each name and extension) or ``"png"`` (``.png`` extension).
         on_batch: called with the batch number after each batch is completely written.
 
     Returns the content of ``attack_results.json`` (also written, by rank 0).
     """
     out = Path(out)
+    if file_names not in FILE_NAMES:
+        raise MetricAttackError(f"unknown file_names {file_names!r}; expected one of {', '.join(FILE_NAMES)}")
     check_output_location(out, dataset.root)
     models = [e.model for e in attack_models]
     metrics_per_model(models, [e.metric for e in attack_models])
@@ -182,6 +191,7 @@ def export_attack(
         "dataset_fingerprint": fingerprint,
         "batch_size": batch_size,
         "world_size": world,
+        "file_names": file_names,
     }
     identity = {**identity_fields, "key": sha256_json(identity_fields)}
 
@@ -193,7 +203,8 @@ def export_attack(
     try:
         features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device)
         plan = plan_attack(models, [e.metric for e in attack_models], dataset, setting, spec, features[: len(models)])
-        _write_batches(plan, spec, out, dataset, everyone, batch_size=batch_size, device=device, progress=progress, on_batch=on_batch)
+        _write_batches(plan, spec, out, dataset, everyone, batch_size=batch_size, device=device, file_names=file_names,
+                       progress=progress, on_batch=on_batch)
         barrier()
         results = _finish(out, dataset, plan, spec, setting, everyone, len(attack_models), features, identity,
                           fingerprint, batch_size=batch_size, device=device, ap=ap)
@@ -204,7 +215,7 @@ def export_attack(
 
 
 def _write_batches(plan, spec: AttackSpec, out: Path, dataset: ReIDDataset, everyone: Sequence[ModelEntry], *,
-                   batch_size: int, device, progress: bool, on_batch: Callable[[int], None] | None) -> None:
+                   batch_size: int, device, file_names: str, progress: bool, on_batch: Callable[[int], None] | None) -> None:
     batch_dir = _batch_dir(out)
 
     def done(number: int) -> bool:
@@ -215,7 +226,7 @@ def _write_batches(plan, spec: AttackSpec, out: Path, dataset: ReIDDataset, ever
         pixels = quantize(batch.adversarial, batch.clean, spec.eps).cpu()
         files: dict[str, str] = {}
         for i, index in enumerate(batch.indices.tolist()):
-            rel = output_name(_relative(plan.records[index], dataset.root), attacked=True)
+            rel = output_name(_relative(plan.records[index], dataset.root), True, file_names)
             save_png(pixels[i].float() / 255.0, out / rel)
             files[rel.as_posix()] = sha256_file(out / rel)
         tensors = {"indices": batch.indices.clone(), "linf_memory": linf_255(batch.adversarial, batch.clean).cpu().contiguous()}
@@ -239,18 +250,21 @@ def _finish(out: Path, dataset: ReIDDataset, plan, spec: AttackSpec, setting: st
         attacked = split == plan.split
         for record in dataset.split(split):
             rel = _relative(record, dataset.root)
-            target = output_name(rel, attacked)
+            target = output_name(rel, attacked, identity["file_names"])
             if not attacked and is_main_process():
                 link_or_copy(record.path, out / target)
             files.append({"split": split, "source": rel.as_posix(), "output": target.as_posix(), "attacked": attacked})
     barrier()
-    adv_records = tuple(ImageRecord(out / output_name(_relative(r, dataset.root), True), r.pid, r.camid) for r in plan.records)
+    adv_records = tuple(ImageRecord(out / output_name(_relative(r, dataset.root), True, identity["file_names"]), r.pid, r.camid)
+                        for r in plan.records)
     for entry in files:
         entry["sha256"] = checksums[entry["output"]] if entry["attacked"] else sha256_file(out / entry["output"])
     manifest = {
         "format": MANIFEST_FORMAT,
         "source": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint, "split_dirs": dataset.split_dirs},
         "attacked_split": plan.split,
+        "encoding": "png",
+        "file_names": identity["file_names"],
         "attack": identity["attack"],
         "setting": setting,
         "seed": spec.seed,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks.export import ModelEntry, export_attack
+from ..attacks.export import FILE_NAMES, ModelEntry, export_attack
 from ..attacks.report import format_summary
 from ..attacks.spec import METHODS, SETTINGS, make_spec
 from ..distributed import is_main_process
@@ -56,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds PGD's start and the targeted setting's targets")
     parser.add_argument("--batch-size", type=int, default=32, help="images per attack batch (bounds memory)")
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market, as the paper)")
+    parser.add_argument(
+        "--file-names", choices=FILE_NAMES, default="source",
+        help="attacked images are lossless PNG; 'source' (default) keeps every file name and extension "
+        "(Market-1501 readers that list *.jpg load them), 'png' gives them a .png extension",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     results = export_attack(
         attack_entries, dataset, args.out, spec, args.setting, eval_models=eval_entries,
         metric_record={"option": args.metric, "per_model": [e.record["metric"] for e in attack_entries]},
-        batch_size=args.batch_size, device=args.device, ap=args.ap, progress=not args.no_progress,
+        batch_size=args.batch_size, device=args.device, ap=args.ap, file_names=args.file_names, progress=not args.no_progress,
     )
     if is_main_process():
         print(format_summary(results))
