@@ -17,7 +17,7 @@ from metricattack.data.synthetic import MANIFEST, SynthConfig, generate
 from metricattack.errors import MetricAttackError
 from metricattack.evaluation.baselines import color_histogram_features
 
-NAME = re.compile(r"^(-1|\d{4})_c(\d)s1_(\d{6})_(\d{2})\.png$")
+NAME = re.compile(r"^(-1|\d{4})_c(\d)s1_(\d{6})_(\d{2})\.jpg$")
 SMALL = dict(seed=3, num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_camera=2,
              num_distractors=2, num_junk=2, height=32, width=16)
 
@@ -33,7 +33,7 @@ def _parse(folder: Path) -> list[tuple[int, int]]:
 
 def _digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.png"))}
+            for p in sorted(root.rglob("*.jpg"))}
 
 
 def test_layout_counts_and_identities(tiny_dataset_root: Path) -> None:

@@ -2,7 +2,8 @@
 
 The embedded default dataset. ``generate(out_dir, SynthConfig(...))`` writes the exact
 Market-1501 layout (``bounding_box_train/``, ``bounding_box_test/``, ``query/``; names
-``{pid:04d}_c{cam}s1_{frame:06d}_01.png``, pid ``0000`` distractors, ``-1`` junk) plus a
+``{pid:04d}_c{cam}s1_{frame:06d}_01.jpg`` holding lossless PNG data, pid ``0000`` distractors,
+``-1`` junk) plus a
 ``synth.json`` manifest. An identity is a body shape, skin, hair style and colour,
 clothing colours and patterns, a bag and shoes; each camera changes background,
 illumination, colour cast, viewpoint mix, scale, blur, resolution and occlusion.

@@ -1,5 +1,9 @@
 """Plan, render and write a synthetic dataset in the Market-1501 layout, atomically.
 
+Files carry Market-1501's names, ``.jpg`` extension included, so re-ID code that lists
+``*.jpg`` reads them; their content is lossless PNG (PIL, OpenCV and torchvision decode by
+content), so pixels are exactly what was drawn.
+
 Every image has its own random stream, seeded from (seed, kind, ids...), so an image
 does not depend on generation order or on the number of worker processes.
 """
@@ -30,8 +34,9 @@ from .config import SynthConfig
 from .render import render_background, render_image, render_junk
 
 MANIFEST = "synth.json"
-#: Bumped whenever the drawing code changes the bytes produced for a given config.
-GENERATOR_VERSION = 2
+#: Bumped whenever the drawing code changes the bytes or names produced for a given config.
+#: 3: files are named ``.jpg`` like Market-1501's (content still lossless PNG).
+GENERATOR_VERSION = 3
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 # Stream kinds: the second entry of every seed tuple, so streams never collide.
@@ -88,7 +93,7 @@ def plan(cfg: SynthConfig) -> list[PlannedImage]:
     jobs = []
     for split, pid, cam, who, key in raw:
         frames[cam] += int(frame_rng.integers(1, 60))
-        name = f"{'-1' if pid < 0 else f'{pid:04d}'}_c{cam + 1}s1_{frames[cam]:06d}_01.png"
+        name = f"{'-1' if pid < 0 else f'{pid:04d}'}_c{cam + 1}s1_{frames[cam]:06d}_01.jpg"
         jobs.append(PlannedImage(f"{SPLIT_DIRS[split]}/{name}", pid, cam, who, key))
     return jobs
 
