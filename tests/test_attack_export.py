@@ -267,6 +267,8 @@ def test_cli_attack_and_its_errors(tiny_model_checkpoint, tiny_dataset_root, tmp
     assert main([*base, "--out", str(tmp_path / "o"), "--method", "fgsm", "--eps", "3", "--batch-size", "16"]) == 0
     printed = capsys.readouterr().out
     assert "mAP clean" in printed and (tmp_path / "o" / "attack_results.json").is_file()
+    label = f"{Path(tiny_model_checkpoint).parent.name}/model.safetensors (white-box)"  # the run folder tells models apart
+    assert label[:40] in printed and "Chance level (a random ranking of this gallery): mAP" in printed
     for extra, message in [
         (["--eps", "0"], "eps"),
         (["--eps", "300"], "eps"),

@@ -94,7 +94,8 @@ def _entries(checkpoints: list[Path], metric_option: str, device: str, shared: d
         metric, info = resolve_metric(metric_option, checkpoint)
         key = info.get("sha256", info["name"])
         metric = shared.setdefault(key, metric)
-        record = {"label": checkpoint.stem, "checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "metric": info}
+        label = f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint.parent.name else checkpoint.name  # runs/B1/model.safetensors -> B1/model.safetensors
+        record = {"label": label, "checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "metric": info}
         entries.append(ModelEntry(load_model(checkpoint, device=device), metric, record))
     return entries
 
