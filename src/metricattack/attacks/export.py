@@ -40,7 +40,7 @@ from ..data.loading import read_image, save_png
 from ..data.types import SPLITS, ImageRecord, ReIDDataset
 from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
-from ..evaluation.chance import chance_ranking
+from ..evaluation.chance import dataset_chance
 from ..evaluation.features import evaluate_split_features
 from ..evaluation.ranking import APConvention
 from ..io import atomic_path, link_or_copy, atomic_write_json, environment_versions, sha256_file, sha256_json
@@ -304,8 +304,7 @@ def _finish(out: Path, dataset: ReIDDataset, plan, spec: AttackSpec, setting: st
             "max_disk_unattacked": float(disk_linf[~active].max()) if (~active).any() else 0.0,
         },
         "evaluations": evaluations,
-        "chance": chance_ranking([r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
-                                 [r.camid for r in dataset.query], [r.camid for r in dataset.gallery], ap=ap).to_dict(),
+        "chance": dataset_chance(dataset, ap).to_dict(),
         "dataset": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint},
         "output": str(out),
         "manifest_sha256": sha256_file(out / "manifest.json"),

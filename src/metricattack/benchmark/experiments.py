@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.types import JUNK_PID
-from ..evaluation.chance import chance_ranking
+from ..evaluation.chance import dataset_chance
 from ..evaluation.ranking import RankingResult, evaluate_distances
 from . import backend, defence
 from .jobs import AttackJob, ensembles, single
@@ -52,9 +52,7 @@ def ranking_of(run: Run, dist: torch.Tensor) -> Ranking:
 
 def chance(run: Run) -> Ranking:
     """Expected accuracy of a uniformly random ranking of the test split (the attacks' floor)."""
-    q_pids, q_cams = _ids(run.ds.query)
-    g_pids, g_cams = _ids(run.ds.gallery)
-    return _percent(chance_ranking(q_pids, g_pids, q_cams, g_cams, ap=run.cfg.evaluation.ap))
+    return _percent(dataset_chance(run.ds, run.cfg.evaluation.ap))
 
 
 def adv(run: Run, job: AttackJob, tested: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..distributed import is_main_process, rank_and_world
 from ..errors import MetricAttackError
-from ..evaluation.chance import chance_ranking
+from ..evaluation.chance import dataset_chance
 from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import AP_CONVENTIONS, RankingResult
 from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file, sha256_json
@@ -166,8 +166,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{dataset.name}: {len(dataset.query)} queries, {len(dataset.gallery)} gallery images, model {checkpoint.name}")
     print(format_table(result, metric_info["name"]))
-    chance = chance_ranking([r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
-                            [r.camid for r in dataset.query], [r.camid for r in dataset.gallery], ap=args.ap)
+    chance = dataset_chance(dataset, args.ap)
     print(f"chance level (a random ranking of this gallery): rank-1 {100 * chance.cmc[1]:.2f}  mAP {100 * chance.mAP:.2f}")
     if args.out is not None:
         atomic_write_json(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
+from ..data.types import ReIDDataset
 from .ranking import DEFAULT_RANKS, APConvention, RankingResult, _check_options, match_counts
 
 
@@ -91,3 +92,9 @@ def chance_ranking(
         num_valid_queries=int(ok.sum()),
         ap_convention=ap,
     )
+
+
+def dataset_chance(dataset: ReIDDataset, ap: APConvention = "market") -> RankingResult:
+    """:func:`chance_ranking` of ``dataset``'s query and gallery."""
+    return chance_ranking([r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
+                          [r.camid for r in dataset.query], [r.camid for r in dataset.gallery], ap=ap)
