@@ -186,3 +186,17 @@ def test_colour_histogram_baseline_command(tiny_dataset_root, tmp_path, capsys):
 
     assert main(argv + ["--metric", "xqda"]) == 2
     assert "--baseline works with --metric" in capsys.readouterr().err
+
+
+def test_cli_prints_dataset_warnings_on_one_line(tiny_dataset_root):
+    """A non-official Market-1501 copy is evaluated with one readable warning line, no source code."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "metricattack", "evaluate", "--baseline", "color-histogram-hsv",
+                           "--data-root", str(tiny_dataset_root), "--dataset", "market1501", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    warning_lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("metricattack: warning: Market-1501 at "), done.stderr
+    assert "the 'folder' layout skips this check" in warning_lines[0]

@@ -6,11 +6,12 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import __version__, commands
 from .distributed import launched_by_torchrun, process_group, resolve_device
-from .errors import MetricAttackError
+from .errors import MetricAttackError, MetricAttackWarning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line on stderr and exit with status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         return int(_run(args) or 0)
     except MetricAttackError as exc:
@@ -39,6 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"metricattack {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130
+
+
+_PYTHON_FORMATWARNING = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # type: ignore[no-untyped-def]
+    """:class:`MetricAttackWarning` s as one line ``metricattack: warning: ...``; others as Python shows them."""
+    if issubclass(category, MetricAttackWarning):
+        return f"metricattack: warning: {message}\n"
+    return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
 
 
 def _run(args: argparse.Namespace) -> int | None:

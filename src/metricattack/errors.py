@@ -3,6 +3,8 @@
 Every problem a user can cause (bad path, bad config value, wrong layout, ...) raises
 :class:`MetricAttackError` with one message that names the culprit and says what was
 expected. The CLI prints that message and exits with status 2, without a traceback.
+Conditions worth knowing that do not stop the work are :class:`MetricAttackWarning` s, which
+the CLI prints as one line each.
 """
 
 
@@ -20,3 +22,7 @@ class ConfigError(MetricAttackError):
 
 class CheckpointError(MetricAttackError):
     """A checkpoint that is missing, unreadable or does not match the config."""
+
+
+class MetricAttackWarning(UserWarning):
+    """Input that is usable but unusual (e.g. a dataset with non-official counts)."""

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DatasetError
+from ..errors import DatasetError, MetricAttackWarning
 from .types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -33,7 +33,7 @@ _MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)(?=[s_.])")
 _NAME_EXAMPLE = "0002_c1s1_000451_03.jpg (pid_cCAMERA..., pid -1 junk, 0000 distractor)"
 
 
-class DatasetCountWarning(UserWarning):
+class DatasetCountWarning(MetricAttackWarning):
     """A dataset's image/identity counts differ from the official release."""
 
 
@@ -128,7 +128,7 @@ def _check_counts(ds: ReIDDataset, title: str, official: DatasetCounts) -> None:
         warnings.warn(
             f"{title} at {ds.root} differs from the official release: {'; '.join(diffs)}. "
             "The copy may be incomplete or a different version; results will not be comparable "
-            "to published numbers (pass check_counts=False to silence this warning).",
+            "to published numbers (load_dataset(..., check_counts=False) or the 'folder' layout skips this check).",
             DatasetCountWarning,
             stacklevel=3,
         )

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import MetricAttackError
+from ..errors import MetricAttackError, MetricAttackWarning
 from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file
 
 STATE_FORMAT = "metricattack.metric/1"
 
 
-class NonPSDMatrixWarning(UserWarning):
+class NonPSDMatrixWarning(MetricAttackWarning):
     """A Mahalanobis matrix had negative eigenvalues that were set to zero."""
 
 
