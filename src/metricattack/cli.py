@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _format_warning
+    warnings.filterwarnings("once", category=MetricAttackWarning)  # the same message from several stages: once
     try:
         return int(_run(args) or 0)
     except MetricAttackError as exc:
