@@ -200,3 +200,19 @@ def test_cli_prints_dataset_warnings_on_one_line(tiny_dataset_root):
     warning_lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(warning_lines) == 1 and warning_lines[0].startswith("metricattack: warning: Market-1501 at "), done.stderr
     assert "the 'folder' layout skips this check" in warning_lines[0]
+
+
+def test_cli_shows_each_project_warning_once():
+    """Stages of one command re-load the same dataset: its warning is printed once."""
+    import io
+
+    from metricattack.cli import _show_warning
+    from metricattack.data.layouts import DatasetCountWarning
+
+    out = io.StringIO()
+    for line in (10, 20):
+        _show_warning(DatasetCountWarning("counts differ (test)"), DatasetCountWarning, "layouts.py", line, out)
+    _show_warning(UserWarning("not ours"), UserWarning, "other.py", 5, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "metricattack: warning: counts differ (test)" and lines.count(lines[0]) == 1
+    assert "other.py:5: UserWarning: not ours" in out.getvalue()

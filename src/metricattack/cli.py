@@ -32,8 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line on stderr and exit with status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.formatwarning = _format_warning
-    warnings.filterwarnings("once", category=MetricAttackWarning)  # the same message from several stages: once
+    warnings.showwarning = _show_warning
     try:
         return int(_run(args) or 0)
     except MetricAttackError as exc:
@@ -44,14 +43,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-_PYTHON_FORMATWARNING = warnings.formatwarning
+_PYTHON_SHOWWARNING = warnings.showwarning
+_SHOWN: set[str] = set()
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:  # type: ignore[no-untyped-def]
-    """:class:`MetricAttackWarning` s as one line ``metricattack: warning: ...``; others as Python shows them."""
-    if issubclass(category, MetricAttackWarning):
-        return f"metricattack: warning: {message}\n"
-    return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    """:class:`MetricAttackWarning` s once per run, as one line ``metricattack: warning: ...``
+    (stages re-load the same dataset); other warnings as Python shows them."""
+    if not issubclass(category, MetricAttackWarning):
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+        return
+    text = f"metricattack: warning: {message}"
+    if text not in _SHOWN:
+        _SHOWN.add(text)
+        print(text, file=sys.stderr if file is None else file)
 
 
 def _run(args: argparse.Namespace) -> int | None:
