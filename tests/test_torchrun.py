@@ -89,3 +89,32 @@ def test_train_under_torchrun_uses_distributed_data_parallel(tiny_dataset_root: 
     assert meta["world_size"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]
     model = load_model(tmp_path / "ddp" / "model.safetensors")
     assert torch.isfinite(model(torch.rand(2, 3, 128, 64))).all()
+
+
+def _claim_with_a_late_rank(rank: int, world: int, init_file: str, out: str) -> None:
+    """Rank 1 reaches ``_claim_run`` a second after rank 0, then both meet in one more barrier."""
+    import datetime
+    import time
+
+    import torch.distributed as dist
+
+    from metricattack.attacks.export import _claim_run
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        if rank == 1:
+            time.sleep(1.0)
+        _claim_run(Path(out), {"key": "k"})
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_claiming_an_attack_run_keeps_ranks_in_step(tmp_path: Path) -> None:
+    """Regression: a late rank found the run record rank 0 had just written, skipped the barrier
+    and left rank 0 waiting in a collective the other rank never joined (a hang under torchrun)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_claim_with_a_late_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    assert json.loads((tmp_path / "out" / ".attack" / "run.json").read_text()) == {"key": "k"}

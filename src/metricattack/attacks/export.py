@@ -98,9 +98,15 @@ def _relative(record: ImageRecord, root: Path) -> Path:
 
 
 def _claim_run(out: Path, identity: dict[str, Any]) -> None:
-    """Record the run identity, or check it equals the one of the run being resumed."""
+    """Record the run identity, or check it equals the one of the run being resumed.
+
+    Every rank looks before rank 0 writes (first barrier): a rank that found the file rank 0
+    had just written would skip the barrier and deadlock the others in their next collective.
+    """
     path = out / STATE_DIR / "run.json"
-    if path.is_file():
+    resumed = path.is_file()
+    barrier()
+    if resumed:
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous.get("key") != identity["key"]:
             raise MetricAttackError(
