@@ -13,15 +13,6 @@ from metricattack.models.checkpoint import checkpoint_meta, load_model, load_tra
 from metricattack.models.reid import ReIDModel
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: much faster than two on the shared, loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 @pytest.fixture()
 def saved(tmp_path: Path) -> tuple[ReIDModel, Path]:
     torch.manual_seed(0)

@@ -13,15 +13,6 @@ from metricattack.models.backbones import available_backbones, build_backbone
 from metricattack.models.reid import ReIDModel
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: much faster than two on the shared, loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def _model(**kwargs) -> ReIDModel:
     torch.manual_seed(0)
     return ReIDModel("resnet18", num_classes=4, input_size=(32, 16), **kwargs)

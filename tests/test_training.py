@@ -20,15 +20,6 @@ from metricattack.training.sampler import PKBatchSampler
 from metricattack.training.trainer import Variant
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Train on one intra-op thread (much faster than two on the shared, loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- losses
 
 
