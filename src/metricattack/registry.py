@@ -1,0 +1,81 @@
+"""One registry class for every kind of named, pluggable thing.
+
+Backbones, model architectures, dataset layouts, metrics, attack methods, attack settings
+and benchmark experiments are each listed in one :class:`Registry`; code elsewhere takes
+the names from there (``registry.names()``), never from a copied tuple. A registry is
+filled by decorator or by call, refuses a duplicate name, and turns an unknown name into a
+:class:`~metricattack.errors.MetricAttackError` that lists what is available.
+
+Example::
+
+    BACKBONES: Registry[Builder] = Registry("backbone")
+
+    @BACKBONES.register("resnet18")
+    def build_resnet18(pretrained, last_stride): ...
+
+    BACKBONES.register("mynet", build_mynet)   # the call form
+    BACKBONES.get("resnet18")                  # the builder
+    BACKBONES.get("resnet81")                  # MetricAttackError: unknown backbone 'resnet81'; available: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar, overload
+
+from .errors import MetricAttackError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names → objects of one ``kind`` (used in messages, e.g. ``"backbone"``), in registration order."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    @overload
+    def register(self, name: str) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, obj: T) -> T: ...
+
+    def register(self, name: str, obj: T | None = None) -> T | Callable[[T], T]:
+        """Add ``obj`` under ``name`` (call form), or return a decorator that does (``obj`` omitted).
+
+        Raises ValueError when ``name`` is empty or already taken (a programming error, not user input).
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = item
+            return item
+
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``; MetricAttackError naming the available ones otherwise."""
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            raise MetricAttackError(f"unknown {self.kind} {name!r}; available: {', '.join(self._items) or '(none)'}") from None
+
+    def names(self) -> tuple[str, ...]:
+        """Registered names, in registration order."""
+        return tuple(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {list(self._items)})"
