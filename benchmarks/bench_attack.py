@@ -71,10 +71,18 @@ def speed(args: argparse.Namespace) -> dict:
             times[name].append(time.perf_counter() - start)
     ratios = [a / b for a, b in zip(times["attack"], times["bare"], strict=True)]
     return {
-        "backbone": args.backbone, "image": [args.height, args.width], "batch_size": args.batch_size,
-        "batches": args.batches, "method": args.method, "steps": spec.num_steps, "rounds": args.rounds,
-        "bare_seconds": times["bare"], "attack_seconds": times["attack"],
-        "ratio_median": statistics.median(ratios), "ratios": ratios, "threads": torch.get_num_threads(),
+        "backbone": args.backbone,
+        "image": [args.height, args.width],
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "method": args.method,
+        "steps": spec.num_steps,
+        "rounds": args.rounds,
+        "bare_seconds": times["bare"],
+        "attack_seconds": times["attack"],
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -86,7 +94,9 @@ def write_gallery(root: Path, size: int, height: int, width: int) -> None:
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / "query" / f"{pid:04d}_c1s1_{pid:06d}_00.png")
     for i in range(size):
         pid = 1 + i % 4
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(root / "bounding_box_test" / f"{pid:04d}_c2s1_{i:06d}_00.png")
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+            root / "bounding_box_test" / f"{pid:04d}_c2s1_{i:06d}_00.png"
+        )
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -103,16 +113,41 @@ def memory_child(args: argparse.Namespace) -> None:
         plan = plan_attack([model], EuclideanMetric(), ds, "gallery", spec, feats)
         start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         count = sum(b.indices.numel() for b in attack_batches(plan, spec, batch_size=args.batch_size))
-    print(json.dumps({"gallery": count, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "rss_before_attack_mb": start_rss / 1024}))
+    print(
+        json.dumps(
+            {
+                "gallery": count,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_before_attack_mb": start_rss / 1024,
+            }
+        )
+    )
 
 
 def memory(args: argparse.Namespace) -> list[dict]:
     rows = []
     for size in args.gallery_sizes:
-        cmd = [sys.executable, __file__, "--memory-child", "--gallery", str(size), "--backbone", args.backbone,
-               "--height", str(args.height), "--width", str(args.width), "--batch-size", str(args.batch_size),
-               "--method", args.method, "--eps", str(args.eps), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            "--gallery",
+            str(size),
+            "--backbone",
+            args.backbone,
+            "--height",
+            str(args.height),
+            "--width",
+            str(args.width),
+            "--batch-size",
+            str(args.batch_size),
+            "--method",
+            args.method,
+            "--eps",
+            str(args.eps),
+            "--threads",
+            str(args.threads),
+        ]
         result = subprocess.run(cmd, check=True, capture_output=True, text=True)
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
     return rows
@@ -140,15 +175,19 @@ def main() -> None:
         return
     report = {"speed": speed(args)}
     s = report["speed"]
-    print(f"speed: {s['backbone']} {s['image'][0]}x{s['image'][1]}, {s['batches']} batches of {s['batch_size']}, {s['method']} {s['steps']} steps, {s['threads']} threads")
+    print(
+        f"speed: {s['backbone']} {s['image'][0]}x{s['image'][1]}, {s['batches']} batches of {s['batch_size']}, {s['method']} {s['steps']} steps, {s['threads']} threads"
+    )
     for b, a, r in zip(s["bare_seconds"], s["attack_seconds"], s["ratios"], strict=True):
         print(f"  bare fwd+bwd x steps {b:7.2f} s   attack {a:7.2f} s   ratio {r:.3f}")
     print(f"  median ratio attack / bare = {s['ratio_median']:.3f} (target <= 1.10)")
     if not args.skip_memory:
         report["memory"] = memory(args)
         for row in report["memory"]:
-            print(f"memory: gallery {row['gallery']:5d} images, batch {args.batch_size}: peak RSS {row['peak_rss_mb']:.0f} MB "
-                  f"(before attack {row['rss_before_attack_mb']:.0f} MB)")
+            print(
+                f"memory: gallery {row['gallery']:5d} images, batch {args.batch_size}: peak RSS {row['peak_rss_mb']:.0f} MB "
+                f"(before attack {row['rss_before_attack_mb']:.0f} MB)"
+            )
     print(json.dumps(report))
 
 

@@ -38,8 +38,12 @@ def dataset(out: Path, seed: int, distractors: int) -> Path:
     """The tests' tiny synthetic dataset with ``distractors`` gallery distractors (generated once)."""
     root = out / f"data-s{seed}-d{distractors}"
     if not root.exists():
-        generate(root, SynthConfig(seed=seed, num_train_ids=16, num_test_ids=12, num_cameras=3, images_per_camera=2,
-                                   num_distractors=distractors, num_junk=4))
+        generate(
+            root,
+            SynthConfig(
+                seed=seed, num_train_ids=16, num_test_ids=12, num_cameras=3, images_per_camera=2, num_distractors=distractors, num_junk=4
+            ),
+        )
     return root
 
 
@@ -70,13 +74,23 @@ def main() -> None:
                 ckpt = train_fixture(root, backbone, train_seed, cell / "model")
                 trained = time.perf_counter()
                 entry = ModelEntry(load_model(ckpt), EuclideanMetric(), {"label": backbone})
-                res = export_attack([entry], load_dataset("folder", root), cell / f"adv-{time.time_ns()}",
-                                    AttackSpec(method="ifgsm", eps=5), "gallery", batch_size=16, progress=False)
+                res = export_attack(
+                    [entry],
+                    load_dataset("folder", root),
+                    cell / f"adv-{time.time_ns()}",
+                    AttackSpec(method="ifgsm", eps=5),
+                    "gallery",
+                    batch_size=16,
+                    progress=False,
+                )
                 row = res["evaluations"][0]
                 clean, adv = row["clean"]["mAP"], row["adversarial_disk"]["mAP"]
-                print(f"| {backbone} | {distractors} | {data_seed} | {train_seed} | {clean:.3f} | {adv:.3f} | "
-                      f"{1 - adv / clean:.1%} | {res['chance']['mAP']:.3f} | {trained - start:.0f} | "
-                      f"{time.perf_counter() - trained:.0f} |", flush=True)
+                print(
+                    f"| {backbone} | {distractors} | {data_seed} | {train_seed} | {clean:.3f} | {adv:.3f} | "
+                    f"{1 - adv / clean:.1%} | {res['chance']['mAP']:.3f} | {trained - start:.0f} | "
+                    f"{time.perf_counter() - trained:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def features(pids: np.ndarray, camids: np.ndarray, centres: torch.Tensor, cams: torch.Tensor, gen: torch.Generator, noise: float) -> torch.Tensor:
+def features(
+    pids: np.ndarray, camids: np.ndarray, centres: torch.Tensor, cams: torch.Tensor, gen: torch.Generator, noise: float
+) -> torch.Tensor:
     """``[N, D]`` L2-normalised features: centre of ``pid`` + camera shift + Gaussian noise."""
     dim = centres.shape[1]
     out = torch.empty(len(pids), dim)

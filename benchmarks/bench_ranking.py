@@ -31,13 +31,17 @@ def market_like_labels(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     q_pids = np.concatenate([ids, rng.choice(ids, NUM_QUERY - NUM_IDS)])
     q_camids = rng.integers(0, NUM_CAMS, NUM_QUERY)
     real = NUM_GALLERY - NUM_DISTRACTORS - NUM_JUNK
-    g_pids = np.concatenate([np.repeat(ids, 4), rng.choice(ids, real - 4 * NUM_IDS), np.zeros(NUM_DISTRACTORS, int), -np.ones(NUM_JUNK, int)])
+    g_pids = np.concatenate(
+        [np.repeat(ids, 4), rng.choice(ids, real - 4 * NUM_IDS), np.zeros(NUM_DISTRACTORS, int), -np.ones(NUM_JUNK, int)]
+    )
     g_camids = rng.integers(0, NUM_CAMS, NUM_GALLERY)
     perm = rng.permutation(NUM_GALLERY)
     return q_pids, g_pids[perm], q_camids, g_camids[perm]
 
 
-def realistic_distances(q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray, rng: np.random.Generator, noise: float = 0.98) -> np.ndarray:
+def realistic_distances(
+    q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray, rng: np.random.Generator, noise: float = 0.98
+) -> np.ndarray:
     """Squared Euclidean distances ``[Q, G]`` (float32) of features = identity + camera + noise."""
     dim = 64
     centres = torch.from_numpy(rng.standard_normal((NUM_IDS + 1, dim)).astype(np.float32)) / dim**0.5
@@ -45,7 +49,9 @@ def realistic_distances(q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.nda
 
     def feats(pids: np.ndarray, camids: np.ndarray) -> torch.Tensor:
         base = centres[np.clip(pids, 0, None)]
-        base[torch.from_numpy(pids <= 0)] = torch.from_numpy(rng.standard_normal((int((pids <= 0).sum()), dim)).astype(np.float32)) / dim**0.5
+        base[torch.from_numpy(pids <= 0)] = (
+            torch.from_numpy(rng.standard_normal((int((pids <= 0).sum()), dim)).astype(np.float32)) / dim**0.5
+        )
         return base + cams[camids] + noise * torch.from_numpy(rng.standard_normal((len(pids), dim)).astype(np.float32)) / dim**0.5
 
     q, g = feats(q_pids, q_camids), feats(g_pids, g_camids)

@@ -67,7 +67,9 @@ def bare_loop(cfg: TrainConfig, num_classes: int, batches: list[tuple[torch.Tens
     torch.manual_seed(cfg.seed)
     m = cfg.model
     model = ReIDModel(m.backbone, num_classes, m.input_size, last_stride=m.last_stride).train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
+    )
     losses = LossTerms(cfg)
     start = time.perf_counter()
     for images, labels in batches:
@@ -99,10 +101,16 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = generate(Path(tmp) / "data", SynthConfig(seed=0, num_train_ids=args.train_ids, num_test_ids=4, num_cameras=4, images_per_camera=2))
-        print(f"{args.backbone}, input {args.input_size[0]}x{args.input_size[1]}, batch {args.batch_size}, {args.epochs} epochs, "
-              f"{torch.get_num_threads()} threads, best of {args.repeats}")
-        print(f"{'recipe':<22}{'images':>8}{'bare s':>9}{'trainer s':>11}{'ratio':>8}{'train() s':>11}{'bare img/s':>12}{'trainer img/s':>15}")
+        root = generate(
+            Path(tmp) / "data", SynthConfig(seed=0, num_train_ids=args.train_ids, num_test_ids=4, num_cameras=4, images_per_camera=2)
+        )
+        print(
+            f"{args.backbone}, input {args.input_size[0]}x{args.input_size[1]}, batch {args.batch_size}, {args.epochs} epochs, "
+            f"{torch.get_num_threads()} threads, best of {args.repeats}"
+        )
+        print(
+            f"{'recipe':<22}{'images':>8}{'bare s':>9}{'trainer s':>11}{'ratio':>8}{'train() s':>11}{'bare img/s':>12}{'trainer img/s':>15}"
+        )
         for triplet in (False, True):
             cfg = make_config(root, args, triplet)
             batches = bare_batches(cfg)
@@ -115,8 +123,10 @@ def main() -> None:
                 bare.append(bare_loop(cfg, num_classes, batches))
             assert images == sum(b[0].shape[0] for b in batches), "trainer and bare loop saw different image counts"
             name = "CE + triplet (P×K)" if triplet else "CE (random batches)"
-            print(f"{name:<22}{images:>8}{min(bare):>9.2f}{min(loop):>11.2f}{min(loop) / min(bare):>8.3f}{min(wall):>11.2f}"
-                  f"{images / min(bare):>12.1f}{images / min(loop):>15.1f}")
+            print(
+                f"{name:<22}{images:>8}{min(bare):>9.2f}{min(loop):>11.2f}{min(loop) / min(bare):>8.3f}{min(wall):>11.2f}"
+                f"{images / min(bare):>12.1f}{images / min(loop):>15.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,11 @@ def main() -> None:
     torch.manual_seed(0)
     feats, pids, camids = synthetic_features()
     x64 = feats.astype(np.float64)
-    print(f"features {feats.shape}, {NUM_IDS} ids, {NUM_CAMS} cams, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"features {feats.shape}, {NUM_IDS} ids, {NUM_CAMS} cams, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     *gram, _ = best_of(args.repeats, lambda: x64.T @ x64)
     report("baseline: Gram XᵀX [2048x2048] float64", *gram, None)
@@ -89,7 +92,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonPSDMatrixWarning)  # KISSME kernels are rarely PSD; counted below
         for label, dim in (("KISSME fit (no PCA)", None), ("KISSME fit (PCA 128)", 128)):
-            *t, fit = best_of(args.repeats, lambda: fit_kissme(feats, pids, camids, dim=dim))
+            *t, fit = best_of(args.repeats, lambda dim=dim: fit_kissme(feats, pids, camids, dim=dim))
             clipped = f"{fit.info['kernel_num_negative_eigenvalues']} of {fit.info['subspace_dim']} eigenvalues clipped"
             report(label, *t, gram, clipped)
 

@@ -22,8 +22,9 @@ FIXTURE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "synthetic" /
 
 def tiny_synth_config(num_distractors: int) -> SynthConfig:
     """16 train / 12 test identities, 3 cameras, 2 images per camera, 128x64, 4 junk images."""
-    return SynthConfig(seed=0, num_train_ids=16, num_test_ids=12, num_cameras=3, images_per_camera=2,
-                       num_distractors=num_distractors, num_junk=4)
+    return SynthConfig(
+        seed=0, num_train_ids=16, num_test_ids=12, num_cameras=3, images_per_camera=2, num_distractors=num_distractors, num_junk=4
+    )
 
 
 def fixture_train_config(root: Path, backbone: str) -> TrainConfig:

@@ -53,8 +53,9 @@ def white_box(entry: ModelEntry, data, tmp_path_factory: pytest.TempPathFactory)
     return out, export([entry], data, out, method="ifgsm", eps=5)
 
 
-def test_white_box_ifgsm_eps5_cuts_map_by_more_than_90_percent(resnet50_checkpoint: Path, market_like_dataset_root: Path,
-                                                              tmp_path: Path) -> None:
+def test_white_box_ifgsm_eps5_cuts_map_by_more_than_90_percent(
+    resnet50_checkpoint: Path, market_like_dataset_root: Path, tmp_path: Path
+) -> None:
     """The issue's target, on the paper's B1 backbone (ResNet-50, 64x32, 8 epochs from scratch) and
     a gallery as crowded as Market-1501's. Measured while choosing this setup (clean → adversarial
     mAP): 0.256 → 0.008 (−97 %, below the chance level 0.021), other training seed −95 %, other dataset seed −93 %, 16 epochs
@@ -263,7 +264,16 @@ def test_refuses_bad_output_folders(entry, data, tmp_path: Path) -> None:
 
 
 def test_cli_attack_and_its_errors(tiny_model_checkpoint, tiny_dataset_root, tmp_path: Path, capsys) -> None:
-    base = ["attack", "--checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root), "--dataset", "folder", "--no-progress"]
+    base = [
+        "attack",
+        "--checkpoint",
+        str(tiny_model_checkpoint),
+        "--data-root",
+        str(tiny_dataset_root),
+        "--dataset",
+        "folder",
+        "--no-progress",
+    ]
     assert main([*base, "--out", str(tmp_path / "o"), "--method", "fgsm", "--eps", "3", "--batch-size", "16"]) == 0
     printed = capsys.readouterr().out
     assert "mAP clean" in printed and (tmp_path / "o" / "attack_results.json").is_file()

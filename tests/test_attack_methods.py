@@ -179,7 +179,9 @@ def test_quantize_stays_on_grid_inside_ball() -> None:
 
 
 # ---------------------------------------------------------------- objectives
-@pytest.mark.parametrize("metric", [EuclideanMetric(), CosineMetric(), MahalanobisMetric(torch.randn(8, 5, generator=torch.Generator().manual_seed(2)))])
+@pytest.mark.parametrize(
+    "metric", [EuclideanMetric(), CosineMetric(), MahalanobisMetric(torch.randn(8, 5, generator=torch.Generator().manual_seed(2)))]
+)
 def test_metric_loss_equals_mean_distance_to_references(metric) -> None:
     model = TinyNet().eval()
     refs = images(5, seed=7)

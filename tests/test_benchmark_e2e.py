@@ -14,7 +14,6 @@ import pytest
 from metricattack.benchmark.schema import validate_results
 from metricattack.benchmark.stages import read_stage_log
 from metricattack.cli import main
-
 from test_benchmark_framework import check_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +64,7 @@ def test_rerun_does_no_work_and_only_selects(tiny_run: Path) -> None:
     rerun = read_stage_log(tiny_run)[before:]
     assert rerun and {e["kind"] for e in rerun} <= HEAVY
     assert [e for e in rerun if e["status"] != "cached"] == []
-    assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tiny_run),
-                 "--only", "table1"]) == 0
+    assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tiny_run), "--only", "table1"]) == 0
     res = validate_results(json.loads((tiny_run / "results.json").read_text()))
     assert res.table1 is not None and res.table2 is None
     assert {f.status for f in res.findings} == {"not measured"}

@@ -93,8 +93,14 @@ def test_schema_doc_is_up_to_date() -> None:
 
 # ----------------------------------------------------------------- a hand-built results object
 def _rank(m: float) -> dict:
-    return {"rank1": min(100.0, m + 10), "rank5": min(100.0, m + 15), "rank10": min(100.0, m + 20), "mAP": m,
-            "mINP": m / 2, "num_queries": 10}
+    return {
+        "rank1": min(100.0, m + 10),
+        "rank5": min(100.0, m + 15),
+        "rank10": min(100.0, m + 20),
+        "mAP": m,
+        "mINP": m / 2,
+        "num_queries": 10,
+    }
 
 
 def _png(path: Path, seed: int) -> str:
@@ -108,30 +114,91 @@ def make_results(tmp_path: Path, whitebox: float, blackbox: float) -> schema.Res
     names, methods = ["B1", "B2"], ["fgsm", "ifgsm", "mifgsm"]
     offset = {"fgsm": 5.0, "ifgsm": 0.0, "mifgsm": 1.0}
     bb_offset = {"fgsm": 5.0, "ifgsm": 2.0, "mifgsm": 0.0}
-    rows = [{"attacked": a, "method": m, "attack_id": f"{m}-{a}",
-             "cells": [{"tested": t, "ranking": _rank(whitebox + offset[m] if t == a else blackbox + bb_offset[m]),
-                        "white_box": t == a, "worst_in_column": False} for t in names]}
-            for a in names for m in methods]
+    rows = [
+        {
+            "attacked": a,
+            "method": m,
+            "attack_id": f"{m}-{a}",
+            "cells": [
+                {
+                    "tested": t,
+                    "ranking": _rank(whitebox + offset[m] if t == a else blackbox + bb_offset[m]),
+                    "white_box": t == a,
+                    "worst_in_column": False,
+                }
+                for t in names
+            ],
+        }
+        for a in names
+        for m in methods
+    ]
     img = [_png(tmp_path / f"i{k}.png", k) for k in range(4)]
     data = {
-        "provenance": {"config": {"name": "unit", "attack": {"epsilon": 5}}, "config_path": "x.yaml",
-                       "seeds": {"run": 0}, "versions": {"metricattack": "0"}, "ap_convention": "market",
-                       "created": "now", "experiments": ["table1", "table2", "fig3"], "wall_seconds": 1.0},
+        "provenance": {
+            "config": {"name": "unit", "attack": {"epsilon": 5}},
+            "config_path": "x.yaml",
+            "seeds": {"run": 0},
+            "versions": {"metricattack": "0"},
+            "ap_convention": "market",
+            "created": "now",
+            "experiments": ["table1", "table2", "fig3"],
+            "wall_seconds": 1.0,
+        },
         "dataset": {"name": "synthetic", "root": "/x", "fingerprint": "f", "counts": {"query": 10, "gallery": 20}},
-        "models": [], "attacks": [],
+        "models": [],
+        "attacks": [],
         "table1": [{"model": n, "description": "d", "metric": "euclidean", "clean": _rank(80.0)} for n in names],
         "table2": {"title": "Table 2", "epsilon": 5, "clean_mAP": {n: 80.0 for n in names}, "rows": rows},
         "fig3": {"points": [{"tested": "B1", "attacked": "B2", "method": "ifgsm", "white_box": False, "ratio": 0.5}]},
-        "fig1": {"model": "B1", "attack_id": "a", "examples": [
-            {"query_path": img[0], "gallery_path": img[1], "adversarial_path": img[2], "true_match": True,
-             "similarity_before": 0.8, "similarity_after": 0.1, "linf": 5.0}]},
-        "fig4": {"model": "B1", "top_k": 2, "probes": [{"query_index": 0, "path": img[0], "pid": 1, "camid": 0, "lists": [
-            {"setting": "clean", "attack_id": None, "top": [
-                {"rank": 1, "path": img[1], "pid": 1, "camid": 1, "correct": True, "adversarial": False},
-                {"rank": 2, "path": img[3], "pid": 2, "camid": 1, "correct": False, "adversarial": False}]}]}]},
-        "fig5": {"model": "B1", "clean": {"euclidean": _rank(80.0)},
-                 "curves": [{"method": "ifgsm", "attack_metric": "euclidean", "test_metric": "euclidean",
-                             "points": [{"epsilon": 0, "mAP": 80}, {"epsilon": 5, "mAP": whitebox, "attack_id": "a"}]}]},
+        "fig1": {
+            "model": "B1",
+            "attack_id": "a",
+            "examples": [
+                {
+                    "query_path": img[0],
+                    "gallery_path": img[1],
+                    "adversarial_path": img[2],
+                    "true_match": True,
+                    "similarity_before": 0.8,
+                    "similarity_after": 0.1,
+                    "linf": 5.0,
+                }
+            ],
+        },
+        "fig4": {
+            "model": "B1",
+            "top_k": 2,
+            "probes": [
+                {
+                    "query_index": 0,
+                    "path": img[0],
+                    "pid": 1,
+                    "camid": 0,
+                    "lists": [
+                        {
+                            "setting": "clean",
+                            "attack_id": None,
+                            "top": [
+                                {"rank": 1, "path": img[1], "pid": 1, "camid": 1, "correct": True, "adversarial": False},
+                                {"rank": 2, "path": img[3], "pid": 2, "camid": 1, "correct": False, "adversarial": False},
+                            ],
+                        }
+                    ],
+                }
+            ],
+        },
+        "fig5": {
+            "model": "B1",
+            "clean": {"euclidean": _rank(80.0)},
+            "curves": [
+                {
+                    "method": "ifgsm",
+                    "attack_metric": "euclidean",
+                    "test_metric": "euclidean",
+                    "points": [{"epsilon": 0, "mAP": 80}, {"epsilon": 5, "mAP": whitebox, "attack_id": "a"}],
+                }
+            ],
+        },
         "table5": {"status": "not run", "reason": "disabled in the config"},
         "findings": [],
     }

@@ -44,8 +44,9 @@ def test_chance_matches_sampled_rankings_on_a_larger_gallery() -> None:
     g_pids = np.array([1] * 4 + list(range(2, 78)))
     g_cams = np.ones(80, dtype=np.int64)
     draws = 20_000
-    sampled = evaluate_distances(rng.random((draws, 80)), np.ones(draws, dtype=np.int64), g_pids,
-                                 np.zeros(draws, dtype=np.int64), g_cams, ranks=(1, 10))
+    sampled = evaluate_distances(
+        rng.random((draws, 80)), np.ones(draws, dtype=np.int64), g_pids, np.zeros(draws, dtype=np.int64), g_cams, ranks=(1, 10)
+    )
     exact = chance_ranking([1], g_pids, [0], g_cams, ranks=(1, 10))
     stderr = np.nanstd(sampled.per_query_ap) / np.sqrt(draws)
     assert abs(exact.mAP - sampled.mAP) < 4 * stderr

@@ -43,7 +43,9 @@ def test_expect_matching_config_passes(saved: tuple[ReIDModel, Path]) -> None:
     load_model(path, expect={"backbone": "resnet18", "num_classes": 5, "input_size": (32, 16)})
 
 
-@pytest.mark.parametrize("expect, match", [({"backbone": "resnet50"}, "backbone='resnet18'.*backbone='resnet50'"), ({"num_classes": 751}, "num_classes=5.*751")])
+@pytest.mark.parametrize(
+    "expect, match", [({"backbone": "resnet50"}, "backbone='resnet18'.*backbone='resnet50'"), ({"num_classes": 751}, "num_classes=5.*751")]
+)
 def test_mismatching_config_is_named(saved: tuple[ReIDModel, Path], expect: dict, match: str) -> None:
     _, path = saved
     with pytest.raises(CheckpointError, match=match):

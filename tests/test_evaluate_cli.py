@@ -64,7 +64,9 @@ def test_extract_features_keeps_record_order(tmp_path):
         extract_features(MeanColour(), [], progress=False)
 
 
-@pytest.mark.parametrize("metric", [EuclideanMetric(), CosineMetric(), MahalanobisMetric(torch.randn(16, 5, generator=torch.Generator().manual_seed(0)))])
+@pytest.mark.parametrize(
+    "metric", [EuclideanMetric(), CosineMetric(), MahalanobisMetric(torch.randn(16, 5, generator=torch.Generator().manual_seed(0)))]
+)
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000])
 def test_chunked_feature_evaluation_equals_one_shot(metric, chunk_size):
     gen = torch.Generator().manual_seed(1)
@@ -101,7 +103,19 @@ def test_evaluate_bad_inputs_are_one_clear_error(tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(tmp_path), "--dataset", "folder", "--metric", "xqda"])
     err = capsys.readouterr().err
     assert code == 2 and "model.xqda.safetensors" in err and "fit-metric" in err
-    code = main(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(tmp_path), "--dataset", "folder", "--metric", str(tmp_path / "m.safetensors")])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--data-root",
+            str(tmp_path),
+            "--dataset",
+            "folder",
+            "--metric",
+            str(tmp_path / "m.safetensors"),
+        ]
+    )
     assert code == 2 and "m.safetensors does not exist" in capsys.readouterr().err
 
 
@@ -121,8 +135,26 @@ def test_evaluate_command_end_to_end(tmp_path, tiny_checkpoint, capsys):
     root = _write_dataset(tmp_path / "data")
     out = tmp_path / "res" / "results.json"
     cache = tmp_path / "cache"
-    argv = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data-root", str(root), "--dataset", "folder",
-            "--metric", "cosine", "--ap", "noninterp", "--batch-size", "2", "--out", str(out), "--features-cache", str(cache), "--no-progress"]
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data-root",
+        str(root),
+        "--dataset",
+        "folder",
+        "--metric",
+        "cosine",
+        "--ap",
+        "noninterp",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--features-cache",
+        str(cache),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "AP convention: noninterp" in printed and "rank-1" in printed and "mINP" in printed
@@ -141,7 +173,16 @@ def test_evaluate_command_end_to_end(tmp_path, tiny_checkpoint, capsys):
     model = load_model(tiny_checkpoint)
     q = extract_features(model, ds.query, progress=False)
     g = extract_features(model, ds.gallery, progress=False)
-    direct = evaluate_features(q, g, [r.pid for r in ds.query], [r.pid for r in ds.gallery], [r.camid for r in ds.query], [r.camid for r in ds.gallery], CosineMetric(), ap="noninterp")
+    direct = evaluate_features(
+        q,
+        g,
+        [r.pid for r in ds.query],
+        [r.pid for r in ds.gallery],
+        [r.camid for r in ds.query],
+        [r.camid for r in ds.gallery],
+        CosineMetric(),
+        ap="noninterp",
+    )
     assert record["results"]["mAP"] == pytest.approx(direct.mAP) and record["results"]["cmc"]["1"] == pytest.approx(direct.cmc[1])
     assert len(list(cache.iterdir())) == 2  # query and gallery features cached
 
@@ -179,8 +220,10 @@ def test_colour_histogram_baseline_command(tiny_dataset_root, tmp_path, capsys):
     feats = {s: color_histogram_features(torch.stack([read_image(r.path) for r in ds.split(s)])) for s in ("query", "gallery")}
     direct = evaluate_distances(
         torch.cdist(feats["query"], feats["gallery"]).pow(2).numpy(),
-        np.array([r.pid for r in ds.query]), np.array([r.pid for r in ds.gallery]),
-        np.array([r.camid for r in ds.query]), np.array([r.camid for r in ds.gallery]),
+        np.array([r.pid for r in ds.query]),
+        np.array([r.pid for r in ds.gallery]),
+        np.array([r.camid for r in ds.query]),
+        np.array([r.camid for r in ds.gallery]),
     )
     assert record["results"]["mAP"] == pytest.approx(direct.mAP, abs=1e-5)
 
@@ -193,9 +236,24 @@ def test_cli_prints_dataset_warnings_on_one_line(tiny_dataset_root):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "metricattack", "evaluate", "--baseline", "color-histogram-hsv",
-                           "--data-root", str(tiny_dataset_root), "--dataset", "market1501", "--no-progress"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metricattack",
+            "evaluate",
+            "--baseline",
+            "color-histogram-hsv",
+            "--data-root",
+            str(tiny_dataset_root),
+            "--dataset",
+            "market1501",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     warning_lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(warning_lines) == 1 and warning_lines[0].startswith("metricattack: warning: Market-1501 at "), done.stderr

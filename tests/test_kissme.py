@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_xqda import gaussian_reid, held_out_scores
 
 from metricattack.errors import MetricAttackError
 from metricattack.metrics.distance import NonPSDMatrixWarning
 from metricattack.metrics.kissme import fit_kissme, pca_basis
 from metricattack.metrics.learned import load_learned_metric, pair_covariances, save_learned_metric
+from test_xqda import gaussian_reid, held_out_scores
 
 
 @pytest.fixture(scope="module")

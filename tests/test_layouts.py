@@ -90,9 +90,7 @@ def test_parse_market_name(name: str, expected: tuple[int, int]) -> None:
     assert parse_market_name(name) == expected
 
 
-@pytest.mark.parametrize(
-    "name", ["abc.jpg", "0002_c0s1_000451_03.jpg", "0002c1s1.jpg", "0002_x1_1.jpg", "-2_c1s1_0.jpg", "0002_c1x_1.jpg"]
-)
+@pytest.mark.parametrize("name", ["abc.jpg", "0002_c0s1_000451_03.jpg", "0002c1s1.jpg", "0002_x1_1.jpg", "-2_c1s1_0.jpg", "0002_c1x_1.jpg"])
 def test_parse_market_name_rejects(name: str) -> None:
     with pytest.raises(DatasetError, match=name.replace(".", r"\.")):
         parse_market_name(name)

@@ -36,8 +36,7 @@ def mixed_records(root: Path) -> list[ImageRecord]:
     """11 images of three sizes, interleaved."""
     sizes = [(8, 4), (6, 6), (8, 4), (10, 5), (8, 4), (6, 6), (10, 5), (8, 4), (6, 6), (8, 4), (10, 5)]
     return [
-        ImageRecord(write_png(root / f"{i:04d}_c1s1_{i:06d}_00.png", random_pixels(i, hw)), pid=i, camid=0)
-        for i, hw in enumerate(sizes)
+        ImageRecord(write_png(root / f"{i:04d}_c1s1_{i:06d}_00.png", random_pixels(i, hw)), pid=i, camid=0) for i, hw in enumerate(sizes)
     ]
 
 

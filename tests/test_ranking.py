@@ -132,7 +132,13 @@ def test_small_blocks_and_uniform_random_rows(monkeypatch, dtype):
     monkeypatch.setattr(ranking, "BLOCK_ELEMENTS", 700)
     rng = np.random.default_rng(7)
     nq, ng = 23, 311
-    args = (rng.random((nq, ng)).astype(dtype), rng.integers(0, 5, nq), rng.integers(-1, 5, ng), rng.integers(0, 2, nq), rng.integers(0, 2, ng))
+    args = (
+        rng.random((nq, ng)).astype(dtype),
+        rng.integers(0, 5, nq),
+        rng.integers(-1, 5, ng),
+        rng.integers(0, 2, nq),
+        rng.integers(0, 2, ng),
+    )
     fast, ref = evaluate_distances(*args), evaluate_distances_reference(*args)
     assert fast.cmc == ref.cmc
     np.testing.assert_allclose(fast.per_query_ap, ref.per_query_ap, atol=1e-12, equal_nan=True)

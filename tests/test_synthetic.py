@@ -18,8 +18,9 @@ from metricattack.errors import MetricAttackError
 from metricattack.evaluation.baselines import color_histogram_features
 
 NAME = re.compile(r"^(-1|\d{4})_c(\d)s1_(\d{6})_(\d{2})\.jpg$")
-SMALL = dict(seed=3, num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_camera=2,
-             num_distractors=2, num_junk=2, height=32, width=16)
+SMALL = dict(
+    seed=3, num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_camera=2, num_distractors=2, num_junk=2, height=32, width=16
+)
 
 
 def _parse(folder: Path) -> list[tuple[int, int]]:
@@ -32,8 +33,7 @@ def _parse(folder: Path) -> list[tuple[int, int]]:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.jpg"))}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.jpg"))}
 
 
 def test_layout_counts_and_identities(tiny_dataset_root: Path) -> None:
@@ -128,8 +128,8 @@ def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize(
-    "bad", [{"num_cameras": 1}, {"num_train_ids": 0}, {"images_per_camera": 0}, {"cameras_per_id": 3},
-            {"num_junk": -1}, {"colour": 1}],
+    "bad",
+    [{"num_cameras": 1}, {"num_train_ids": 0}, {"images_per_camera": 0}, {"cameras_per_id": 3}, {"num_junk": -1}, {"colour": 1}],
 )
 def test_invalid_config_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
@@ -146,8 +146,27 @@ def test_cameras_per_id_subset(tmp_path: Path) -> None:
 
 
 def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["synth", "--out", str(tmp_path / "cli"), "--train-ids", "3", "--test-ids", "2", "--cameras", "2",
-            "--images-per-camera", "1", "--junk", "1", "--distractors", "1", "--height", "32", "--width", "16"]
+    args = [
+        "synth",
+        "--out",
+        str(tmp_path / "cli"),
+        "--train-ids",
+        "3",
+        "--test-ids",
+        "2",
+        "--cameras",
+        "2",
+        "--images-per-camera",
+        "1",
+        "--junk",
+        "1",
+        "--distractors",
+        "1",
+        "--height",
+        "32",
+        "--width",
+        "16",
+    ]
     assert main(args) == 0
     assert "query" in capsys.readouterr().out
     assert len(list((tmp_path / "cli" / "query").iterdir())) == 4

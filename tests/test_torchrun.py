@@ -51,8 +51,18 @@ def test_single_process_commands_refuse_torchrun(tmp_path: Path) -> None:
 
 
 def test_evaluate_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
-    common = ["evaluate", "--checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root),
-              "--dataset", "folder", "--batch-size", "8", "--no-progress"]
+    common = [
+        "evaluate",
+        "--checkpoint",
+        str(tiny_model_checkpoint),
+        "--data-root",
+        str(tiny_dataset_root),
+        "--dataset",
+        "folder",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     assert main([*common, "--out", str(tmp_path / "single.json")]) == 0
     done = torchrun(*common, "--out", str(tmp_path / "sharded.json"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -65,8 +75,19 @@ def test_evaluate_under_torchrun_equals_one_process(tiny_model_checkpoint: Path,
 def test_fit_metric_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    common = ["fit-metric", "--checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root),
-              "--dataset", "folder", "--kind", "xqda", "--batch-size", "8"]
+    common = [
+        "fit-metric",
+        "--checkpoint",
+        str(tiny_model_checkpoint),
+        "--data-root",
+        str(tiny_dataset_root),
+        "--dataset",
+        "folder",
+        "--kind",
+        "xqda",
+        "--batch-size",
+        "8",
+    ]
     assert main([*common, "--out", str(tmp_path / "single.safetensors")]) == 0
     done = torchrun(*common, "--out", str(tmp_path / "sharded.safetensors"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -82,8 +103,17 @@ def test_train_under_torchrun_uses_distributed_data_parallel(tiny_dataset_root: 
     from metricattack.models.checkpoint import checkpoint_meta, load_model
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "tiny-fixture.yaml"
-    done = torchrun("train", "--config", str(recipe), "--out", str(tmp_path / "ddp"), f"data.root={tiny_dataset_root}",
-                    "schedule.epochs=2", "schedule.lr_steps=[]", cwd=tmp_path)
+    done = torchrun(
+        "train",
+        "--config",
+        str(recipe),
+        "--out",
+        str(tmp_path / "ddp"),
+        f"data.root={tiny_dataset_root}",
+        "schedule.epochs=2",
+        "schedule.lr_steps=[]",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     meta = checkpoint_meta(tmp_path / "ddp" / "model.safetensors")["meta"]
     assert meta["world_size"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]
@@ -100,8 +130,7 @@ def _claim_with_a_late_rank(rank: int, world: int, init_file: str, out: str) -> 
 
     from metricattack.attacks.export import _claim_run
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=20))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
     try:
         if rank == 1:
             time.sleep(1.0)

@@ -19,7 +19,6 @@ from metricattack.training.losses import batch_hard_triplet_loss
 from metricattack.training.sampler import PKBatchSampler
 from metricattack.training.trainer import Variant
 
-
 # --------------------------------------------------------------------------- losses
 
 

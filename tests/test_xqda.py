@@ -189,10 +189,12 @@ def test_attack_objective_on_xqda_matches_the_direct_formula_and_ifgsm_increases
 
     def direct(x: torch.Tensor) -> torch.Tensor:
         feats = model(x)
-        return torch.stack([
-            torch.stack([(references[r] - f) @ kernel @ (references[r] - f) for r in refs]).mean()
-            for f, refs in zip(feats, ref_sets)
-        ])
+        return torch.stack(
+            [
+                torch.stack([(references[r] - f) @ kernel @ (references[r] - f) for r in refs]).mean()
+                for f, refs in zip(feats, ref_sets, strict=True)
+            ]
+        )
 
     torch.testing.assert_close(loss(images, indices), direct(images), rtol=1e-4, atol=1e-5)
     x = images.clone().requires_grad_(True)
@@ -300,8 +302,19 @@ def test_fit_metric_command_writes_the_metric_with_provenance_beside_the_checkpo
     data_root = write_tiny_market(tmp_path / "market")
     model = ReIDModel("resnet18", num_classes=8, input_size=(32, 16)).eval()
     checkpoint = save_checkpoint(model, tmp_path / "tiny.safetensors", {"note": "test"})
-    argv = ["fit-metric", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
-            "--dataset", "market1501", "--kind", "xqda", "--dim", "8"]
+    argv = [
+        "fit-metric",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(data_root),
+        "--dataset",
+        "market1501",
+        "--kind",
+        "xqda",
+        "--dim",
+        "8",
+    ]
     assert main(argv) == 0
     sidecar = json.loads((tmp_path / "tiny.xqda.json").read_text())
     meta = sidecar["meta"]
@@ -313,7 +326,18 @@ def test_fit_metric_command_writes_the_metric_with_provenance_beside_the_checkpo
     assert metric.feature_dim == model.feature_dim and 1 <= metric.projection.shape[1] <= 8
     with pytest.raises(MetricAttackError, match=f"fitted on {model.feature_dim}-d features"):
         load_for_checkpoint(checkpoint, "xqda", feature_dim=model.feature_dim + 1)
-    bad = ["fit-metric", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
-           "--dataset", "market1501", "--kind", "kissme", "--on-non-psd", "error"]
+    bad = [
+        "fit-metric",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-root",
+        str(data_root),
+        "--dataset",
+        "market1501",
+        "--kind",
+        "kissme",
+        "--on-non-psd",
+        "error",
+    ]
     assert main(bad) == 2  # 48 features of dimension 512: a singular covariance is a user error
     assert "covariance is singular" in capsys.readouterr().err

@@ -43,7 +43,7 @@ from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
 from ..evaluation.features import evaluate_split_features
 from ..evaluation.ranking import APConvention
-from ..io import atomic_path, link_or_copy, atomic_write_json, environment_versions, sha256_file, sha256_json
+from ..io import atomic_path, atomic_write_json, environment_versions, link_or_copy, sha256_file, sha256_json
 from ..metrics.distance import Metric
 from .methods import linf_255, quantize
 from .objectives import metrics_per_model
@@ -122,7 +122,6 @@ def _claim_run(out: Path, identity: dict[str, Any]) -> None:
 def _batch_dir(out: Path) -> Path:
     rank, world = rank_and_world()
     return out / STATE_DIR / "batches" / f"rank{rank}-of{world}"
-
 
 
 def _gather_batch_records(out: Path, count: int, num_eval: int) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, str]]:
@@ -209,19 +208,53 @@ def export_attack(
     try:
         features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device)
         plan = plan_attack(models, [e.metric for e in attack_models], dataset, setting, spec, features[: len(models)])
-        _write_batches(plan, spec, out, dataset, everyone, batch_size=batch_size, device=device, file_names=file_names,
-                       progress=progress, on_batch=on_batch)
+        _write_batches(
+            plan,
+            spec,
+            out,
+            dataset,
+            everyone,
+            batch_size=batch_size,
+            device=device,
+            file_names=file_names,
+            progress=progress,
+            on_batch=on_batch,
+        )
         barrier()
-        results = _finish(out, dataset, plan, spec, setting, everyone, len(attack_models), features, identity,
-                          fingerprint, batch_size=batch_size, device=device, ap=ap)
+        results = _finish(
+            out,
+            dataset,
+            plan,
+            spec,
+            setting,
+            everyone,
+            len(attack_models),
+            features,
+            identity,
+            fingerprint,
+            batch_size=batch_size,
+            device=device,
+            ap=ap,
+        )
     finally:
         for e, was_training in zip(everyone, training, strict=True):
             e.model.train(was_training)
     return results
 
 
-def _write_batches(plan, spec: AttackSpec, out: Path, dataset: ReIDDataset, everyone: Sequence[ModelEntry], *,
-                   batch_size: int, device, file_names: str, progress: bool, on_batch: Callable[[int], None] | None) -> None:
+def _write_batches(
+    plan,
+    spec: AttackSpec,
+    out: Path,
+    dataset: ReIDDataset,
+    everyone: Sequence[ModelEntry],
+    *,
+    batch_size: int,
+    device,
+    file_names: str,
+    progress: bool,
+    on_batch: Callable[[int], None] | None,
+) -> None:
     batch_dir = _batch_dir(out)
 
     def done(number: int) -> bool:
@@ -247,9 +280,22 @@ def _write_batches(plan, spec: AttackSpec, out: Path, dataset: ReIDDataset, ever
             on_batch(batch.number)
 
 
-def _finish(out: Path, dataset: ReIDDataset, plan, spec: AttackSpec, setting: str, everyone: Sequence[ModelEntry],
-            num_attack: int, features: Sequence[SplitFeatures], identity: dict[str, Any], fingerprint: str, *,
-            batch_size: int, device, ap: APConvention) -> dict[str, Any]:
+def _finish(
+    out: Path,
+    dataset: ReIDDataset,
+    plan,
+    spec: AttackSpec,
+    setting: str,
+    everyone: Sequence[ModelEntry],
+    num_attack: int,
+    features: Sequence[SplitFeatures],
+    identity: dict[str, Any],
+    fingerprint: str,
+    *,
+    batch_size: int,
+    device,
+    ap: APConvention,
+) -> dict[str, Any]:
     memory_feats, linf_memory, checksums = _gather_batch_records(out, len(plan.records), len(everyone))
     files = []
     for split in SPLITS:
@@ -261,8 +307,9 @@ def _finish(out: Path, dataset: ReIDDataset, plan, spec: AttackSpec, setting: st
                 link_or_copy(record.path, out / target)
             files.append({"split": split, "source": rel.as_posix(), "output": target.as_posix(), "attacked": attacked})
     barrier()
-    adv_records = tuple(ImageRecord(out / output_name(_relative(r, dataset.root), True, identity["file_names"]), r.pid, r.camid)
-                        for r in plan.records)
+    adv_records = tuple(
+        ImageRecord(out / output_name(_relative(r, dataset.root), True, identity["file_names"]), r.pid, r.camid) for r in plan.records
+    )
     for entry in files:
         entry["sha256"] = checksums[entry["output"]] if entry["attacked"] else sha256_file(out / entry["output"])
     manifest = {
@@ -321,8 +368,17 @@ def _finish(out: Path, dataset: ReIDDataset, plan, spec: AttackSpec, setting: st
     return results
 
 
-def _evaluate_model(entry: ModelEntry, white_box: bool, dataset: ReIDDataset, plan, clean: SplitFeatures,
-                    memory: torch.Tensor, disk: torch.Tensor, pairs, ap: APConvention) -> dict[str, Any]:
+def _evaluate_model(
+    entry: ModelEntry,
+    white_box: bool,
+    dataset: ReIDDataset,
+    plan,
+    clean: SplitFeatures,
+    memory: torch.Tensor,
+    disk: torch.Tensor,
+    pairs,
+    ap: APConvention,
+) -> dict[str, Any]:
     def split_feats(adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (adv, clean.gallery) if plan.split == "query" else (clean.query, adv)
 

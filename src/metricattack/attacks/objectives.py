@@ -168,7 +168,9 @@ class ClassificationLoss:
 
     def __init__(self, model: nn.Module) -> None:
         if not callable(getattr(model, "classify", None)):
-            raise MetricAttackError(f"the classification attack needs a model with a classifier (classify()); {type(model).__name__} has none")
+            raise MetricAttackError(
+                f"the classification attack needs a model with a classifier (classify()); {type(model).__name__} has none"
+            )
         self.model = model
         self.labels: dict[int, int] = {}
 

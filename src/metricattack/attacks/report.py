@@ -42,6 +42,9 @@ def format_summary(results: dict[str, Any]) -> str:
             )
     chance = results.get("chance")
     if chance is not None:
-        lines += ["", f"Chance level (a random ranking of this gallery): mAP {_pct(chance['mAP']).strip()}, "
-                      f"rank-1 {_pct(chance['cmc']['1']).strip()} -- the floor a perfect non-targeted attack nears."]
+        lines += [
+            "",
+            f"Chance level (a random ranking of this gallery): mAP {_pct(chance['mAP']).strip()}, "
+            f"rank-1 {_pct(chance['cmc']['1']).strip()} -- the floor a perfect non-targeted attack nears.",
+        ]
     return "\n".join(lines)

@@ -50,7 +50,9 @@ def attacked_split(setting: str) -> str:
 
 
 @torch.no_grad()
-def native_features(model: nn.Module, records: Sequence[ImageRecord], *, batch_size: int = 32, device: str | torch.device = "cpu") -> torch.Tensor:
+def native_features(
+    model: nn.Module, records: Sequence[ImageRecord], *, batch_size: int = 32, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """``model(images)`` ``[N, D]`` (float32, CPU) of ``records`` at native size, in record order (sharded + gathered)."""
     if not records:
         raise MetricAttackError("cannot compute features: no images given (empty split?)")
@@ -70,13 +72,19 @@ class SplitFeatures:
     gallery: torch.Tensor
 
 
-def clean_features(models: Sequence[nn.Module], dataset: ReIDDataset, *, batch_size: int = 32, device: str | torch.device = "cpu") -> list[SplitFeatures]:
+def clean_features(
+    models: Sequence[nn.Module], dataset: ReIDDataset, *, batch_size: int = 32, device: str | torch.device = "cpu"
+) -> list[SplitFeatures]:
     """Clean query and gallery features of every model (models put in eval mode)."""
     out = []
     for model in models:
         model.eval()
-        out.append(SplitFeatures(native_features(model, dataset.query, batch_size=batch_size, device=device),
-                                 native_features(model, dataset.gallery, batch_size=batch_size, device=device)))
+        out.append(
+            SplitFeatures(
+                native_features(model, dataset.query, batch_size=batch_size, device=device),
+                native_features(model, dataset.gallery, batch_size=batch_size, device=device),
+            )
+        )
     return out
 
 
@@ -193,7 +201,9 @@ def true_positive_pairs(dataset: ReIDDataset) -> tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def mean_true_positive_distance(metric: Metric, q_feats: torch.Tensor, g_feats: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor]) -> float:
+def mean_true_positive_distance(
+    metric: Metric, q_feats: torch.Tensor, g_feats: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor]
+) -> float:
     """Mean ``d(p, x)`` over true-positive pairs (paper Sec. 5.1: 0.80 → 1.42 for B1); NaN without pairs."""
     q_idx, g_idx = pairs
     if q_idx.numel() == 0:
@@ -230,7 +240,9 @@ def targeted_success(
         gal = attacked[start : start + 256]
         tgt = targets[gal]
         dist = metric.pairwise_embedded(metric.embed(q_feats[tgt].float()), g_emb)  # [b, G]
-        ignored = (g_pids == JUNK_PID).unsqueeze(0) | ((g_pids.unsqueeze(0) == q_pids[tgt].unsqueeze(1)) & (g_cams.unsqueeze(0) == q_cams[tgt].unsqueeze(1)))
+        ignored = (g_pids == JUNK_PID).unsqueeze(0) | (
+            (g_pids.unsqueeze(0) == q_pids[tgt].unsqueeze(1)) & (g_cams.unsqueeze(0) == q_cams[tgt].unsqueeze(1))
+        )
         own = dist.gather(1, gal.unsqueeze(1))
         before = (dist < own) | ((dist == own) & (positions.unsqueeze(0) < gal.unsqueeze(1)))
         ranks[start : start + gal.numel()] = (before & ~ignored).sum(1)

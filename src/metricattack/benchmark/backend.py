@@ -100,8 +100,9 @@ def load_model(checkpoint: str, device: str) -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------- features
-def extract(model: torch.nn.Module, records: tuple[ImageRecord, ...] | list[ImageRecord], batch_size: int,
-            device: str = "cpu") -> torch.Tensor:
+def extract(
+    model: torch.nn.Module, records: tuple[ImageRecord, ...] | list[ImageRecord], batch_size: int, device: str = "cpu"
+) -> torch.Tensor:
     """L2-normalised features ``[N, D]`` (float32, CPU) of ``records``."""
     from ..evaluation.features import extract_features
 
@@ -117,8 +118,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def features_work(model: torch.nn.Module, ds: ReIDDataset, batch_size: int, device: str, folder: Path,
-                  with_train: bool) -> dict[str, Any]:
+def features_work(model: torch.nn.Module, ds: ReIDDataset, batch_size: int, device: str, folder: Path, with_train: bool) -> dict[str, Any]:
     """Clean query/gallery (and optionally train) features of one model."""
     splits = ("query", "gallery", "train") if with_train else ("query", "gallery")
     tensors = {s: extract(model, ds.split(s), batch_size, device) for s in splits}
@@ -186,14 +186,34 @@ def attack_work(
     from ..attacks.export import ModelEntry, export_attack
     from ..attacks.spec import make_spec
 
-    spec = make_spec(f"attack {job['id']}", method=job["method"], eps=job["epsilon"], alpha=min(attack.alpha, job["epsilon"]),
-                     steps=None if job["method"] == "fgsm" else attack.steps, mu=attack.momentum, seed=seed)
+    spec = make_spec(
+        f"attack {job['id']}",
+        method=job["method"],
+        eps=job["epsilon"],
+        alpha=min(attack.alpha, job["epsilon"]),
+        steps=None if job["method"] == "fgsm" else attack.steps,
+        mu=attack.momentum,
+        seed=seed,
+    )
     entries = [ModelEntry(m, metric, rec) for m, metric, rec in zip(models, metrics, records, strict=True)]
-    out = export_attack(entries, ds, folder / "data", spec, SETTING_OF_MODE[job["mode"]],
-                        metric_record={"name": job["metric"]}, batch_size=attack.batch_size, device=device,
-                        ap=ap, progress=False)
-    return {"dataset_dir": str((folder / "data").resolve()), "linf": out["linf_255"]["max_disk"],
-            "num_attacked": out["num_attacked"], "steps": spec.num_steps}
+    out = export_attack(
+        entries,
+        ds,
+        folder / "data",
+        spec,
+        SETTING_OF_MODE[job["mode"]],
+        metric_record={"name": job["metric"]},
+        batch_size=attack.batch_size,
+        device=device,
+        ap=ap,
+        progress=False,
+    )
+    return {
+        "dataset_dir": str((folder / "data").resolve()),
+        "linf": out["linf_255"]["max_disk"],
+        "num_attacked": out["num_attacked"],
+        "steps": spec.num_steps,
+    }
 
 
 def target_assignment(ds: ReIDDataset, seed: int) -> torch.Tensor:
@@ -216,7 +236,8 @@ def attacked_mask(ds: ReIDDataset, mode: str, seed: int) -> torch.Tensor:
 
 def mean_true_positive_distance(metric: Any, q: torch.Tensor, g: torch.Tensor, ds: ReIDDataset) -> float:
     """Mean metric distance (squared Euclidean for ``euclidean``) over true-positive pairs."""
-    from ..attacks.runner import mean_true_positive_distance as _mean, true_positive_pairs
+    from ..attacks.runner import mean_true_positive_distance as _mean
+    from ..attacks.runner import true_positive_pairs
 
     return _mean(metric, q, g, true_positive_pairs(ds))
 

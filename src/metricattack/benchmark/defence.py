@@ -51,15 +51,25 @@ def train_defended(run: Run) -> list[str]:
     for section in progress([m for m in run.cfg.models if m.name in chosen], "defended models"):
         base = section.name
         train_cfg = backend.train_config(section, run.cfg.dataset, run.dataset_root, run.device)
-        dcfg = validate(DefenseConfig, {"train": train_cfg.model_dump(mode="json"),
-                                        "base_checkpoint": run.checkpoints[base]["checkpoint"],
-                                        "strategy": "metric_preserving",
-                                        "training_attack": settings.training_attack.model_dump(mode="json"),
-                                        "retrain": settings.retrain.model_dump(mode="json"),
-                                        "evaluation": {"enabled": False}}, f"defence of {base}")
-        spec = StageSpec("defended", base, {"training_attack": settings.training_attack.model_dump(mode="json"),
-                                            "retrain": settings.retrain.model_dump(mode="json")},
-                         upstream=(run.keys["dataset"], run.keys[f"model:{base}"]), code=CODE_DEFENCE)
+        dcfg = validate(
+            DefenseConfig,
+            {
+                "train": train_cfg.model_dump(mode="json"),
+                "base_checkpoint": run.checkpoints[base]["checkpoint"],
+                "strategy": "metric_preserving",
+                "training_attack": settings.training_attack.model_dump(mode="json"),
+                "retrain": settings.retrain.model_dump(mode="json"),
+                "evaluation": {"enabled": False},
+            },
+            f"defence of {base}",
+        )
+        spec = StageSpec(
+            "defended",
+            base,
+            {"training_attack": settings.training_attack.model_dump(mode="json"), "retrain": settings.retrain.model_dump(mode="json")},
+            upstream=(run.keys["dataset"], run.keys[f"model:{base}"]),
+            code=CODE_DEFENCE,
+        )
 
         def work(folder: Any, dcfg: Any = dcfg) -> dict[str, Any]:
             summary = run_defense(dcfg, folder / "defence", log=lambda _msg: None)
@@ -80,15 +90,25 @@ def adaptive_rows(run: Run, defended: list[str]) -> list[dict[str, Any]]:
 
     settings = settings_of(run)
     names = defended + (run.cfg.defended_models() if settings.adaptive_normal else [])
-    spec = StageSpec("adaptive", ",".join(names), {"adaptive": settings.adaptive.model_dump(mode="json"),
-                                                    "ap": run.cfg.evaluation.ap},
-                     upstream=tuple(run.keys[f"model:{n}"] for n in names), code=CODE_DEFENCE)
+    spec = StageSpec(
+        "adaptive",
+        ",".join(names),
+        {"adaptive": settings.adaptive.model_dump(mode="json"), "ap": run.cfg.evaluation.ap},
+        upstream=tuple(run.keys[f"model:{n}"] for n in names),
+        code=CODE_DEFENCE,
+    )
 
     def work(_folder: Any) -> dict[str, Any]:
-        rows = adaptive_attack_rows({n: run.models[n] for n in names}, run.ds, run.metric(names[0], "euclidean"),
-                                    settings.adaptive.specs(), batch_size=settings.adaptive.batch_size, device=run.device,
-                                    ap=run.cfg.evaluation.ap,
-                                    roles={n: "defended" if n.endswith(SUFFIX) else "normal" for n in names})
+        rows = adaptive_attack_rows(
+            {n: run.models[n] for n in names},
+            run.ds,
+            run.metric(names[0], "euclidean"),
+            settings.adaptive.specs(),
+            batch_size=settings.adaptive.batch_size,
+            device=run.device,
+            ap=run.cfg.evaluation.ap,
+            roles={n: "defended" if n.endswith(SUFFIX) else "normal" for n in names},
+        )
         return {"rows": rows}
 
     return run.cache.run(spec, work)["rows"]

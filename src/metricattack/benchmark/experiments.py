@@ -19,9 +19,29 @@ from ..evaluation.chance import dataset_chance
 from ..evaluation.ranking import RankingResult, evaluate_distances
 from . import backend, defence
 from .jobs import AttackJob, ensembles, single
-from .schema import (ClassificationVsMetric, Curve, CurvePoint, EnsembleRow, Fig1, Fig1Example, Fig3, Fig4, Fig5,
-                     MatrixCell, MatrixRow, ProbeLists, RankedImage, Ranking, RankingList, RatioPoint, Table1Row,
-                     Table2, Table4, Table5, Targeted)
+from .schema import (
+    ClassificationVsMetric,
+    Curve,
+    CurvePoint,
+    EnsembleRow,
+    Fig1,
+    Fig1Example,
+    Fig3,
+    Fig4,
+    Fig5,
+    MatrixCell,
+    MatrixRow,
+    ProbeLists,
+    RankedImage,
+    Ranking,
+    RankingList,
+    RatioPoint,
+    Table1Row,
+    Table2,
+    Table4,
+    Table5,
+    Targeted,
+)
 
 if TYPE_CHECKING:
     from .runner import Run
@@ -40,8 +60,9 @@ def distances(run: Run, model: str, metric: str, gallery: torch.Tensor) -> torch
 
 
 def _percent(r: RankingResult) -> Ranking:
-    return Ranking(rank1=100 * r.cmc[1], rank5=100 * r.cmc[5], rank10=100 * r.cmc[10], mAP=100 * r.mAP,
-                   mINP=100 * r.mINP, num_queries=r.num_queries)
+    return Ranking(
+        rank1=100 * r.cmc[1], rank5=100 * r.cmc[5], rank10=100 * r.cmc[10], mAP=100 * r.mAP, mINP=100 * r.mINP, num_queries=r.num_queries
+    )
 
 
 def ranking_of(run: Run, dist: torch.Tensor) -> Ranking:
@@ -71,8 +92,10 @@ def tp_distance(run: Run, model: str, gallery: torch.Tensor) -> float:
 # ----------------------------------------------------------------- tables
 def table1(run: Run) -> list[Table1Row]:
     desc = {m.name: m.description for m in run.cfg.models}
-    return [Table1Row(model=n, description=desc[n], metric="euclidean",
-                      clean=evaluate(run, n, run.clean[n]["gallery"])) for n in run.cfg.model_names()]
+    return [
+        Table1Row(model=n, description=desc[n], metric="euclidean", clean=evaluate(run, n, run.clean[n]["gallery"]))
+        for n in run.cfg.model_names()
+    ]
 
 
 def table2(run: Run) -> Table2:
@@ -82,19 +105,29 @@ def table2(run: Run) -> Table2:
     for attacked in names:
         for method in run.cfg.attack.methods:
             job = single(run.cfg, attacked, method)
-            cells = [MatrixCell(tested=t, ranking=evaluate(run, t, adv(run, job, t)), white_box=t == attacked,
-                                worst_in_column=False) for t in names]
+            cells = [
+                MatrixCell(tested=t, ranking=evaluate(run, t, adv(run, job, t)), white_box=t == attacked, worst_in_column=False)
+                for t in names
+            ]
             rows.append(MatrixRow(attacked=attacked, method=method, attack_id=job.id, cells=cells))
-    for j, tested in enumerate(names):
+    for j in range(len(names)):
         worst = min(range(len(rows)), key=lambda i: rows[i].cells[j].ranking.mAP)
         rows[worst].cells[j].worst_in_column = True
     return Table2(title=run.cfg.experiments.table2_title, epsilon=run.cfg.attack.epsilon, clean_mAP=clean, rows=rows)
 
 
 def fig3(t2: Table2) -> Fig3:
-    points = [RatioPoint(tested=c.tested, attacked=r.attacked, method=r.method, white_box=c.white_box,
-                         ratio=c.ranking.mAP / t2.clean_mAP[c.tested] if t2.clean_mAP[c.tested] > 0 else 0.0)
-              for r in t2.rows for c in r.cells]
+    points = [
+        RatioPoint(
+            tested=c.tested,
+            attacked=r.attacked,
+            method=r.method,
+            white_box=c.white_box,
+            ratio=c.ranking.mAP / t2.clean_mAP[c.tested] if t2.clean_mAP[c.tested] > 0 else 0.0,
+        )
+        for r in t2.rows
+        for c in r.cells
+    ]
     return Fig3(points=points)
 
 
@@ -104,12 +137,20 @@ def table4(run: Run, t2: Table2) -> Table4:
         for method in run.cfg.attack.methods:
             job = AttackJob(members, "nontargeted", method, run.cfg.attack.epsilon, run.cfg.attack.metric)
             mean_dist = torch.stack([distances(run, m, "euclidean", adv(run, job, m)) for m in members]).mean(0)
-            singles = [c.ranking.mAP for r in t2.rows if r.method == method and r.attacked in members
-                       for c in r.cells if c.tested == holdout]
-            rows.append(EnsembleRow(holdout=holdout, ensemble=list(members), method=method, attack_id=job.id,
-                                    ensemble_mAP=ranking_of(run, mean_dist).mAP,
-                                    holdout_mAP=evaluate(run, holdout, adv(run, job, holdout)).mAP,
-                                    best_single_transfer_mAP=min(singles) if singles else None))
+            singles = [
+                c.ranking.mAP for r in t2.rows if r.method == method and r.attacked in members for c in r.cells if c.tested == holdout
+            ]
+            rows.append(
+                EnsembleRow(
+                    holdout=holdout,
+                    ensemble=list(members),
+                    method=method,
+                    attack_id=job.id,
+                    ensemble_mAP=ranking_of(run, mean_dist).mAP,
+                    holdout_mAP=evaluate(run, holdout, adv(run, job, holdout)).mAP,
+                    best_single_transfer_mAP=min(singles) if singles else None,
+                )
+            )
     return Table4(epsilon=run.cfg.attack.epsilon, rows=rows)
 
 
@@ -118,11 +159,17 @@ def classification(run: Run) -> ClassificationVsMetric:
     metric_job, cls_job = single(run.cfg, m, method), single(run.cfg, m, method, mode="classification")
     clean_g = run.clean[m]["gallery"]
     return ClassificationVsMetric(
-        model=m, method=method, clean=evaluate(run, m, clean_g), metric_attack=evaluate(run, m, adv(run, metric_job, m)),
+        model=m,
+        method=method,
+        clean=evaluate(run, m, clean_g),
+        metric_attack=evaluate(run, m, adv(run, metric_job, m)),
         classification_attack=evaluate(run, m, adv(run, cls_job, m)),
-        mean_tp_distance={"clean": tp_distance(run, m, clean_g),
-                          "metric_attack": tp_distance(run, m, adv(run, metric_job, m)),
-                          "classification_attack": tp_distance(run, m, adv(run, cls_job, m))})
+        mean_tp_distance={
+            "clean": tp_distance(run, m, clean_g),
+            "metric_attack": tp_distance(run, m, adv(run, metric_job, m)),
+            "classification_attack": tp_distance(run, m, adv(run, cls_job, m)),
+        },
+    )
 
 
 def targeted(run: Run) -> Targeted:
@@ -132,9 +179,17 @@ def targeted(run: Run) -> Targeted:
     metric, q = run.metric(m, "euclidean"), run.clean[m]["query"]
     after = backend.targeted_success(metric, q, adv(run, job, m), run.ds, targets)
     before = backend.targeted_success(metric, q, run.clean[m]["gallery"], run.ds, targets)
-    return Targeted(model=m, method=method, attack_id=job.id, num_images=int(after["num_targets"]),
-                    top1_rate=after["top1"], top10_rate=after["top10"], clean_top1_rate=before["top1"],
-                    clean_top10_rate=before["top10"], after=evaluate(run, m, adv(run, job, m)))
+    return Targeted(
+        model=m,
+        method=method,
+        attack_id=job.id,
+        num_images=int(after["num_targets"]),
+        top1_rate=after["top1"],
+        top10_rate=after["top10"],
+        clean_top1_rate=before["top1"],
+        clean_top10_rate=before["top10"],
+        after=evaluate(run, m, adv(run, job, m)),
+    )
 
 
 def target_map(run: Run) -> dict[int, int]:
@@ -162,9 +217,16 @@ def _ranked(run: Run, model: str, q_index: int, k: int, job: AttackJob | None, s
     top = []
     for rank, g in enumerate(_top(run, model, gallery, q_index, k), start=1):
         rec = records[g]
-        top.append(RankedImage(rank=rank, path=str(rec.path), pid=rec.pid, camid=rec.camid,
-                               correct=rec.pid == q_pid and rec.pid > 0,
-                               adversarial=attacked is not None and bool(attacked[g])))
+        top.append(
+            RankedImage(
+                rank=rank,
+                path=str(rec.path),
+                pid=rec.pid,
+                camid=rec.camid,
+                correct=rec.pid == q_pid and rec.pid > 0,
+                adversarial=attacked is not None and bool(attacked[g]),
+            )
+        )
     return RankingList(setting=setting, attack_id=None if job is None else job.id, top=top)
 
 
@@ -193,8 +255,9 @@ def fig4(run: Run) -> Fig4:
 
 def _probe(run: Run, model: str, qi: int, k: int, settings: list) -> ProbeLists:
     q = run.ds.query[qi]
-    return ProbeLists(query_index=qi, path=str(q.path), pid=q.pid, camid=q.camid,
-                      lists=[_ranked(run, model, qi, k, job, name) for job, name in settings])
+    return ProbeLists(
+        query_index=qi, path=str(q.path), pid=q.pid, camid=q.camid, lists=[_ranked(run, model, qi, k, job, name) for job, name in settings]
+    )
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -213,10 +276,15 @@ def fig1(run: Run) -> Fig1:
         from ..data.loading import read_image
 
         linf = float((read_image(adv_rec.path) - read_image(clean_rec.path)).abs().max() * 255)
-        return Fig1Example(query_path=str(run.ds.query[qi].path), gallery_path=str(clean_rec.path),
-                           adversarial_path=str(adv_rec.path), true_match=clean_rec.pid == run.ds.query[qi].pid,
-                           similarity_before=_cosine(q_feat[qi], g_clean[gi]),
-                           similarity_after=_cosine(q_feat[qi], adv(run, job, m)[gi]), linf=round(linf, 3))
+        return Fig1Example(
+            query_path=str(run.ds.query[qi].path),
+            gallery_path=str(clean_rec.path),
+            adversarial_path=str(adv_rec.path),
+            true_match=clean_rec.pid == run.ds.query[qi].pid,
+            similarity_before=_cosine(q_feat[qi], g_clean[gi]),
+            similarity_after=_cosine(q_feat[qi], adv(run, job, m)[gi]),
+            linf=round(linf, 3),
+        )
 
     good = _good_probes(run, m)
     count = run.cfg.experiments.fig1.examples

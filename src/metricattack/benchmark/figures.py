@@ -50,10 +50,13 @@ def fig1(res: Results, path: Path) -> Path | None:
         span = delta.max() - delta.min()
         shown = (delta - delta.min()) / span if span > 0 else np.zeros_like(delta)
         kind = "true match" if ex.true_match else "wrong match"
-        panels = [(_image(ex.query_path), "probe"), (clean, f"gallery ({kind})\nsim {ex.similarity_before:.3f}"),
-                  (shown, f"perturbation\n(L∞ {ex.linf:.0f}/255, rescaled)"),
-                  (adv, f"adversarial\nsim {ex.similarity_after:.3f}")]
-        for ax, (img, title) in zip(axes[row], panels):
+        panels = [
+            (_image(ex.query_path), "probe"),
+            (clean, f"gallery ({kind})\nsim {ex.similarity_before:.3f}"),
+            (shown, f"perturbation\n(L∞ {ex.linf:.0f}/255, rescaled)"),
+            (adv, f"adversarial\nsim {ex.similarity_after:.3f}"),
+        ]
+        for ax, (img, title) in zip(axes[row], panels, strict=True):
             ax.imshow(img, interpolation="nearest")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
@@ -76,7 +79,7 @@ def fig3(res: Results, path: Path) -> Path | None:
         values = [lookup[(a, m, name)].ratio if (a, m, name) in lookup else np.nan for a, m in settings]
         hatches = ["//" if (a, m, name) in lookup and lookup[(a, m, name)].white_box else "" for a, m in settings]
         bars = ax.bar(x + (k - (len(tested) - 1) / 2) * width, values, width, label=f"tested on {name}")
-        for bar, hatch in zip(bars, hatches):
+        for bar, hatch in zip(bars, hatches, strict=True):
             bar.set_hatch(hatch)
     ax.set_xticks(x, [f"{a}\n{METHOD_NAMES.get(m, m)}" for a, m in settings], fontsize=7)
     ax.set_ylabel("mAP ratio (adversarial / clean)")
@@ -115,8 +118,9 @@ def fig4(res: Results, path: Path) -> Path | None:
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(2.5)
-    fig.suptitle(f"Fig. 4 — top-{f.top_k} ranking lists on {f.model} (blue = true match, red = wrong match; "
-                 "'adv' = adversarial image)", fontsize=9)
+    fig.suptitle(
+        f"Fig. 4 — top-{f.top_k} ranking lists on {f.model} (blue = true match, red = wrong match; 'adv' = adversarial image)", fontsize=9
+    )
     return _save(fig, path)
 
 
@@ -128,11 +132,10 @@ def fig5(res: Results, path: Path) -> Path | None:
         return None
     methods = list(dict.fromkeys(c.method for c in f.curves))
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.3), squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    for ax, method in zip(axes[0], methods, strict=True):
         for curve in (c for c in f.curves if c.method == method):
             pts = sorted(curve.points, key=lambda p: p.epsilon)
-            ax.plot([p.epsilon for p in pts], [p.mAP for p in pts], marker="o",
-                    label=f"{curve.attack_metric}/{curve.test_metric}")
+            ax.plot([p.epsilon for p in pts], [p.mAP for p in pts], marker="o", label=f"{curve.attack_metric}/{curve.test_metric}")
         if res.dataset.chance is not None:
             ax.axhline(res.dataset.chance.mAP, color="grey", linestyle="--", linewidth=1, label="chance (random ranking)")
         ax.set_title(f"{METHOD_NAMES.get(method, method)} on {f.model}", fontsize=10)

@@ -44,8 +44,7 @@ def _verdict(ok: bool) -> str:
 
 
 def _cells(t: Table2, method: str, white_box: bool) -> list[tuple[str, str, float]]:
-    return [(r.attacked, c.tested, c.ranking.mAP) for r in t.rows if r.method == method
-            for c in r.cells if c.white_box == white_box]
+    return [(r.attacked, c.tested, c.ranking.mAP) for r in t.rows if r.method == method for c in r.cells if c.white_box == white_box]
 
 
 def finding1(res: Results) -> Finding:
@@ -58,12 +57,19 @@ def finding1(res: Results) -> Finding:
         numbers[f"{attacked}.clean_mAP"] = clean
         numbers[f"{attacked}.whitebox_ifgsm_mAP"] = value
         ok &= value <= NEAR_ZERO_RATIO * clean
-    parts = [f"{a}: {numbers[f'{a}.clean_mAP']:.2f} → {numbers[f'{a}.whitebox_ifgsm_mAP']:.2f}"
-             for a in dict.fromkeys(k.split('.')[0] for k in numbers)]
-    return Finding(id=1, title=TITLES[1], status=_verdict(ok), numbers=numbers,
-                   summary=f"White-box I-FGSM mAP (clean → attacked): {'; '.join(parts)}. Criterion: every model "
-                           f"ends at ≤ {NEAR_ZERO_RATIO:.0%} of its clean mAP (paper: 77.52 → 0.367)."
-                           + (f" Chance level (a random ranking): mAP {res.dataset.chance.mAP:.2f}." if res.dataset.chance else ""))
+    parts = [
+        f"{a}: {numbers[f'{a}.clean_mAP']:.2f} → {numbers[f'{a}.whitebox_ifgsm_mAP']:.2f}"
+        for a in dict.fromkeys(k.split(".")[0] for k in numbers)
+    ]
+    return Finding(
+        id=1,
+        title=TITLES[1],
+        status=_verdict(ok),
+        numbers=numbers,
+        summary=f"White-box I-FGSM mAP (clean → attacked): {'; '.join(parts)}. Criterion: every model "
+        f"ends at ≤ {NEAR_ZERO_RATIO:.0%} of its clean mAP (paper: 77.52 → 0.367)."
+        + (f" Chance level (a random ranking): mAP {res.dataset.chance.mAP:.2f}." if res.dataset.chance else ""),
+    )
 
 
 def finding2(res: Results) -> Finding:
@@ -72,15 +78,20 @@ def finding2(res: Results) -> Finding:
         return _not_measured(2, "Needs Table 2 with at least two models (white-box and black-box cells).")
     white = [v for r in t.rows for c in r.cells if c.white_box for v in [c.ranking.mAP]]
     black = [v for r in t.rows for c in r.cells if not c.white_box for v in [c.ranking.mAP]]
-    rows_ok = all(min(c.ranking.mAP for c in r.cells if not c.white_box)
-                  > max(c.ranking.mAP for c in r.cells if c.white_box) for r in t.rows)
+    rows_ok = all(
+        min(c.ranking.mAP for c in r.cells if not c.white_box) > max(c.ranking.mAP for c in r.cells if c.white_box) for r in t.rows
+    )
     mw, mb = mean(white), mean(black)
     ok = rows_ok and mb >= FAR_ABOVE_FACTOR * max(mw, 1e-9)
-    return Finding(id=2, title=TITLES[2], status=_verdict(ok),
-                   numbers={"mean_whitebox_mAP": mw, "mean_blackbox_mAP": mb, "every_row_blackbox_above": float(rows_ok)},
-                   summary=f"Mean black-box mAP {mb:.2f} vs mean white-box mAP {mw:.2f}; in "
-                           f"{'every' if rows_ok else 'not every'} attack row each black-box cell is above the white-box cell. "
-                           f"Criterion: every row, and mean black-box ≥ {FAR_ABOVE_FACTOR:g}× mean white-box.")
+    return Finding(
+        id=2,
+        title=TITLES[2],
+        status=_verdict(ok),
+        numbers={"mean_whitebox_mAP": mw, "mean_blackbox_mAP": mb, "every_row_blackbox_above": float(rows_ok)},
+        summary=f"Mean black-box mAP {mb:.2f} vs mean white-box mAP {mw:.2f}; in "
+        f"{'every' if rows_ok else 'not every'} attack row each black-box cell is above the white-box cell. "
+        f"Criterion: every row, and mean black-box ≥ {FAR_ABOVE_FACTOR:g}× mean white-box.",
+    )
 
 
 def finding3(res: Results) -> Finding:
@@ -96,9 +107,14 @@ def finding3(res: Results) -> Finding:
     numbers = {f"whitebox_mean_mAP.{m}": v for m, v in white.items()} | {f"blackbox_mean_mAP.{m}": v for m, v in black.items()}
     wtxt = ", ".join(f"{m} {v:.2f}" for m, v in white.items())
     btxt = ", ".join(f"{m} {v:.2f}" for m, v in black.items())
-    return Finding(id=3, title=TITLES[3], status=_verdict(ok), numbers=numbers,
-                   summary=f"Mean white-box mAP: {wtxt} (lowest: {strongest}). Mean black-box mAP: {btxt} "
-                           f"(lowest: {transfers}). Holds when I-FGSM has the lowest white-box and MI-FGSM the lowest black-box mAP.")
+    return Finding(
+        id=3,
+        title=TITLES[3],
+        status=_verdict(ok),
+        numbers=numbers,
+        summary=f"Mean white-box mAP: {wtxt} (lowest: {strongest}). Mean black-box mAP: {btxt} "
+        f"(lowest: {transfers}). Holds when I-FGSM has the lowest white-box and MI-FGSM the lowest black-box mAP.",
+    )
 
 
 def finding4(res: Results) -> Finding:
@@ -110,9 +126,14 @@ def finding4(res: Results) -> Finding:
     numbers = {f"{r.holdout}.{r.method}.ensemble_holdout_mAP": r.holdout_mAP for r in rows}
     numbers |= {f"{r.holdout}.{r.method}.best_single_mAP": r.best_single_transfer_mAP for r in rows}
     detail = "; ".join(f"-{r.holdout} {r.method}: {r.holdout_mAP:.2f} vs {r.best_single_transfer_mAP:.2f}" for r in rows)
-    return Finding(id=4, title=TITLES[4], status=_verdict(len(wins) == len(rows)), numbers=numbers,
-                   summary=f"Hold-out mAP after the ensemble attack vs best single-model transfer: {detail}. "
-                           f"Lower in {len(wins)} of {len(rows)} cases; holds when lower in all.")
+    return Finding(
+        id=4,
+        title=TITLES[4],
+        status=_verdict(len(wins) == len(rows)),
+        numbers=numbers,
+        summary=f"Hold-out mAP after the ensemble attack vs best single-model transfer: {detail}. "
+        f"Lower in {len(wins)} of {len(rows)} cases; holds when lower in all.",
+    )
 
 
 def finding5(res: Results) -> Finding:
@@ -123,11 +144,15 @@ def finding5(res: Results) -> Finding:
     clean, metric, cls = c.clean.mAP, c.metric_attack.mAP, c.classification_attack.mAP
     drop_metric, drop_cls = clean - metric, clean - cls
     ok = drop_metric >= CLASSIFICATION_FACTOR * max(drop_cls, 1e-9)
-    return Finding(id=5, title=TITLES[5], status=_verdict(ok),
-                   numbers={"clean_mAP": clean, "metric_attack_mAP": metric, "classification_attack_mAP": cls},
-                   summary=f"On {c.model}: clean mAP {clean:.2f}, after metric attack {metric:.2f}, after classification "
-                           f"attack {cls:.2f} (drops {drop_metric:.2f} vs {drop_cls:.2f}). Criterion: metric drop ≥ "
-                           f"{CLASSIFICATION_FACTOR:g}× classification drop (paper: 77.52 → 0.367 vs 52.93).")
+    return Finding(
+        id=5,
+        title=TITLES[5],
+        status=_verdict(ok),
+        numbers={"clean_mAP": clean, "metric_attack_mAP": metric, "classification_attack_mAP": cls},
+        summary=f"On {c.model}: clean mAP {clean:.2f}, after metric attack {metric:.2f}, after classification "
+        f"attack {cls:.2f} (drops {drop_metric:.2f} vs {drop_cls:.2f}). Criterion: metric drop ≥ "
+        f"{CLASSIFICATION_FACTOR:g}× classification drop (paper: 77.52 → 0.367 vs 52.93).",
+    )
 
 
 def finding6(res: Results) -> Finding:
@@ -135,12 +160,20 @@ def finding6(res: Results) -> Finding:
     if t is None:
         return _not_measured(6, "Targeted experiment not selected.")
     ok = t.top10_rate >= TARGETED_TOP10 and t.top10_rate > t.clean_top10_rate
-    return Finding(id=6, title=TITLES[6], status=_verdict(ok),
-                   numbers={"top1_rate": t.top1_rate, "top10_rate": t.top10_rate,
-                            "clean_top1_rate": t.clean_top1_rate, "clean_top10_rate": t.clean_top10_rate},
-                   summary=f"{100 * t.top10_rate:.1f}% of the {t.num_images} targeted images reach the top-10 of their target "
-                           f"probe ({100 * t.top1_rate:.1f}% the top-1), vs {100 * t.clean_top10_rate:.1f}% before the attack. "
-                           f"Criterion: ≥ {TARGETED_TOP10:.0%} in the top-10.")
+    return Finding(
+        id=6,
+        title=TITLES[6],
+        status=_verdict(ok),
+        numbers={
+            "top1_rate": t.top1_rate,
+            "top10_rate": t.top10_rate,
+            "clean_top1_rate": t.clean_top1_rate,
+            "clean_top10_rate": t.clean_top10_rate,
+        },
+        summary=f"{100 * t.top10_rate:.1f}% of the {t.num_images} targeted images reach the top-10 of their target "
+        f"probe ({100 * t.top1_rate:.1f}% the top-1), vs {100 * t.clean_top10_rate:.1f}% before the attack. "
+        f"Criterion: ≥ {TARGETED_TOP10:.0%} in the top-10.",
+    )
 
 
 def compute_findings(res: Results) -> list[Finding]:
@@ -157,10 +190,14 @@ def finding7(res: Results) -> Finding:
     if f is None or "xqda" not in f.clean or "euclidean" not in f.clean:
         return _further_not_measured(7, "Needs Fig. 5 with both the Euclidean and the XQDA metric.")
     e, x = f.clean["euclidean"], f.clean["xqda"]
-    return Finding(id=7, title=FURTHER_TITLES[7], status=_verdict(x.mAP < e.mAP),
-                   numbers={"euclidean_rank1": e.rank1, "euclidean_mAP": e.mAP, "xqda_rank1": x.rank1, "xqda_mAP": x.mAP},
-                   summary=f"On {f.model}, clean: Euclidean rank-1 {e.rank1:.2f} / mAP {e.mAP:.2f}, XQDA rank-1 {x.rank1:.2f} / "
-                           f"mAP {x.mAP:.2f}. Holds when XQDA's mAP is below Euclidean's.")
+    return Finding(
+        id=7,
+        title=FURTHER_TITLES[7],
+        status=_verdict(x.mAP < e.mAP),
+        numbers={"euclidean_rank1": e.rank1, "euclidean_mAP": e.mAP, "xqda_rank1": x.rank1, "xqda_mAP": x.mAP},
+        summary=f"On {f.model}, clean: Euclidean rank-1 {e.rank1:.2f} / mAP {e.mAP:.2f}, XQDA rank-1 {x.rank1:.2f} / "
+        f"mAP {x.mAP:.2f}. Holds when XQDA's mAP is below Euclidean's.",
+    )
 
 
 def finding8(res: Results) -> Finding:
@@ -186,9 +223,14 @@ def finding8(res: Results) -> Finding:
             numbers[f"{method}.{am}/{other}.eps{eps:g}"] = swapped[eps]
     if total == 0:
         return _further_not_measured(8, "No matching attack/test metric pairs in Fig. 5.")
-    return Finding(id=8, title=FURTHER_TITLES[8], status=_verdict(wins == total), numbers=numbers,
-                   summary=f"Testing with a different metric than the attack gave a higher mAP in {wins} of {total} "
-                           "(method, attack metric, ε) cases; holds when higher in all.")
+    return Finding(
+        id=8,
+        title=FURTHER_TITLES[8],
+        status=_verdict(wins == total),
+        numbers=numbers,
+        summary=f"Testing with a different metric than the attack gave a higher mAP in {wins} of {total} "
+        "(method, attack metric, ε) cases; holds when higher in all.",
+    )
 
 
 def finding9(res: Results) -> Finding:
@@ -201,10 +243,15 @@ def finding9(res: Results) -> Finding:
     rising = sum(c.improvement > 0 for c in adv)
     ok = worst_clean >= -DEFENCE_CLEAN_DROP and rising == len(adv)
     numbers = {f"{c.base_model}.{c.gallery}.improvement": c.improvement for c in t.cells}
-    return Finding(id=9, title=FURTHER_TITLES[9], status=_verdict(ok), numbers=numbers,
-                   summary=f"Largest clean-mAP change {100 * worst_clean:+.1f}% (allowed ≥ {-100 * DEFENCE_CLEAN_DROP:.0f}%); "
-                           f"mAP on adversarial galleries rose in {rising} of {len(adv)} cells. These are transfer attacks "
-                           "made against the normal models; see the adaptive rows for attacks on the defended models themselves.")
+    return Finding(
+        id=9,
+        title=FURTHER_TITLES[9],
+        status=_verdict(ok),
+        numbers=numbers,
+        summary=f"Largest clean-mAP change {100 * worst_clean:+.1f}% (allowed ≥ {-100 * DEFENCE_CLEAN_DROP:.0f}%); "
+        f"mAP on adversarial galleries rose in {rising} of {len(adv)} cells. These are transfer attacks "
+        "made against the normal models; see the adaptive rows for attacks on the defended models themselves.",
+    )
 
 
 def compute_further_findings(res: Results) -> list[Finding]:

@@ -43,11 +43,11 @@ class Plan:
         return job
 
 
-def single(cfg: BenchmarkConfig, model: str, method: str, mode: str = "nontargeted",
-           epsilon: float | None = None, metric: str | None = None) -> AttackJob:
+def single(
+    cfg: BenchmarkConfig, model: str, method: str, mode: str = "nontargeted", epsilon: float | None = None, metric: str | None = None
+) -> AttackJob:
     """The job attacking one model (defaults: the config's ε and attack metric)."""
-    return AttackJob((model,), mode, method, cfg.attack.epsilon if epsilon is None else epsilon,
-                     metric or cfg.attack.metric)
+    return AttackJob((model,), mode, method, cfg.attack.epsilon if epsilon is None else epsilon, metric or cfg.attack.metric)
 
 
 def ensembles(cfg: BenchmarkConfig) -> list[tuple[str, tuple[str, ...]]]:
@@ -106,4 +106,3 @@ def plan(cfg: BenchmarkConfig) -> Plan:
         p.xqda_models = list(dict.fromkeys(p.xqda_models + [s for j in p.jobs for s in j.sources]))
     p.train_features = list(p.xqda_models)
     return p
-

@@ -70,8 +70,7 @@ class Run:
             if m.checkpoint is not None:
                 config["sha256"] = backend.sha256_file(m.checkpoint)
             spec = StageSpec("model", m.name, config, upstream=(self.keys["dataset"],), code=CODE_TRAIN)
-            out = self.cache.run(spec, lambda folder, m=m: backend.model_work(m, self.cfg.dataset, self.dataset_root,
-                                                                              self.device, folder))
+            out = self.cache.run(spec, lambda folder, m=m: backend.model_work(m, self.cfg.dataset, self.dataset_root, self.device, folder))
             out["seconds"] = _stage_seconds(self.cache, spec)
             self.keys[f"model:{m.name}"] = spec.key
             self.checkpoints[m.name] = out
@@ -81,10 +80,19 @@ class Run:
         assert self.ds is not None
         for name in progress(names, desc):
             train = name in with_train
-            spec = StageSpec("features", name, {"batch_size": self.cfg.evaluation.batch_size, "train": train},
-                             upstream=(self.keys["dataset"], self.keys[f"model:{name}"]), code=CODE_FEATURES)
-            self.cache.run(spec, lambda folder, name=name, train=train: backend.features_work(
-                self.models[name], self.ds, self.cfg.evaluation.batch_size, self.device, folder, train))
+            spec = StageSpec(
+                "features",
+                name,
+                {"batch_size": self.cfg.evaluation.batch_size, "train": train},
+                upstream=(self.keys["dataset"], self.keys[f"model:{name}"]),
+                code=CODE_FEATURES,
+            )
+            self.cache.run(
+                spec,
+                lambda folder, name=name, train=train: backend.features_work(
+                    self.models[name], self.ds, self.cfg.evaluation.batch_size, self.device, folder, train
+                ),
+            )
             self.clean[name] = backend.load_tensors(self.cache.folder(spec) / "features.safetensors")
             self.keys[f"features:{name}"] = spec.key
 
@@ -106,10 +114,18 @@ class Run:
 
     def attack_spec(self, job: AttackJob) -> StageSpec:
         a = self.cfg.attack
-        config = {"sources": list(job.sources), "mode": job.mode, "method": job.method, "epsilon": job.epsilon,
-                  "metric": job.metric, "alpha": a.alpha, "momentum": a.momentum,
-                  "steps": backend.steps_for(job.epsilon, a.steps, job.method), "batch_size": a.batch_size,
-                  "seed": self.cfg.seed}
+        config = {
+            "sources": list(job.sources),
+            "mode": job.mode,
+            "method": job.method,
+            "epsilon": job.epsilon,
+            "metric": job.metric,
+            "alpha": a.alpha,
+            "momentum": a.momentum,
+            "steps": backend.steps_for(job.epsilon, a.steps, job.method),
+            "batch_size": a.batch_size,
+            "seed": self.cfg.seed,
+        }
         upstream = [self.keys["dataset"]] + [self.keys[f"model:{s}"] for s in job.sources]
         if job.metric == "xqda":
             upstream += [self.keys[f"xqda:{s}"] for s in job.sources]
@@ -121,11 +137,24 @@ class Run:
             spec = self.attack_spec(job)
             models = [self.models[s] for s in job.sources]
             metrics = [self.metric(s, job.metric) for s in job.sources]
-            records = [{"name": s, "checkpoint": self.checkpoints[s]["checkpoint"], "sha256": self.checkpoints[s]["sha256"]}
-                       for s in job.sources]
-            out = self.cache.run(spec, lambda folder, job=job, models=models, metrics=metrics, records=records:
-                                 backend.attack_work(models, metrics, records, self.ds, _job_dict(job), self.cfg.attack,
-                                                     self.cfg.seed, self.cfg.evaluation.ap, self.device, folder))
+            records = [
+                {"name": s, "checkpoint": self.checkpoints[s]["checkpoint"], "sha256": self.checkpoints[s]["sha256"]} for s in job.sources
+            ]
+            out = self.cache.run(
+                spec,
+                lambda folder, job=job, models=models, metrics=metrics, records=records: backend.attack_work(
+                    models,
+                    metrics,
+                    records,
+                    self.ds,
+                    _job_dict(job),
+                    self.cfg.attack,
+                    self.cfg.seed,
+                    self.cfg.evaluation.ap,
+                    self.device,
+                    folder,
+                ),
+            )
             out["folder"] = str(self.cache.folder(spec))
             out["key"] = spec.key
             self.attacks[job] = out
@@ -148,8 +177,13 @@ class Run:
 
     def extract_adversarial(self, evaluations: list[tuple[AttackJob, str]], desc: str = "adversarial features") -> None:
         for job, tested in progress(evaluations, desc):
-            spec = StageSpec("adv_features", f"{job.id}@{tested}", {"batch_size": self.cfg.evaluation.batch_size},
-                             upstream=(self.attacks[job]["key"], self.keys[f"model:{tested}"]), code=CODE_FEATURES)
+            spec = StageSpec(
+                "adv_features",
+                f"{job.id}@{tested}",
+                {"batch_size": self.cfg.evaluation.batch_size},
+                upstream=(self.attacks[job]["key"], self.keys[f"model:{tested}"]),
+                code=CODE_FEATURES,
+            )
             self.cache.run(spec, lambda folder, job=job, tested=tested: _adv_features_work(self, job, tested, folder))
             self.adv_features[(job, tested)] = backend.load_tensors(self.cache.folder(spec) / "gallery.safetensors")["gallery"]
 
@@ -161,8 +195,14 @@ def _adv_features_work(run: Run, job: AttackJob, tested: str, folder: Path) -> d
 
 
 def _job_dict(job: AttackJob) -> dict[str, Any]:
-    return {"sources": list(job.sources), "mode": job.mode, "method": job.method, "epsilon": job.epsilon,
-            "metric": job.metric, "id": job.id}
+    return {
+        "sources": list(job.sources),
+        "mode": job.mode,
+        "method": job.method,
+        "epsilon": job.epsilon,
+        "metric": job.metric,
+        "id": job.id,
+    }
 
 
 def _stage_seconds(cache: StageCache, spec: StageSpec) -> float | None:
@@ -178,17 +218,34 @@ def _model_info(run: Run, name: str) -> ModelInfo:
     spec = model.spec() if hasattr(model, "spec") else {}
     seed = backend.train_settings(section).get("seed")
     description = section.description if name == base else f"metric-preserving {base} (Table 5)"
-    return ModelInfo(name=name, description=description, checkpoint=ckpt["checkpoint"],
-                     checkpoint_sha256=ckpt["sha256"], spec=json.loads(json.dumps(spec, default=str)),
-                     train_seed=seed, train_seconds=ckpt.get("seconds"))
+    return ModelInfo(
+        name=name,
+        description=description,
+        checkpoint=ckpt["checkpoint"],
+        checkpoint_sha256=ckpt["sha256"],
+        spec=json.loads(json.dumps(spec, default=str)),
+        train_seed=seed,
+        train_seconds=ckpt.get("seconds"),
+    )
 
 
 def _attack_setting(run: Run, job: AttackJob) -> AttackSetting:
     out = run.attacks[job]
     a = run.cfg.attack
-    return AttackSetting(id=job.id, sources=list(job.sources), mode=job.mode, method=job.method, epsilon=job.epsilon,
-                         alpha=a.alpha, momentum=a.momentum, steps=backend.steps_for(job.epsilon, a.steps, job.method),
-                         metric=job.metric, seed=run.cfg.seed, linf=out.get("linf"), dataset_dir=out["dataset_dir"])
+    return AttackSetting(
+        id=job.id,
+        sources=list(job.sources),
+        mode=job.mode,
+        method=job.method,
+        epsilon=job.epsilon,
+        alpha=a.alpha,
+        momentum=a.momentum,
+        steps=backend.steps_for(job.epsilon, a.steps, job.method),
+        metric=job.metric,
+        seed=run.cfg.seed,
+        linf=out.get("linf"),
+        dataset_dir=out["dataset_dir"],
+    )
 
 
 def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Results:
@@ -216,23 +273,28 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
         stage_seconds[entry["kind"]] = stage_seconds.get(entry["kind"], 0.0) + entry["seconds"]
     synth_seed = cfg.dataset.synthetic.get("seed") if cfg.dataset.name == "synthetic" else None
     provenance = Provenance(
-        config=cfg.model_dump(mode="json"), config_path=str(config_path),
-        seeds={"run": cfg.seed, "dataset": synth_seed,
-               "models": {m.name: backend.train_settings(m).get("seed") for m in cfg.models}},
-        versions=environment_versions(), ap_convention=cfg.evaluation.ap,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), experiments=cfg.selected(),
-        stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()}, wall_seconds=0.0)
-    counts = {"train": len(ds.train), "query": len(ds.query), "gallery": len(ds.gallery),
-              "train_ids": ds.num_train_ids()}
+        config=cfg.model_dump(mode="json"),
+        config_path=str(config_path),
+        seeds={"run": cfg.seed, "dataset": synth_seed, "models": {m.name: backend.train_settings(m).get("seed") for m in cfg.models}},
+        versions=environment_versions(),
+        ap_convention=cfg.evaluation.ap,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        experiments=cfg.selected(),
+        stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
+        wall_seconds=0.0,
+    )
+    counts = {"train": len(ds.train), "query": len(ds.query), "gallery": len(ds.gallery), "train_ids": ds.num_train_ids()}
     results = Results(
         provenance=provenance,
-        dataset=DatasetInfo(name=cfg.dataset.name, root=str(run.dataset_root), fingerprint=run.fingerprint, counts=counts,
-                            chance=experiments.chance(run)),
+        dataset=DatasetInfo(
+            name=cfg.dataset.name, root=str(run.dataset_root), fingerprint=run.fingerprint, counts=counts, chance=experiments.chance(run)
+        ),
         models=[_model_info(run, n) for n in run.models],
         attacks=[_attack_setting(run, j) for j in the_plan.jobs],
-        findings=[], **sections)
-    results = results.model_copy(update={"findings": compute_findings(results),
-                                         "further_findings": compute_further_findings(results)})
+        findings=[],
+        **sections,
+    )
+    results = results.model_copy(update={"findings": compute_findings(results), "further_findings": compute_further_findings(results)})
     results.provenance.wall_seconds = round(time.perf_counter() - start, 3)
     write_outputs(results, out)
     return results
@@ -255,6 +317,10 @@ def write_outputs(results: Results, out: Path) -> dict[str, Path]:
     _remove_stale(out / "tables", {p for t in tables for p in (f"{t.name}.md", f"{t.name}.csv")})
     _remove_stale(out / "figures", {p.name for p in figures.values()})
     report = write_report(results, figures, out / "report.html")
-    return {"results": out / "results.json", "report": report, "tables": out / "tables", "figures": out / "figures",
-            **{f"table:{t.name}": out / "tables" / f"{t.name}.md" for t in tables}}
-
+    return {
+        "results": out / "results.json",
+        "report": report,
+        "tables": out / "tables",
+        "figures": out / "figures",
+        **{f"table:{t.name}": out / "tables" / f"{t.name}.md" for t in tables},
+    }

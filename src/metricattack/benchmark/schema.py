@@ -103,7 +103,8 @@ class EnsembleRow(Record):
     ensemble_mAP: float = Field(description="mAP of the ensemble as one system: distance = mean of member distances")
     holdout_mAP: float
     best_single_transfer_mAP: float | None = Field(
-        None, description="lowest hold-out mAP over single-model attacks on the other models (Table 2, same method)")
+        None, description="lowest hold-out mAP over single-model attacks on the other models (Table 2, same method)"
+    )
 
 
 class Table4(Record):
@@ -151,7 +152,9 @@ class ClassificationVsMetric(Record):
     metric_attack: Ranking
     classification_attack: Ranking | None
     classification_missing: str | None = None
-    mean_tp_distance: dict[str, float] = Field(description="mean squared-Euclidean distance probe → true positive (other camera): clean / metric_attack / classification_attack")
+    mean_tp_distance: dict[str, float] = Field(
+        description="mean squared-Euclidean distance probe → true positive (other camera): clean / metric_attack / classification_attack"
+    )
 
 
 class Targeted(Record):
@@ -239,8 +242,11 @@ class DatasetInfo(Record):
     root: str
     fingerprint: str
     counts: dict[str, int]
-    chance: Ranking | None = Field(None, description="expected accuracy of a uniformly random ranking of the test split "
-                                   "(closed form): the floor a perfect non-targeted attack approaches")
+    chance: Ranking | None = Field(
+        None,
+        description="expected accuracy of a uniformly random ranking of the test split "
+        "(closed form): the floor a perfect non-targeted attack approaches",
+    )
 
 
 class Provenance(Record):
@@ -272,11 +278,13 @@ class Results(Record):
     fig4: Fig4 | None = Field(None, description="Fig. 4: top-k ranking lists of chosen probes (clean, non-targeted, targeted)")
     fig5: Fig5 | None = Field(None, description="Fig. 5: mAP against ε per attack-metric / test-metric pair")
     classification: ClassificationVsMetric | None = Field(
-        None, description="metric attack vs classification attack, and mean distance to true positives")
+        None, description="metric attack vs classification attack, and mean distance to true positives"
+    )
     targeted: Targeted | None = Field(None, description="targeted attack: share of images reaching their target's top-1/top-10")
     findings: list[Finding] = Field(description="the paper's six findings: holds / does not hold / not measured, with numbers")
     further_findings: list[Finding] = Field(
-        default_factory=list, description="further claims of the paper (XQDA, defence), checked the same way")
+        default_factory=list, description="further claims of the paper (XQDA, defence), checked the same way"
+    )
 
 
 def json_schema() -> dict[str, Any]:

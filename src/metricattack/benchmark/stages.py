@@ -31,7 +31,7 @@ MARKER = "stage.json"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_version(*packages: str) -> str:
     """Hex SHA-256 (16 chars) of the ``.py`` sources of ``metricattack.<package>`` folders/modules.
 
@@ -122,8 +122,14 @@ class StageCache:
     def _log(self, spec: StageSpec, status: str, seconds: float) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(
-            {"kind": spec.kind, "label": spec.label, "key": spec.key, "status": status,
-             "seconds": round(seconds, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            {
+                "kind": spec.kind,
+                "label": spec.label,
+                "key": spec.key,
+                "status": status,
+                "seconds": round(seconds, 3),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
             sort_keys=True,
         )
         with open(self.log_path, "a", encoding="utf-8") as handle:
@@ -140,5 +146,12 @@ def read_stage_log(run_dir: Path) -> list[dict[str, Any]]:
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
     """A tqdm bar (with elapsed time and ETA) over one group of stages."""
-    return tqdm(items, desc=desc, total=total, unit="stage", dynamic_ncols=True, leave=True,
-                bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining} ETA")
+    return tqdm(
+        items,
+        desc=desc,
+        total=total,
+        unit="stage",
+        dynamic_ncols=True,
+        leave=True,
+        bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining} ETA",
+    )

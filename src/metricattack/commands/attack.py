@@ -37,10 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Attack the gallery (or query) of a dataset with one or more models and write it as a new dataset.",
     )
     parser.add_argument("--checkpoint", type=Path, action="append", required=True, help="model checkpoint; repeat for an ensemble attack")
-    parser.add_argument("--eval-checkpoint", type=Path, action="append", default=[], help="extra (black-box) model to evaluate on; repeatable")
+    parser.add_argument(
+        "--eval-checkpoint", type=Path, action="append", default=[], help="extra (black-box) model to evaluate on; repeatable"
+    )
     parser.add_argument("--data-root", type=Path, required=True, help="source dataset folder")
     parser.add_argument("--dataset", required=True, help="dataset layout: market1501, dukemtmc, cuhk03np or folder")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (new or a previous run of the same attack, outside the source)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (new or a previous run of the same attack, outside the source)"
+    )
     parser.add_argument("--method", choices=METHODS, default="ifgsm", help="attack method (default ifgsm)")
     parser.add_argument("--eps", type=float, default=5.0, help="L-inf radius in 0..255 pixel units (default 5)")
     parser.add_argument("--alpha", type=float, default=None, help="step size in 0..255 units (default 1)")
@@ -48,16 +52,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mu", type=float, default=None, help="MI-FGSM momentum decay (default 1)")
     parser.add_argument("--no-random-start", action="store_true", help="PGD without its random start")
     parser.add_argument(
-        "--metric", default="euclidean",
-        help="euclidean, cosine, xqda / kissme (fitted beside each checkpoint), a metric .safetensors file, "
-        "or a .npy PSD matrix [D, D]",
+        "--metric",
+        default="euclidean",
+        help="euclidean, cosine, xqda / kissme (fitted beside each checkpoint), a metric .safetensors file, or a .npy PSD matrix [D, D]",
     )
     parser.add_argument("--setting", choices=SETTINGS, default="gallery", help="gallery (non-targeted), targeted, query, classification")
     parser.add_argument("--seed", type=int, default=0, help="seeds PGD's start and the targeted setting's targets")
     parser.add_argument("--batch-size", type=int, default=32, help="images per attack batch (bounds memory)")
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market, as the paper)")
     parser.add_argument(
-        "--file-names", choices=FILE_NAMES, default="source",
+        "--file-names",
+        choices=FILE_NAMES,
+        default="source",
         help="attacked images are lossless PNG; 'source' (default) keeps every file name and extension "
         "(Market-1501 readers that list *.jpg load them), 'png' gives them a .png extension",
     )
@@ -90,11 +96,15 @@ def _entries(checkpoints: list[Path], metric_option: str, device: str, shared: d
     entries = []
     for checkpoint in checkpoints:
         if not checkpoint.is_file():
-            raise MetricAttackError(f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)")
+            raise MetricAttackError(
+                f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)"
+            )
         metric, info = resolve_metric(metric_option, checkpoint)
         key = info.get("sha256", info["name"])
         metric = shared.setdefault(key, metric)
-        label = f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint.parent.name else checkpoint.name  # runs/B1/model.safetensors -> B1/model.safetensors
+        label = (
+            f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint.parent.name else checkpoint.name
+        )  # runs/B1/model.safetensors -> B1/model.safetensors
         record = {"label": label, "checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "metric": info}
         entries.append(ModelEntry(load_model(checkpoint, device=device), metric, record))
     return entries
@@ -107,17 +117,32 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise MetricAttackError(f"--batch-size must be a positive integer, got {args.batch_size}")
     spec = make_spec(
-        "attack options", method=args.method, eps=args.eps, alpha=args.alpha, steps=args.steps, mu=args.mu,
-        random_start=False if args.no_random_start else None, seed=args.seed,
+        "attack options",
+        method=args.method,
+        eps=args.eps,
+        alpha=args.alpha,
+        steps=args.steps,
+        mu=args.mu,
+        random_start=False if args.no_random_start else None,
+        seed=args.seed,
     )
     shared: dict[str, Metric] = {}
     attack_entries = _entries(list(args.checkpoint), args.metric, args.device, shared)
     eval_entries = _entries(list(args.eval_checkpoint), args.metric, args.device, shared)
     dataset = load_dataset(args.dataset, args.data_root)
     results = export_attack(
-        attack_entries, dataset, args.out, spec, args.setting, eval_models=eval_entries,
+        attack_entries,
+        dataset,
+        args.out,
+        spec,
+        args.setting,
+        eval_models=eval_entries,
         metric_record={"option": args.metric, "per_model": [e.record["metric"] for e in attack_entries]},
-        batch_size=args.batch_size, device=args.device, ap=args.ap, file_names=args.file_names, progress=not args.no_progress,
+        batch_size=args.batch_size,
+        device=args.device,
+        ap=args.ap,
+        file_names=args.file_names,
+        progress=not args.no_progress,
     )
     if is_main_process():
         print(format_summary(results))

@@ -14,14 +14,22 @@ from ..benchmark.config import EXPERIMENTS, load_benchmark_config
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "benchmark", help="run the paper's experiments and write results.json, tables, figures and report.html",
+        "benchmark",
+        help="run the paper's experiments and write results.json, tables, figures and report.html",
         description="Run every stage of CONFIG (cached and resumable) and write results.json, tables, figures "
-                    "and a self-contained report.html into --out.")
+        "and a self-contained report.html into --out.",
+    )
     parser.add_argument("--config", required=True, type=Path, help="benchmark YAML, e.g. configs/quickstart.yaml")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--only", default="", help=f"comma-separated experiments to run: {','.join(EXPERIMENTS)}")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set attack.epsilon=8 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set attack.epsilon=8 (repeatable)",
+    )
     parser.set_defaults(func=run)
 
 

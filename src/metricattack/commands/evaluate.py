@@ -44,13 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="model checkpoint (.safetensors with .json sidecar)")
     source.add_argument(
-        "--baseline", choices=sorted(BASELINES),
+        "--baseline",
+        choices=sorted(BASELINES),
         help="evaluate a parameter-free baseline instead of a model: colour histograms of 6 stripes",
     )
     parser.add_argument("--data-root", type=Path, required=True, help="dataset folder")
     parser.add_argument("--dataset", required=True, help="dataset layout: market1501, dukemtmc, msmt17, cuhk03np or folder")
     parser.add_argument(
-        "--metric", default="euclidean",
+        "--metric",
+        default="euclidean",
         help="euclidean (squared, paper Eq. 3), cosine, xqda / kissme (the metric fitted beside the "
         "checkpoint by `metricattack fit-metric`), or the path of a metric .safetensors file",
     )
@@ -59,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk-size", type=int, default=1024, help="queries per distance chunk (bounds memory)")
     parser.add_argument("--device", default="cpu", help="torch device for feature extraction (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--out", type=Path, default=None, help="write results + provenance to this JSON file")
-    parser.add_argument("--features-cache", type=Path, default=None, help="folder to reuse extracted features from (keyed by checkpoint and dataset)")
+    parser.add_argument(
+        "--features-cache", type=Path, default=None, help="folder to reuse extracted features from (keyed by checkpoint and dataset)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
 
@@ -139,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         checkpoint = Path(args.checkpoint)
         if not checkpoint.is_file():
-            raise MetricAttackError(f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)")
+            raise MetricAttackError(
+                f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)"
+            )
         metric, metric_info = resolve_metric(args.metric, checkpoint)
         model = load_model(checkpoint, device=args.device)
         if metric.feature_dim is not None and metric.feature_dim != model.feature_dim:
@@ -157,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
         feats[split] = cached_features(
             args.features_cache,
             {"checkpoint_sha256": ckpt_sha, "dataset_fingerprint": fingerprint, "split": split},
-            lambda records=records: extract_features(model, records, batch_size=args.batch_size, device=args.device, progress=not args.no_progress),
+            lambda records=records: extract_features(
+                model, records, batch_size=args.batch_size, device=args.device, progress=not args.no_progress
+            ),
             len(records),
         )
     result = evaluate_split_features(feats["query"], feats["gallery"], dataset, metric, ap=args.ap, chunk_size=args.chunk_size)
@@ -185,8 +193,13 @@ def run(args: argparse.Namespace) -> int:
                     "num_query": len(dataset.query),
                     "num_gallery": len(dataset.gallery),
                 },
-                "options": {"ap": args.ap, "batch_size": args.batch_size, "chunk_size": args.chunk_size, "device": args.device,
-                            "world_size": rank_and_world()[1]},
+                "options": {
+                    "ap": args.ap,
+                    "batch_size": args.batch_size,
+                    "chunk_size": args.chunk_size,
+                    "device": args.device,
+                    "world_size": rank_and_world()[1],
+                },
                 "seconds": round(seconds, 3),
                 "versions": environment_versions(),
             },

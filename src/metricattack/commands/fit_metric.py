@@ -25,14 +25,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", required=True, help="dataset layout name (market1501, dukemtmc, ...)")
     parser.add_argument("--kind", choices=LEARNED_KINDS, required=True, help="learned metric")
     parser.add_argument(
-        "--dim", type=int, default=None,
+        "--dim",
+        type=int,
+        default=None,
         help="XQDA: at most this many subspace directions (default: all with eigenvalue > 1); "
         "KISSME: PCA dimension first (default: no PCA)",
     )
     parser.add_argument("--reg", type=float, default=None, help="ridge on the covariances (XQDA default 0.001, KISSME 0)")
     parser.add_argument("--cross-camera", action="store_true", help="use only pairs of images from different cameras")
-    parser.add_argument("--on-non-psd", choices=ON_NON_PSD_CHOICES, default="project",
-                        help="a kernel with negative eigenvalues: clip them with a warning, or stop")
+    parser.add_argument(
+        "--on-non-psd",
+        choices=ON_NON_PSD_CHOICES,
+        default="project",
+        help="a kernel with negative eigenvalues: clip them with a warning, or stop",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
     parser.add_argument("--out", type=Path, default=None, help="metric file (default: beside the checkpoint)")
     parser.set_defaults(func=run, torchrun="group")
@@ -43,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
     options = {"dim": args.dim, "cross_camera": args.cross_camera, "on_non_psd": args.on_non_psd}
     if args.reg is not None:
         options["reg"] = args.reg
-    path = fit_for_checkpoint(
-        args.checkpoint, args.data_root, args.dataset, args.kind, batch_size=args.batch_size, out=args.out, **options
-    )
+    path = fit_for_checkpoint(args.checkpoint, args.data_root, args.dataset, args.kind, batch_size=args.batch_size, out=args.out, **options)
     fit = json.loads(sidecar_path(path).read_text(encoding="utf-8"))["meta"]["learned_metric"]["fit"]
     print(
         f"{args.kind}: {fit['num_features']} training features of {fit['num_identities']} identities, "

@@ -35,5 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports (the process group is gone by now)
         return 0
     last = checkpoint_meta(final)["meta"]["history"][-1]
-    print(f"trained {cfg.model.backbone} for {cfg.schedule.epochs} epochs: last loss {last['loss']:.4f}, {last['images_per_second']:.1f} images/s -> {final}")
+    print(
+        f"trained {cfg.model.backbone} for {cfg.schedule.epochs} epochs: last loss {last['loss']:.4f}, {last['images_per_second']:.1f} images/s -> {final}"
+    )
     return 0

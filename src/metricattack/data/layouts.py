@@ -68,11 +68,7 @@ def parse_market_name(filename: str) -> tuple[int, int]:
 
 
 def _is_image_file(entry: os.DirEntry[str]) -> bool:
-    return (
-        not entry.name.startswith(".")
-        and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-        and entry.is_file()
-    )
+    return not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
 
 
 def _scan_market_folder(folder: Path) -> tuple[ImageRecord, ...]:
@@ -114,7 +110,9 @@ def _check_not_empty(ds: ReIDDataset) -> None:
     for split in ("query", "gallery"):
         if not ds.split(split):
             where = ds.root / ds.split_dirs[split]
-            raise DatasetError(f"{ds.name}: the {split} split ({where}) contains no images; a re-ID test set needs both query and gallery images")
+            raise DatasetError(
+                f"{ds.name}: the {split} split ({where}) contains no images; a re-ID test set needs both query and gallery images"
+            )
 
 
 def _check_counts(ds: ReIDDataset, title: str, official: DatasetCounts) -> None:

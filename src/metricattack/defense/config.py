@@ -84,7 +84,9 @@ class OnlineSection(StrictModel):
 
     def spec(self) -> AttackSpec:
         """The per-batch attack as an :class:`AttackSpec`."""
-        return AttackSpec(method=self.method, eps=self.eps, alpha=self.alpha, steps=None if self.method == "fgsm" else self.steps, seed=self.seed)
+        return AttackSpec(
+            method=self.method, eps=self.eps, alpha=self.alpha, steps=None if self.method == "fgsm" else self.steps, seed=self.seed
+        )
 
 
 class TransferSection(StrictModel):
@@ -155,5 +157,3 @@ class DefenceSettings(StrictModel):
 def load_defense_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DefenseConfig:
     """Load a defence YAML (relative paths are relative to the working directory) with ``key.sub=value`` overrides (one ConfigError naming every bad field)."""
     return load_config(DefenseConfig, path, overrides)
-
-

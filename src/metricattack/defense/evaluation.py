@@ -44,8 +44,9 @@ def relative_improvement(normal: float, defended: float) -> float:
     return (defended - normal) / normal
 
 
-def table5_cells(bases: Sequence[str], galleries: Sequence[str], normal_map: Callable[[str, str], float],
-                 defended_map: Callable[[str, str], float]) -> list[dict[str, Any]]:
+def table5_cells(
+    bases: Sequence[str], galleries: Sequence[str], normal_map: Callable[[str, str], float], defended_map: Callable[[str, str], float]
+) -> list[dict[str, Any]]:
     """Every cell ``(base, gallery)``: ``{"base_model", "gallery", "normal_mAP", "defended_mAP", "improvement"}``.
 
     ``normal_map(base, gallery)`` / ``defended_map(base, gallery)`` give the mAP (0..100) of
@@ -56,14 +57,23 @@ def table5_cells(bases: Sequence[str], galleries: Sequence[str], normal_map: Cal
     for gallery in galleries:
         for base in bases:
             n, m = float(normal_map(base, gallery)), float(defended_map(base, gallery))
-            cells.append({"base_model": base, "gallery": gallery, "normal_mAP": n, "defended_mAP": m,
-                          "improvement": relative_improvement(n, m)})
+            cells.append(
+                {"base_model": base, "gallery": gallery, "normal_mAP": n, "defended_mAP": m, "improvement": relative_improvement(n, m)}
+            )
     return cells
 
 
-def gallery_mAP(model: nn.Module, dataset: ReIDDataset, gallery: Sequence[ImageRecord], metric: Metric, *,
-                query_features: torch.Tensor | None = None, batch_size: int = 64, device: str | torch.device = "cpu",
-                ap: APConvention = "market") -> float:
+def gallery_mAP(
+    model: nn.Module,
+    dataset: ReIDDataset,
+    gallery: Sequence[ImageRecord],
+    metric: Metric,
+    *,
+    query_features: torch.Tensor | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    ap: APConvention = "market",
+) -> float:
     """mAP (0..100) of ``model`` with ``dataset``'s clean queries against ``gallery`` (same identities and order)."""
     if len(gallery) != len(dataset.gallery):
         raise MetricAttackError(f"adversarial gallery has {len(gallery)} images, the clean gallery {len(dataset.gallery)}")
@@ -74,8 +84,17 @@ def gallery_mAP(model: nn.Module, dataset: ReIDDataset, gallery: Sequence[ImageR
 
 
 @torch.no_grad()
-def white_box_gallery_features(model: nn.Module, metric: Metric, dataset: ReIDDataset, spec: AttackSpec, clean_gallery: torch.Tensor,
-                               query: torch.Tensor, *, batch_size: int = 32, device: str | torch.device = "cpu") -> torch.Tensor:
+def white_box_gallery_features(
+    model: nn.Module,
+    metric: Metric,
+    dataset: ReIDDataset,
+    spec: AttackSpec,
+    clean_gallery: torch.Tensor,
+    query: torch.Tensor,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """Gallery features ``[G, D]`` after the non-targeted gallery attack ``spec`` against ``model`` itself."""
     if rank_and_world()[1] > 1:
         raise MetricAttackError("the adaptive evaluation runs in one process; start it without torchrun")
@@ -89,9 +108,17 @@ def white_box_gallery_features(model: nn.Module, metric: Metric, dataset: ReIDDa
     return gallery
 
 
-def adaptive_attack_rows(models: Mapping[str, nn.Module], dataset: ReIDDataset, metric: Metric, specs: Sequence[AttackSpec], *,
-                         batch_size: int = 32, device: str | torch.device = "cpu", ap: APConvention = "market",
-                         roles: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def adaptive_attack_rows(
+    models: Mapping[str, nn.Module],
+    dataset: ReIDDataset,
+    metric: Metric,
+    specs: Sequence[AttackSpec],
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    ap: APConvention = "market",
+    roles: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """One row per (model, spec): clean and white-box adversarial mAP / rank-1 (0..100) of the model attacked itself."""
     rows = []
     for name, model in models.items():
@@ -101,9 +128,20 @@ def adaptive_attack_rows(models: Mapping[str, nn.Module], dataset: ReIDDataset, 
         for spec in specs:
             adv = white_box_gallery_features(model, metric, dataset, spec, feats.gallery, feats.query, batch_size=batch_size, device=device)
             result = evaluate_split_features(feats.query, adv, dataset, metric, ap=ap)
-            rows.append({"model": name, "role": (roles or {}).get(name, ""), "attack": spec.resolved(), "method": spec.method,
-                         "epsilon": spec.eps, "white_box": True, "metric": metric.name,
-                         "clean_mAP": 100.0 * clean.mAP, "clean_rank1": 100.0 * clean.cmc[1],
-                         "adversarial_mAP": 100.0 * result.mAP, "adversarial_rank1": 100.0 * result.cmc[1],
-                         "ap_convention": ap})
+            rows.append(
+                {
+                    "model": name,
+                    "role": (roles or {}).get(name, ""),
+                    "attack": spec.resolved(),
+                    "method": spec.method,
+                    "epsilon": spec.eps,
+                    "white_box": True,
+                    "metric": metric.name,
+                    "clean_mAP": 100.0 * clean.mAP,
+                    "clean_rank1": 100.0 * clean.cmc[1],
+                    "adversarial_mAP": 100.0 * result.mAP,
+                    "adversarial_rank1": 100.0 * result.cmc[1],
+                    "ap_convention": ap,
+                }
+            )
     return rows

@@ -30,13 +30,13 @@ from typing import Any
 from ..attacks.export import ModelEntry, export_attack
 from ..data.layouts import dataset_fingerprint, load_dataset
 from ..data.types import ReIDDataset
+from ..distributed import resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json, environment_versions, sha256_file, sha256_json
 from ..metrics.distance import build_metric
 from ..models.checkpoint import checkpoint_meta, load_model, save_checkpoint
 from ..training import train
 from ..training.config import TrainConfig
-from ..distributed import resolve_device
 from .config import DefenseConfig
 from .evaluation import ORIGINAL, adaptive_attack_rows, adversarial_gallery_name, table5_cells
 from .online import train_defended
@@ -105,27 +105,39 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
 
     data_record: dict[str, Any] = {"clean": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint}}
     if cfg.strategy == "metric_preserving":
-        attack_settings = {"attack": cfg.training_attack.model_dump(mode="json") | {"attack": cfg.training_attack.attack.resolved()},
-                           "base": base["sha256"], "data": fingerprint}
+        attack_settings = {
+            "attack": cfg.training_attack.model_dump(mode="json") | {"attack": cfg.training_attack.attack.resolved()},
+            "base": base["sha256"],
+            "data": fingerprint,
+        }
 
         def attack_work() -> dict[str, Any]:
             model = load_model(base_ckpt, device=device)
-            results = attack_training_set(model, dataset, out / "train_adv", cfg.training_attack, model_record=base_record,
-                                          device=device, progress=cfg.train.progress)
+            results = attack_training_set(
+                model, dataset, out / "train_adv", cfg.training_attack, model_record=base_record, device=device, progress=cfg.train.progress
+            )
             adv = adversarial_training_records(dataset, out / "train_adv")
             y_adv = ReIDDataset("y_adv", out / "train_adv", adv, (), ())
             white = results["evaluations"][0]
-            return {"root": str((out / "train_adv").resolve()), "fingerprint": dataset_fingerprint(y_adv),
-                    "manifest_sha256": sha256_file(out / "train_adv" / "manifest.json"),
-                    "num_attacked": results["num_attacked"], "linf_max_disk": results["linf_255"]["max_disk"],
-                    "train_view_mAP": {"clean": 100 * white["clean"]["mAP"], "adversarial": 100 * white["adversarial_disk"]["mAP"]}}
+            return {
+                "root": str((out / "train_adv").resolve()),
+                "fingerprint": dataset_fingerprint(y_adv),
+                "manifest_sha256": sha256_file(out / "train_adv" / "manifest.json"),
+                "num_attacked": results["num_attacked"],
+                "linf_max_disk": results["linf_255"]["max_disk"],
+                "train_view_mAP": {"clean": 100 * white["clean"]["mAP"], "adversarial": 100 * white["adversarial_disk"]["mAP"]},
+            }
 
         attacked = stages.run("training_attack", attack_settings, attack_work)
         merged = stages.run("merge", {"attack": attacked["fingerprint"], "data": fingerprint}, lambda: _merge_work(dataset, out))
         data_record |= {"adversarial": attacked, "merged": merged}
         recipe = _with_data(cfg.train, Path(merged["root"]))
-        retrain_settings = {"train": _train_settings(recipe), "retrain": cfg.retrain.model_dump(mode="json"),
-                            "data": merged["fingerprint"], "base": base["sha256"]}
+        retrain_settings = {
+            "train": _train_settings(recipe),
+            "retrain": cfg.retrain.model_dump(mode="json"),
+            "data": merged["fingerprint"],
+            "base": base["sha256"],
+        }
     else:
         recipe = cfg.train
         retrain_settings = {"train": _train_settings(recipe), "online": cfg.online.model_dump(mode="json"), "data": fingerprint}
@@ -136,7 +148,9 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
             path = train_defended(recipe, folder, online=cfg.online)
         elif cfg.retrain.init == "finetune":
             epochs = cfg.retrain.finetune_epochs or recipe.schedule.epochs
-            tuned = recipe.model_copy(update={"schedule": recipe.schedule.model_copy(update={"epochs": epochs, "warmup_epochs": 0, "lr_steps": []})})
+            tuned = recipe.model_copy(
+                update={"schedule": recipe.schedule.model_copy(update={"epochs": epochs, "warmup_epochs": 0, "lr_steps": []})}
+            )
             path = train_defended(tuned, folder, init_checkpoint=base_ckpt, lr_factor=cfg.retrain.finetune_lr_factor)
         else:
             path = train(recipe, folder)
@@ -150,11 +164,21 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
         meta["defence"] = {
             "strategy": cfg.strategy,
             "base_model": base_record,
-            "initialisation": ("F's initialisation (same seed, architecture and classes)" if cfg.strategy == "online" or cfg.retrain.init == "scratch"
-                               else "fine-tuned from F's weights"),
-            "training_attack": ({"attack": cfg.training_attack.attack.resolved(), "epsilon": cfg.training_attack.attack.eps,
-                                 "metric": cfg.training_attack.metric, "setting": "push each training image away from its identity's clean training features"}
-                                if cfg.strategy == "metric_preserving" else None),
+            "initialisation": (
+                "F's initialisation (same seed, architecture and classes)"
+                if cfg.strategy == "online" or cfg.retrain.init == "scratch"
+                else "fine-tuned from F's weights"
+            ),
+            "training_attack": (
+                {
+                    "attack": cfg.training_attack.attack.resolved(),
+                    "epsilon": cfg.training_attack.attack.eps,
+                    "metric": cfg.training_attack.metric,
+                    "setting": "push each training image away from its identity's clean training features",
+                }
+                if cfg.strategy == "metric_preserving"
+                else None
+            ),
             "retrain": cfg.retrain.model_dump(mode="json") if cfg.strategy == "metric_preserving" else None,
             "online": cfg.online.model_dump(mode="json") if cfg.strategy == "online" else None,
             "data": data_record,
@@ -166,9 +190,15 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
     final = stages.run("finalise", {"retrained": retrained["sha256"], "data": data_record, "strategy": cfg.strategy}, finalise_work)
     summary: dict[str, Any] = {"base": base, "defended": final, "data": data_record, "stages_ran": stages.ran}
     if cfg.evaluation.enabled:
-        eval_settings = {"evaluation": cfg.evaluation.model_dump(mode="json"), "base": base["sha256"], "defended": final["sha256"], "data": fingerprint}
-        summary["evaluation"] = stages.run("evaluate", eval_settings, lambda: _evaluate(cfg, out, dataset, base_record, final, device),
-                                           redo_on_change=True)
+        eval_settings = {
+            "evaluation": cfg.evaluation.model_dump(mode="json"),
+            "base": base["sha256"],
+            "defended": final["sha256"],
+            "data": fingerprint,
+        }
+        summary["evaluation"] = stages.run(
+            "evaluate", eval_settings, lambda: _evaluate(cfg, out, dataset, base_record, final, device), redo_on_change=True
+        )
     summary["stages_ran"] = stages.ran
     return summary
 
@@ -179,7 +209,9 @@ def _merge_work(dataset: ReIDDataset, out: Path) -> dict[str, Any]:
     return {"root": str(root.resolve()), "fingerprint": record["merged_fingerprint"], "train_images": record["train_images"]}
 
 
-def _evaluate(cfg: DefenseConfig, out: Path, dataset: ReIDDataset, base_record: dict[str, Any], final: dict[str, Any], device: str) -> dict[str, Any]:
+def _evaluate(
+    cfg: DefenseConfig, out: Path, dataset: ReIDDataset, base_record: dict[str, Any], final: dict[str, Any], device: str
+) -> dict[str, Any]:
     """Table 5 cells for F / F_adv and the adaptive white-box rows; writes ``defense_results.json``."""
     ev = cfg.evaluation
     metric = build_metric(ev.metric)
@@ -187,22 +219,49 @@ def _evaluate(cfg: DefenseConfig, out: Path, dataset: ReIDDataset, base_record: 
     defended = load_model(Path(final["checkpoint"]), device=device)
     defended_record = {"name": "F_adv", "checkpoint": final["checkpoint"], "sha256": final["sha256"]}
     folder = out / "transfer_gallery" / sha256_json([ev.transfer.model_dump(mode="json"), ev.metric, ev.ap, base_record, final])[:16]
-    transfer = export_attack([ModelEntry(normal, metric, base_record)], dataset, folder, ev.transfer.attack, "gallery",
-                             eval_models=[ModelEntry(defended, metric, defended_record)], metric_record={"name": ev.metric},
-                             batch_size=ev.transfer.batch_size, device=device, ap=ev.ap, progress=cfg.train.progress)
+    transfer = export_attack(
+        [ModelEntry(normal, metric, base_record)],
+        dataset,
+        folder,
+        ev.transfer.attack,
+        "gallery",
+        eval_models=[ModelEntry(defended, metric, defended_record)],
+        metric_record={"name": ev.metric},
+        batch_size=ev.transfer.batch_size,
+        device=device,
+        ap=ev.ap,
+        progress=cfg.train.progress,
+    )
     by_model = {row["model"]["name"]: row for row in transfer["evaluations"]}
     gallery = adversarial_gallery_name("F")
     maps = {(name, ORIGINAL): 100 * row["clean"]["mAP"] for name, row in by_model.items()}
     maps |= {(name, gallery): 100 * row["adversarial_disk"]["mAP"] for name, row in by_model.items()}
     cells = table5_cells(["F"], [ORIGINAL, gallery], lambda b, g: maps[("F", g)], lambda b, g: maps[("F_adv", g)])
-    adaptive = adaptive_attack_rows({"F": normal, "F_adv": defended}, dataset, metric, ev.adaptive.specs(),
-                                    batch_size=ev.adaptive.batch_size, device=device, ap=ev.ap, roles={"F": "normal", "F_adv": "defended"})
-    results = {"format": RESULTS_FORMAT, "strategy": cfg.strategy, "ap_convention": ev.ap, "metric": ev.metric,
-               "units": "mAP and rank-1 in percent; improvement = (#M - #N) / #N as a fraction",
-               "models": {"F": base_record, "F_adv": defended_record},
-               "table5": {"cells": cells, "transfer_attack": transfer["attack"], "transfer_dir": str(folder),
-                          "linf_255": transfer["linf_255"]},
-               "adaptive": adaptive, "config": cfg.model_dump(mode="json"), "versions": environment_versions()}
+    adaptive = adaptive_attack_rows(
+        {"F": normal, "F_adv": defended},
+        dataset,
+        metric,
+        ev.adaptive.specs(),
+        batch_size=ev.adaptive.batch_size,
+        device=device,
+        ap=ev.ap,
+        roles={"F": "normal", "F_adv": "defended"},
+    )
+    results = {
+        "format": RESULTS_FORMAT,
+        "strategy": cfg.strategy,
+        "ap_convention": ev.ap,
+        "metric": ev.metric,
+        "units": "mAP and rank-1 in percent; improvement = (#M - #N) / #N as a fraction",
+        "models": {"F": base_record, "F_adv": defended_record},
+        "table5": {"cells": cells, "transfer_attack": transfer["attack"], "transfer_dir": str(folder), "linf_255": transfer["linf_255"]},
+        "adaptive": adaptive,
+        "config": cfg.model_dump(mode="json"),
+        "versions": environment_versions(),
+    }
     atomic_write_json(out / "defense_results.json", results)
-    return {"results": str((out / "defense_results.json").resolve()), "cells": cells,
-            "adaptive": [{k: r[k] for k in ("model", "method", "epsilon", "clean_mAP", "adversarial_mAP")} for r in adaptive]}
+    return {
+        "results": str((out / "defense_results.json").resolve()),
+        "cells": cells,
+        "adaptive": [{k: r[k] for k in ("model", "method", "epsilon", "clean_mAP", "adversarial_mAP")} for r in adaptive],
+    }

@@ -50,8 +50,15 @@ def guide_references(features: torch.Tensor, labels: torch.Tensor, generator: to
     return push, pull
 
 
-def adversarial_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: OnlineSection, *,
-                      indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def adversarial_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: OnlineSection,
+    *,
+    indices: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Adversarial copies ``[B,3,H,W]`` of ``images`` against ``model`` (left in its original mode).
 
     Maximises ``push·‖f(x') − push_ref‖² − pull·‖f(x') − pull_ref‖²`` per image with the
@@ -88,13 +95,15 @@ class AdversarialBatches:
             images, labels = images.to(self.device), labels.to(self.device)
             first = (self.epoch * 100_000 + number) * images.shape[0]
             generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch * 10_007 + number)
-            adv = adversarial_batch(self.model, images, labels, self.settings,
-                                    indices=torch.arange(first, first + images.shape[0]), generator=generator)
+            adv = adversarial_batch(
+                self.model, images, labels, self.settings, indices=torch.arange(first, first + images.shape[0]), generator=generator
+            )
             yield torch.cat([images, adv]), torch.cat([labels, labels])
 
 
-def train_defended(cfg: TrainConfig, out_dir: Path, *, online: OnlineSection | None = None,
-                   init_checkpoint: Path | None = None, lr_factor: float = 1.0) -> Path:
+def train_defended(
+    cfg: TrainConfig, out_dir: Path, *, online: OnlineSection | None = None, init_checkpoint: Path | None = None, lr_factor: float = 1.0
+) -> Path:
     """Train per ``cfg`` with online adversarial batches (``online``) and/or from
     ``init_checkpoint``'s weights at lr × ``lr_factor`` (fine-tuning); one process only.
 

@@ -33,7 +33,7 @@ from ..attacks.export import ModelEntry, export_attack
 from ..data.layouts import dataset_fingerprint, load_dataset
 from ..data.types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
 from ..errors import DatasetError, MetricAttackError
-from ..io import atomic_write_json, link_or_copy, environment_versions, sha256_file
+from ..io import atomic_write_json, environment_versions, link_or_copy, sha256_file
 from ..metrics.distance import build_metric
 from .config import TrainingSetAttack
 
@@ -71,8 +71,17 @@ def attack_training_set(
     view = training_view(dataset)
     metric = build_metric(settings.metric)
     entry = ModelEntry(model, metric, model_record)
-    return export_attack([entry], view, Path(out), settings.attack, "gallery", metric_record={"name": settings.metric},
-                         batch_size=settings.batch_size, device=device, progress=progress)
+    return export_attack(
+        [entry],
+        view,
+        Path(out),
+        settings.attack,
+        "gallery",
+        metric_record={"name": settings.metric},
+        batch_size=settings.batch_size,
+        device=device,
+        progress=progress,
+    )
 
 
 def adversarial_training_records(dataset: ReIDDataset, adv_dir: Path) -> tuple[ImageRecord, ...]:
@@ -95,7 +104,6 @@ def _pid_text(pid: int) -> str:
     return "-1" if pid == JUNK_PID else f"{pid:04d}"
 
 
-
 def merge_training_sets(dataset: ReIDDataset, adv_dir: Path, out: Path) -> Path:
     """Write the merged training set Y ∪ Y_adv (see module docstring) to ``out``; return ``out``.
 
@@ -112,7 +120,10 @@ def merge_training_sets(dataset: ReIDDataset, adv_dir: Path, out: Path) -> Path:
     mapping = []
     for i, (y, y_adv) in enumerate(zip(clean, adversarial, strict=True)):
         stem = f"{_pid_text(y.pid)}_c{y.camid + 1}"
-        pair = {"clean": f"bounding_box_train/{stem}_y{i:06d}{y.path.suffix.lower()}", "adversarial": f"bounding_box_train/{stem}_a{i:06d}.png"}
+        pair = {
+            "clean": f"bounding_box_train/{stem}_y{i:06d}{y.path.suffix.lower()}",
+            "adversarial": f"bounding_box_train/{stem}_a{i:06d}.png",
+        }
         link_or_copy(y.path, out / pair["clean"])
         link_or_copy(y_adv.path, out / pair["adversarial"])
         mapping.append({**pair, "source": y.path.relative_to(dataset.root).as_posix(), "source_adversarial": y_adv.path.name})
@@ -120,13 +131,16 @@ def merge_training_sets(dataset: ReIDDataset, adv_dir: Path, out: Path) -> Path:
         for i, r in enumerate(dataset.split(split)):
             link_or_copy(r.path, out / folder / f"{_pid_text(r.pid)}_c{r.camid + 1}_{tag}{i:06d}{r.path.suffix.lower()}")
     merged = load_dataset("folder", out)
-    atomic_write_json(record_path, {
-        "format": MERGE_FORMAT,
-        "source": {"name": dataset.name, "root": str(dataset.root), "fingerprint": dataset_fingerprint(dataset)},
-        "adversarial": {"root": str(Path(adv_dir).resolve()), "manifest_sha256": sha256_file(adv_manifest)},
-        "merged_fingerprint": dataset_fingerprint(merged),
-        "train_images": {"clean": len(clean), "adversarial": len(adversarial), "total": len(merged.train)},
-        "versions": environment_versions(),
-        "files": mapping,
-    })
+    atomic_write_json(
+        record_path,
+        {
+            "format": MERGE_FORMAT,
+            "source": {"name": dataset.name, "root": str(dataset.root), "fingerprint": dataset_fingerprint(dataset)},
+            "adversarial": {"root": str(Path(adv_dir).resolve()), "manifest_sha256": sha256_file(adv_manifest)},
+            "merged_fingerprint": dataset_fingerprint(merged),
+            "train_images": {"clean": len(clean), "adversarial": len(adversarial), "total": len(merged.train)},
+            "versions": environment_versions(),
+            "files": mapping,
+        },
+    )
     return out

@@ -54,7 +54,7 @@ def expected_cmc(positives: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray
 def expected_inp(positives: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``[Q]`` expected INP (``n / (last positive's rank + 1)``) of a random ranking."""
     out = np.empty(len(positives))
-    for n, big_n in set(zip(positives.tolist(), valid.tolist())):
+    for n, big_n in set(zip(positives.tolist(), valid.tolist(), strict=True)):
         r = np.arange(n - 1, big_n, dtype=np.float64)
         log_p = gammaln(r + 1) - gammaln(n) - gammaln(r - n + 2) - (gammaln(big_n + 1) - gammaln(n + 1) - gammaln(big_n - n + 1))
         out[(positives == n) & (valid == big_n)] = float(np.sum(np.exp(log_p) * n / (r + 1)))
@@ -96,5 +96,10 @@ def chance_ranking(
 
 def dataset_chance(dataset: ReIDDataset, ap: APConvention = "market") -> RankingResult:
     """:func:`chance_ranking` of ``dataset``'s query and gallery."""
-    return chance_ranking([r.pid for r in dataset.query], [r.pid for r in dataset.gallery],
-                          [r.camid for r in dataset.query], [r.camid for r in dataset.gallery], ap=ap)
+    return chance_ranking(
+        [r.pid for r in dataset.query],
+        [r.pid for r in dataset.gallery],
+        [r.camid for r in dataset.query],
+        [r.camid for r in dataset.gallery],
+        ap=ap,
+    )

@@ -51,8 +51,10 @@ def extract_features(
     for images, indices in bar:
         feats = model(images.to(device)).float().cpu()
         if feats.dim() != 2 or feats.shape[0] != images.shape[0]:
-            raise MetricAttackError(f"model returned features of shape {tuple(feats.shape)} for a batch of {images.shape[0]} images; expected [B, D]")
-        for i, f in zip(indices.tolist(), feats):
+            raise MetricAttackError(
+                f"model returned features of shape {tuple(feats.shape)} for a batch of {images.shape[0]} images; expected [B, D]"
+            )
+        for i, f in zip(indices.tolist(), feats, strict=True):
             local[i] = f
     # gather_rows wants this rank's rows in shard order (ascending record index).
     return gather_rows(torch.stack([local[i] for i in sorted(local)]), len(records))

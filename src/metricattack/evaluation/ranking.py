@@ -422,4 +422,3 @@ def evaluate_distances_reference(
         stats.first[q] = hits[0]
         stats.inp[q] = ngood / (hits[-1] + 1)
     return stats.result(cmc_ranks, ap)
-

@@ -32,8 +32,8 @@ from .learned import (
     check_on_non_psd,
     checked_inverse,
     fit_info,
-    pair_covariances,
     kernel_to_metric,
+    pair_covariances,
 )
 
 
@@ -79,6 +79,5 @@ def fit_kissme(
     )
     metric, psd_info = kernel_to_metric(basis, kernel, on_non_psd, "kissme")
     options = {"dim": dim, "reg": reg, "cross_camera": cross_camera, "on_non_psd": on_non_psd}
-    info = fit_info("KISSME (Köstinger et al., CVPR 2012)", options, labels, cov, start,
-                    subspace_dim=int(basis.shape[1]), **psd_info)
+    info = fit_info("KISSME (Köstinger et al., CVPR 2012)", options, labels, cov, start, subspace_dim=int(basis.shape[1]), **psd_info)
     return LearnedFit("kissme", metric, basis, kernel, info)

@@ -111,18 +111,14 @@ def pair_scatter(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, int]:
     """
     _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
-    indicator = scipy.sparse.csr_matrix(
-        (np.ones(len(groups)), (inverse, np.arange(len(groups)))), shape=(len(counts), len(groups))
-    )
+    indicator = scipy.sparse.csr_matrix((np.ones(len(groups)), (inverse, np.arange(len(groups)))), shape=(len(counts), len(groups)))
     means = (indicator @ x) / counts[:, None]
     weighted = (x - means[inverse]) * np.sqrt(counts[inverse])[:, None]
     scatter = weighted.T @ weighted
     return scatter, int((counts * (counts - 1) // 2).sum())
 
 
-def pair_covariances(
-    x: np.ndarray, pids: np.ndarray, camids: np.ndarray | None = None, *, cross_camera: bool = False
-) -> PairCovariances:
+def pair_covariances(x: np.ndarray, pids: np.ndarray, camids: np.ndarray | None = None, *, cross_camera: bool = False) -> PairCovariances:
     """Similar / dissimilar pair-difference covariances of ``x [N, D]`` (float64), see module doc.
 
     Raises :class:`MetricAttackError` when there is no similar pair (every identity has fewer
@@ -188,9 +184,7 @@ def checked_inverse(cov: np.ndarray, name: str) -> np.ndarray:
     return (eigvecs / eigvals) @ eigvecs.T
 
 
-def kernel_to_metric(
-    basis: np.ndarray, kernel: np.ndarray, on_non_psd: OnNonPSD, name: str
-) -> tuple[MahalanobisMetric, dict[str, Any]]:
+def kernel_to_metric(basis: np.ndarray, kernel: np.ndarray, on_non_psd: OnNonPSD, name: str) -> tuple[MahalanobisMetric, dict[str, Any]]:
     """The metric ``(p − x)ᵀ basis · kernel⁺ · basisᵀ (p − x)`` and a summary of ``kernel``'s spectrum.
 
     ``basis [D, r]``, symmetric ``kernel [r, r]``; ``name`` is the method (``xqda``, ``kissme``).

@@ -39,8 +39,8 @@ from .learned import (
     check_on_non_psd,
     checked_inverse,
     fit_info,
-    pair_covariances,
     kernel_to_metric,
+    pair_covariances,
 )
 
 XQDA_REG = 0.001
@@ -81,9 +81,7 @@ def fit_xqda(
     try:
         gammas, vectors = scipy.linalg.eigh(cov.dissimilar, intra, driver="gvd")
     except np.linalg.LinAlgError as exc:
-        raise MetricAttackError(
-            f"XQDA: the intra-personal covariance (+ {reg}·I) is not positive definite ({exc}); use reg > 0"
-        ) from exc
+        raise MetricAttackError(f"XQDA: the intra-personal covariance (+ {reg}·I) is not positive definite ({exc}); use reg > 0") from exc
     order = np.argsort(gammas)[::-1]
     num_above_one = int((gammas > 1).sum())
     if num_above_one == 0:
@@ -99,8 +97,14 @@ def fit_xqda(
     metric, psd_info = kernel_to_metric(basis, kernel, on_non_psd, "xqda")
     options = {"dim": dim, "reg": reg, "cross_camera": cross_camera, "on_non_psd": on_non_psd}
     info = fit_info(
-        "XQDA (Liao et al., CVPR 2015)", options, labels, cov, start,
-        num_eigenvalues_above_one=num_above_one, subspace_dim=int(len(keep)),
-        eigenvalues=[float(g) for g in gammas[keep]], **psd_info,
+        "XQDA (Liao et al., CVPR 2015)",
+        options,
+        labels,
+        cov,
+        start,
+        num_eigenvalues_above_one=num_above_one,
+        subspace_dim=int(len(keep)),
+        eigenvalues=[float(g) for g in gammas[keep]],
+        **psd_info,
     )
     return LearnedFit("xqda", metric, basis, kernel, info)

@@ -94,7 +94,9 @@ def checkpoint_meta(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint metadata {sidecar} is not valid JSON: {exc}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("spec"), dict):
-        raise CheckpointError(f"checkpoint metadata {sidecar} is not a metricattack checkpoint record (expected format {FORMAT!r} and a 'spec')")
+        raise CheckpointError(
+            f"checkpoint metadata {sidecar} is not a metricattack checkpoint record (expected format {FORMAT!r} and a 'spec')"
+        )
     return record
 
 

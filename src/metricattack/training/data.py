@@ -46,7 +46,9 @@ class TrainImages(Dataset[tuple[torch.Tensor, int]]):
     probability 1/2, then zero-padding by ``pad`` pixels and a random crop back to size.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], labels: Sequence[int], size: tuple[int, int], augment: AugmentSection, *, cache: bool = False) -> None:
+    def __init__(
+        self, records: Sequence[ImageRecord], labels: Sequence[int], size: tuple[int, int], augment: AugmentSection, *, cache: bool = False
+    ) -> None:
         self.records, self.labels = list(records), list(labels)
         self.size = (int(size[0]), int(size[1]))
         self.augment = augment
@@ -65,4 +67,3 @@ class TrainImages(Dataset[tuple[torch.Tensor, int]]):
             top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()
             image = F.pad(image, (pad, pad, pad, pad))[:, top : top + self.size[0], left : left + self.size[1]]
         return image, self.labels[index]
-

@@ -23,7 +23,9 @@ class PKBatchSampler(Sampler[list[int]]):
     sequence, so ranks see disjoint batches.
     """
 
-    def __init__(self, labels: Sequence[int], ids_per_batch: int, images_per_id: int, *, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, labels: Sequence[int], ids_per_batch: int, images_per_id: int, *, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         self.by_label: dict[int, list[int]] = {}
         for index, label in enumerate(labels):
             self.by_label.setdefault(int(label), []).append(index)

@@ -37,7 +37,15 @@ from .. import __version__
 from ..data.layouts import dataset_fingerprint, load_dataset
 from ..distributed import barrier, is_main_process, process_group, rank_and_world, resolve_device
 from ..errors import ConfigError
-from ..models.checkpoint import checkpoint_meta, load_model, load_train_state, meta_path, save_checkpoint, save_train_state, train_state_path
+from ..models.checkpoint import (
+    checkpoint_meta,
+    load_model,
+    load_train_state,
+    meta_path,
+    save_checkpoint,
+    save_train_state,
+    train_state_path,
+)
 from ..models.reid import ReIDModel
 from .config import TrainConfig
 from .data import TrainImages, relabel
@@ -127,7 +135,9 @@ class _ShuffledBatches(torch.utils.data.Sampler[list[int]]):
         return iter(batches[self.rank : usable : self.world])
 
 
-def run_epoch(step: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm) -> dict[str, float]:
+def run_epoch(
+    step: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm
+) -> dict[str, float]:
     """One pass over ``loader``; returns mean losses, image count, seconds and images/s."""
     step.train()
     totals: dict[str, torch.Tensor] = {}
@@ -160,7 +170,7 @@ def _across_ranks(stats: dict[str, float], device: torch.device) -> dict[str, fl
     slowest = torch.tensor([stats["seconds"]], dtype=torch.float64, device=device)
     dist.all_reduce(sums)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-    out = {k: float(v) / world for k, v in zip(names, sums[:-1].tolist())}
+    out = {k: float(v) / world for k, v in zip(names, sums[:-1].tolist(), strict=True)}
     images, seconds = int(sums[-1].item()), float(slowest.item())
     return {**out, "images": images, "seconds": seconds, "images_per_second": images / seconds if seconds else 0.0}
 
@@ -230,10 +240,14 @@ def _train(cfg: TrainConfig, out_dir: Path, device: torch.device, variant: Varia
     m = cfg.model
     # resuming or starting from given weights: no ImageNet initialisation to fetch
     pretrained = m.pretrained if latest is None and variant.init_checkpoint is None else False
-    model = ReIDModel(m.backbone, len(class_pids), m.input_size, pretrained=pretrained, last_stride=m.last_stride, neck=m.neck, reduce_dim=m.reduce_dim)
+    model = ReIDModel(
+        m.backbone, len(class_pids), m.input_size, pretrained=pretrained, last_stride=m.last_stride, neck=m.neck, reduce_dim=m.reduce_dim
+    )
     if variant.init_checkpoint is not None and latest is None:
         _initial_weights(model, variant.init_checkpoint, class_pids, cfg.data.root)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
+    )
     history: list[dict[str, float]] = []
     start_epoch = 0
     if latest is not None and meta is not None:

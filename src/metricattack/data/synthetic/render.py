@@ -144,7 +144,7 @@ def _draw_legs(fig: _Figure, ident: Identity, feet: list[tuple[float, float]], h
     yf = 0.965
     lw = 2 * ident.leg_w
     kind = ident.bottom_type
-    for hx, (fx, fy) in zip(hips, feet):
+    for hx, (fx, fy) in zip(hips, feet, strict=True):
         knee = ((hx + fx) / 2, (yh + fy) / 2)
         if kind == "trousers":
             fig.limb([(hx, yh), knee, (fx, fy)], lw, ident.bottom)

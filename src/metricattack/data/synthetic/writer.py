@@ -133,8 +133,8 @@ def _rendered(cfg: SynthConfig, jobs: list[PlannedImage], workers: int) -> Itera
         return
     chunks = [jobs[i : i + 64] for i in range(0, len(jobs), 64)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for chunk, blobs in zip(chunks, pool.map(_render_many, [cfg] * len(chunks), chunks)):
-            yield from zip(chunk, blobs)
+        for chunk, blobs in zip(chunks, pool.map(_render_many, [cfg] * len(chunks), chunks), strict=True):
+            yield from zip(chunk, blobs, strict=True)
 
 
 def _counts(jobs: list[PlannedImage]) -> dict[str, int]:
@@ -161,9 +161,7 @@ def _existing(out_dir: Path, cfg: SynthConfig) -> bool:
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
         if any(out_dir.iterdir()):
-            raise MetricAttackError(
-                f"synthetic output {out_dir} is not empty and holds no {MANIFEST}; choose a new or empty directory"
-            )
+            raise MetricAttackError(f"synthetic output {out_dir} is not empty and holds no {MANIFEST}; choose a new or empty directory")
         return False
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -174,9 +172,7 @@ def _existing(out_dir: Path, cfg: SynthConfig) -> bool:
         old = dict(manifest.get("config") or {}, generator_version=manifest.get("generator_version"))
         new = dict(wanted, generator_version=GENERATOR_VERSION)
         diff = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} wanted" for k in sorted(new) if old.get(k) != new.get(k))
-        raise MetricAttackError(
-            f"{out_dir} holds a different synthetic dataset ({diff}); use another --out or delete it"
-        )
+        raise MetricAttackError(f"{out_dir} holds a different synthetic dataset ({diff}); use another --out or delete it")
     missing = [rel for rel in manifest.get("files", {}) if not (out_dir / rel).is_file()]
     if missing:
         raise MetricAttackError(f"{out_dir} is incomplete ({len(missing)} files missing, e.g. {missing[0]}); delete it")
