@@ -29,6 +29,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from ..errors import MetricAttackError
+from .weights import read_state_dict
 
 Pretrained = bool | str
 Builder = Callable[[Pretrained, int], tuple[nn.Module, int]]
@@ -79,25 +80,6 @@ def _download_state_dict(weights: tvm.WeightsEnum) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """State dict stored in a local ``.safetensors`` or ``torch.save`` file."""
-    if not path.is_file():
-        raise MetricAttackError(f"pretrained weights file {path} does not exist (expected a .pth or .safetensors state dict)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad user file
-        raise MetricAttackError(f"cannot read pretrained weights file {path}: {exc}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise MetricAttackError(f"pretrained weights file {path} does not hold a state dict (got {type(state).__name__})")
-    return state
-
-
 def _load_imagenet(model: nn.Module, pretrained: Pretrained, weights: tvm.WeightsEnum, name: str) -> None:
     """Load ImageNet weights into the full torchvision ``model`` (in place)."""
     if pretrained is False:
@@ -105,7 +87,7 @@ def _load_imagenet(model: nn.Module, pretrained: Pretrained, weights: tvm.Weight
     if pretrained is True:
         state, source = _download_state_dict(weights), f"torchvision {weights}"
     else:
-        state, source = _read_weights_file(Path(pretrained)), str(pretrained)
+        state, source = read_state_dict(Path(pretrained), "pretrained weights file"), str(pretrained)
     state = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -138,16 +120,23 @@ def _resnet_trunk(model: Any, last_stride: int) -> nn.Module:
     return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4)
 
 
-def _register_resnet(name: str, factory: Callable[..., nn.Module], weights: tvm.WeightsEnum, dim: int) -> None:
+def _register_resnet(name: str, factory: Callable[..., nn.Module], weights: tvm.WeightsEnum, dim: int, *, ceil_pool: bool = False) -> None:
+    """``ceil_pool``: fast-reid's stem, a 3x3/2 max-pool without padding in ceil mode (torchvision pads by 1)."""
+
     @register_backbone(name)
     def build(pretrained: Pretrained, last_stride: int) -> tuple[nn.Module, int]:
-        return _resnet_trunk(_build(factory, weights, pretrained, name), last_stride), dim
+        model = _build(factory, weights, pretrained, name)
+        if ceil_pool:
+            model.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+        return _resnet_trunk(model, last_stride), dim
 
 
 _register_resnet("resnet18", tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, 512)
 _register_resnet("resnet34", tvm.resnet34, tvm.ResNet34_Weights.DEFAULT, 512)
 _register_resnet("resnet50", tvm.resnet50, tvm.ResNet50_Weights.DEFAULT, 2048)
 _register_resnet("resnext50_32x4d", tvm.resnext50_32x4d, tvm.ResNeXt50_32X4D_Weights.DEFAULT, 2048)
+# fast-reid's ResNet-50 (the BoT baseline's backbone): same weights as resnet50, other max-pool windows.
+_register_resnet("fastreid_resnet50", tvm.resnet50, tvm.ResNet50_Weights.DEFAULT, 2048, ceil_pool=True)
 
 
 @register_backbone("densenet121")

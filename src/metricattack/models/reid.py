@@ -38,6 +38,9 @@ class ReIDModel(nn.Module):
         last_stride: stride of the last ResNet stage (1 doubles its resolution).
         neck: ``"bnneck"`` (BatchNorm1d before the classifier) or ``"none"``.
         reduce_dim: optional feature size D after a linear reduction of the pooled trunk output.
+        normalize: L2-normalise the retrieval features (the paper's and fast-reid's test
+            features); ``False`` returns the neck output as is (torchreid's default test features).
+        classifier_bias: give the identity classifier a bias (torchreid's classifier has one).
     """
 
     def __init__(
@@ -51,6 +54,8 @@ class ReIDModel(nn.Module):
         last_stride: int = 1,
         neck: str = "bnneck",
         reduce_dim: int | None = None,
+        normalize: bool = True,
+        classifier_bias: bool = False,
     ) -> None:
         super().__init__()
         if int(num_classes) < 1:
@@ -69,6 +74,7 @@ class ReIDModel(nn.Module):
         self.last_stride = int(last_stride)
         self.neck_type = neck
         self.reduce_dim = None if reduce_dim is None else int(reduce_dim)
+        self.normalize = bool(normalize)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -80,8 +86,10 @@ class ReIDModel(nn.Module):
             self.neck.bias.requires_grad_(False)  # BNNeck: no shift, features stay centred
         else:
             self.neck = nn.Identity()
-        self.classifier = nn.Linear(self.feature_dim, self.num_classes, bias=False)
+        self.classifier = nn.Linear(self.feature_dim, self.num_classes, bias=bool(classifier_bias))
         nn.init.normal_(self.classifier.weight, std=0.001)
+        if self.classifier.bias is not None:
+            nn.init.zeros_(self.classifier.bias)
 
     def spec(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this architecture (JSON-serialisable)."""
@@ -95,6 +103,8 @@ class ReIDModel(nn.Module):
             "neck": self.neck_type,
             "reduce_dim": self.reduce_dim,
             "feature_dim": self.feature_dim,
+            "normalize": self.normalize,
+            "classifier_bias": self.classifier.bias is not None,
         }
 
     @classmethod
@@ -117,8 +127,9 @@ class ReIDModel(nn.Module):
         return self.reduction(maps.mean(dim=(2, 3)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Retrieval features ``[B,D]``, unit L2 norm, from images ``[B,3,H,W]`` in [0,1]."""
-        return F.normalize(self.neck(self._pooled(images)), dim=1)
+        """Retrieval features ``[B,D]`` (unit L2 norm unless ``normalize=False``) from images ``[B,3,H,W]`` in [0,1]."""
+        features = self.neck(self._pooled(images))
+        return F.normalize(features, dim=1) if self.normalize else features
 
     def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features before the neck [B,D], logits [B,C])`` for metric and CE losses."""
