@@ -106,7 +106,7 @@ def test_fgsm_is_one_step_of_size_eps() -> None:
         calls.append(1)
         return base(z, idx)
 
-    adv = perturb(x, objective, AttackSpec(method="fgsm", eps=8))
+    adv = perturb(x, objective, AttackSpec(method="fgsm", eps=8), indices=torch.arange(len(x)))
     assert len(calls) == 1
     assert torch.equal(x, before)
     step = (adv - x) * 255
@@ -121,7 +121,7 @@ def test_fgsm_is_one_step_of_size_eps() -> None:
 def test_iterative_methods_stay_in_ball_and_range(method: str) -> None:
     x = images(5)
     before = x.clone()
-    adv = perturb(x, quadratic(torch.ones(5)), AttackSpec(method=method, eps=4, alpha=1))
+    adv = perturb(x, quadratic(torch.ones(5)), AttackSpec(method=method, eps=4, alpha=1), indices=torch.arange(len(x)))
     assert torch.equal(x, before)
     assert float(linf_255(adv, x).max()) <= 4 + 1e-4
     assert adv.min() >= 0 and adv.max() <= 1
@@ -150,7 +150,7 @@ def test_mifgsm_normalises_per_image() -> None:
     # gradient scales differ by 10^8 across images and change over iterations (quadratic loss)
     x = images(3)
     objective = quadratic(torch.tensor([1e-4, 1.0, 1e4]))
-    adv = perturb(x, objective, AttackSpec(method="mifgsm", eps=6, alpha=1, steps=8, mu=0.5))
+    adv = perturb(x, objective, AttackSpec(method="mifgsm", eps=6, alpha=1, steps=8, mu=0.5), indices=torch.arange(len(x)))
     ref = reference_mifgsm(x, objective, 6, 1, 8, 0.5)
     assert torch.allclose(adv, ref, atol=1e-6)
 
@@ -203,8 +203,8 @@ def test_non_targeted_increases_and_targeted_decreases_distance() -> None:
     loss = metric_loss(model, EuclideanMetric(), refs, [(0,), (1,), (2,)])
     idx = torch.arange(3)
     clean = loss(x, idx)
-    pushed = loss(perturb(x, loss, AttackSpec(eps=8)), idx)
-    pulled = loss(perturb(x, loss, AttackSpec(eps=8), minimise=True), idx)
+    pushed = loss(perturb(x, loss, AttackSpec(eps=8), indices=idx), idx)
+    pulled = loss(perturb(x, loss, AttackSpec(eps=8), indices=idx, minimise=True), idx)
     assert (pushed > clean).all() and (pulled < clean).all()
 
 
@@ -229,7 +229,8 @@ def test_one_model_ensemble_equals_single_model() -> None:
     model = TinyNet().eval()
     loss = metric_loss(model, CosineMetric(), images(2, seed=4), [(0,), (1,), (0, 1)])
     x, spec = images(3), AttackSpec(method="ifgsm", eps=5)
-    assert torch.equal(perturb(x, loss, spec), perturb(x, EnsembleLoss([loss]), spec))
+    idx = torch.arange(len(x))
+    assert torch.equal(perturb(x, loss, spec, indices=idx), perturb(x, EnsembleLoss([loss]), spec, indices=idx))
 
 
 def test_ensemble_is_mean_of_models_with_own_input_sizes() -> None:
@@ -262,7 +263,7 @@ def test_classification_loss_uses_clean_prediction() -> None:
     with torch.no_grad():
         want = F.cross_entropy(model.classify(x), model.classify(x).argmax(1), reduction="none")
     assert torch.allclose(loss(x, idx), want)
-    adv = perturb(x, loss, AttackSpec(eps=8))
+    adv = perturb(x, loss, AttackSpec(eps=8), indices=torch.arange(len(x)))
     assert (loss(adv, idx) > want).all()
     with pytest.raises(MetricAttackError, match="classif"):
         ClassificationLoss(nn.Linear(2, 2))

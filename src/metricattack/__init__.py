@@ -1,10 +1,105 @@
-"""metricattack: adversarial metric attack and defence for person re-identification."""
+"""metricattack: adversarial metric attack and defense for person re-identification.
 
+The public API, in three lines::
+
+    import metricattack as ma
+    model = ma.load_model("runs/r18/model.safetensors")       # or "python:mynets:build", or "torchreid:resnet50" + weights=
+    adv = ma.MetricAttack(model, eps=5)(images, references)    # images [B,3,H,W] in [0,1], references [B,R,D]
+
+Data, features and evaluation: :func:`load_dataset`, :func:`extract_features`,
+:func:`evaluate_model`, :func:`evaluate_features`; metrics: :func:`build_metric`,
+:func:`load_metric`, :func:`fit_learned` (XQDA / KISSME); registries of everything named
+(:data:`BACKBONES`, :data:`DATASETS`, :data:`METRICS`, :data:`METHODS`, :data:`FORMATS`).
+The names are imported on first use, so ``import metricattack`` stays light. The library
+logs through :mod:`logging` (logger ``"metricattack"``) and never prints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("metricattack")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# public name -> module defining it
+_PUBLIC = {
+    "MetricAttack": "attacks.api",
+    "quantize": "attacks.methods",
+    "AttackSpec": "attacks.spec",
+    "load_dataset": "data.layouts",
+    "MetricAttackError": "errors",
+    "evaluate_features": "evaluation.features",
+    "evaluate_model": "evaluation.features",
+    "extract_features": "evaluation.features",
+    "Metric": "metrics.distance",
+    "build_metric": "metrics.distance",
+    "load_metric": "metrics.distance",
+    "save_metric": "metrics.distance",
+    "fit_learned": "metrics.learned",
+    "fit_learned_metric": "metrics.learned",
+    "register_backbone": "models.backbones",
+    "save_checkpoint": "models.checkpoint",
+    "FORMATS": "models.foreign",
+    "ReIDModel": "models.reid",
+    "ModelSource": "models.sources",
+    "load_model": "models.sources",
+}
+
+__all__ = [
+    "__version__",
+    "AttackSpec",
+    "FORMATS",
+    "Metric",
+    "MetricAttack",
+    "MetricAttackError",
+    "ModelSource",
+    "ReIDModel",
+    "build_metric",
+    "evaluate_features",
+    "evaluate_model",
+    "extract_features",
+    "fit_learned",
+    "fit_learned_metric",
+    "load_dataset",
+    "load_metric",
+    "load_model",
+    "quantize",
+    "register_backbone",
+    "save_checkpoint",
+    "save_metric",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'metricattack' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+if TYPE_CHECKING:
+    from .attacks.api import MetricAttack
+    from .attacks.methods import quantize
+    from .attacks.spec import AttackSpec
+    from .data.layouts import load_dataset
+    from .errors import MetricAttackError
+    from .evaluation.features import evaluate_features, evaluate_model, extract_features
+    from .metrics.distance import Metric, build_metric, load_metric, save_metric
+    from .metrics.learned import fit_learned, fit_learned_metric
+    from .models.backbones import register_backbone
+    from .models.checkpoint import save_checkpoint
+    from .models.foreign import FORMATS
+    from .models.reid import ReIDModel
+    from .models.sources import ModelSource, load_model

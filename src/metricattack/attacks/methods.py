@@ -65,7 +65,7 @@ def perturb(
     objective: Objective,
     spec: AttackSpec,
     *,
-    indices: torch.Tensor | None = None,
+    indices: torch.Tensor,
     active: torch.Tensor | None = None,
     minimise: bool = False,
 ) -> torch.Tensor:
@@ -74,15 +74,21 @@ def perturb(
     Args:
         objective: per-image losses, see the module docstring.
         spec: method, ε, α, steps, μ, random start, seed.
-        indices: ``[B]`` global image ids (seed PGD's noise and are passed to ``objective``);
-            default ``0..B-1``.
+        indices: ``[B]`` the images' positions in the attacked split (or batch): passed to
+            ``objective``, which looks up each image's references by them, and seed PGD's
+            noise. Required: a slice ``images[s:e]`` must say ``indices=arange(s, e)``, or it
+            would be attacked toward the references of images ``0..e-s-1``.
         active: ``[B]`` bool; inactive images are returned unchanged. Default: all active.
         minimise: descend the objective (targeted attack) instead of ascending it.
+
+    For one batch of images with their own reference features, :class:`~metricattack.MetricAttack`
+    does all of this in one call.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise MetricAttackError(f"attack images must have shape [B, 3, H, W], got {tuple(images.shape)}")
     batch = images.shape[0]
-    indices = torch.arange(batch) if indices is None else indices
+    if not isinstance(indices, torch.Tensor) or indices.shape != (batch,):
+        raise MetricAttackError(f"indices must be a tensor [{batch}] (one position per image), got {getattr(indices, 'shape', indices)}")
     active = torch.ones(batch, dtype=torch.bool) if active is None else active
     mask = active.to(images.device, images.dtype).view(-1, 1, 1, 1)
     original = images.detach()

@@ -119,11 +119,13 @@ class ReferenceTargets:
         centroids: ``[N, k]`` ``c_i = mean_r e(r)`` (zeros when inactive).
         spreads: ``[N]`` ``s·mean_r ‖e(r) − c_i‖²`` (the constant part of the loss).
         active: ``[N]`` bool, False for an empty reference set.
+        reference_dim: dimension D of the reference features (before ``metric.embed``).
     """
 
     centroids: torch.Tensor
     spreads: torch.Tensor
     active: torch.Tensor
+    reference_dim: int = 0
 
     @classmethod
     def build(cls, metric: Metric, reference_features: torch.Tensor, ref_sets: RefSets) -> ReferenceTargets:
@@ -143,7 +145,7 @@ class ReferenceTargets:
                     cache[refs] = (c, metric.scale * (rows - c).pow(2).sum(1).mean())
                 centroids[i], spreads[i] = cache[refs]
         active = torch.tensor([bool(r) for r in ref_sets], dtype=torch.bool)
-        return cls(centroids, spreads, active)
+        return cls(centroids, spreads, active, int(reference_features.shape[1]))
 
 
 class MetricLoss:
@@ -156,7 +158,22 @@ class MetricLoss:
         """Nothing to prepare: the references are fixed."""
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        emb = self.metric.embed(self.model(images))
+        features = self.model(images)
+        if features.dim() != 2 or features.shape[0] != images.shape[0]:
+            raise MetricAttackError(
+                f"the model returned features of shape {tuple(features.shape)} for {images.shape[0]} images; expected [B, D]"
+            )
+        emb = self.metric.embed(features)
+        if emb.shape[1] != self.targets.centroids.shape[1]:
+            raise MetricAttackError(
+                f"the model gives {features.shape[1]}-d features but the references are "
+                f"{self.targets.reference_dim}-d; references must be features of the attacked model"
+            )
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self.targets.active)):
+            raise MetricAttackError(
+                f"image indices {int(indices.min())}..{int(indices.max())} are outside the {len(self.targets.active)} "
+                "images this loss has references for (pass each image's index in the attacked split)"
+            )
         idx = indices.to(self.targets.centroids.device)
         centroids = self.targets.centroids[idx].to(emb.device, emb.dtype)
         spreads = self.targets.spreads[idx].to(emb.device, emb.dtype)

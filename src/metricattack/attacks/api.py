@@ -1,0 +1,174 @@
+"""``MetricAttack``: the adversarial metric attack of one batch, in one call.
+
+The same engine as ``metricattack attack``, the defense and the benchmark
+(:func:`~metricattack.attacks.methods.perturb` over a
+:class:`~metricattack.attacks.objectives.MetricLoss`), for images and reference features
+held in memory: each image is pushed away from (``targeted=True``: pulled toward) its own
+reference features under the chosen metric, inside the L∞ ball of radius ε and in [0,1].
+
+Example::
+
+    >>> import metricattack as ma
+    >>> atk = ma.MetricAttack(model, eps=5)                      # I-FGSM, ε = 5/255, α = 1/255, 6 steps
+    >>> adv = atk(gallery_images, probe_features)                # [B,3,H,W] in [0,1], within ε
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import MetricAttackError
+from ..metrics.distance import Metric, build_metric
+from .methods import perturb
+from .objectives import MetricLoss, ReferenceTargets
+from .spec import AttackSpec, make_spec
+
+References = torch.Tensor | Sequence[torch.Tensor]
+
+
+def as_metric(metric: Any) -> Metric:
+    """``metric`` as a :class:`Metric`: a metric object, a fitted XQDA / KISSME result (its
+    ``.metric``), or the name of a parameter-free metric (``"euclidean"``, ``"cosine"``)."""
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(getattr(metric, "metric", None), Metric):  # LearnedFit of fit_xqda / fit_kissme / fit_learned
+        return metric.metric
+    if isinstance(metric, str):
+        if metric.lower() in ("xqda", "kissme"):
+            raise MetricAttackError(
+                f"metric {metric!r} must be fitted first: pass the fitted object (fit_learned_metric(...)) "
+                "or load_metric('<model>.xqda.safetensors')"
+            )
+        return build_metric(metric)
+    raise MetricAttackError(f"metric must be a metric name, a Metric or a fitted XQDA/KISSME result, got {type(metric).__name__}")
+
+
+class MetricAttack:
+    """Adversarial metric attack (Bai et al., Sec. 3) on any re-ID feature extractor.
+
+    Args:
+        model: an ``nn.Module`` mapping images ``[B,3,H,W]`` in [0,1] to features ``[B,D]``
+            (any input size: the model resizes and normalises inside). Put in eval mode during
+            the attack and returned to its previous mode; its weights get no gradient.
+        metric: ``"euclidean"`` (squared, paper Eq. 3), ``"cosine"``, a
+            :class:`~metricattack.metrics.distance.Metric` (e.g. a loaded XQDA file) or a fitted
+            XQDA / KISSME result.
+        method: ``"fgsm"`` (Eq. 5), ``"ifgsm"`` (Eq. 6), ``"mifgsm"`` (Eq. 7), ``"pgd"``, or
+            another registered attack method.
+        eps: L∞ radius ε in 0..255 pixel units.
+        alpha: step size α in 0..255 units (iterative methods).
+        steps: iterations; ``None`` gives the paper's ``min(ε + 4, 1.25 ε)``.
+        mu: MI-FGSM's momentum decay.
+        targeted: pull each image toward its references (Eq. 8) instead of pushing it away.
+        seed: seeds PGD's random start; image ``i`` of a batch draws its noise from ``(seed, i)``.
+
+    Calling ``atk(images, references)``:
+
+    * ``images``: ``[B,3,H,W]`` float in [0,1];
+    * ``references``: ``[B,R,D]`` features, or a list of ``B`` tensors ``[R_i,D]`` (``R_i`` may
+      differ, and 0 leaves image ``i`` unchanged), in the model's feature space: image ``i``
+      maximises (targeted: minimises) the mean metric distance to its ``R_i`` references.
+
+    Returns a new tensor ``[B,3,H,W]`` in [0,1] with ``|adv − images| ≤ ε/255``; the inputs
+    are not modified. Round to the 1/255 grid with :func:`~metricattack.attacks.methods.quantize`
+    before saving 8-bit images. The attack of an image depends on that image and its
+    references only (and, for PGD, on its position in the batch), so FGSM, I-FGSM and
+    MI-FGSM give the same images for any batching.
+
+    Example::
+
+        >>> atk = MetricAttack(model, eps=5)                      # non-targeted I-FGSM, ε = 5
+        >>> same_id = query_feats[None].expand(len(gallery), -1, -1)   # [B, R, D]
+        >>> adv = atk(gallery, same_id)
+        >>> (adv - gallery).abs().max() <= 5 / 255
+        tensor(True)
+        >>> pull = MetricAttack(model, method="mifgsm", eps=8, targeted=True, metric=xqda)
+        >>> adv = pull(gallery, [target_feats[i : i + 1] for i in range(len(gallery))])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        metric: Any = "euclidean",
+        method: str = "ifgsm",
+        eps: float = 5,
+        alpha: float = 1,
+        steps: int | None = None,
+        mu: float = 1,
+        targeted: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise MetricAttackError(f"MetricAttack needs an nn.Module mapping images to features, got {type(model).__name__}")
+        self.model = model
+        self.metric = as_metric(metric)
+        self.spec: AttackSpec = make_spec("MetricAttack", method=method, eps=eps, alpha=alpha, steps=steps, mu=mu, seed=seed)
+        self.targeted = bool(targeted)
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"MetricAttack(model={type(self.model).__name__}, metric={self.metric.name!r}, method={s.method!r}, "
+            f"eps={s.eps:g}, alpha={s.alpha:g}, steps={s.num_steps}, mu={s.mu:g}, targeted={self.targeted}, seed={s.seed})"
+        )
+
+    def __call__(self, images: torch.Tensor, references: References) -> torch.Tensor:
+        """Adversarial ``images`` (see the class docstring)."""
+        _check_images(images)
+        flat, ref_sets = _flatten_references(references, images.shape[0])
+        targets = ReferenceTargets.build(self.metric, flat, ref_sets)
+        loss = MetricLoss(self.model, self.metric, targets)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return perturb(
+                images,
+                loss,
+                self.spec,
+                indices=torch.arange(images.shape[0]),
+                active=targets.active,
+                minimise=self.targeted,
+            )
+        finally:
+            self.model.train(was_training)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise MetricAttackError(f"images must be a float tensor [B, 3, H, W] with values in [0, 1], got {shape}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise MetricAttackError(
+            f"images must have values in [0, 1] (pixels / 255, not normalised), got [{float(images.min()):.3g}, {float(images.max()):.3g}]"
+        )
+
+
+def _flatten_references(references: References, batch: int) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """All reference rows ``[ΣR_i, D]`` and, per image, the row indices of its references."""
+    if isinstance(references, torch.Tensor):
+        if references.dim() != 3:
+            raise MetricAttackError(
+                f"references must be [B, R, D] (R reference features per image) or a list of B tensors [R_i, D], "
+                f"got shape {tuple(references.shape)}; for one reference per image use references[:, None]"
+            )
+        per_image: Sequence[torch.Tensor] = list(references)
+    else:
+        per_image = list(references)
+    if len(per_image) != batch:
+        raise MetricAttackError(f"got references for {len(per_image)} images but {batch} images")
+    dims = {r.shape[-1] for r in per_image if isinstance(r, torch.Tensor) and r.dim() == 2}
+    for i, refs in enumerate(per_image):
+        if not isinstance(refs, torch.Tensor) or refs.dim() != 2 or len(dims) != 1:
+            shape = tuple(refs.shape) if isinstance(refs, torch.Tensor) else type(refs).__name__
+            raise MetricAttackError(f"references of image {i} must be a [R, D] tensor with the same D for every image, got {shape}")
+    sets, start = [], 0
+    for refs in per_image:
+        sets.append(tuple(range(start, start + refs.shape[0])))
+        start += refs.shape[0]
+    flat = torch.cat([r.detach().float() for r in per_image])
+    return flat, sets
