@@ -38,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetricAttackError as exc:
         print(f"metricattack {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file-system refusal the checks could not foresee (disk full, a folder removed meanwhile)
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        print(f"metricattack {args.command}: error: {where or 'file system'}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"metricattack {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130
@@ -67,6 +71,9 @@ def _run(args: argparse.Namespace) -> int | None:
     command runs in one process and refuses torchrun rather than repeat its work on every rank.
     """
     mode = getattr(args, "torchrun", None)
+    device = resolve_device(getattr(args, "device", "cpu"))  # a device this machine lacks stops here, before any work
+    if hasattr(args, "device"):
+        args.device = str(device)  # auto -> cpu / cuda; cuda -> cuda:LOCAL_RANK under torchrun
     if not launched_by_torchrun() or mode == "self":
         return args.func(args)
     if mode != "group":
@@ -74,9 +81,6 @@ def _run(args: argparse.Namespace) -> int | None:
             f"'{args.command}' runs in one process; start it without torchrun "
             "(torchrun shards the work of: train, evaluate, fit-metric, attack)"
         )
-    device = resolve_device(getattr(args, "device", "cpu"))
-    if hasattr(args, "device"):
-        args.device = str(device)  # cuda -> cuda:LOCAL_RANK
     with process_group(device):
         return args.func(args)
 

@@ -6,17 +6,25 @@ case, so the same code runs on a laptop and on many GPUs.
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import ConfigError, MetricAttackError
 
 T = TypeVar("T")
+
+#: Environment variable: seconds the ranks of a torchrun job wait for each other to start (default 300).
+JOIN_TIMEOUT_ENV = "METRICATTACK_DIST_TIMEOUT"
+DEFAULT_JOIN_TIMEOUT = 300.0
+_GROUPS = itertools.count()
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -68,6 +76,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_ranks_ok(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (a collective: every rank must call it); ``ok`` alone in one process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def launched_by_torchrun() -> bool:
     """True when this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -82,9 +103,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a valid torch device (expected auto, cpu, cuda or cuda:N)") from None
+        device = torch.device("meta")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not a device this tool runs on (expected auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; set device: cpu")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -92,15 +117,66 @@ def resolve_device(name: str) -> torch.device:
 def process_group(device: torch.device) -> Iterator[None]:
     """Under torchrun, the default process group for the duration (NCCL on CUDA, Gloo on CPU).
 
-    Does nothing in a single process or when a group already exists (its owner ends it).
+    Does nothing in a single process or when a group already exists (its owner ends it). A rank
+    that has not started within :func:`join_timeout` seconds stops every other rank with a
+    message naming it.
     """
     if dist.is_initialized() or not launched_by_torchrun():
         yield
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = _joined_store(rank, world, join_timeout())
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
     try:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def join_timeout() -> float:
+    """Seconds to wait for every rank to start: ``$METRICATTACK_DIST_TIMEOUT``, default 300."""
+    text = os.environ.get(JOIN_TIMEOUT_ENV, "")
+    if not text:
+        return DEFAULT_JOIN_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{JOIN_TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return seconds
+
+
+def _joined_store(rank: int, world: int, timeout: float) -> dist.TCPStore:
+    """The job's key-value store once every rank has checked in; a clear error naming the ranks
+    that did not within ``timeout`` seconds (instead of the backend's 30-minute silent wait).
+
+    Under torchrun's agent the store already runs at ``MASTER_ADDR:MASTER_PORT`` and every rank
+    is a client; launched by hand (``RANK``, ``WORLD_SIZE``, ``MASTER_*`` set), rank 0 hosts it.
+    """
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    limit = timedelta(seconds=timeout)
+    hint = f"(waited {timeout:g} s; set {JOIN_TIMEOUT_ENV} to wait longer)"
+    try:
+        store = dist.TCPStore(
+            addr, port, world, is_master=rank == 0 and not agent, timeout=limit, wait_for_workers=False, multi_tenant=True
+        )
+    except (RuntimeError, OSError) as exc:
+        raise MetricAttackError(
+            f"rank {rank} of {world} could not reach the job's store at {addr}:{port}: rank 0 did not start or is unreachable {hint}: {exc}"
+        ) from None
+    prefix = f"metricattack/join/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{next(_GROUPS)}"
+    keys = [f"{prefix}/{r}" for r in range(world)]
+    store.set(keys[rank], socket.gethostname())
+    try:
+        store.wait(keys, limit)
+    except (RuntimeError, OSError):
+        missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        raise MetricAttackError(
+            f"rank(s) {', '.join(map(str, missing))} of {world} did not join the job (rank {rank} on {socket.gethostname()} waited); "
+            f"they failed to start or died early {hint}"
+        ) from None
+    return store

@@ -1,15 +1,19 @@
 """Atomic writes, checksums and provenance shared by every stage.
 
 Rule: a stage never leaves a half-written artifact. Files are written to a temporary
-sibling and renamed into place (``os.replace`` is atomic on POSIX), so a killed run
-leaves either the old file or the new one, never a torn one.
+sibling ``.NAME.XXXXXXXX.tmp`` and renamed into place (``os.replace`` is atomic on POSIX), so
+a killed run leaves either the old file or the new one, never a torn one. The writer holds an
+exclusive ``flock`` on its temporary file while writing; a temporary file nobody holds is
+a leftover of a killed run, which :func:`remove_leftovers` deletes when the run resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -21,19 +25,24 @@ from typing import Any
 
 from . import __version__
 
+TEMP_SUFFIX = ".tmp"
+_FICLONE = 0x40049409  # Linux ioctl: make the destination a copy-on-write clone (reflink) of the source
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. While the
+    caller writes, this process holds an exclusive ``flock`` on the temporary file, which marks
+    it as in use for :func:`remove_leftovers`.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent)
     tmp = Path(tmp_name)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield tmp
         if tmp.exists():  # mkstemp creates 0600; give the artifact the usual umask-based mode
             umask = os.umask(0)
@@ -43,19 +52,94 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+        os.close(fd)
 
 
-def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Make ``dst`` a hard link to ``src`` (a copy, atomically, across file systems); keep an existing ``dst``."""
-    dst = Path(dst)
-    if dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new temporary folder next to ``path``; rename it onto ``path`` on success.
+
+    An existing ``path`` must be an empty folder (it is replaced). On an exception the temporary
+    folder is removed; while the caller fills it, this process holds an ``flock`` on it (see
+    :func:`atomic_path`), so :func:`remove_leftovers` leaves it alone.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent))
+    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.link(src, dst)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield tmp
+        if final.exists():
+            final.rmdir()
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        os.close(fd)
+
+
+def is_leftover_name(name: str) -> bool:
+    """True for names of the temporary files and folders this package writes (``.NAME.XXXXXXXX.tmp``)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX) and name.count(".") >= 3
+
+
+def remove_leftovers(folder: str | os.PathLike[str], *, prefix: str = ".", recursive: bool = True) -> list[Path]:
+    """Delete the temporary files and folders of killed runs in ``folder``; return what was removed.
+
+    Only entries named like this package's temporary files and starting with ``prefix`` (e.g.
+    ``".results.json."`` for the leftovers of one output file) that no process holds an ``flock``
+    on are removed: the temporary file of a live writer, of this or another process, is kept.
+    """
+    removed: list[Path] = []
+    if not Path(folder).is_dir():
+        return removed
+    for parent, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            path = Path(parent) / name
+            if name.startswith(prefix) and is_leftover_name(name) and _remove_if_unheld(path):
+                removed.append(path)
+        dirs[:] = [d for d in dirs if recursive and not is_leftover_name(d)]
+    return removed
+
+
+def _remove_if_unheld(path: Path) -> bool:
+    """Remove ``path`` (file or folder) unless another open file description holds an ``flock`` on it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # a live writer holds it
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Make ``dst`` an independent copy of ``src``, atomically; keep an existing ``dst`` that is one already.
+
+    Never a hard link: changing the copy (``chmod``, appending) must not change the source. On a
+    file system with reflinks (Btrfs, XFS) the copy shares the source's blocks copy-on-write and
+    costs no space; elsewhere the bytes are copied. An existing ``dst`` that is a hard link to
+    ``src`` (written by an earlier version) is replaced by a copy.
+    """
+    dst = Path(dst)
+    if dst.exists() and not os.path.samefile(src, dst):
+        return
+    with atomic_path(dst) as tmp, open(src, "rb") as source, open(tmp, "wb") as target:
+        try:
+            fcntl.ioctl(target.fileno(), _FICLONE, source.fileno())
+        except OSError:
+            shutil.copyfileobj(source, target, 1 << 20)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -70,8 +154,37 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically.
+
+    NaN and infinite numbers are refused with a ``ValueError`` naming the first one's key: they
+    are not JSON, and a number that could not be computed is recorded as ``null``.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    except ValueError:
+        raise ValueError(
+            f"refusing to write {os.fspath(path)}: {_non_finite_key(obj) or 'a value'} is not a finite number (NaN/inf are not JSON)"
+        ) from None
+    atomic_write_text(path, text + "\n")
+
+
+def _non_finite_key(obj: Any, where: str = "") -> str | None:
+    """Key path (``a.b[2]``) of the first NaN or infinite number inside ``obj``, or ``None``."""
+    if isinstance(obj, dict):
+        items: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    elif isinstance(obj, float):
+        return None if math.isfinite(obj) else where or "the value"
+    elif hasattr(obj, "tolist"):  # numpy / torch values
+        return _non_finite_key(obj.tolist(), where)
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite_key(value, key)
+        if found is not None:
+            return found
+    return None
 
 
 def _json_default(obj: Any) -> Any:

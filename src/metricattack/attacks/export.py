@@ -9,17 +9,23 @@ Layout of ``out`` (readable by ``load_dataset("folder", out)`` and any Market-15
   name *with its extension*, so ``0002_c1s1_000451_03.jpg`` holds PNG data — the usual
   Market-1501 readers list ``*.jpg`` and decode by content (PIL, OpenCV, torchvision), so they
   load the attacked copy unchanged; ``"png"`` renames to ``0002_c1s1_000451_03.png``;
-* the other splits hard-linked (copied when linking fails) with their original names;
+* the other splits copied with their original names (copies, never hard links: changing the
+  adversarial dataset must not change the source; reflinks where the file system has them);
 * ``manifest.json``: attack spec, setting, metric, models (checkpoint SHA-256), seed, software
   versions, source dataset fingerprint, and per file ``source → output`` name and SHA-256;
 * ``attack_results.json``: clean vs adversarial CMC/mAP (images reloaded from disk *and* the
   in-memory float images), mean true-positive distance, targeted success, measured L∞, and
   the chance level (expected CMC/mAP of a random ranking, :mod:`~metricattack.evaluation.chance`);
-* ``.attack/``: the run identity and per-batch completion records (resumption).
+* ``.attack/``: the run identity and per-batch completion records (resumption);
+* ``.metricattack.lock``: the lock one run at a time holds (:mod:`metricattack.outputs`).
 
 Resumption: a batch counts as done when its JSON record exists (written last, atomically,
 after its PNGs and its in-memory feature record). A re-run with the same run identity skips
-done batches; the batches are deterministic, so the result equals an uninterrupted run.
+done batches; the batches are deterministic, so the result equals an uninterrupted run. A run
+with another identity is refused while the folder holds finished batches of the first; the
+record of a run that failed before finishing any batch (e.g. on a truncated source image)
+does not block the next one. A second run on the same folder while one is running is refused
+with the first one's pid, host and start time.
 """
 
 from __future__ import annotations
@@ -41,10 +47,12 @@ from ..data.types import SPLITS, ImageRecord, ReIDDataset
 from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
+from ..evaluation.checks import require_valid_matches
 from ..evaluation.features import evaluate_split_features
 from ..evaluation.ranking import APConvention
-from ..io import atomic_path, atomic_write_json, environment_versions, link_or_copy, sha256_file, sha256_json
+from ..io import atomic_path, atomic_write_json, copy_file, environment_versions, sha256_file, sha256_json
 from ..metrics.distance import Metric
+from ..outputs import check_output_folder, claim_output
 from .methods import linf_255, quantize
 from .objectives import metrics_per_model
 from .runner import (
@@ -58,7 +66,7 @@ from .runner import (
     targeted_success,
     true_positive_pairs,
 )
-from .spec import AttackSpec
+from .spec import AttackSpec, check_savable
 
 MANIFEST_FORMAT = "metricattack.adversarial-dataset/1"
 RESULTS_FORMAT = "metricattack.attack-results/1"
@@ -75,13 +83,15 @@ class ModelEntry:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def check_output_location(out: Path, source_root: Path) -> None:
-    """Refuse an output folder that is, or lies inside, the source dataset, or holds something else."""
-    out_r, src_r = Path(out).resolve(), Path(source_root).resolve()
-    if out_r == src_r or src_r in out_r.parents:
-        raise MetricAttackError(f"output folder {out} is inside the source dataset {source_root}; choose a folder outside it")
-    if out_r.is_dir() and any(out_r.iterdir()) and not (out_r / STATE_DIR / "run.json").is_file():
-        raise MetricAttackError(f"output folder {out} is not empty and holds no metricattack attack run; choose an empty or new folder")
+def is_attack_run(folder: Path) -> bool:
+    """True when ``folder`` holds an attack run (finished or not) of this package."""
+    return (Path(folder) / STATE_DIR / "run.json").is_file()
+
+
+def check_output_location(out: Path, source_root: Path, option: str = "output folder") -> None:
+    """Refuse an output folder inside the source dataset, a file, an unwritable location, or a
+    non-empty folder that holds no attack run (:func:`metricattack.outputs.check_output_folder`)."""
+    check_output_folder(option, out, command="attack", is_previous=is_attack_run, datasets=[source_root])
 
 
 def output_name(rel: Path, attacked: bool, file_names: str = "source") -> Path:
@@ -100,23 +110,33 @@ def _relative(record: ImageRecord, root: Path) -> Path:
 def _claim_run(out: Path, identity: dict[str, Any]) -> None:
     """Record the run identity, or check it equals the one of the run being resumed.
 
-    Every rank looks before rank 0 writes (first barrier): a rank that found the file rank 0
-    had just written would skip the barrier and deadlock the others in their next collective.
+    The caller holds the folder's lock (:func:`~metricattack.outputs.claim_output`). A recorded
+    run of another identity blocks only when it finished some work (batch records or a
+    manifest); the record of a run that failed before that is replaced. Every rank looks before
+    rank 0 writes (first barrier): a rank that found the file rank 0 had just written would skip
+    the barrier and deadlock the others in their next collective.
     """
     path = out / STATE_DIR / "run.json"
-    resumed = path.is_file()
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     barrier()
-    if resumed:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous.get("key") != identity["key"]:
-            raise MetricAttackError(
-                f"output folder {out} holds a different attack run (other options, models, data or batch size); "
-                "choose another --out or delete that folder"
-            )
+    if previous is not None and previous.get("key") == identity["key"]:
         return
+    if previous is not None:
+        done = sum(1 for _ in (out / STATE_DIR / "batches").glob("*/*.json"))
+        if done or (out / "manifest.json").exists():
+            raise MetricAttackError(
+                f"output folder {out} holds a different attack run ({done} batches done; other options, models, data or "
+                f"batch size: {_identity_difference(previous, identity)}); choose another --out or delete that folder"
+            )
     if is_main_process():
         atomic_write_json(path, identity)
     barrier()
+
+
+def _identity_difference(previous: dict[str, Any], identity: dict[str, Any]) -> str:
+    """The fields in which two run identities differ, for the refusal message."""
+    fields = sorted(k for k in set(previous) | set(identity) if k != "key" and previous.get(k) != identity.get(k))
+    return ", ".join(fields) or "unknown fields"
 
 
 def _batch_dir(out: Path) -> Path:
@@ -181,6 +201,9 @@ def export_attack(
     out = Path(out)
     if file_names not in FILE_NAMES:
         raise MetricAttackError(f"unknown file_names {file_names!r}; expected one of {', '.join(FILE_NAMES)}")
+    check_savable(spec, "eps")
+    check_setting(setting)
+    require_valid_matches(dataset)
     check_output_location(out, dataset.root)
     models = [e.model for e in attack_models]
     metrics_per_model(models, [e.metric for e in attack_models])
@@ -200,46 +223,46 @@ def export_attack(
     }
     identity = {**identity_fields, "key": sha256_json(identity_fields)}
 
-    check_setting(setting)
     training = [e.model.training for e in everyone]
-    for e in everyone:
-        e.model.eval()
-    _claim_run(out, identity)
-    try:
-        features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device)
-        plan = plan_attack(models, [e.metric for e in attack_models], dataset, setting, spec, features[: len(models)])
-        _write_batches(
-            plan,
-            spec,
-            out,
-            dataset,
-            everyone,
-            batch_size=batch_size,
-            device=device,
-            file_names=file_names,
-            progress=progress,
-            on_batch=on_batch,
-        )
-        barrier()
-        results = _finish(
-            out,
-            dataset,
-            plan,
-            spec,
-            setting,
-            everyone,
-            len(attack_models),
-            features,
-            identity,
-            fingerprint,
-            batch_size=batch_size,
-            device=device,
-            ap=ap,
-        )
-    finally:
-        for e, was_training in zip(everyone, training, strict=True):
-            e.model.train(was_training)
-    return results
+    with claim_output(out, "attack"):
+        _claim_run(out, identity)
+        try:
+            for e in everyone:
+                e.model.eval()
+            features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device)
+            plan = plan_attack(models, [e.metric for e in attack_models], dataset, setting, spec, features[: len(models)])
+            _write_batches(
+                plan,
+                spec,
+                out,
+                dataset,
+                everyone,
+                batch_size=batch_size,
+                device=device,
+                file_names=file_names,
+                progress=progress,
+                on_batch=on_batch,
+            )
+            barrier()
+            results = _finish(
+                out,
+                dataset,
+                plan,
+                spec,
+                setting,
+                everyone,
+                len(attack_models),
+                features,
+                identity,
+                fingerprint,
+                batch_size=batch_size,
+                device=device,
+                ap=ap,
+            )
+        finally:
+            for e, was_training in zip(everyone, training, strict=True):
+                e.model.train(was_training)
+        return results
 
 
 def _write_batches(
@@ -304,7 +327,7 @@ def _finish(
             rel = _relative(record, dataset.root)
             target = output_name(rel, attacked, identity["file_names"])
             if not attacked and is_main_process():
-                link_or_copy(record.path, out / target)
+                copy_file(record.path, out / target)
             files.append({"split": split, "source": rel.as_posix(), "output": target.as_posix(), "attacked": attacked})
     barrier()
     adv_records = tuple(

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..config import StrictModel, validate
+from ..errors import ConfigError
 
 Method = Literal["fgsm", "ifgsm", "mifgsm", "pgd"]
 Setting = Literal["gallery", "targeted", "query", "classification"]
@@ -44,7 +45,8 @@ class AttackSpec(StrictModel):
     Attributes:
         method: ``fgsm`` (Eq. 5), ``ifgsm`` (Eq. 6), ``mifgsm`` (Eq. 7) or ``pgd``.
         eps: L∞ radius ε, ``0 < ε ≤ 255``.
-        alpha: step size α of the iterative methods, ``0 < α ≤ ε`` (ignored by FGSM).
+        alpha: step size α of the iterative methods, ``0 < α ≤ ε`` (ignored by FGSM); by default
+            the paper's 1, or ε when ε < 1.
         steps: iterations n; ``None`` → :func:`paper_steps` (FGSM: always 1).
         mu: momentum decay μ of MI-FGSM.
         random_start: PGD's uniform start in the ε-ball (``None`` → on for PGD only).
@@ -53,12 +55,22 @@ class AttackSpec(StrictModel):
     """
 
     method: Method = "ifgsm"
-    eps: float = Field(5.0, gt=0, le=255)
-    alpha: float = Field(1.0, gt=0)
+    eps: float = Field(5.0, gt=0, le=255, allow_inf_nan=False)
+    alpha: float = Field(1.0, gt=0, allow_inf_nan=False)
     steps: int | None = Field(None, ge=1)
-    mu: float = Field(1.0, ge=0)
+    mu: float = Field(1.0, ge=0, allow_inf_nan=False)
     random_start: bool | None = None
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_alpha(cls, data: Any) -> Any:
+        """α = min(1, ε) when not given: the paper's α = 1 cannot step inside a ball of ε < 1."""
+        if isinstance(data, dict) and data.get("alpha") is None:
+            eps = data.get("eps", 5.0)
+            if isinstance(eps, int | float) and not isinstance(eps, bool) and 0 < eps < 1:
+                data = {**data, "alpha": float(eps)}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> AttackSpec:
@@ -85,6 +97,15 @@ class AttackSpec(StrictModel):
     def resolved(self) -> dict[str, Any]:
         """JSON-able record of the spec with the defaults resolved (for manifests)."""
         return {**self.model_dump(), "steps": self.num_steps, "random_start": self.uses_random_start}
+
+
+def check_savable(spec: AttackSpec, option: str = "--eps") -> None:
+    """Refuse an ε below one 8-bit step for attacks saved as images (they would equal their source)."""
+    if spec.eps < 1:
+        raise ConfigError(
+            f"{option} {spec.eps:g}: attacked images are saved as 8-bit PNG, where a pixel moves in steps of 1 "
+            "(0..255 units), so every saved image would equal its source; use an eps of at least 1"
+        )
 
 
 def make_spec(source: str = "attack options", **values: Any) -> AttackSpec:

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks.export import FILE_NAMES, ModelEntry, export_attack
+from ..attacks.export import FILE_NAMES, ModelEntry, check_output_location, export_attack
 from ..attacks.report import format_summary
-from ..attacks.spec import METHODS, SETTINGS, make_spec
+from ..attacks.spec import METHODS, SETTINGS, check_savable, make_spec
 from ..distributed import is_main_process
 from ..errors import MetricAttackError
+from ..evaluation.checks import check_test_set
 from ..evaluation.ranking import AP_CONVENTIONS
 from ..io import sha256_file
 from ..metrics.distance import MahalanobisMetric, Metric
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--method", choices=METHODS, default="ifgsm", help="attack method (default ifgsm)")
     parser.add_argument("--eps", type=float, default=5.0, help="L-inf radius in 0..255 pixel units (default 5)")
-    parser.add_argument("--alpha", type=float, default=None, help="step size in 0..255 units (default 1)")
+    parser.add_argument("--alpha", type=float, default=None, help="step size in 0..255 units (default 1, or eps when eps < 1)")
     parser.add_argument("--steps", type=int, default=None, help="iterations (default min(eps+4, 1.25 eps))")
     parser.add_argument("--mu", type=float, default=None, help="MI-FGSM momentum decay (default 1)")
     parser.add_argument("--no-random-start", action="store_true", help="PGD without its random start")
@@ -126,10 +127,13 @@ def run(args: argparse.Namespace) -> int:
         random_start=False if args.no_random_start else None,
         seed=args.seed,
     )
+    check_savable(spec)
+    dataset = load_dataset(args.dataset, args.data_root)
+    check_test_set(dataset)
+    check_output_location(args.out, dataset.root, "--out")
     shared: dict[str, Metric] = {}
     attack_entries = _entries(list(args.checkpoint), args.metric, args.device, shared)
     eval_entries = _entries(list(args.eval_checkpoint), args.metric, args.device, shared)
-    dataset = load_dataset(args.dataset, args.data_root)
     results = export_attack(
         attack_entries,
         dataset,

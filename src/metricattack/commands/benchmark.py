@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..benchmark.config import EXPERIMENTS, load_benchmark_config
+from ..benchmark.config import EXPERIMENTS, BenchmarkConfig, load_benchmark_config
+from ..outputs import check_output_folder, claim_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,13 +34,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _is_benchmark_run(folder: Path) -> bool:
+    return (folder / "logs" / "stages.jsonl").is_file() or (folder / "results.json").is_file()
+
+
+def _sources(cfg: BenchmarkConfig) -> list[Path]:
+    """The dataset folder a run reads (none for the synthetic data it generates itself)."""
+    if cfg.dataset.name == "synthetic" or cfg.dataset.root is None:
+        return []
+    from ..data.layouts import load_dataset
+
+    return [load_dataset(cfg.dataset.name, cfg.dataset.root).root]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..benchmark.runner import run_benchmark
 
     only = [o.strip() for o in args.only.split(",") if o.strip()]
     cfg = load_benchmark_config(args.config, args.overrides, only)
     out = args.out or Path("runs") / cfg.name
-    results = run_benchmark(cfg, out, str(args.config))
+    check_output_folder("--out", out, command="benchmark", is_previous=_is_benchmark_run, inputs=[args.config], datasets=_sources(cfg))
+    with claim_output(out, "benchmark"):
+        results = run_benchmark(cfg, out, str(args.config))
     for row in results.table1 or []:
         print(f"{row.model:>6}  clean rank-1 {row.clean.rank1:6.2f}  mAP {row.clean.mAP:6.2f}  ({row.description})")
     chance = results.dataset.chance

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.layouts import load_dataset
 from ..defense.config import load_defense_config
 from ..defense.metric_preserving import run_defense
+from ..outputs import check_output_folder, claim_output, with_sidecars
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +38,16 @@ def run(args: argparse.Namespace) -> int:
     """Run the defence and print the Table 5 cells and the adaptive rows."""
     cfg = load_defense_config(args.config, args.overrides)
     out = args.out if args.out is not None else Path("runs") / f"defense-{args.config.stem}"
-    summary = run_defense(cfg, out)
+    check_output_folder(
+        "--out",
+        out,
+        command="defend",
+        is_previous=lambda folder: (folder / "stages").is_dir(),
+        inputs=with_sidecars([args.config, *([cfg.base_checkpoint] if cfg.base_checkpoint is not None else [])]),
+        datasets=[load_dataset(cfg.train.data.dataset, cfg.train.data.root).root],
+    )
+    with claim_output(out, "defend"):
+        summary = run_defense(cfg, out)
     print(f"defended model: {summary['defended']['checkpoint']}")
     evaluation = summary.get("evaluation")
     if evaluation:

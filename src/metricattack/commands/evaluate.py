@@ -8,6 +8,7 @@ convention, options and software versions.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +20,12 @@ from safetensors.torch import load_file, save_file
 from ..distributed import is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
+from ..evaluation.checks import check_test_set
 from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import AP_CONVENTIONS, RankingResult
-from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file, sha256_json
+from ..io import atomic_path, atomic_write_json, environment_versions, remove_leftovers, sha256_file, sha256_json
 from ..metrics.distance import Metric, build_metric, load_metric
+from ..outputs import check_output_file, check_output_folder, with_sidecars
 
 BUILTIN_METRICS = ("euclidean", "cosine")
 LEARNED_METRICS = ("xqda", "kissme")
@@ -111,6 +114,37 @@ def cached_features(cache: Path | None, key: dict[str, Any], compute: Callable[[
     return feats
 
 
+def is_evaluation_result(path: Path) -> bool:
+    """True when ``path`` is a results file written by ``metricattack evaluate --out``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == RESULT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_outputs(args: argparse.Namespace, dataset_root: Path) -> None:
+    """``--out`` and ``--features-cache`` before any work: never an input, never inside the dataset, writable."""
+    files = [Path(args.metric)] if Path(args.metric).suffix in (".safetensors", ".npy") else []
+    if args.checkpoint is not None:
+        from ..metrics.learned import metric_path
+
+        files += [args.checkpoint, *(metric_path(args.checkpoint, kind) for kind in LEARNED_METRICS)]
+    inputs = with_sidecars(files)
+    if args.out is not None:
+        check_output_file(
+            "--out",
+            args.out,
+            kind="metricattack evaluation results JSON",
+            is_previous=is_evaluation_result,
+            inputs=inputs,
+            datasets=[dataset_root],
+        )
+    if args.features_cache is not None:
+        check_output_folder(
+            "--features-cache", args.features_cache, command="evaluate", is_previous=lambda folder: True, datasets=[dataset_root]
+        )
+
+
 def format_table(result: RankingResult, metric_name: str) -> str:
     """A small text table: rank-k, mAP, mINP in percent, and the AP convention."""
     heads = [f"rank-{k}" for k in result.cmc] + ["mAP", "mINP"]
@@ -147,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
                 f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)"
             )
         metric, metric_info = resolve_metric(args.metric, checkpoint)
+    dataset = load_dataset(args.dataset, args.data_root)
+    check_test_set(dataset)
+    _check_outputs(args, dataset.root)
+    if args.baseline is None:
         model = load_model(checkpoint, device=args.device)
         if metric.feature_dim is not None and metric.feature_dim != model.feature_dim:
             raise MetricAttackError(
@@ -154,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
                 f"{model.feature_dim}-d features; fit the metric for this model (metricattack fit-metric)"
             )
         ckpt_sha = sha256_file(checkpoint)
-    dataset = load_dataset(args.dataset, args.data_root)
     fingerprint = dataset_fingerprint(dataset)
     start = time.perf_counter()
     feats = {}
@@ -177,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     chance = dataset_chance(dataset, args.ap)
     print(f"chance level (a random ranking of this gallery): rank-1 {100 * chance.cmc[1]:.2f}  mAP {100 * chance.mAP:.2f}")
     if args.out is not None:
+        remove_leftovers(args.out.parent, prefix=f".{args.out.name}.", recursive=False)
         atomic_write_json(
             args.out,
             {

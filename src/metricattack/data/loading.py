@@ -7,6 +7,7 @@ the 1/255 grid, so ``read_image(save_png(x))`` returns ``round(x * 255) / 255`` 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -24,29 +25,56 @@ PathLike = str | os.PathLike[str]
 
 
 def read_image(path: PathLike) -> torch.Tensor:
-    """Decode ``path`` to an RGB float32 tensor ``[3,H,W]`` in [0,1].
+    """Decode ``path`` to an RGB float32 tensor ``[3,H,W]`` in [0,1], on the 1/255 grid.
 
-    Raises :class:`DatasetError` naming the file when it is missing, not an image, or
-    truncated (PIL's ``LOAD_TRUNCATED_IMAGES`` is forced off while decoding).
+    16-bit images (grayscale PNG ``I;16``) are read at 8-bit precision (``round(v / 257)``), like
+    every other image. Raises :class:`DatasetError` naming the file when it is missing, not an
+    image, truncated (PIL's ``LOAD_TRUNCATED_IMAGES`` is forced off while decoding), of a pixel
+    type with no display range (32-bit integer or float), or larger than PIL's decompression-bomb
+    limit (:func:`image_size`).
     """
     allow_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             img.load()
-            rgb = img.convert("RGB")
+            array = _rgb_array(img, path)
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise DatasetError(f"cannot read image {os.fspath(path)}: {exc} (expected a complete JPEG or PNG file)") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
-    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
-    return pixels.permute(2, 0, 1).to(torch.float32).div_(255.0)
+    return torch.from_numpy(array).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def _open(path: PathLike) -> Image.Image:
+    """``Image.open`` with PIL's decompression-bomb warning and error turned into one :class:`DatasetError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DatasetError(
+            f"image {os.fspath(path)} is larger than the {Image.MAX_IMAGE_PIXELS:,} pixels this tool decodes "
+            "(a decompression bomb?); expected a person crop (Market-1501: 128x64)"
+        ) from None
+
+
+def _rgb_array(img: Image.Image, path: PathLike) -> np.ndarray:
+    """``[H,W,3]`` uint8 RGB pixels of an opened image (16-bit grayscale scaled to 8 bits)."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):  # PNG holds at most 16 bits
+        gray = np.rint(np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        raise DatasetError(
+            f"cannot read image {os.fspath(path)}: {img.mode!r} pixels (32-bit) have no display range; expected 8- or 16-bit"
+        )
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
     """``(H, W)`` of the image at ``path``, read from the file header only."""
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             width, height = img.size
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise DatasetError(f"cannot read image header of {os.fspath(path)}: {exc} (expected a JPEG or PNG file)") from None

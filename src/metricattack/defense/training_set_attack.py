@@ -13,9 +13,9 @@ within ε, ``manifest.json``, ``attack_results.json``, resumable per batch).
 
 **Merge** (:func:`merge_training_sets`). A ``folder``-layout dataset whose
 ``bounding_box_train/`` holds every clean training image (Y) and its adversarial version
-(Y_adv) with the same identity and camera, hard-linked (copied when linking fails) under
+(Y_adv) with the same identity and camera, copied (never hard-linked: the source stays untouched) under
 generated Market-1501 names (``0002_c1_y000017.jpg`` clean, ``0002_c1_a000017.png``
-adversarial), so the normal trainer consumes it unchanged. Query and gallery are linked from
+adversarial), so the normal trainer consumes it unchanged. Query and gallery are copied from
 the source (a ``folder`` dataset needs them; training does not read them). ``merge.json``
 records both fingerprints and the file mapping.
 """
@@ -33,7 +33,7 @@ from ..attacks.export import ModelEntry, export_attack
 from ..data.layouts import dataset_fingerprint, load_dataset
 from ..data.types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
 from ..errors import DatasetError, MetricAttackError
-from ..io import atomic_write_json, environment_versions, link_or_copy, sha256_file
+from ..io import atomic_write_json, copy_file, environment_versions, sha256_file
 from ..metrics.distance import build_metric
 from .config import TrainingSetAttack
 
@@ -124,12 +124,12 @@ def merge_training_sets(dataset: ReIDDataset, adv_dir: Path, out: Path) -> Path:
             "clean": f"bounding_box_train/{stem}_y{i:06d}{y.path.suffix.lower()}",
             "adversarial": f"bounding_box_train/{stem}_a{i:06d}.png",
         }
-        link_or_copy(y.path, out / pair["clean"])
-        link_or_copy(y_adv.path, out / pair["adversarial"])
+        copy_file(y.path, out / pair["clean"])
+        copy_file(y_adv.path, out / pair["adversarial"])
         mapping.append({**pair, "source": y.path.relative_to(dataset.root).as_posix(), "source_adversarial": y_adv.path.name})
     for split, folder, tag in (("query", "query", "q"), ("gallery", "bounding_box_test", "g")):
         for i, r in enumerate(dataset.split(split)):
-            link_or_copy(r.path, out / folder / f"{_pid_text(r.pid)}_c{r.camid + 1}_{tag}{i:06d}{r.path.suffix.lower()}")
+            copy_file(r.path, out / folder / f"{_pid_text(r.pid)}_c{r.camid + 1}_{tag}{i:06d}{r.path.suffix.lower()}")
     merged = load_dataset("folder", out)
     atomic_write_json(
         record_path,

@@ -302,6 +302,15 @@ def save_metric(metric: Metric, path: str | Path, meta: dict[str, Any] | None = 
     return path
 
 
+def is_metric_file(path: str | Path) -> bool:
+    """True when ``path``'s JSON sidecar is a metric record of :func:`save_metric` (cheap: the tensors are not read)."""
+    try:
+        record = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") == STATE_FORMAT
+
+
 def load_metric(path: str | Path) -> Metric:
     """Load a metric written by :func:`save_metric`; errors name the file and the problem."""
     path = Path(path)

@@ -37,8 +37,9 @@ import torch
 from ..data.types import DISTRACTOR_PID, JUNK_PID
 from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
-from ..io import sha256_file
-from .distance import MahalanobisMetric, NonPSDMatrixWarning, load_metric, save_metric
+from ..io import remove_leftovers, sha256_file
+from ..outputs import check_output_file, with_sidecars
+from .distance import MahalanobisMetric, NonPSDMatrixWarning, is_metric_file, load_metric, save_metric, sidecar_path
 
 OnNonPSD = Literal["project", "error"]
 LEARNED_KINDS = ("xqda", "kissme")
@@ -248,6 +249,24 @@ def check_dim(dim: int | None, input_dim: int) -> None:
         raise MetricAttackError(f"dim must be between 1 and the feature dimension {input_dim}, got {dim}")
 
 
+def check_fit_options(kind: str, input_dim: int, options: dict[str, Any]) -> None:
+    """Validate the options of :func:`fit_learned` for ``input_dim``-d features before any feature is extracted."""
+    from . import kissme, xqda  # imported here: both modules import this one
+
+    fitters = {"xqda": xqda.fit_xqda, "kissme": kissme.fit_kissme}
+    if kind not in fitters:
+        raise MetricAttackError(f"unknown learned metric {kind!r}; expected one of {', '.join(LEARNED_KINDS)}")
+    accepted = [p.name for p in inspect.signature(fitters[kind]).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise MetricAttackError(f"{kind} does not take option(s) {', '.join(unknown)}; it takes {', '.join(accepted)}")
+    check_dim(options.get("dim"), input_dim)
+    check_on_non_psd(options.get("on_non_psd", "project"))
+    reg = options.get("reg", 0.0)
+    if not (isinstance(reg, int | float) and 0 <= reg < float("inf")):
+        raise MetricAttackError(f"{kind} regulariser reg must be a finite number >= 0, got {reg}")
+
+
 def metric_path(checkpoint: str | Path, kind: str) -> Path:
     """Where the ``kind`` metric of ``checkpoint`` lives: ``<stem>.<kind>.safetensors`` beside it."""
     checkpoint = Path(checkpoint)
@@ -344,12 +363,26 @@ def fit_for_checkpoint(
     if kind not in LEARNED_KINDS:
         raise MetricAttackError(f"unknown learned metric {kind!r}; expected one of {', '.join(LEARNED_KINDS)}")
     checkpoint = Path(checkpoint)
+    path = Path(out) if out is not None else metric_path(checkpoint, kind)
+    if path.suffix != ".safetensors":
+        raise MetricAttackError(f"metric file {path} must end with .safetensors (its JSON sidecar is written beside it)")
+    if batch_size < 1:
+        raise MetricAttackError(f"batch size must be a positive integer, got {batch_size}")
     model = load_model(checkpoint)
+    check_fit_options(kind, model.feature_dim, options)
     data = load_dataset(dataset, data_root)
+    check_output_file(
+        "metric file",
+        path,
+        kind="metricattack metric file",
+        is_previous=is_metric_file,
+        inputs=with_sidecars([checkpoint]),
+        datasets=[data.root],
+        sidecar=True,
+    )
     records = [r for r in data.train if r.pid not in (JUNK_PID, DISTRACTOR_PID)]
     features = extract_features(model, records, batch_size=batch_size)
     fit = fit_learned(kind, features, [r.pid for r in records], [r.camid for r in records], **options)
-    path = Path(out) if out is not None else metric_path(checkpoint, kind)
     provenance = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
@@ -364,6 +397,8 @@ def fit_for_checkpoint(
         "world_size": rank_and_world()[1],
     }
     if is_main_process():
+        for leftover_of in (path, sidecar_path(path)):
+            remove_leftovers(path.parent, prefix=f".{leftover_of.name}.", recursive=False)
         save_learned_metric(fit, path, provenance)
     barrier()
     return path

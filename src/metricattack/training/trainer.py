@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data.layouts import dataset_fingerprint, load_dataset
+from ..data.types import ReIDDataset
 from ..distributed import barrier, is_main_process, process_group, rank_and_world, resolve_device
 from ..errors import ConfigError
 from ..models.checkpoint import (
@@ -47,6 +48,7 @@ from ..models.checkpoint import (
     train_state_path,
 )
 from ..models.reid import ReIDModel
+from ..outputs import check_output_folder, claim_output
 from .config import TrainConfig
 from .data import TrainImages, relabel
 from .losses import batch_hard_triplet_loss, cross_entropy_loss
@@ -104,15 +106,32 @@ class LossTerms:
         return sum(parts.values()), parts  # type: ignore[return-value]
 
 
-def build_loader(cfg: TrainConfig, dataset: TrainImages, labels: list[int], rank: int, world: int) -> DataLoader:
-    """DataLoader over ``dataset``: P×K batches or shuffled full batches (seeded, sharded by rank)."""
+def batch_sampler(cfg: TrainConfig, labels: list[int], rank: int, world: int) -> Any:
+    """P×K batches or shuffled full batches of ``labels``' indices (seeded, sharded by rank).
+
+    Raises :class:`ConfigError` when the training split cannot fill one batch per rank, which
+    needs the labels only: :func:`train` checks it before decoding any image.
+    """
     if cfg.batch.sampler == "pk":
         sampler: Any = PKBatchSampler(labels, cfg.batch.ids_per_batch, cfg.batch.images_per_id, seed=cfg.seed, rank=rank, world=world)
     else:
-        sampler = _ShuffledBatches(len(dataset), cfg.batch.batch_size, seed=cfg.seed, rank=rank, world=world)
+        sampler = _ShuffledBatches(len(labels), cfg.batch.batch_size, seed=cfg.seed, rank=rank, world=world)
     if len(sampler) == 0:
-        raise ConfigError(f"batch.batch_size={cfg.batch.batch_size} is larger than one epoch's worth of training images ({len(dataset)})")
+        raise ConfigError(
+            f"batch.batch_size={cfg.batch.batch_size} is larger than one epoch's worth of training images ({len(labels)}, {world} process(es))"
+        )
+    return sampler
+
+
+def build_loader(cfg: TrainConfig, dataset: TrainImages, labels: list[int], rank: int, world: int) -> DataLoader:
+    """DataLoader over ``dataset`` with :func:`batch_sampler`'s batches."""
+    sampler = batch_sampler(cfg, labels, rank, world)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+
+
+def is_train_run(folder: Path) -> bool:
+    """True when ``folder`` holds a training run (epoch checkpoints or a final model) of this package."""
+    return (folder / CHECKPOINT_DIR).is_dir() or meta_path(folder / FINAL_NAME).is_file()
 
 
 class _ShuffledBatches(torch.utils.data.Sampler[list[int]]):
@@ -223,9 +242,24 @@ def _initial_weights(model: ReIDModel, checkpoint: Path, class_pids: list[int], 
 
 
 def _train(cfg: TrainConfig, out_dir: Path, device: torch.device, variant: Variant) -> Path:
+    """Checks that need only names and labels (output folder, batch composition), then the run, holding ``out_dir``."""
     rank, world = rank_and_world()
     dataset = load_dataset(cfg.data.dataset, cfg.data.root)
+    check_output_folder("output folder", out_dir, command="train", is_previous=is_train_run, datasets=[dataset.root])
     records, labels, class_pids = relabel(dataset.train)
+    try:
+        batch_sampler(cfg, labels, rank, world)
+    except ConfigError as exc:
+        raise ConfigError(f"training on {dataset.root}: {exc}") from None
+    with claim_output(out_dir, "train"):
+        return _run(cfg, out_dir, device, variant, dataset, (records, labels, class_pids))
+
+
+def _run(
+    cfg: TrainConfig, out_dir: Path, device: torch.device, variant: Variant, dataset: ReIDDataset, relabelled: tuple[list, list, list]
+) -> Path:
+    rank, world = rank_and_world()
+    records, labels, class_pids = relabelled
     fingerprint = dataset_fingerprint(dataset)
     final, ckpt_dir = out_dir / FINAL_NAME, out_dir / CHECKPOINT_DIR
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +25,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ...errors import MetricAttackError
-from ...io import atomic_write_json, environment_versions
+from ...io import atomic_dir, atomic_write_json, environment_versions, remove_leftovers
+from ...outputs import check_writable
 from .appearance import Camera, Identity, sample_camera, sample_identity
 from .config import SynthConfig
 from .render import render_background, render_image, render_junk
@@ -184,16 +182,17 @@ def generate(out_dir: Path | str, cfg: SynthConfig, *, workers: int = 1, progres
 
     Images are lossless PNG; same config ⇒ same bytes, whatever ``workers``. A directory
     that already holds this exact dataset is returned as is; one that holds anything else
-    raises :class:`MetricAttackError`. The dataset is built in a temporary sibling and
-    renamed into place, so an interrupted run leaves nothing behind.
+    raises :class:`MetricAttackError`, and so does an unwritable location, before any image is
+    drawn. The dataset is built in a temporary sibling and renamed into place, so an interrupted
+    run leaves nothing half-written; the temporary folder of a killed run is removed by the next.
     """
     out_dir = Path(out_dir)
     if _existing(out_dir, cfg):
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_writable("output folder", out_dir)
+    remove_leftovers(out_dir.parent, prefix=f".{out_dir.name}.", recursive=False)  # of a killed earlier run
     jobs = plan(cfg)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for sub in SPLIT_DIRS.values():
             (tmp / sub).mkdir()
         files: dict[str, str] = {}
@@ -214,12 +213,6 @@ def generate(out_dir: Path | str, cfg: SynthConfig, *, workers: int = 1, progres
                 "files": files,
             },
         )
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
