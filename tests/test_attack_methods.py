@@ -18,7 +18,7 @@ from metricattack.attacks.objectives import (
     query_reference_sets,
     targeted_reference_sets,
 )
-from metricattack.attacks.spec import AttackSpec, make_spec, paper_steps
+from metricattack.attacks.spec import METHODS, SETTINGS, AttackMethod, AttackSpec, make_spec, paper_steps
 from metricattack.errors import MetricAttackError
 from metricattack.metrics.distance import CosineMetric, EuclideanMetric, MahalanobisMetric
 
@@ -84,6 +84,35 @@ def test_paper_steps_and_spec_defaults() -> None:
 def test_spec_rejects_bad_values(values: dict, culprit: str) -> None:
     with pytest.raises(MetricAttackError, match=culprit):
         make_spec(**values)
+
+
+def test_unknown_method_lists_the_registered_ones() -> None:
+    with pytest.raises(MetricAttackError, match=r"unknown attack method 'cw'; available: fgsm, ifgsm, mifgsm, pgd"):
+        make_spec(method="cw")
+
+
+def test_a_registered_method_is_accepted_and_steps_by_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method registered in METHODS (here: MI-FGSM from PGD's random start) is accepted by the spec and perturb."""
+    monkeypatch.setitem(METHODS._items, "mipgd", AttackMethod("MI-FGSM from a random start", momentum=True, random_start=True))
+    spec = make_spec(method="mipgd", eps=4, seed=3)
+    assert spec.uses_random_start and spec.num_steps == paper_steps(4)
+    x = images(3)
+
+    def objective(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # gradient signs flip within the ε-ball
+        return torch.sin(400 * a).flatten(1).sum(1)
+
+    adv = perturb(x, objective, spec, indices=torch.arange(3))
+    assert (adv - x).abs().max() <= 4 / 255 + 1e-6
+    for other in ("mifgsm", "pgd"):  # both flags act: neither the momentum nor the random start alone gives it
+        assert not torch.equal(adv, perturb(x, objective, make_spec(method=other, eps=4, seed=3), indices=torch.arange(3)))
+    with pytest.raises(MetricAttackError, match="available: fgsm, ifgsm, mifgsm, pgd, mipgd"):
+        make_spec(method="bim")
+
+
+def test_settings_registry_names_the_paper_settings() -> None:
+    assert SETTINGS.names() == ("gallery", "targeted", "query", "classification")
+    assert [SETTINGS.get(n).split for n in SETTINGS] == ["gallery", "gallery", "query", "gallery"]
+    assert SETTINGS.get("targeted").minimise and SETTINGS.get("classification").classification
 
 
 # ---------------------------------------------------------------- methods

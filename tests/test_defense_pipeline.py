@@ -25,13 +25,13 @@ from metricattack.defense.evaluation import ORIGINAL, adaptive_attack_rows, rela
 from metricattack.defense.online import guide_references, train_defended
 from metricattack.errors import ConfigError, MetricAttackError
 from metricattack.metrics.distance import EuclideanMetric
-from metricattack.models.backbones import available_backbones, register_backbone
+from metricattack.models.backbones import BACKBONES, register_backbone
 from metricattack.models.checkpoint import checkpoint_meta, load_model
 from metricattack.training import TrainConfig
 
 BACKBONE = "defense_test_cnn"
 
-if BACKBONE not in available_backbones():
+if BACKBONE not in BACKBONES:
 
     @register_backbone(BACKBONE)
     def _tiny_cnn(pretrained: object, last_stride: int) -> tuple[nn.Module, int]:

@@ -91,7 +91,7 @@ def test_feature_dimension_mismatch_names_both_dimensions():
 
 
 def test_build_metric_errors():
-    with pytest.raises(MetricAttackError, match="unknown metric 'manhattan'; expected one of euclidean, cosine, mahalanobis"):
+    with pytest.raises(MetricAttackError, match="unknown metric 'manhattan'; available: euclidean, cosine, mahalanobis"):
         build_metric("manhattan")
     with pytest.raises(MetricAttackError, match="exactly one of projection"):
         build_metric("mahalanobis")

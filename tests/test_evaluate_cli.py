@@ -17,6 +17,7 @@ from metricattack.errors import MetricAttackError
 from metricattack.evaluation.features import evaluate_features, extract_features
 from metricattack.evaluation.ranking import evaluate_distances
 from metricattack.metrics.distance import CosineMetric, EuclideanMetric, MahalanobisMetric, save_metric
+from metricattack.models.checkpoint import save_checkpoint
 
 # tiny Market-layout dataset: identity = colour, camera = brightness; 3 test ids, 2 cameras
 COLOURS = {1: (200, 40, 40), 2: (40, 200, 40), 3: (40, 40, 200), 4: (200, 200, 40)}
@@ -121,13 +122,12 @@ def test_evaluate_bad_inputs_are_one_clear_error(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    checkpoint = pytest.importorskip("metricattack.models.checkpoint")
     from metricattack.models.reid import ReIDModel
 
     torch.manual_seed(0)
     model = ReIDModel("mobilenet_v3_small", num_classes=2, input_size=(32, 16), pretrained=False).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    checkpoint.save_checkpoint(model, path, {"note": "test"})
+    save_checkpoint(model, path, {"note": "test"})
     return path
 
 

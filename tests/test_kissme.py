@@ -9,7 +9,8 @@ import torch
 from metricattack.errors import MetricAttackError
 from metricattack.metrics.distance import NonPSDMatrixWarning
 from metricattack.metrics.kissme import fit_kissme, pca_basis
-from metricattack.metrics.learned import load_learned_metric, pair_covariances, save_learned_metric
+from metricattack.metrics.learned import load_learned_metric, save_learned_metric
+from metricattack.metrics.pairs import pair_covariances
 from test_xqda import gaussian_reid, held_out_scores
 
 

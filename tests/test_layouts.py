@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import warnings
 from collections.abc import Iterable
@@ -13,9 +14,9 @@ from PIL import Image
 
 from metricattack.data import layouts
 from metricattack.data.layouts import (
+    DATASETS,
     DatasetCounts,
     DatasetCountWarning,
-    available_datasets,
     dataset_fingerprint,
     load_dataset,
     parse_market_name,
@@ -133,9 +134,9 @@ def test_root_may_be_the_parent_folder(tmp_path: Path) -> None:
 
 def test_no_warning_when_counts_match_official(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = market_tree(tmp_path / "m")
-    entry = layouts._REGISTRY["market1501"]
     official = {"": DatasetCounts(2, 3, 2, 2, 5)}
-    monkeypatch.setitem(layouts._REGISTRY, "market1501", layouts._Entry(entry.loader, entry.title, official))
+    layout = dataclasses.replace(layouts.DATASETS.get("market1501"), official=official)
+    monkeypatch.setitem(layouts.DATASETS._items, "market1501", layout)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset("market1501", root)
@@ -303,8 +304,8 @@ def test_empty_query_or_gallery(tmp_path: Path, split_dir: str) -> None:
 
 
 def test_registry_names_and_unknown(tmp_path: Path) -> None:
-    assert available_datasets() == ["cuhk03np", "dukemtmc", "folder", "market1501", "msmt17"]
-    with pytest.raises(DatasetError, match="unknown dataset 'market'; known datasets: cuhk03np, dukemtmc, folder, market1501, msmt17"):
+    assert DATASETS.names() == ("market1501", "dukemtmc", "msmt17", "cuhk03np", "folder")
+    with pytest.raises(DatasetError, match="unknown dataset 'market'; available: market1501, dukemtmc, msmt17, cuhk03np, folder"):
         load_dataset("market", tmp_path)
     with pytest.raises(DatasetError, match="variant='labeled' applies only to cuhk03np"):
         load_dataset("market1501", tmp_path, variant="labeled")
@@ -338,7 +339,6 @@ def test_fingerprint_missing_file(tmp_path: Path) -> None:
 
 
 def test_folder_loads_the_synthetic_dataset(request: pytest.FixtureRequest) -> None:
-    pytest.importorskip("metricattack.data.synthetic")
     root = request.getfixturevalue("tiny_dataset_root")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -9,7 +9,7 @@ import torch
 
 from metricattack.errors import MetricAttackError
 from metricattack.models import backbones
-from metricattack.models.backbones import available_backbones, build_backbone
+from metricattack.models.backbones import BACKBONES, build_backbone
 from metricattack.models.reid import ReIDModel
 
 
@@ -75,7 +75,7 @@ def test_last_stride_doubles_resnet_resolution() -> None:
     assert one(x).shape[-2:] == (4, 2) and two(x).shape[-2:] == (2, 1)
 
 
-@pytest.mark.parametrize("name", available_backbones())
+@pytest.mark.parametrize("name", BACKBONES.names())
 def test_batchnorm_momentum_is_pytorch_default(name: str) -> None:
     trunk, _ = build_backbone(name)
     momenta = {m.momentum for m in trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)}
@@ -83,7 +83,7 @@ def test_batchnorm_momentum_is_pytorch_default(name: str) -> None:
 
 
 def test_registry_lists_paper_and_cpu_backbones() -> None:
-    names = available_backbones()
+    names = BACKBONES.names()
     for name in ("resnet50", "resnext50_32x4d", "densenet121", "resnet18", "mobilenet_v3_small"):
         assert name in names
 

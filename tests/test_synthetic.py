@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from metricattack.cli import main
+from metricattack.data.layouts import load_dataset
 from metricattack.data.synthetic import MANIFEST, SynthConfig, generate
 from metricattack.errors import MetricAttackError
 from metricattack.evaluation.baselines import color_histogram_features
@@ -62,8 +63,7 @@ def test_layout_counts_and_identities(tiny_dataset_root: Path) -> None:
 
 
 def test_layout_loads_as_folder_dataset(tiny_dataset_root: Path) -> None:
-    layouts = pytest.importorskip("metricattack.data.layouts")
-    ds = layouts.load_dataset("folder", tiny_dataset_root)
+    ds = load_dataset("folder", tiny_dataset_root)
     assert len(ds.train) == 96 and len(ds.query) == 36 and len(ds.gallery) == 12 * 3 * 2 + 10
     assert {r.camid for r in ds.query} == {0, 1, 2}
     assert {r.pid for r in ds.train}.isdisjoint({r.pid for r in ds.query})

@@ -16,6 +16,11 @@ Example::
     BACKBONES.register("mynet", build_mynet)   # the call form
     BACKBONES.get("resnet18")                  # the builder
     BACKBONES.get("resnet81")                  # MetricAttackError: unknown backbone 'resnet81'; available: ...
+    BackboneName = Annotated[str, AfterValidator(BACKBONES.check)]   # a pydantic field type
+
+Where the registries live: ``models.backbones.BACKBONES``, ``data.layouts.DATASETS``,
+``metrics.distance.METRICS``, ``metrics.learned.LEARNED_METRICS``, ``attacks.spec.METHODS``
+and ``attacks.spec.SETTINGS`` (DEVELOPERS.md lists them all).
 """
 
 from __future__ import annotations
@@ -29,10 +34,15 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Names → objects of one ``kind`` (used in messages, e.g. ``"backbone"``), in registration order."""
+    """Names → objects of one ``kind`` (used in messages, e.g. ``"backbone"``), in registration order.
 
-    def __init__(self, kind: str) -> None:
+    ``error`` is the :class:`MetricAttackError` subclass raised for an unknown name (e.g.
+    :class:`~metricattack.errors.DatasetError` for dataset layouts).
+    """
+
+    def __init__(self, kind: str, *, error: type[MetricAttackError] = MetricAttackError) -> None:
         self.kind = kind
+        self.error = error
         self._items: dict[str, T] = {}
 
     @overload
@@ -62,7 +72,17 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise MetricAttackError(f"unknown {self.kind} {name!r}; available: {', '.join(self._items) or '(none)'}") from None
+            raise self.error(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: object) -> str:
+        """``unknown <kind> 'name'; available: a, b`` (also for validators that must raise ValueError)."""
+        return f"unknown {self.kind} {name!r}; available: {', '.join(self._items) or '(none)'}"
+
+    def check(self, name: str) -> str:
+        """``name`` if registered, else ValueError (for pydantic validators: ``AfterValidator(REG.check)``)."""
+        if name not in self._items:
+            raise ValueError(self.unknown_message(name))
+        return name
 
     def names(self) -> tuple[str, ...]:
         """Registered names, in registration order."""

@@ -58,7 +58,6 @@ from .objectives import metrics_per_model
 from .runner import (
     SplitFeatures,
     attack_batches,
-    check_setting,
     clean_features,
     mean_true_positive_distance,
     native_features,
@@ -66,7 +65,7 @@ from .runner import (
     targeted_success,
     true_positive_pairs,
 )
-from .spec import AttackSpec, check_savable
+from .spec import SETTINGS, AttackSpec, check_savable
 
 MANIFEST_FORMAT = "metricattack.adversarial-dataset/1"
 RESULTS_FORMAT = "metricattack.attack-results/1"
@@ -202,7 +201,7 @@ def export_attack(
     if file_names not in FILE_NAMES:
         raise MetricAttackError(f"unknown file_names {file_names!r}; expected one of {', '.join(FILE_NAMES)}")
     check_savable(spec, "eps")
-    check_setting(setting)
+    SETTINGS.get(setting)  # an unknown setting fails before any work
     require_valid_matches(dataset)
     check_output_location(out, dataset.root)
     models = [e.model for e in attack_models]

@@ -1,4 +1,4 @@
-"""FGSM, I-FGSM, MI-FGSM and PGD as one stepper over a per-image objective.
+"""FGSM, I-FGSM, MI-FGSM and PGD as one stepper over a per-image objective (the flags of :class:`~.spec.AttackMethod`).
 
 An *objective* is any callable ``objective(images [B,3,H,W], indices [B]) -> losses [B]``
 where ``losses[i]`` depends on image ``i`` only (models in eval mode), so a batch can mix
@@ -95,13 +95,14 @@ def perturb(
     eps, alpha = spec.eps / 255.0, spec.alpha / 255.0
     direction = -1.0 if minimise else 1.0
 
+    rule = spec.rule
     x = original.clone()
     if spec.uses_random_start:
         x = (original + mask * random_start_noise(original, indices, spec.seed, eps)).clamp_(0.0, 1.0)
-    momentum = torch.zeros_like(original) if spec.method == "mifgsm" else None
+    momentum = torch.zeros_like(original) if rule.momentum else None
     for _ in range(spec.num_steps):
         grad = input_gradient(objective, x, indices)
-        if spec.method == "fgsm":
+        if rule.single_step:
             return (original + (direction * eps) * mask * grad.sign()).clamp_(0.0, 1.0)
         if momentum is not None:
             momentum = spec.mu * momentum + per_image_l1_normalise(grad)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.types import DISTRACTOR_PID, JUNK_PID
+from ..data.types import DISTRACTOR_PID, JUNK_PID, ReIDDataset
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
 
@@ -109,6 +109,22 @@ def targeted_reference_sets(
         draws = torch.randint(candidates.numel(), (len(members),), generator=gen)
         targets[members] = candidates[draws]
     return [(int(t),) if t >= 0 else () for t in targets.tolist()], targets
+
+
+def gallery_references(dataset: ReIDDataset, seed: int) -> tuple[RefSets, None]:
+    """:func:`gallery_reference_sets` of ``dataset`` (the ``gallery`` and ``classification`` settings)."""
+    return gallery_reference_sets([r.pid for r in dataset.gallery], [r.pid for r in dataset.query]), None
+
+
+def query_references(dataset: ReIDDataset, seed: int) -> tuple[RefSets, None]:
+    """:func:`query_reference_sets` of ``dataset`` (the ``query`` setting)."""
+    q, g = dataset.query, dataset.gallery
+    return query_reference_sets([r.pid for r in q], [r.camid for r in q], [r.pid for r in g], [r.camid for r in g]), None
+
+
+def targeted_references(dataset: ReIDDataset, seed: int) -> tuple[RefSets, torch.Tensor]:
+    """:func:`targeted_reference_sets` of ``dataset`` with ``seed`` (the ``targeted`` setting)."""
+    return targeted_reference_sets([r.pid for r in dataset.gallery], [r.pid for r in dataset.query], seed)
 
 
 @dataclass(frozen=True)

@@ -24,29 +24,8 @@ from ..distributed import gather_rows
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
 from .methods import perturb
-from .objectives import (
-    ClassificationLoss,
-    EnsembleLoss,
-    MetricLoss,
-    ReferenceTargets,
-    gallery_reference_sets,
-    metrics_per_model,
-    query_reference_sets,
-    targeted_reference_sets,
-)
+from .objectives import ClassificationLoss, EnsembleLoss, MetricLoss, ReferenceTargets, metrics_per_model
 from .spec import SETTINGS, AttackSpec
-
-
-def check_setting(setting: str) -> str:
-    """``setting`` if known, else MetricAttackError listing the settings."""
-    if setting not in SETTINGS:
-        raise MetricAttackError(f"unknown attack setting {setting!r}; expected one of {', '.join(SETTINGS)}")
-    return setting
-
-
-def attacked_split(setting: str) -> str:
-    """``"query"`` for the query-side attack, ``"gallery"`` otherwise."""
-    return "query" if check_setting(setting) == "query" else "gallery"
 
 
 @torch.no_grad()
@@ -119,29 +98,22 @@ def plan_attack(
     spec: AttackSpec,
     features: Sequence[SplitFeatures],
 ) -> AttackPlan:
-    """Build the objective of ``setting`` from each model's clean ``features`` (see :mod:`.objectives`)."""
-    split = attacked_split(setting)
+    """Build the objective of ``setting`` (a :data:`~.spec.SETTINGS` name) from each model's clean ``features``."""
+    rule = SETTINGS.get(setting)
     if len(features) != len(models):
         raise MetricAttackError(f"got clean features of {len(features)} models for {len(models)} models")
     per_model = metrics_per_model(models, metrics)
-    q_pids, g_pids = [r.pid for r in dataset.query], [r.pid for r in dataset.gallery]
-    targets = None
-    if setting == "query":
-        ref_sets = query_reference_sets(q_pids, [r.camid for r in dataset.query], g_pids, [r.camid for r in dataset.gallery])
-    elif setting == "targeted":
-        ref_sets, targets = targeted_reference_sets(g_pids, q_pids, spec.seed)
-    else:
-        ref_sets = gallery_reference_sets(g_pids, q_pids)
+    ref_sets, targets = rule.references(dataset, spec.seed)
     active = torch.tensor([bool(s) for s in ref_sets], dtype=torch.bool)
     parts: list[MetricLoss | ClassificationLoss] = []
     for model, metric, feats in zip(models, per_model, features, strict=True):
         model.eval()
-        if setting == "classification":
+        if rule.classification:
             parts.append(ClassificationLoss(model))
         else:
-            refs = feats.gallery if split == "query" else feats.query
+            refs = feats.gallery if rule.split == "query" else feats.query
             parts.append(MetricLoss(model, metric, ReferenceTargets.build(metric, refs, ref_sets)))
-    return AttackPlan(setting, split, dataset.split(split), active, targets, EnsembleLoss(parts), setting == "targeted")
+    return AttackPlan(setting, rule.split, dataset.split(rule.split), active, targets, EnsembleLoss(parts), rule.minimise)
 
 
 @dataclass(frozen=True)

@@ -17,21 +17,95 @@ Settings (paper Sec. 3.4, plus two extensions):
 * ``classification`` -- baseline: maximise the cross-entropy of each model's own classifier
   w.r.t. the class it predicts for the clean image (test identities are not among the
   classifier's classes); same images attacked as in ``gallery``.
+
+Methods and settings are listed in the registries :data:`METHODS` and :data:`SETTINGS`; a
+method or setting registered there is accepted everywhere a name is (configs, ``--method``,
+``--setting``), and errors list the registered names.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+import torch
+from pydantic import AfterValidator, Field, model_validator
 
 from ..config import StrictModel, validate
+from ..data.types import ReIDDataset
 from ..errors import ConfigError
+from ..registry import Registry
+from .objectives import RefSets, gallery_references, query_references, targeted_references
 
-Method = Literal["fgsm", "ifgsm", "mifgsm", "pgd"]
-Setting = Literal["gallery", "targeted", "query", "classification"]
-METHODS: tuple[str, ...] = ("fgsm", "ifgsm", "mifgsm", "pgd")
-SETTINGS: tuple[str, ...] = ("gallery", "targeted", "query", "classification")
+
+@dataclass(frozen=True)
+class AttackMethod:
+    """How an attack method steps; :func:`~metricattack.attacks.methods.perturb` follows these flags.
+
+    Attributes:
+        summary: one line naming the method (help texts, reports).
+        single_step: one step of size ε from the clean image (FGSM); ``steps`` must be 1 or unset.
+        momentum: accumulate per-image L1-normalised gradients with decay μ (MI-FGSM).
+        random_start: start from a uniform point of the ε-ball (PGD), unless the spec says ``random_start: false``.
+    """
+
+    summary: str
+    single_step: bool = False
+    momentum: bool = False
+    random_start: bool = False
+
+
+METHODS: Registry[AttackMethod] = Registry("attack method")
+"""Attack method name → :class:`AttackMethod`."""
+METHODS.register("fgsm", AttackMethod("FGSM (Eq. 5): one step of size ε", single_step=True))
+METHODS.register("ifgsm", AttackMethod("I-FGSM (Eq. 6): n steps of size α, projected on the ε-ball"))
+METHODS.register("mifgsm", AttackMethod("MI-FGSM (Eq. 7): I-FGSM on momentum-accumulated gradients", momentum=True))
+METHODS.register("pgd", AttackMethod("PGD: I-FGSM from a uniform random start in the ε-ball", random_start=True))
+
+References = Callable[[ReIDDataset, int], tuple[RefSets, torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class AttackSetting:
+    """What an attack setting attacks and toward what.
+
+    Attributes:
+        summary: one line describing the setting.
+        split: the attacked split, ``gallery`` or ``query``; reference features come from the other split.
+        references: ``(dataset, seed) -> (reference sets, targets)``: per image of ``split``, the
+            indices of the other split's images its loss is measured against (empty: not attacked),
+            and for a targeted setting ``targets [N]`` (−1 when not attacked), else None.
+        minimise: descend the metric loss (pull toward the references) instead of ascending it.
+        classification: attack each model's classifier instead of the metric (same images attacked).
+    """
+
+    summary: str
+    split: Literal["gallery", "query"]
+    references: References
+    minimise: bool = False
+    classification: bool = False
+
+
+SETTINGS: Registry[AttackSetting] = Registry("attack setting")
+"""Attack setting name → :class:`AttackSetting`."""
+SETTINGS.register(
+    "gallery", AttackSetting("non-targeted: push gallery images away from their identity's probes", "gallery", gallery_references)
+)
+SETTINGS.register(
+    "targeted",
+    AttackSetting("pull gallery images toward one probe of another identity (Eq. 8)", "gallery", targeted_references, minimise=True),
+)
+SETTINGS.register("query", AttackSetting("push probes away from their true gallery matches", "query", query_references))
+SETTINGS.register(
+    "classification",
+    AttackSetting("baseline: attack each model's classifier on the gallery's images", "gallery", gallery_references, classification=True),
+)
+
+MethodName = Annotated[str, AfterValidator(METHODS.check)]
+"""A pydantic field type: the name of a registered attack method."""
+SettingName = Annotated[str, AfterValidator(SETTINGS.check)]
+"""A pydantic field type: the name of a registered attack setting."""
 
 
 def paper_steps(eps: float) -> int:
@@ -43,7 +117,7 @@ class AttackSpec(StrictModel):
     """One attack method with its parameters (all pixel quantities in 0..255 units).
 
     Attributes:
-        method: ``fgsm`` (Eq. 5), ``ifgsm`` (Eq. 6), ``mifgsm`` (Eq. 7) or ``pgd``.
+        method: a :data:`METHODS` name: ``fgsm`` (Eq. 5), ``ifgsm`` (Eq. 6), ``mifgsm`` (Eq. 7), ``pgd``, ...
         eps: L∞ radius ε, ``0 < ε ≤ 255``.
         alpha: step size α of the iterative methods, ``0 < α ≤ ε`` (ignored by FGSM); by default
             the paper's 1, or ε when ε < 1.
@@ -54,7 +128,7 @@ class AttackSpec(StrictModel):
             targeted setting's target assignment.
     """
 
-    method: Method = "ifgsm"
+    method: MethodName = "ifgsm"
     eps: float = Field(5.0, gt=0, le=255, allow_inf_nan=False)
     alpha: float = Field(1.0, gt=0, allow_inf_nan=False)
     steps: int | None = Field(None, ge=1)
@@ -76,23 +150,29 @@ class AttackSpec(StrictModel):
     def _check(self) -> AttackSpec:
         if self.alpha > self.eps:
             raise ValueError(f"alpha (step size {self.alpha}) must not exceed eps ({self.eps}); both are in 0..255 units")
-        if self.method == "fgsm" and self.steps not in (None, 1):
-            raise ValueError(f"fgsm takes exactly one step of size eps; got steps={self.steps}")
-        if self.random_start and self.method != "pgd":
-            raise ValueError(f"random_start applies to pgd only, not to {self.method}")
+        if self.rule.single_step and self.steps not in (None, 1):
+            raise ValueError(f"{self.method} takes exactly one step of size eps; got steps={self.steps}")
+        if self.random_start and not self.rule.random_start:
+            starts = ", ".join(name for name in METHODS if METHODS.get(name).random_start)
+            raise ValueError(f"random_start applies to {starts} only, not to {self.method}")
         return self
+
+    @property
+    def rule(self) -> AttackMethod:
+        """The registered :class:`AttackMethod` of ``method``."""
+        return METHODS.get(self.method)
 
     @property
     def num_steps(self) -> int:
         """Iterations actually run."""
-        if self.method == "fgsm":
+        if self.rule.single_step:
             return 1
         return self.steps if self.steps is not None else paper_steps(self.eps)
 
     @property
     def uses_random_start(self) -> bool:
         """True when the attack starts from a uniform random point of the ε-ball."""
-        return self.method == "pgd" and self.random_start is not False
+        return self.rule.random_start and self.random_start is not False
 
     def resolved(self) -> dict[str, Any]:
         """JSON-able record of the spec with the defaults resolved (for manifests)."""

@@ -22,6 +22,7 @@ import torch
 from ..attacks.export import FILE_NAMES, ModelEntry, check_output_location, export_attack
 from ..attacks.report import format_summary
 from ..attacks.spec import METHODS, SETTINGS, check_savable, make_spec
+from ..data.layouts import DATASETS
 from ..distributed import is_main_process
 from ..errors import MetricAttackError
 from ..evaluation.checks import check_test_set
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--eval-checkpoint", type=Path, action="append", default=[], help="extra (black-box) model to evaluate on; repeatable"
     )
     parser.add_argument("--data-root", type=Path, required=True, help="source dataset folder")
-    parser.add_argument("--dataset", required=True, help="dataset layout: market1501, dukemtmc, cuhk03np or folder")
+    parser.add_argument("--dataset", required=True, help=f"dataset layout: {', '.join(DATASETS)}")
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (new or a previous run of the same attack, outside the source)"
     )
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="euclidean",
         help="euclidean, cosine, xqda / kissme (fitted beside each checkpoint), a metric .safetensors file, or a .npy PSD matrix [D, D]",
     )
-    parser.add_argument("--setting", choices=SETTINGS, default="gallery", help="gallery (non-targeted), targeted, query, classification")
+    parser.add_argument("--setting", choices=SETTINGS, default="gallery", help="attack setting (default gallery: non-targeted)")
     parser.add_argument("--seed", type=int, default=0, help="seeds PGD's start and the targeted setting's targets")
     parser.add_argument("--batch-size", type=int, default=32, help="images per attack batch (bounds memory)")
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market, as the paper)")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..data.layouts import DATASETS
 from ..distributed import is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
@@ -24,11 +25,10 @@ from ..evaluation.checks import check_test_set
 from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import AP_CONVENTIONS, RankingResult
 from ..io import atomic_path, atomic_write_json, environment_versions, remove_leftovers, sha256_file, sha256_json
-from ..metrics.distance import Metric, build_metric, load_metric
+from ..metrics.distance import Metric, build_metric, load_metric, parameter_free_metrics
+from ..metrics.learned import LEARNED_METRICS, load_for_checkpoint, metric_path
 from ..outputs import check_output_file, check_output_folder, with_sidecars
 
-BUILTIN_METRICS = ("euclidean", "cosine")
-LEARNED_METRICS = ("xqda", "kissme")
 AP_NAMES = {
     "market": "official Market-1501 trapezoidal AP",
     "noninterp": "non-interpolated AP (torchreid / fast-reid)",
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a parameter-free baseline instead of a model: colour histograms of 6 stripes",
     )
     parser.add_argument("--data-root", type=Path, required=True, help="dataset folder")
-    parser.add_argument("--dataset", required=True, help="dataset layout: market1501, dukemtmc, msmt17, cuhk03np or folder")
+    parser.add_argument("--dataset", required=True, help=f"dataset layout: {', '.join(DATASETS)}")
     parser.add_argument(
         "--metric",
         default="euclidean",
@@ -74,11 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def resolve_metric(spec: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]:
     """The metric named by ``--metric`` and a provenance record for it."""
     key = spec.lower()
-    if key in BUILTIN_METRICS:
+    if key in parameter_free_metrics():
         return build_metric(key), {"name": key}
     if key in LEARNED_METRICS:
-        from ..metrics.learned import load_for_checkpoint, metric_path
-
         metric = load_for_checkpoint(checkpoint, key)
         path = metric_path(checkpoint, key)
         return metric, {"name": key, "file": str(path), "sha256": sha256_file(path)}
@@ -87,7 +85,8 @@ def resolve_metric(spec: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]
         metric = load_metric(path)
         return metric, {"name": metric.name, "file": str(path), "sha256": sha256_file(path)}
     raise MetricAttackError(
-        f"unknown --metric {spec!r}: expected {', '.join(BUILTIN_METRICS + LEARNED_METRICS)} or the path of a metric .safetensors file"
+        f"unknown --metric {spec!r}: expected {', '.join(parameter_free_metrics() + LEARNED_METRICS.names())} "
+        "or the path of a metric .safetensors file"
     )
 
 
@@ -166,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.chunk_size < 1:
         raise MetricAttackError(f"--batch-size and --chunk-size must be positive, got {args.batch_size} and {args.chunk_size}")
     if args.baseline is not None:
-        if args.metric.lower() not in BUILTIN_METRICS:
-            raise MetricAttackError(f"--baseline works with --metric {' or '.join(BUILTIN_METRICS)}, not {args.metric!r}")
+        if args.metric.lower() not in parameter_free_metrics():
+            raise MetricAttackError(f"--baseline works with --metric {' or '.join(parameter_free_metrics())}, not {args.metric!r}")
         from ..evaluation.baselines import ColorHistogramExtractor
 
         checkpoint = Path(args.baseline)

@@ -6,8 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data.layouts import DATASETS
 from ..metrics.distance import sidecar_path
-from ..metrics.learned import LEARNED_KINDS, ON_NON_PSD_CHOICES, fit_for_checkpoint
+from ..metrics.learned import LEARNED_METRICS, fit_for_checkpoint
+from ..metrics.pairs import ON_NON_PSD_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.safetensors)")
     parser.add_argument("--data-root", type=Path, required=True, help="dataset folder")
-    parser.add_argument("--dataset", required=True, help="dataset layout name (market1501, dukemtmc, ...)")
-    parser.add_argument("--kind", choices=LEARNED_KINDS, required=True, help="learned metric")
+    parser.add_argument("--dataset", required=True, help=f"dataset layout: {', '.join(DATASETS)}")
+    parser.add_argument("--kind", choices=LEARNED_METRICS, required=True, help="learned metric")
     parser.add_argument(
         "--dim",
         type=int,

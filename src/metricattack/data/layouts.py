@@ -20,11 +20,12 @@ import hashlib
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError, MetricAttackWarning
+from ..registry import Registry
 from .types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -291,53 +292,60 @@ def load_msmt17(root: Path) -> ReIDDataset:
 
 
 @dataclass(frozen=True)
-class _Entry:
-    loader: Callable[..., ReIDDataset]
+class DatasetLayout:
+    """How to read one dataset layout.
+
+    Attributes:
+        load: ``load(root) -> ReIDDataset``, or ``load(root, variant)`` when ``variants`` is not empty.
+        title: human name used in messages (``"Market-1501"``).
+        official: variant (or ``""``) → the official release's counts; empty: no official counts.
+        variants: accepted values of ``load_dataset(..., variant=...)`` (empty: no variants).
+    """
+
+    load: Callable[..., ReIDDataset]
     title: str
-    official: dict[str, DatasetCounts]  # variant (or "") -> counts; empty: no official counts
+    official: Mapping[str, DatasetCounts] = field(default_factory=dict)
+    variants: tuple[str, ...] = ()
 
 
-_REGISTRY: dict[str, _Entry] = {
-    "market1501": _Entry(load_market1501, "Market-1501", {"": DatasetCounts(751, 12936, 750, 3368, 19732)}),
-    "dukemtmc": _Entry(load_dukemtmc, "DukeMTMC-reID", {"": DatasetCounts(702, 16522, 702, 2228, 17661)}),
-    "msmt17": _Entry(load_msmt17, "MSMT17", {"": DatasetCounts(1041, 32621, 3060, 11659, 82161)}),
-    "cuhk03np": _Entry(
+DATASETS: Registry[DatasetLayout] = Registry("dataset", error=DatasetError)
+"""Dataset layout name (``--dataset``) → :class:`DatasetLayout`."""
+
+DATASETS.register("market1501", DatasetLayout(load_market1501, "Market-1501", {"": DatasetCounts(751, 12936, 750, 3368, 19732)}))
+DATASETS.register("dukemtmc", DatasetLayout(load_dukemtmc, "DukeMTMC-reID", {"": DatasetCounts(702, 16522, 702, 2228, 17661)}))
+DATASETS.register("msmt17", DatasetLayout(load_msmt17, "MSMT17", {"": DatasetCounts(1041, 32621, 3060, 11659, 82161)}))
+DATASETS.register(
+    "cuhk03np",
+    DatasetLayout(
         load_cuhk03np,
         "CUHK03-NP",
-        {
-            "detected": DatasetCounts(767, 7365, 700, 1400, 5332),
-            "labeled": DatasetCounts(767, 7368, 700, 1400, 5328),
-        },
+        {"detected": DatasetCounts(767, 7365, 700, 1400, 5332), "labeled": DatasetCounts(767, 7368, 700, 1400, 5328)},
+        variants=_CUHK03_VARIANTS,
     ),
-    "folder": _Entry(load_folder, "Market-1501-layout folder", {}),
-}
-
-
-def available_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`, sorted."""
-    return sorted(_REGISTRY)
+)
+DATASETS.register("folder", DatasetLayout(load_folder, "Market-1501-layout folder"))
 
 
 def load_dataset(name: str, root: str | os.PathLike[str], *, check_counts: bool = True, variant: str | None = None) -> ReIDDataset:
-    """Parse dataset ``name`` found at ``root`` (the dataset folder or its parent).
+    """Parse dataset ``name`` (a :data:`DATASETS` name) found at ``root`` (the dataset folder or its parent).
 
-    ``variant`` selects ``detected``/``labeled`` for ``cuhk03np`` and is rejected for the
-    others. With ``check_counts`` a :class:`DatasetCountWarning` is issued when the counts
-    differ from the official release (never for ``folder``). Raises :class:`DatasetError`
-    for a missing root or split folder, unparseable names, and empty query or gallery.
+    ``variant`` selects one of the layout's variants (``detected``/``labeled`` for ``cuhk03np``)
+    and is rejected for layouts without variants. With ``check_counts`` a
+    :class:`DatasetCountWarning` is issued when the counts differ from the official release
+    (never for ``folder``). Raises :class:`DatasetError` for an unknown name, a missing root or
+    split folder, unparseable names, and empty query or gallery.
     """
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(available_datasets())}")
+    layout = DATASETS.get(name)
     root = Path(root).expanduser()
-    if variant is not None and name != "cuhk03np":
-        raise DatasetError(f"dataset option variant={variant!r} applies only to cuhk03np, not to {name}")
-    ds = entry.loader(root, variant) if name == "cuhk03np" else entry.loader(root)
+    if variant is not None and not layout.variants:
+        with_variants = ", ".join(n for n in DATASETS if DATASETS.get(n).variants)
+        raise DatasetError(f"dataset option variant={variant!r} applies only to {with_variants}, not to {name}")
+    ds = layout.load(root, variant) if layout.variants else layout.load(root)
     _check_not_empty(ds)
-    if check_counts and entry.official:
-        key = ds.root.name if ds.root.name in entry.official else next(iter(entry.official))
-        title = entry.title + (f" ({key})" if key else "")
-        _check_counts(ds, title, entry.official[key])
+    if check_counts and layout.official:
+        key = ds.root.name if ds.root.name in layout.official else next(iter(layout.official))
+        title = layout.title + (f" ({key})" if key else "")
+        _check_counts(ds, title, layout.official[key])
     return ds
 
 

@@ -20,9 +20,10 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from ..attacks.spec import AttackSpec, Method
+from ..attacks.spec import METHODS, AttackSpec, MethodName
 from ..config import StrictModel, load_config
 from ..evaluation.ranking import APConvention
+from ..metrics.distance import ParameterFreeMetricName
 from ..training.config import TrainConfig
 
 Guide = Literal["push", "pull"]
@@ -37,7 +38,7 @@ class TrainingSetAttack(StrictModel):
     """
 
     attack: AttackSpec = AttackSpec(method="ifgsm", eps=5.0)
-    metric: Literal["euclidean", "cosine"] = "euclidean"
+    metric: ParameterFreeMetricName = "euclidean"
     batch_size: PositiveInt = 32
 
 
@@ -65,7 +66,7 @@ class OnlineSection(StrictModel):
     batch ``[clean; adversarial]`` (labels repeated).
     """
 
-    method: Method = "ifgsm"
+    method: MethodName = "ifgsm"
     eps: float = Field(2.0, gt=0, le=255)
     alpha: float = Field(1.0, gt=0)
     steps: PositiveInt = 2
@@ -76,8 +77,8 @@ class OnlineSection(StrictModel):
     def _check(self) -> OnlineSection:
         if self.alpha > self.eps:
             raise ValueError(f"alpha ({self.alpha}) must not exceed eps ({self.eps}); both are in 0..255 units")
-        if self.method == "fgsm" and self.steps != 1:
-            raise ValueError("fgsm takes exactly one step; set steps: 1")
+        if METHODS.get(self.method).single_step and self.steps != 1:
+            raise ValueError(f"{self.method} takes exactly one step; set steps: 1")
         if len(set(self.guides)) != len(self.guides):
             raise ValueError(f"guides must not repeat, got {self.guides}")
         return self
@@ -85,7 +86,11 @@ class OnlineSection(StrictModel):
     def spec(self) -> AttackSpec:
         """The per-batch attack as an :class:`AttackSpec`."""
         return AttackSpec(
-            method=self.method, eps=self.eps, alpha=self.alpha, steps=None if self.method == "fgsm" else self.steps, seed=self.seed
+            method=self.method,
+            eps=self.eps,
+            alpha=self.alpha,
+            steps=None if METHODS.get(self.method).single_step else self.steps,
+            seed=self.seed,
         )
 
 
@@ -99,7 +104,7 @@ class TransferSection(StrictModel):
 class AdaptiveSection(StrictModel):
     """White-box attacks made against each model itself (the honest robustness numbers)."""
 
-    methods: list[Method] = Field(default_factory=lambda: ["ifgsm", "mifgsm", "pgd"], min_length=1)
+    methods: list[MethodName] = Field(default_factory=lambda: ["ifgsm", "mifgsm", "pgd"], min_length=1)
     epsilons: list[float] = Field(default_factory=lambda: [2.0, 5.0], min_length=1)
     alpha: float = Field(1.0, gt=0, description="step size (capped at each ε)")
     seed: int = 0
@@ -121,7 +126,7 @@ class EvaluationSection(StrictModel):
     """What ``metricattack defend`` measures after training."""
 
     enabled: bool = True
-    metric: Literal["euclidean", "cosine"] = "euclidean"
+    metric: ParameterFreeMetricName = "euclidean"
     ap: APConvention = "market"
     transfer: TransferSection = TransferSection()
     adaptive: AdaptiveSection = AdaptiveSection()
@@ -147,7 +152,7 @@ class DefenceSettings(StrictModel):
     with the benchmark's ε, α, μ); the other sections are those of :class:`DefenseConfig`.
     """
 
-    method: Method = "ifgsm"
+    method: MethodName = "ifgsm"
     training_attack: TrainingSetAttack = TrainingSetAttack()
     retrain: RetrainSection = RetrainSection()
     adaptive: AdaptiveSection = AdaptiveSection()

@@ -18,7 +18,9 @@ Example::
             [1., 0.]])
 
 Metrics are ``nn.Module``s (a projection is a buffer, so ``.to(device)`` moves it) and can be
-saved as safetensors + a JSON sidecar with :func:`save_metric` / :func:`load_metric`.
+saved as safetensors + a JSON sidecar with :func:`save_metric` / :func:`load_metric`. Their
+classes are listed by kind in :data:`METRICS` (learned metrics, which are fitted into a
+:class:`MahalanobisMetric`, are listed in :data:`metricattack.metrics.learned.LEARNED_METRICS`).
 """
 
 from __future__ import annotations
@@ -26,17 +28,22 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import MetricAttackError, MetricAttackWarning
 from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file
+from ..registry import Registry
 
 STATE_FORMAT = "metricattack.metric/1"
+
+METRICS: Registry[type[Metric]] = Registry("metric")
+"""Metric kind → its class (``euclidean``, ``cosine``, ``mahalanobis``); see :func:`build_metric`."""
 
 
 class NonPSDMatrixWarning(MetricAttackWarning):
@@ -60,12 +67,14 @@ class Metric(nn.Module):
     """A distance ``d(p, x) = scale · ‖embed(p) − embed(x)‖²`` between feature rows.
 
     Subclasses define :meth:`embed` and set ``name`` and ``scale``. ``feature_dim`` is the
-    required input dimension, or ``None`` when any dimension works.
+    required input dimension, or ``None`` when any dimension works. A class whose constructor
+    needs arguments (a learned projection) sets ``takes_parameters``.
     """
 
     name: str = "metric"
     scale: float = 1.0
     feature_dim: int | None = None
+    takes_parameters: ClassVar[bool] = False
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """Map ``features [N, D]`` into the space where the metric is squared Euclidean (``[N, k]``)."""
@@ -113,13 +122,17 @@ class Metric(nn.Module):
 
     @property
     def kind(self) -> str:
-        """Registry name of the metric's class (``euclidean``, ``cosine``, ``mahalanobis``)."""
-        return _KIND_OF[type(self)]
+        """:data:`METRICS` name of the metric's class (``euclidean``, ``cosine``, ``mahalanobis``)."""
+        for kind in METRICS:
+            if METRICS.get(kind) is type(self):
+                return kind
+        raise MetricAttackError(f"metric class {type(self).__name__} is not registered in METRICS")
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, scale={self.scale}, feature_dim={self.feature_dim}"
 
 
+@METRICS.register("euclidean")
 class EuclideanMetric(Metric):
     """Squared Euclidean distance ``‖p − x‖²`` (paper Eq. 3)."""
 
@@ -130,6 +143,7 @@ class EuclideanMetric(Metric):
         return features
 
 
+@METRICS.register("cosine")
 class CosineMetric(Metric):
     """Cosine distance ``1 − cos(p, x)`` in ``[0, 2]``: L2-normalised rows, squared Euclidean / 2."""
 
@@ -141,6 +155,7 @@ class CosineMetric(Metric):
         return F.normalize(features, p=2, dim=1)
 
 
+@METRICS.register("mahalanobis")
 class MahalanobisMetric(Metric):
     """``d(p, x) = (p − x)ᵀ P Pᵀ (p − x) = ‖(p − x) P‖²`` (paper Eq. 4 with ``M = P Pᵀ``).
 
@@ -148,6 +163,8 @@ class MahalanobisMetric(Metric):
         projection: ``[D, k]`` factor ``P`` of the PSD matrix ``M``.
         name: label used in reports and errors (e.g. ``"xqda"``, ``"kissme"``).
     """
+
+    takes_parameters = True
 
     def __init__(self, projection: torch.Tensor, *, name: str = "mahalanobis") -> None:
         super().__init__()
@@ -227,30 +244,32 @@ class MahalanobisMetric(Metric):
         return save_metric(self, path, meta)
 
 
-_REGISTRY: dict[str, type[Metric]] = {
-    "euclidean": EuclideanMetric,
-    "cosine": CosineMetric,
-    "mahalanobis": MahalanobisMetric,
-}
-_KIND_OF = {cls: kind for kind, cls in _REGISTRY.items()}
+def parameter_free_metrics() -> tuple[str, ...]:
+    """:data:`METRICS` names that :func:`build_metric` builds without options (``euclidean``, ``cosine``)."""
+    return tuple(name for name in METRICS if not METRICS.get(name).takes_parameters)
 
 
-def available_metrics() -> tuple[str, ...]:
-    """Names accepted by :func:`build_metric`."""
-    return tuple(_REGISTRY)
+def check_parameter_free_metric(name: str) -> str:
+    """``name`` if it is in :func:`parameter_free_metrics`, else ValueError (a pydantic validator)."""
+    if name not in parameter_free_metrics():
+        raise ValueError(f"unknown metric {name!r}; available: {', '.join(parameter_free_metrics())}")
+    return name
+
+
+ParameterFreeMetricName = Annotated[str, AfterValidator(check_parameter_free_metric)]
+"""A pydantic field type: the name of a metric without options (see :func:`parameter_free_metrics`)."""
 
 
 def build_metric(name: str, **kwargs: Any) -> Metric:
-    """Build a metric by name: ``euclidean``, ``cosine``, or ``mahalanobis`` with
+    """Build a metric by :data:`METRICS` name: ``euclidean``, ``cosine``, or ``mahalanobis`` with
     ``projection=[D, k]`` or ``matrix=[D, D]`` (plus ``from_matrix`` options).
     """
     key = name.lower()
-    if key not in _REGISTRY:
-        raise MetricAttackError(f"unknown metric {name!r}; expected one of {', '.join(_REGISTRY)}")
-    if key != "mahalanobis":
+    cls = METRICS.get(key)
+    if cls is not MahalanobisMetric:
         if kwargs:
             raise MetricAttackError(f"metric {key!r} takes no options, got {', '.join(sorted(kwargs))}")
-        return _REGISTRY[key]()
+        return cls()
     if ("projection" in kwargs) == ("matrix" in kwargs):
         raise MetricAttackError("metric 'mahalanobis' needs exactly one of projection=[D, k] or matrix=[D, D]")
     try:
@@ -264,10 +283,11 @@ def build_metric(name: str, **kwargs: Any) -> Metric:
 def metric_from_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Metric:
     """Rebuild a metric from :meth:`Metric.to_state` output."""
     kind = meta.get("kind")
-    if kind not in _REGISTRY:
-        raise MetricAttackError(f"metric state has unknown kind {kind!r}; expected one of {', '.join(_REGISTRY)}")
-    if kind != "mahalanobis":
-        return _REGISTRY[kind]()
+    if not isinstance(kind, str) or kind not in METRICS:
+        raise MetricAttackError(f"metric state has unknown kind {kind!r}; expected one of {', '.join(METRICS)}")
+    cls = METRICS.get(kind)
+    if cls is not MahalanobisMetric:
+        return cls()
     if "projection" not in tensors:
         raise MetricAttackError("Mahalanobis metric state has no 'projection' tensor")
     return MahalanobisMetric(tensors["projection"], name=str(meta.get("name", "mahalanobis")))

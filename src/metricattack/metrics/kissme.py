@@ -2,7 +2,7 @@
 
 The log-likelihood ratio of two zero-mean Gaussians on pair differences gives the kernel
 ``M = Σ_S⁻¹ − Σ_D⁻¹`` (similar / dissimilar pair covariances, see
-:mod:`metricattack.metrics.learned`), which is then projected onto the PSD cone so the distance
+:mod:`metricattack.metrics.pairs`), which is then projected onto the PSD cone so the distance
 ``(p − x)ᵀ M (p − x)`` is a metric. On 2048-d deep features ``Σ_S`` is badly conditioned, so
 the method is usually run after PCA to ``dim`` dimensions (the basis of the learned metric);
 an optional ridge ``reg·I`` is added to both covariances.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import MetricAttackError
-from .learned import (
+from .pairs import (
     LearnedFit,
     OnNonPSD,
     check_dim,

@@ -1,7 +1,7 @@
 """XQDA: Cross-view Quadratic Discriminant Analysis (Liao et al., CVPR 2015).
 
 From the intra-personal covariance ``Σ_I`` and the extra-personal covariance ``Σ_E`` of pair
-differences (see :mod:`metricattack.metrics.learned` for the pair convention), XQDA
+differences (see :mod:`metricattack.metrics.pairs` for the pair convention), XQDA
 
 1. regularises ``Σ_I ← Σ_I + λ·I`` (``λ = 0.001`` as in the method),
 2. solves the generalised eigenproblem ``Σ_E w = γ Σ_I w`` and keeps the eigenvectors ``W [D, r]``
@@ -30,7 +30,7 @@ import scipy.linalg
 import torch
 
 from ..errors import MetricAttackError
-from .learned import (
+from .pairs import (
     LearnedFit,
     OnNonPSD,
     check_dim,

@@ -10,10 +10,17 @@ with ``C == feature_dim`` (no pooling, no classifier). ImageNet initialisation:
 * ``pretrained="path/to/file"``: a local ``.safetensors`` or ``.pth`` file holding the
   torchvision classification model's state dict (e.g. ``resnet50-11ad3fa6.pth``).
 
+The names live in :data:`BACKBONES` (a :class:`~metricattack.registry.Registry`); add your
+own trunk with :func:`register_backbone`.
+
 Example::
 
     trunk, dim = build_backbone("resnet18", pretrained=False, last_stride=1)
     trunk(torch.rand(2, 3, 64, 32)).shape  # -> [2, 512, 4, 2]
+
+    @register_backbone("tiny")
+    def build_tiny(pretrained, last_stride):
+        return nn.Conv2d(3, 8, 3, stride=2), 8
 """
 
 from __future__ import annotations
@@ -29,38 +36,27 @@ import torchvision.models as tvm
 from torch import nn
 
 from ..errors import MetricAttackError
+from ..registry import Registry
 from .weights import read_state_dict
 
 Pretrained = bool | str
 Builder = Callable[[Pretrained, int], tuple[nn.Module, int]]
 
-_REGISTRY: dict[str, Builder] = {}
+BACKBONES: Registry[Builder] = Registry("backbone")
+"""Backbone name → builder ``(pretrained, last_stride) -> (trunk, feature_dim)``."""
 
 
 def register_backbone(name: str) -> Callable[[Builder], Builder]:
-    """Decorator adding a builder ``(pretrained, last_stride) -> (trunk, dim)`` under ``name``."""
-
-    def decorate(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorate
-
-
-def available_backbones() -> list[str]:
-    """Sorted names accepted by :func:`build_backbone`."""
-    return sorted(_REGISTRY)
+    """Decorator adding a builder ``(pretrained, last_stride) -> (trunk, dim)`` to :data:`BACKBONES` as ``name``."""
+    return BACKBONES.register(name)
 
 
 def build_backbone(name: str, pretrained: Pretrained = False, last_stride: int = 1) -> tuple[nn.Module, int]:
     """Build the trunk registered as ``name``; ``last_stride`` (1 or 2) applies to ResNets only."""
-    if name not in _REGISTRY:
-        raise MetricAttackError(f"unknown backbone {name!r}; available backbones: {', '.join(available_backbones())}")
+    builder = BACKBONES.get(name)
     if last_stride not in (1, 2):
         raise MetricAttackError(f"last_stride must be 1 or 2, got {last_stride!r}")
-    return _REGISTRY[name](pretrained, last_stride)
+    return builder(pretrained, last_stride)
 
 
 # --- ImageNet weights ---------------------------------------------------------------------

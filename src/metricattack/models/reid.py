@@ -30,7 +30,7 @@ class ReIDModel(nn.Module):
     """Backbone trunk + global average pooling + optional reduction + BN neck + classifier.
 
     Args:
-        backbone: a name from :func:`~metricattack.models.backbones.available_backbones`.
+        backbone: a name in :data:`~metricattack.models.backbones.BACKBONES`.
         num_classes: number of training identities C (classifier outputs).
         input_size: ``(H, W)`` the images are resized to inside ``forward``.
         mean, std: per-channel normalisation applied after resizing (RGB, [0,1] units).

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from ..config import StrictModel, load_config
-from ..models.backbones import available_backbones
+from ..data.layouts import DATASETS
+from ..models.backbones import BACKBONES
 
 # Fields that change how fast or where a run executes but not what it computes; a resumed
 # run may differ in these (and in ``schedule.epochs``, to extend a finished run).
@@ -29,9 +30,14 @@ RUNTIME_FIELDS = ("device", "num_workers", "checkpoint_every", "progress")
 class DataSection(StrictModel):
     """Which dataset to train on (its ``train`` split)."""
 
-    dataset: str = Field(description="layout name: market1501, dukemtmc, msmt17, cuhk03np, folder")
+    dataset: str = Field(description="dataset layout name, registered in metricattack.data.layouts.DATASETS (market1501, folder, ...)")
     root: Path = Field(description="dataset folder (or its parent)")
     cache: bool = Field(False, description="decode + resize every training image once and keep it in memory (uint8)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        return DATASETS.check(name)
 
 
 class ModelSection(StrictModel):
@@ -47,9 +53,7 @@ class ModelSection(StrictModel):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        if name not in available_backbones():
-            raise ValueError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
-        return name
+        return BACKBONES.check(name)
 
 
 class CrossEntropyLoss(StrictModel):
