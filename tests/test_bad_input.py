@@ -396,3 +396,15 @@ def test_distributed_join_times_out_naming_the_missing_rank(tiny_model_checkpoin
     monkeypatch.setenv(JOIN_TIMEOUT_ENV, "soon")
     code, err = run(capsys, *evaluate_args(tiny_model_checkpoint, tiny_dataset_root))
     assert code == 2 and f"{JOIN_TIMEOUT_ENV}='soon'" in one_message(err)
+
+
+def test_options_found_in_the_audit_of_this_fix(tiny_dataset_root, tmp_path, capsys) -> None:
+    """Cases found while fixing #12: a silently ignored worker count, and defence attacks whose
+    eps < 1 would be rounded away when the images are saved (hours after the start)."""
+    code, err = run(capsys, "synth", "--out", tmp_path / "s", "--workers", "0")
+    assert code == 2 and "--workers must be a positive integer" in one_message(err) and not (tmp_path / "s").exists()
+    defend = ["defend", "--config", DEFENSE_RECIPE, "--out", tmp_path / "d", f"train.data.root={tiny_dataset_root}"]
+    code, err = run(capsys, *defend, "evaluation.adaptive.epsilons=[0.5, 2]")
+    assert code == 2 and "rounded to 8 bits" in one_message(err) and "[0.5]" in err
+    code, err = run(capsys, *defend, "training_attack.attack={method: fgsm, eps: 0.5}")
+    assert code == 2 and "8-bit PNG" in one_message(err) and not (tmp_path / "d").exists()

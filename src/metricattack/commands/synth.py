@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import validate
 from ..data.synthetic import SynthConfig, generate, read_manifest
+from ..errors import MetricAttackError
 
 # option name → SynthConfig field
 _OPTIONS = {
@@ -58,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate (or reuse) the dataset and print its counts."""
+    if args.workers < 1:
+        raise MetricAttackError(f"--workers must be a positive integer, got {args.workers}")
     values = {field: getattr(args, opt) for opt, field in _OPTIONS.items() if getattr(args, opt) is not None}
     cfg = validate(SynthConfig, values, "synth options")
     root = generate(args.out, cfg, workers=args.workers, progress=True)

@@ -18,15 +18,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from ..attacks.spec import METHODS, AttackSpec, MethodName
+from ..attacks.spec import METHODS, AttackSpec, MethodName, check_savable
 from ..config import StrictModel, load_config
+from ..errors import ConfigError
 from ..evaluation.ranking import APConvention
 from ..metrics.distance import ParameterFreeMetricName
 from ..training.config import TrainConfig
 
 Guide = Literal["push", "pull"]
+
+
+def _savable_attack(attack: AttackSpec) -> AttackSpec:
+    """An attack whose images are saved: ε below one 8-bit step would save the source unchanged."""
+    try:
+        check_savable(attack, "eps")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return attack
 
 
 class TrainingSetAttack(StrictModel):
@@ -40,6 +50,11 @@ class TrainingSetAttack(StrictModel):
     attack: AttackSpec = AttackSpec(method="ifgsm", eps=5.0)
     metric: ParameterFreeMetricName = "euclidean"
     batch_size: PositiveInt = 32
+
+    @field_validator("attack")
+    @classmethod
+    def _savable(cls, attack: AttackSpec) -> AttackSpec:
+        return _savable_attack(attack)
 
 
 class RetrainSection(StrictModel):
@@ -100,6 +115,11 @@ class TransferSection(StrictModel):
     attack: AttackSpec = AttackSpec(method="ifgsm", eps=5.0)
     batch_size: PositiveInt = 32
 
+    @field_validator("attack")
+    @classmethod
+    def _savable(cls, attack: AttackSpec) -> AttackSpec:
+        return _savable_attack(attack)
+
 
 class AdaptiveSection(StrictModel):
     """White-box attacks made against each model itself (the honest robustness numbers)."""
@@ -112,9 +132,12 @@ class AdaptiveSection(StrictModel):
 
     @model_validator(mode="after")
     def _eps_range(self) -> AdaptiveSection:
-        bad = [e for e in self.epsilons if not 0 < e <= 255]
+        bad = [e for e in self.epsilons if not 1 <= e <= 255]
         if bad:
-            raise ValueError(f"epsilons must lie in (0, 255] (0..255 pixel units), got {bad}")
+            raise ValueError(
+                f"epsilons must lie in [1, 255] (0..255 pixel units; attacked images are rounded to 8 bits, "
+                f"so a smaller eps changes nothing), got {bad}"
+            )
         return self
 
     def specs(self) -> list[AttackSpec]:
