@@ -136,6 +136,36 @@ def test_invalid_config_rejected(bad: dict) -> None:
         SynthConfig(**{**SMALL, **bad})
 
 
+def test_exact_totals_hit_market_1501_counts() -> None:
+    """Planning only (no pixels): Market-1501's 751 / 750 identities, 6 cameras, 12,936 / 3,368 /
+    15,913 images (the gallery without junk: 13,115 identity images + 2,798 distractors)."""
+    from collections import Counter
+
+    from metricattack.data.synthetic import plan
+
+    cfg = SynthConfig(
+        num_train_ids=751,
+        num_test_ids=750,
+        num_cameras=6,
+        train_images=12936,
+        query_images=3368,
+        gallery_images=13115,
+        num_distractors=2798,
+    )
+    jobs = plan(cfg)
+    split = Counter(job.relpath.split("/")[0] for job in jobs)
+    assert split == {"bounding_box_train": 12936, "query": 3368, "bounding_box_test": 15913}
+    per_pair = Counter((job.pid, job.cam) for job in jobs if job.relpath.startswith("bounding_box_train"))
+    assert set(per_pair.values()) == {2, 3} and len(per_pair) == 751 * 6  # as even as possible
+    queries = [(job.pid, job.cam) for job in jobs if job.relpath.startswith("query")]
+    assert len({pid for pid, _ in queries}) == 750 and len(set(queries)) == len(queries)  # every identity, one per camera at most
+    assert len({job.relpath for job in jobs}) == len(jobs)
+    assert "train_images" not in SynthConfig(**SMALL).record()  # datasets made before these options stay recognised
+    for bad in ({"train_images": 3}, {"query_images": 2}, {"gallery_images": 5}, {"query_images": 7}):
+        with pytest.raises(ValueError, match="images="):
+            SynthConfig(**{**SMALL, **bad})
+
+
 def test_cameras_per_id_subset(tmp_path: Path) -> None:
     cfg = SynthConfig(**{**SMALL, "num_cameras": 4, "cameras_per_id": 2, "num_distractors": 0, "num_junk": 0})
     root = generate(tmp_path / "s", cfg)

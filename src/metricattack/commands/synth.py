@@ -4,6 +4,11 @@ Example::
 
     metricattack synth --out data/synth --seed 0 --train-ids 300 --test-ids 300 --cameras 6
 
+Market-1501's counts (12,936 train / 3,368 query / 15,913 gallery images without junk)::
+
+    metricattack synth --out data/market-size --train-ids 751 --test-ids 750 --cameras 6 \\
+        --train-images 12936 --query-images 3368 --gallery-images 13115 --distractors 2798
+
 Same options ⇒ same bytes. Re-running on a finished folder with the same options is a
 no-op; a folder holding anything else is refused.
 """
@@ -25,6 +30,9 @@ _OPTIONS = {
     "cameras": "num_cameras",
     "images_per_camera": "images_per_camera",
     "cameras_per_id": "cameras_per_id",
+    "train_images": "train_images",
+    "query_images": "query_images",
+    "gallery_images": "gallery_images",
     "distractors": "num_distractors",
     "junk": "num_junk",
     "height": "height",
@@ -48,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cameras", type=int, default=6)
     parser.add_argument("--images-per-camera", type=int, default=4, help="train/gallery images per identity per camera")
     parser.add_argument("--cameras-per-id", type=int, default=None, help="cameras each identity visits (default: all)")
+    parser.add_argument("--train-images", type=int, default=None, help="exact number of training images (default: per camera)")
+    parser.add_argument("--query-images", type=int, default=None, help="exact number of queries, at least one per test identity")
+    parser.add_argument(
+        "--gallery-images", type=int, default=None, help="exact number of gallery images of test identities (plus distractors and junk)"
+    )
     parser.add_argument("--distractors", type=int, default=0, help="gallery distractor images (pid 0000)")
     parser.add_argument("--junk", type=int, default=0, help="gallery junk images (pid -1)")
     parser.add_argument("--height", type=int, default=128)

@@ -38,7 +38,7 @@ GENERATOR_VERSION = 3
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 # Stream kinds: the second entry of every seed tuple, so streams never collide.
-_IDENTITY, _CAMERA, _IMAGE, _DISTRACTOR, _SUBSET, _JUNK, _FRAMES, _PIDS, _BACKGROUND = range(1, 10)
+_IDENTITY, _CAMERA, _IMAGE, _DISTRACTOR, _SUBSET, _JUNK, _FRAMES, _PIDS, _BACKGROUND, _COUNTS = range(1, 11)
 
 
 @dataclass(frozen=True)
@@ -69,17 +69,50 @@ def _cameras_of(cfg: SynthConfig, pid: int) -> list[int]:
     return sorted(int(c) for c in chosen)
 
 
+def _spread(cfg: SynthConfig, split: int, total: int | None, pairs: list[tuple[int, int]], default: int) -> list[int]:
+    """Images per (identity, camera) pair: ``default`` each, or ``total`` spread as evenly as
+    possible (a seeded choice of pairs gets one more)."""
+    if total is None:
+        return [default] * len(pairs)
+    base, extra = divmod(total, len(pairs))
+    counts = [base] * len(pairs)
+    for i in _rng(cfg, _COUNTS, split).permutation(len(pairs))[:extra]:
+        counts[int(i)] += 1
+    return counts
+
+
+def _query_pairs(cfg: SynthConfig, pairs: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The (identity, camera) pairs that get a query: all, or ``query_images`` of them, one
+    seeded pair per identity first so that every test identity keeps a query."""
+    if cfg.query_images is None:
+        return set(pairs)
+    order = [pairs[int(i)] for i in _rng(cfg, _COUNTS, 2).permutation(len(pairs))]
+    chosen: dict[tuple[int, int], None] = {}
+    seen: set[int] = set()
+    for pair in order:  # first pair of each identity, in the seeded order
+        if pair[0] not in seen:
+            seen.add(pair[0])
+            chosen[pair] = None
+    for pair in order:
+        if len(chosen) >= cfg.query_images:
+            break
+        chosen.setdefault(pair, None)
+    return set(chosen)
+
+
 def plan(cfg: SynthConfig) -> list[PlannedImage]:
     """Every image of the dataset with its Market-1501 file name."""
     train, test = split_identities(cfg)
     raw: list[tuple[str, int, int, tuple[int, int], tuple[int, ...]]] = []
-    for pid in train:
-        for cam in _cameras_of(cfg, pid):
-            raw += [("train", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, k)) for k in range(cfg.images_per_camera)]
-    for pid in test:
-        for cam in _cameras_of(cfg, pid):
-            raw.append(("query", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, cfg.images_per_camera)))
-            raw += [("gallery", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, k)) for k in range(cfg.images_per_camera)]
+    train_pairs = [(pid, cam) for pid in train for cam in _cameras_of(cfg, pid)]
+    for (pid, cam), count in zip(train_pairs, _spread(cfg, 0, cfg.train_images, train_pairs, cfg.images_per_camera), strict=True):
+        raw += [("train", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, k)) for k in range(count)]
+    test_pairs = [(pid, cam) for pid in test for cam in _cameras_of(cfg, pid)]
+    with_query = _query_pairs(cfg, test_pairs)
+    for (pid, cam), count in zip(test_pairs, _spread(cfg, 1, cfg.gallery_images, test_pairs, cfg.images_per_camera), strict=True):
+        if (pid, cam) in with_query:
+            raw.append(("query", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, count)))
+        raw += [("gallery", pid, cam, (_IDENTITY, pid), (_IMAGE, pid, cam, k)) for k in range(count)]
     for i in range(cfg.num_distractors):
         cam = int(_rng(cfg, _DISTRACTOR, i, 0).integers(0, cfg.num_cameras))
         raw.append(("gallery", 0, cam, (_DISTRACTOR, i), (_DISTRACTOR, i, 1)))
@@ -165,7 +198,7 @@ def _existing(out_dir: Path, cfg: SynthConfig) -> bool:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise MetricAttackError(f"{manifest_path} is unreadable ({exc}); delete {out_dir} and generate again") from exc
-    wanted = cfg.model_dump(mode="json")
+    wanted = cfg.record()
     if manifest.get("config") != wanted or manifest.get("generator_version") != GENERATOR_VERSION:
         old = dict(manifest.get("config") or {}, generator_version=manifest.get("generator_version"))
         new = dict(wanted, generator_version=GENERATOR_VERSION)
@@ -205,7 +238,7 @@ def generate(out_dir: Path | str, cfg: SynthConfig, *, workers: int = 1, progres
             {
                 "format": "metricattack-synth",
                 "generator_version": GENERATOR_VERSION,
-                "config": cfg.model_dump(mode="json"),
+                "config": cfg.record(),
                 "seed": cfg.seed,
                 "counts": _counts(jobs),
                 "layout": "market1501",
