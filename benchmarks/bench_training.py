@@ -23,10 +23,9 @@ import torch
 from metricattack.data.layouts import load_dataset
 from metricattack.data.synthetic import SynthConfig, generate
 from metricattack.models.checkpoint import checkpoint_meta
-from metricattack.models.reid import ReIDModel
 from metricattack.training import TrainConfig, train
 from metricattack.training.data import TrainImages, relabel
-from metricattack.training.trainer import LossTerms, build_loader
+from metricattack.training.trainer import LossTerms, build_loader, build_model
 
 
 def make_config(root: Path, args: argparse.Namespace, triplet: bool) -> TrainConfig:
@@ -65,16 +64,14 @@ def bare_batches(cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def bare_loop(cfg: TrainConfig, num_classes: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Seconds for a plain forward/backward/step loop over ``batches``."""
     torch.manual_seed(cfg.seed)
-    m = cfg.model
-    model = ReIDModel(m.backbone, num_classes, m.input_size, last_stride=m.last_stride).train()
+    model = build_model(cfg, num_classes).train()
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
     )
     losses = LossTerms(cfg)
     start = time.perf_counter()
     for images, labels in batches:
-        features, logits = model.forward_train(images)
-        loss, _ = losses(features, logits, labels)
+        loss, _ = losses(model.forward_train(images), labels, 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

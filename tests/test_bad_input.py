@@ -133,7 +133,7 @@ def test_train_out_inside_the_dataset_is_refused_before_any_work(tmp_path, capsy
     import metricattack.training.trainer as trainer
 
     data = handmade_dataset(tmp_path / "data", query=[(1, 1)], gallery=[(1, 2)])
-    monkeypatch.setattr(trainer, "ReIDModel", None)  # building a model would be work done before the check
+    monkeypatch.setattr(trainer, "build_model", None)  # building a model would be work done before the check
     before = bytes_under(data)
     for out in (data, data / "runs"):
         code, err = run(capsys, "train", "--config", TRAIN_RECIPE, "--out", out, f"data.root={data}")

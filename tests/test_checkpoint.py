@@ -105,3 +105,39 @@ def test_train_state_round_trip(saved: tuple[ReIDModel, Path]) -> None:
     fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
     fresh.load_state_dict(state["optimizer"])
     assert fresh.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+
+
+def test_checkpoint_written_before_architectures_loads_as_reid_model(saved: tuple[ReIDModel, Path]) -> None:
+    """A sidecar in the old form (spec without 'architecture' and 'feature_space') still loads, as the
+    BN-neck ReIDModel it was."""
+    model, path = saved
+    sidecar = path.with_suffix(".json")
+    record = json.loads(sidecar.read_text())
+    record["spec"] = {
+        "backbone": "resnet18",
+        "num_classes": 5,
+        "input_size": [32, 16],
+        "mean": record["spec"]["mean"],
+        "std": record["spec"]["std"],
+        "last_stride": 1,
+        "neck": "bnneck",
+        "reduce_dim": None,
+        "feature_dim": 512,
+    }
+    sidecar.write_text(json.dumps(record))
+    loaded = load_model(path)
+    assert type(loaded) is ReIDModel and loaded.feature_space == "neck"
+    assert loaded.spec()["architecture"] == "reid"
+    x = torch.rand(2, 3, 32, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_unknown_architecture_in_spec(saved: tuple[ReIDModel, Path]) -> None:
+    _, path = saved
+    sidecar = path.with_suffix(".json")
+    record = json.loads(sidecar.read_text())
+    record["spec"]["architecture"] = "transreid"
+    sidecar.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"unusable spec: unknown architecture 'transreid'; available: .*reid"):
+        load_model(path)

@@ -10,6 +10,7 @@ import torch
 from metricattack.errors import MetricAttackError
 from metricattack.models import backbones
 from metricattack.models.backbones import BACKBONES, build_backbone
+from metricattack.models.base import ARCHITECTURES, build_from_spec
 from metricattack.models.reid import ReIDModel
 
 
@@ -28,9 +29,26 @@ def test_any_input_size_gives_unit_norm_features(size: tuple[int, int]) -> None:
 
 def test_train_outputs_and_classify_shapes() -> None:
     model = _model(reduce_dim=64).train()
-    pooled, logits = model.forward_train(torch.rand(4, 3, 32, 16))
-    assert pooled.shape == (4, 64) and logits.shape == (4, 4)
+    out = model.forward_train(torch.rand(4, 3, 32, 16))
+    assert out.embedding.shape == (4, 64) and [lg.shape for lg in out.logits] == [(4, 4)] and out.attention_logits == ()
     assert model.classify(torch.rand(2, 3, 20, 10)).shape == (2, 4)
+
+
+def test_feature_space_selects_the_retrieval_activations() -> None:
+    """'pooled' returns the normalised pooled features (what a triplet loss trains), 'neck' the BN-neck output."""
+    neck = _model().train()
+    with torch.no_grad():
+        neck(torch.rand(8, 3, 32, 16))  # running statistics away from (0, 1), so the two spaces differ
+    pooled = ReIDModel.from_spec({**neck.spec(), "feature_space": "pooled"})
+    pooled.load_state_dict(neck.state_dict())
+    neck.eval(), pooled.eval()
+    x = torch.rand(3, 3, 32, 16)
+    with torch.no_grad():
+        raw = neck._pooled(x)
+        torch.testing.assert_close(pooled(x), torch.nn.functional.normalize(raw, dim=1))
+        torch.testing.assert_close(neck(x), torch.nn.functional.normalize(neck.neck(raw), dim=1))
+        assert (pooled(x) - neck(x)).abs().max() > 1e-2
+    assert pooled.spec()["feature_space"] == "pooled" and neck.spec()["feature_space"] == "neck"
 
 
 def test_eval_mode_has_no_batch_coupling() -> None:
@@ -60,7 +78,9 @@ def test_gradients_reach_input_pixels(name: str) -> None:
 
 def test_spec_rebuilds_same_architecture() -> None:
     model = _model(last_stride=2, neck="none")
-    clone = ReIDModel.from_spec(model.spec())
+    assert model.spec()["architecture"] == "reid"
+    clone = build_from_spec(model.spec())
+    assert type(clone) is ReIDModel
     clone.load_state_dict(model.state_dict())
     clone.eval(), model.eval()
     x = torch.rand(2, 3, 32, 16)
@@ -86,6 +106,12 @@ def test_registry_lists_paper_and_cpu_backbones() -> None:
     names = BACKBONES.names()
     for name in ("resnet50", "resnext50_32x4d", "densenet121", "resnet18", "mobilenet_v3_small"):
         assert name in names
+
+
+def test_unknown_architecture_names_the_choices() -> None:
+    with pytest.raises(MetricAttackError, match=r"unknown architecture 'resnet'; available: .*reid"):
+        build_from_spec({"architecture": "resnet", "num_classes": 3})
+    assert "reid" in ARCHITECTURES
 
 
 def test_unknown_backbone_names_the_choices() -> None:
@@ -131,6 +157,7 @@ def test_pretrained_from_local_file(tmp_path) -> None:
         ({"num_classes": 3, "input_size": (0, 16)}, "input_size"),
         ({"num_classes": 3, "neck": "fancy"}, "neck"),
         ({"num_classes": 3, "last_stride": 3}, "last_stride"),
+        ({"num_classes": 3, "feature_space": "bn"}, "feature_space"),
     ],
 )
 def test_invalid_model_arguments(kwargs: dict, match: str) -> None:

@@ -105,13 +105,14 @@ def _config_dict(root: Path, **changes: object) -> dict:
     "override, field",
     [
         ("schedule.epochs=0", "schedule.epochs"),
-        ("model.backbone=resnet5", "model.backbone"),
-        ("model.input_size=[32]", "model.input_size"),
+        ("model.backbone=resnet5", "model.reid.backbone"),
+        ("model.architecture=resnet", "model: Input tag 'resnet'"),
+        ("model.input_size=[32]", "model.reid.input_size"),
         ("loss.cross_entropy.label_smoothing=1.5", "loss.cross_entropy.label_smoothing"),
         ("optimizer.lr=-1", "optimizer.lr"),
         ("batch.sampler=random", "triplet needs batch.sampler: pk"),
         ("batch.images_per_id=5", "batch: .*multiple of images_per_id"),
-        ("model.colour=red", "model.colour"),
+        ("model.colour=red", "model.reid.colour"),
     ],
 )
 def test_invalid_config_values_name_the_field(tmp_path: Path, override: str, field: str) -> None:
@@ -128,13 +129,16 @@ def test_config_needs_a_loss(tmp_path: Path) -> None:
 
 def test_shipped_configs_are_valid() -> None:
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
-    paper = [p for p in configs if p.parent.name == "paper" and "-b" in p.stem]
-    assert len(paper) == 8
+    paper = [p for p in configs if p.parent.name == "paper" and "-" in p.stem]  # training recipes, not benchmarks
+    assert len(paper) == 10
     for path in paper + [p for p in configs if p.parent.name == "synthetic"]:
         cfg = load_train_config(path)
         assert cfg.schedule.epochs > 0
     b4 = load_train_config(Path(__file__).parents[1] / "configs/paper/market1501-b4.yaml")
     assert b4.loss.triplet is not None and b4.batch.sampler == "pk" and b4.model.backbone == "resnet50"
+    hacnn = load_train_config(Path(__file__).parents[1] / "configs/paper/market1501-hacnn.yaml")
+    assert hacnn.model.architecture == "hacnn" and hacnn.model.input_size == (160, 64) and hacnn.loss.triplet is None
+    assert (hacnn.optimizer.lr, hacnn.batch.batch_size, hacnn.schedule.epochs, hacnn.augmentation.flip) == (5e-4, 32, 150, False)
 
 
 # --------------------------------------------------------------------------- resume
@@ -223,6 +227,22 @@ def test_variant_starts_from_weights_scales_lr_and_transforms_batches(blob_root:
     fewer = _blob_tree(tmp_path / "fewer", train_ids=6)
     with pytest.raises(ConfigError, match="trained on other identities"):
         train(_cfg(fewer, schedule={"epochs": 1}), tmp_path / "other", Variant({"init": "base"}, init_checkpoint=base))
+
+
+def test_triplet_only_model_retrieves_in_the_space_its_loss_trains(blob_root: Path, tmp_path: Path) -> None:
+    """Paper: features are the activations before the loss layer. A triplet-only model's BN neck
+    gets no gradient (its scale stays 1), so it retrieves with the normalised pooled features."""
+    cfg = _cfg(blob_root, schedule={"epochs": 1}, loss={"triplet": {"margin": 0.3}}, batch={"batch_size": 8, "sampler": "pk"})
+    model = load_model(train(cfg, tmp_path / "triplet"))
+    assert model.spec()["feature_space"] == "pooled"
+    torch.testing.assert_close(model.neck.weight, torch.ones_like(model.neck.weight))  # never trained
+    x = torch.rand(3, 3, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torch.nn.functional.normalize(model._pooled(x), dim=1))
+    # cross-entropy (alone or with triplet) keeps the BN-neck output; an explicit choice wins over 'auto'
+    assert trainer_module.build_model(_cfg(blob_root), 8).feature_space == "neck"
+    explicit = _cfg(blob_root, model={"backbone": "resnet18", "input_size": [32, 16], "feature_space": "pooled"})
+    assert trainer_module.build_model(explicit, 8).feature_space == "pooled"
 
 
 def test_checkpoint_records_provenance_and_matches_config(blob_root: Path, tmp_path: Path) -> None:

@@ -36,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     last = checkpoint_meta(final)["meta"]["history"][-1]
     print(
-        f"trained {cfg.model.backbone} for {cfg.schedule.epochs} epochs: last loss {last['loss']:.4f}, {last['images_per_second']:.1f} images/s -> {final}"
+        f"trained {cfg.model.label} for {cfg.schedule.epochs} epochs: last loss {last['loss']:.4f}, {last['images_per_second']:.1f} images/s -> {final}"
     )
     return 0

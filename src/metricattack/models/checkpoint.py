@@ -3,9 +3,13 @@
 ``save_checkpoint(model, "run/model.safetensors", meta)`` writes
 
 * ``run/model.safetensors``: the model's state dict;
-* ``run/model.json``: ``{"format", "spec" (architecture: backbone, classes, input size,
-  normalisation, ...), "weights_sha256", "environment" (code versions), "meta"}`` where
-  ``meta`` is the caller's provenance (config, dataset fingerprint, epoch, seed, ...).
+* ``run/model.json``: ``{"format", "spec" (the model's ``spec()``: its ``architecture``
+  name, classes, input size, normalisation, retrieval ``feature_space``, ...),
+  "weights_sha256", "environment" (code versions), "meta"}`` where ``meta`` is the caller's
+  provenance (config, dataset fingerprint, epoch, seed, ...).
+
+:func:`load_model` rebuilds the architecture the spec names (``models.base.ARCHITECTURES``);
+a spec without ``architecture`` (written before architectures existed) is a ``ReIDModel``.
 
 Both files are written atomically, weights first; the JSON records the weights' SHA-256, so
 a pair torn by a crash between the two writes is detected on load. The optimiser state for
@@ -25,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, MetricAttackError
 from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file
-from .reid import ReIDModel
+from .base import ReIDNet, architecture_of, build_from_spec
 
 FORMAT = "metricattack.reid-checkpoint/1"
 
@@ -40,7 +44,7 @@ def train_state_path(path: Path) -> Path:
     return Path(path).with_suffix(".train-state.pt")
 
 
-def save_checkpoint(model: ReIDModel, path: Path, meta: dict[str, Any]) -> Path:
+def save_checkpoint(model: ReIDNet, path: Path, meta: dict[str, Any]) -> Path:
     """Write ``model``'s weights to ``path`` (.safetensors) and its JSON sidecar; return ``path``."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -113,7 +117,11 @@ def check_expected(spec: dict[str, Any], expect: dict[str, Any], path: Path) -> 
             raise CheckpointError(f"checkpoint {path} has {key}={spec[key]!r} but the config expects {key}={wanted!r}")
 
 
-def load_model(path: Path, device: str | torch.device = "cpu", expect: dict[str, Any] | None = None) -> ReIDModel:
+def _backbone(spec: dict[str, Any]) -> str:
+    return f" (backbone {spec['backbone']!r})" if "backbone" in spec else ""
+
+
+def load_model(path: Path, device: str | torch.device = "cpu", expect: dict[str, Any] | None = None) -> ReIDNet:
     """Rebuild the model saved at ``path`` and load its weights; returned in eval mode on ``device``.
 
     ``expect`` maps spec keys (``backbone``, ``num_classes``, ``input_size``, ...) to the values
@@ -126,7 +134,7 @@ def load_model(path: Path, device: str | torch.device = "cpu", expect: dict[str,
     if record.get("weights_sha256") and sha256_file(path) != record["weights_sha256"]:
         raise CheckpointError(f"checkpoint {path} does not match the SHA-256 recorded in {meta_path(path)} (torn or replaced file)")
     try:
-        model = ReIDModel.from_spec(spec)
+        model = build_from_spec(spec)
     except (MetricAttackError, TypeError) as exc:
         raise CheckpointError(f"checkpoint metadata {meta_path(path)} has an unusable spec: {exc}") from None
     try:
@@ -139,7 +147,7 @@ def load_model(path: Path, device: str | torch.device = "cpu", expect: dict[str,
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"checkpoint weights {path} do not match architecture {spec.get('backbone')!r}: "
+            f"checkpoint weights {path} do not match its {architecture_of(spec)!r} architecture{_backbone(spec)}: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}"
         )
     model.load_state_dict(state)

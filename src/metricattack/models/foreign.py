@@ -17,15 +17,20 @@ Formats (:data:`FORMATS`, a :class:`~metricattack.registry.Registry`):
   pooling, BN neck; the test feature is the BN-neck output, L2-normalised (fast-reid tests
   with the cosine distance). Keys ``backbone.*``, ``heads.bottleneck.0.*``, ``heads.weight``
   (``heads.classifier.weight`` in older versions).
+* ``torchreid:hacnn`` -- torchreid's ``HACNN`` (``torchreid/models/hacnn.py``, model zoo
+  ``hacnn_*_xent.pth.tar``) onto :class:`~metricattack.models.hacnn.HACNN`: 160x64 input;
+  the test feature is the L2-normalised global ⊕ L2-normalised local feature (ours is that,
+  scaled by 1/√2 to unit norm; the ranking is the same). Widths, feature size, regions and
+  classes are read from the tensor shapes.
 
-More formats are registered by the modules that define their architecture, e.g.::
+More formats are registered the same way, e.g.::
 
     from metricattack.models.foreign import FORMATS, ForeignFormat, Preprocessing
 
-    FORMATS.register("torchreid:hacnn", ForeignFormat(
-        project="torchreid", architecture="HACNN",
-        preprocessing=Preprocessing(input_size=(160, 64), resize="bilinear (PIL)", features="..."),
-        build=build_hacnn_from_torchreid,   # state dict in torchreid's keys -> (model, state dict in the model's keys)
+    FORMATS.register("otherproject:net", ForeignFormat(
+        project="otherproject", architecture="Net",
+        preprocessing=Preprocessing(input_size=(256, 128), resize="bilinear (PIL)", features="..."),
+        build=build_net,   # state dict in the project's keys -> (model, state dict in the model's keys)
     ))
 
 Loading a file (``torch.load(weights_only=True)`` or safetensors, see :mod:`.weights`)::
@@ -43,8 +48,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MetricAttackError
 from ..registry import Registry
+from .hacnn import HACNN
 from .reid import IMAGENET_MEAN, IMAGENET_STD, ReIDModel
 from .weights import load_exact, read_state_dict
 
@@ -173,6 +179,59 @@ def _torchreid_resnet50(state: StateDict) -> tuple[nn.Module, StateDict]:
 
 
 FORMATS.register("torchreid:resnet50", ForeignFormat("torchreid", "ResNet-50", TORCHREID_RESNET50, _torchreid_resnet50))
+
+
+TORCHREID_HACNN = Preprocessing(
+    input_size=(160, 64),
+    resize="bilinear (PIL, torchvision Resize)",
+    features="L2-normalised global (512-d) ⊕ L2-normalised local (512-d) feature; ours is scaled by 1/sqrt(2) (unit norm, same ranking)",
+)
+
+
+def _torchreid_hacnn_table() -> list[tuple[str, str]]:
+    """``(theirs, ours)`` key prefixes of torchreid's HACNN (levels and streams counted from 1) onto ours."""
+    table = [("conv.", "stem.")]
+    for level in (1, 2, 3):
+        ours = f"levels.{level - 1}."
+        for block in (0, 1):
+            table += [(f"inception{level}.{block}.stream{s}.", f"{ours}inception.{block}.streams.{s - 1}.") for s in (1, 2, 3, 4)]
+        soft = f"ha{level}.soft_attn."
+        table += [
+            (f"{soft}spatial_attn.conv1.", f"{ours}attention.soft.spatial.conv."),
+            (f"{soft}spatial_attn.conv2.", f"{ours}attention.soft.spatial.scale."),
+            (f"{soft}channel_attn.conv1.", f"{ours}attention.soft.channel.reduce."),
+            (f"{soft}channel_attn.conv2.", f"{ours}attention.soft.channel.expand."),
+            (f"{soft}conv.", f"{ours}attention.soft.fuse."),
+            (f"ha{level}.hard_attn.fc.", f"{ours}attention.hard.fc."),
+        ]
+        table += [(f"local_conv{level}.stream{s}.", f"local_levels.{level - 1}.streams.{s - 1}.") for s in (1, 2, 3)]
+    for branch in ("global", "local"):
+        table += [
+            (f"fc_{branch}.0.", f"{branch}_head.fc."),
+            (f"fc_{branch}.1.", f"{branch}_head.bn."),
+            (f"classifier_{branch}.", f"{branch}_classifier."),
+        ]
+    return table
+
+
+TORCHREID_HACNN_KEYS = _torchreid_hacnn_table()
+"""How torchreid's ``HACNN`` state-dict keys map onto :class:`~metricattack.models.hacnn.HACNN`'s (prefixes)."""
+
+
+def _torchreid_hacnn(state: StateDict) -> tuple[nn.Module, StateDict]:
+    channels = [_require(state, f"ha{level}.soft_attn.conv.conv.weight").shape[0] for level in (1, 2, 3)]
+    branch_dim = _require(state, "fc_global.0.weight").shape[0]
+    regions = _require(state, "ha1.hard_attn.fc.weight").shape[0] // 2
+    classes = _require(state, "classifier_global.weight").shape[0]
+    prep = TORCHREID_HACNN
+    try:
+        model = HACNN(classes, prep.input_size, prep.mean, prep.std, channels=channels, branch_dim=branch_dim, regions=regions)
+    except MetricAttackError as exc:
+        raise ValueError(f"its shapes fit no HACNN ({exc})") from None
+    return model, rename_prefixes(state, TORCHREID_HACNN_KEYS)
+
+
+FORMATS.register("torchreid:hacnn", ForeignFormat("torchreid", "HACNN", TORCHREID_HACNN, _torchreid_hacnn))
 
 
 # ----------------------------------------------------------------------------- fast-reid

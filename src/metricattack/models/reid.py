@@ -1,12 +1,17 @@
-"""The re-ID network: pixels in [0,1] → L2-normalised retrieval features.
+"""The paper's base models B1–B4: a backbone trunk, pooling, BN neck, classifier.
 
 ``forward`` is differentiable end to end (resize, normalisation, trunk, pooling, neck), so
 attacks can take gradients with respect to the input pixels. In ``eval()`` mode every
 image's features depend on that image only (BatchNorm uses running statistics), so any
 batch composition gives the same per-image outputs.
 
-Retrieval features are the BN-neck output, L2-normalised: the activations right before the
-classification (loss) layer, as in the paper (Sec. 5).
+Retrieval features are the activations the training loss saw (the paper, Sec. 5: "the
+activations before the loss layer"), L2-normalised, chosen by ``feature_space``:
+
+* ``"neck"``: the BN-neck output, which feeds the classifier (models trained with
+  cross-entropy, alone or with the triplet loss);
+* ``"pooled"``: the pooled trunk features, which the triplet loss trains (a triplet-only
+  model: its BN neck gets no gradient, its scale stays 1, so its output is not a trained space).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from torch import nn
 
 from ..errors import MetricAttackError
 from .backbones import Pretrained, build_backbone
+from .base import IMAGENET_MEAN, IMAGENET_STD, ReIDNet, TrainOutputs, register_architecture
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NECKS = ("bnneck", "none")
+FEATURE_SPACES = ("neck", "pooled")
 
 
-class ReIDModel(nn.Module):
+@register_architecture("reid")
+class ReIDModel(ReIDNet):
     """Backbone trunk + global average pooling + optional reduction + BN neck + classifier.
 
     Args:
@@ -38,10 +44,14 @@ class ReIDModel(nn.Module):
         last_stride: stride of the last ResNet stage (1 doubles its resolution).
         neck: ``"bnneck"`` (BatchNorm1d before the classifier) or ``"none"``.
         reduce_dim: optional feature size D after a linear reduction of the pooled trunk output.
+        feature_space: ``"neck"`` or ``"pooled"``: which activations ``forward`` returns (see the module doc).
         normalize: L2-normalise the retrieval features (the paper's and fast-reid's test
-            features); ``False`` returns the neck output as is (torchreid's default test features).
+            features); ``False`` returns them as they are (torchreid's default test features,
+            for models loaded from torchreid checkpoints, :mod:`metricattack.models.foreign`).
         classifier_bias: give the identity classifier a bias (torchreid's classifier has one).
     """
+
+    derived_spec_keys = ("architecture", "feature_dim")
 
     def __init__(
         self,
@@ -54,29 +64,23 @@ class ReIDModel(nn.Module):
         last_stride: int = 1,
         neck: str = "bnneck",
         reduce_dim: int | None = None,
+        feature_space: str = "neck",
         normalize: bool = True,
         classifier_bias: bool = False,
     ) -> None:
-        super().__init__()
-        if int(num_classes) < 1:
-            raise MetricAttackError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if len(input_size) != 2 or min(int(s) for s in input_size) < 1:
-            raise MetricAttackError(f"input_size must be (height, width) with positive values, got {input_size!r}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise MetricAttackError(f"mean and std need 3 values each (std > 0), got mean={mean!r} std={std!r}")
+        super().__init__(num_classes, input_size, mean, std)
         if neck not in NECKS:
             raise MetricAttackError(f"unknown neck {neck!r}; expected one of {', '.join(NECKS)}")
+        if feature_space not in FEATURE_SPACES:
+            raise MetricAttackError(f"unknown feature_space {feature_space!r}; expected one of {', '.join(FEATURE_SPACES)}")
         if reduce_dim is not None and int(reduce_dim) < 1:
             raise MetricAttackError(f"reduce_dim must be a positive integer or null, got {reduce_dim!r}")
         self.backbone_name = backbone
-        self.num_classes = int(num_classes)
-        self.input_size = (int(input_size[0]), int(input_size[1]))
         self.last_stride = int(last_stride)
         self.neck_type = neck
         self.reduce_dim = None if reduce_dim is None else int(reduce_dim)
+        self.feature_space = feature_space
         self.normalize = bool(normalize)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
         self.trunk, trunk_dim = build_backbone(backbone, pretrained, self.last_stride)
         self.reduction = nn.Identity() if self.reduce_dim is None else nn.Linear(trunk_dim, self.reduce_dim)
@@ -94,48 +98,27 @@ class ReIDModel(nn.Module):
     def spec(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this architecture (JSON-serialisable)."""
         return {
+            **self.base_spec(),
             "backbone": self.backbone_name,
-            "num_classes": self.num_classes,
-            "input_size": list(self.input_size),
-            "mean": [float(v) for v in self.mean.flatten()],
-            "std": [float(v) for v in self.std.flatten()],
             "last_stride": self.last_stride,
             "neck": self.neck_type,
             "reduce_dim": self.reduce_dim,
-            "feature_dim": self.feature_dim,
             "normalize": self.normalize,
             "classifier_bias": self.classifier.bias is not None,
         }
 
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> ReIDModel:
-        """Rebuild an (untrained, randomly initialised) model from :meth:`spec` output."""
-        args = {k: v for k, v in spec.items() if k != "feature_dim"}
-        return cls(**args, pretrained=False)
-
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize ``[B,3,H,W]`` in [0,1] to ``input_size`` (bilinear) and normalise."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"ReIDModel expects images of shape [B,3,H,W], got {tuple(images.shape)}")
-        if tuple(images.shape[-2:]) != self.input_size:
-            images = F.interpolate(images, size=self.input_size, mode="bilinear", align_corners=False, antialias=False)
-        return (images - self.mean) / self.std
-
     def _pooled(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled (and reduced) trunk features ``[B,D]`` before the neck."""
-        maps = self.trunk(self._prepare(images))
+        maps = self.trunk(self.prepare(images))
         return self.reduction(maps.mean(dim=(2, 3)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Retrieval features ``[B,D]`` (unit L2 norm unless ``normalize=False``) from images ``[B,3,H,W]`` in [0,1]."""
-        features = self.neck(self._pooled(images))
+        pooled = self._pooled(images)
+        features = pooled if self.feature_space == "pooled" else self.neck(pooled)
         return F.normalize(features, dim=1) if self.normalize else features
 
-    def forward_train(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(features before the neck [B,D], logits [B,C])`` for metric and CE losses."""
+    def forward_train(self, images: torch.Tensor) -> TrainOutputs:
+        """Pooled features (for the triplet loss) and the classifier's logits on the neck output."""
         pooled = self._pooled(images)
-        return pooled, self.classifier(self.neck(pooled))
-
-    def classify(self, images: torch.Tensor) -> torch.Tensor:
-        """Identity logits ``[B,C]``."""
-        return self.forward_train(images)[1]
+        return TrainOutputs(embedding=pooled, logits=(self.classifier(self.neck(pooled)),))

@@ -14,9 +14,9 @@ Example (``configs/paper/market1501-b1.yaml``)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import Discriminator, Field, NonNegativeInt, PositiveFloat, PositiveInt, Tag, field_validator, model_validator
 
 from ..config import StrictModel, load_config
 from ..data.layouts import DATASETS
@@ -40,20 +40,77 @@ class DataSection(StrictModel):
         return DATASETS.check(name)
 
 
-class ModelSection(StrictModel):
-    """Architecture of the :class:`~metricattack.models.reid.ReIDModel`."""
+class ReIDModelSection(StrictModel):
+    """A :class:`~metricattack.models.reid.ReIDModel` (backbone + BN neck; the paper's B1–B4)."""
 
+    architecture: Literal["reid"] = "reid"
     backbone: str
     pretrained: bool | str = Field(False, description="true: torchvision ImageNet weights; a path: local weights file")
     input_size: tuple[PositiveInt, PositiveInt] = (256, 128)
     last_stride: Literal[1, 2] = 1
     neck: Literal["bnneck", "none"] = "bnneck"
     reduce_dim: PositiveInt | None = None
+    feature_space: Literal["auto", "neck", "pooled"] = Field(
+        "auto",
+        description="retrieval features: 'neck' (BN-neck output), 'pooled' (pooled trunk features), or 'auto': "
+        "'pooled' for a triplet-only model (the space its loss trains), 'neck' when cross-entropy is used",
+    )
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
         return BACKBONES.check(name)
+
+    @property
+    def label(self) -> str:
+        """Short name for messages (``resnet50``)."""
+        return self.backbone
+
+    def arguments(self, loss: LossSection) -> dict[str, Any]:
+        """Constructor arguments of the model (``feature_space: auto`` resolved against ``loss``)."""
+        args = self.model_dump(exclude={"architecture"})
+        if self.feature_space == "auto":
+            args["feature_space"] = "pooled" if loss.cross_entropy is None else "neck"
+        return args
+
+
+class HACNNSection(StrictModel):
+    """An :class:`~metricattack.models.hacnn.HACNN` (trained from scratch; defaults = the HACNN paper's network)."""
+
+    architecture: Literal["hacnn"]
+    input_size: tuple[PositiveInt, PositiveInt] = (160, 64)
+    channels: tuple[PositiveInt, PositiveInt, PositiveInt] = Field((128, 256, 384), description="widths of the three levels")
+    branch_dim: PositiveInt = Field(512, description="size of the global and of the local feature")
+    regions: PositiveInt = Field(4, description="T, hard-attention regions (local streams)")
+    region_size: tuple[PositiveInt, PositiveInt] = Field((24, 28), description="level-1 region (h, w); halved at each level")
+
+    @field_validator("channels")
+    @classmethod
+    def _multiples_of_16(cls, channels: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(c % 16 for c in channels):
+            raise ValueError(f"every width must be a multiple of 16 (channel attention reduces by 16), got {list(channels)}")
+        return channels
+
+    @property
+    def label(self) -> str:
+        return "hacnn"
+
+    def arguments(self, loss: LossSection) -> dict[str, Any]:
+        return self.model_dump(exclude={"architecture"})
+
+
+def _architecture_tag(value: Any) -> str:
+    """The ``architecture`` of a model section (``reid`` when absent, as in configs written before it existed)."""
+    if isinstance(value, dict):
+        return str(value.get("architecture", "reid"))
+    return str(getattr(value, "architecture", "reid"))
+
+
+ModelSection = Annotated[
+    Annotated[ReIDModelSection, Tag("reid")] | Annotated[HACNNSection, Tag("hacnn")],
+    Discriminator(_architecture_tag),
+]
+"""The ``model:`` section: one of the architectures' sections, chosen by its ``architecture`` key."""
 
 
 class CrossEntropyLoss(StrictModel):

@@ -38,6 +38,7 @@ from ..data.layouts import dataset_fingerprint, load_dataset
 from ..data.types import ReIDDataset
 from ..distributed import barrier, is_main_process, process_group, rank_and_world, resolve_device
 from ..errors import ConfigError
+from ..models.base import ARCHITECTURES, ReIDNet, TrainOutputs
 from ..models.checkpoint import (
     checkpoint_meta,
     load_model,
@@ -47,7 +48,6 @@ from ..models.checkpoint import (
     save_train_state,
     train_state_path,
 )
-from ..models.reid import ReIDModel
 from ..outputs import check_output_folder, claim_output
 from .config import TrainConfig
 from .data import TrainImages, relabel
@@ -61,11 +61,11 @@ CHECKPOINT_DIR = "checkpoints"
 class _TrainStep(nn.Module):
     """Routes ``forward`` to ``forward_train`` so DDP's gradient hooks see the training pass."""
 
-    def __init__(self, model: ReIDModel) -> None:
+    def __init__(self, model: ReIDNet) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> TrainOutputs:
         return self.model.forward_train(images)
 
 
@@ -87,23 +87,50 @@ class Variant:
     identity: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: Path | None = None
     lr_factor: float = 1.0
-    batches: Callable[[DataLoader, ReIDModel, int], Batches] | None = None
+    batches: Callable[[DataLoader, ReIDNet, int], Batches] | None = None
+
+
+def build_model(cfg: TrainConfig, num_classes: int, *, pretrained: bool = True) -> ReIDNet:
+    """The untrained model of ``cfg.model`` with ``num_classes`` outputs; ``pretrained=False``
+    skips ImageNet initialisation (the weights will be overwritten: resuming, or a start checkpoint)."""
+    args = cfg.model.arguments(cfg.loss)
+    if not pretrained and "pretrained" in args:
+        args["pretrained"] = False
+    return ARCHITECTURES.get(cfg.model.architecture)(num_classes=num_classes, **args)
 
 
 @dataclass
 class LossTerms:
-    """Weighted loss of one batch from ``(features [B,D], logits [B,C], labels [B])``."""
+    """Weighted loss of one batch from the model's :class:`TrainOutputs` and ``labels [B]``.
+
+    Cross-entropy is applied to every classification head (``outputs.logits``) and summed
+    (HACNN: global + local branch); the triplet loss trains ``outputs.embedding``.
+    """
 
     cfg: TrainConfig
 
-    def __call__(self, features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, outputs: TrainOutputs, labels: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
         ce, tri = self.cfg.loss.cross_entropy, self.cfg.loss.triplet
         if ce is not None:
-            parts["cross_entropy"] = ce.weight * cross_entropy_loss(logits, labels, ce.label_smoothing)
+            parts["cross_entropy"] = ce.weight * sum_of(cross_entropy_loss(lg, labels, ce.label_smoothing) for lg in outputs.logits)
         if tri is not None:
-            parts["triplet"] = tri.weight * batch_hard_triplet_loss(features, labels, tri.margin)
-        return sum(parts.values()), parts  # type: ignore[return-value]
+            parts["triplet"] = tri.weight * batch_hard_triplet_loss(outputs.embedding, labels, tri.margin)
+        return sum_of(parts.values()), parts
+
+    def leaves_parameters_unused(self) -> bool:
+        """True when some head gets no loss (DistributedDataParallel must then look for unused parameters)."""
+        return self.cfg.loss.cross_entropy is None
+
+
+def sum_of(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Sum of loss tensors (at least one)."""
+    total: torch.Tensor | None = None
+    for term in terms:
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("no loss terms to add")
+    return total
 
 
 def batch_sampler(cfg: TrainConfig, labels: list[int], rank: int, world: int) -> Any:
@@ -155,16 +182,15 @@ class _ShuffledBatches(torch.utils.data.Sampler[list[int]]):
 
 
 def run_epoch(
-    step: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm
+    step: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm, epoch: int
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean losses, image count, seconds and images/s."""
+    """One pass over ``loader`` (1-based ``epoch``); returns mean losses, image count, seconds and images/s."""
     step.train()
     totals: dict[str, torch.Tensor] = {}
     images_seen, batches, start = 0, 0, time.perf_counter()
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        features, logits = step(images)
-        loss, parts = losses(features, logits, labels)
+        loss, parts = losses(step(images), labels, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -226,15 +252,15 @@ def _check_same_run(meta: dict[str, Any], cfg: TrainConfig, fingerprint: str, pa
 
 
 def train(cfg: TrainConfig, out_dir: Path, variant: Variant | None = None) -> Path:
-    """Train a :class:`ReIDModel` per ``cfg`` (and ``variant``), writing checkpoints under
-    ``out_dir``; return the final checkpoint path."""
+    """Train the model of ``cfg`` (and ``variant``), writing checkpoints under ``out_dir``;
+    return the final checkpoint path."""
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
     with process_group(device):
         return _train(cfg, out_dir, device, variant or Variant())
 
 
-def _initial_weights(model: ReIDModel, checkpoint: Path, class_pids: list[int], root: Any) -> None:
+def _initial_weights(model: ReIDNet, checkpoint: Path, class_pids: list[int], root: Any) -> None:
     """Load ``checkpoint``'s weights into ``model``, refusing a model trained on other identities."""
     if checkpoint_meta(checkpoint)["meta"].get("class_pids", class_pids) != class_pids:
         raise ConfigError(f"cannot start from {checkpoint}: it was trained on other identities than {root}")
@@ -271,12 +297,8 @@ def _run(
             return final
 
     torch.manual_seed(cfg.seed)
-    m = cfg.model
     # resuming or starting from given weights: no ImageNet initialisation to fetch
-    pretrained = m.pretrained if latest is None and variant.init_checkpoint is None else False
-    model = ReIDModel(
-        m.backbone, len(class_pids), m.input_size, pretrained=pretrained, last_stride=m.last_stride, neck=m.neck, reduce_dim=m.reduce_dim
-    )
+    model = build_model(cfg, len(class_pids), pretrained=latest is None and variant.init_checkpoint is None)
     if variant.init_checkpoint is not None and latest is None:
         _initial_weights(model, variant.init_checkpoint, class_pids, cfg.data.root)
     optimizer = torch.optim.Adam(
@@ -289,14 +311,14 @@ def _run(
         optimizer.load_state_dict(load_train_state(latest)["optimizer"])
         history, start_epoch = list(meta["history"]), int(meta["epoch"])
     model.to(device)
+    losses = LossTerms(cfg)
     step: nn.Module = _TrainStep(model)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        step = nn.parallel.DistributedDataParallel(step, device_ids=ids, find_unused_parameters=cfg.loss.cross_entropy is None)
+        step = nn.parallel.DistributedDataParallel(step, device_ids=ids, find_unused_parameters=losses.leaves_parameters_unused())
 
-    images = TrainImages(records, labels, m.input_size, cfg.augmentation, cache=cfg.data.cache)
+    images = TrainImages(records, labels, model.input_size, cfg.augmentation, cache=cfg.data.cache)
     loader = build_loader(cfg, images, labels, rank, world)
-    losses = LossTerms(cfg)
     base = {
         "config": cfg.model_dump(mode="json"),
         "dataset": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint, "train_images": len(records)},
@@ -318,7 +340,7 @@ def _run(
             group["lr"] = lr
         batches = variant.batches(loader, model, epoch) if variant.batches is not None else loader
         with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar:
-            stats = _across_ranks(run_epoch(step, batches, optimizer, losses, device, bar), device)
+            stats = _across_ranks(run_epoch(step, batches, optimizer, losses, device, bar, epoch), device)
         history.append({"epoch": epoch, "lr": lr, **stats})
         if show:
             tqdm.write(f"epoch {epoch}/{cfg.schedule.epochs}: loss {stats['loss']:.4f}, {stats['images_per_second']:.1f} images/s")
@@ -331,7 +353,7 @@ def _run(
     return final
 
 
-def _save_epoch(model: ReIDModel, optimizer: torch.optim.Optimizer, folder: Path, epoch: int, meta: dict[str, Any]) -> None:
+def _save_epoch(model: ReIDNet, optimizer: torch.optim.Optimizer, folder: Path, epoch: int, meta: dict[str, Any]) -> None:
     """Write the resumable checkpoint of ``epoch`` (state, then weights + JSON), then drop older ones."""
     path = folder / f"epoch-{epoch:03d}.safetensors"
     save_train_state(path, {"epoch": epoch, "optimizer": optimizer.state_dict()})

@@ -1,0 +1,82 @@
+"""The model contract, checked on every registered architecture (small widths, tiny inputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from metricattack.models.base import ARCHITECTURES, ReIDNet, build_from_spec
+from metricattack.models.checkpoint import checkpoint_meta, load_model, save_checkpoint
+
+# Small but complete versions of each architecture (the contract does not depend on widths).
+SMALL: dict[str, dict[str, Any]] = {
+    "reid": {"backbone": "resnet18", "input_size": (32, 16)},
+    "hacnn": {"input_size": (80, 32), "channels": (16, 32, 48), "branch_dim": 16, "region_size": (12, 14)},
+}
+
+
+def small(name: str, num_classes: int = 4) -> ReIDNet:
+    torch.manual_seed(0)
+    return ARCHITECTURES.get(name)(num_classes=num_classes, **SMALL[name])
+
+
+def with_running_statistics(model: ReIDNet) -> ReIDNet:
+    """``model`` after two training-mode passes (BatchNorm statistics away from their init), in eval mode."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.rand(4, 3, *model.input_size))
+    return model.eval()
+
+
+def test_every_architecture_is_covered() -> None:
+    assert set(ARCHITECTURES.names()) == set(SMALL)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_contract_shapes_at_input_size_and_other_sizes(name: str) -> None:
+    model = with_running_statistics(small(name))
+    assert model.spec()["architecture"] == name and model.feature_space == model.spec()["feature_space"]
+    for size in (model.input_size, (37, 23), (128, 64)):
+        with torch.no_grad():
+            features = model(torch.rand(3, 3, *size))
+            logits = model.classify(torch.rand(2, 3, *size))
+        assert features.shape == (3, model.feature_dim) and logits.shape == (2, model.num_classes)
+        torch.testing.assert_close(features.norm(dim=1), torch.ones(3))
+    assert model.mean.shape == model.std.shape == (1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_eval_mode_features_do_not_depend_on_the_batch(name: str) -> None:
+    model = with_running_statistics(small(name))
+    batch = torch.rand(4, 3, *model.input_size)
+    with torch.no_grad():
+        together = model(batch)
+        alone = torch.cat([model(batch[i : i + 1]) for i in range(4)])
+        reversed_ = model(batch.flip(0)).flip(0)
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(together, reversed_, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_gradients_reach_every_input_pixel_image(name: str) -> None:
+    model = with_running_statistics(small(name))
+    images = torch.rand(2, 3, 50, 21, requires_grad=True)
+    model(images)[:, :3].sum().backward()
+    assert images.grad is not None and images.grad.abs().sum(dim=(1, 2, 3)).min() > 0
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
+    model = with_running_statistics(small(name, num_classes=5))
+    path = save_checkpoint(model, tmp_path / "model.safetensors", {"seed": 0})
+    assert checkpoint_meta(path)["spec"]["architecture"] == name
+    loaded = load_model(path)
+    assert type(loaded) is type(model) and not loaded.training and loaded.spec() == model.spec()
+    x = torch.rand(2, 3, 45, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert type(build_from_spec(model.spec())) is type(model)
