@@ -151,14 +151,6 @@ def test_loader_shuffle_is_seeded(tmp_path: Path) -> None:
     assert order(1) != first and order(0, epoch=1) != first
 
 
-def test_loader_resize_to(tmp_path: Path) -> None:
-    records = mixed_records(tmp_path)
-    batches = collect(make_loader(records, batch_size=4, resize_to=(12, 6)))
-    assert [tuple(b[0].shape) for b in batches] == [(4, 3, 12, 6), (4, 3, 12, 6), (3, 3, 12, 6)]
-    assert torch.cat([b[1] for b in batches]).tolist() == list(range(11))
-    assert all(0.0 <= b[0].min() and b[0].max() <= 1.0 for b in batches)
-
-
 def test_loader_with_worker_process(tmp_path: Path) -> None:
     records = mixed_records(tmp_path)[:4]
     batches = collect(make_loader(records, batch_size=3, num_workers=1))
@@ -182,5 +174,3 @@ def test_loader_rejects_bad_options(tmp_path: Path) -> None:
     records = mixed_records(tmp_path)[:2]
     with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
         make_loader(records, batch_size=0)
-    with pytest.raises(ConfigError, match="resize_to must be"):
-        make_loader(records, batch_size=1, resize_to=(0, 4))

@@ -48,7 +48,7 @@ from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
 from ..evaluation.checks import require_valid_matches
-from ..evaluation.features import evaluate_split_features
+from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import APConvention
 from ..io import atomic_path, atomic_write_json, copy_file, environment_versions, sha256_file, sha256_json
 from ..metrics.distance import Metric
@@ -60,7 +60,6 @@ from .runner import (
     attack_batches,
     clean_features,
     mean_true_positive_distance,
-    native_features,
     plan_attack,
     targeted_success,
     true_positive_pairs,
@@ -357,7 +356,7 @@ def _finish(
     pairs = true_positive_pairs(dataset)
     evaluations = []
     for m, entry in enumerate(everyone):
-        disk = native_features(entry.model, adv_records, batch_size=batch_size, device=device)
+        disk = extract_features(entry.model, adv_records, batch_size=batch_size, device=device, progress=False)
         evaluations.append(_evaluate_model(entry, m < num_attack, dataset, plan, features[m], memory_feats[m], disk, pairs, ap))
     disk_linf = measured_linf(plan.records, adv_records)
     active = plan.active

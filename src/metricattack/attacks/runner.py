@@ -6,8 +6,9 @@ detached) and the objective. :func:`attack_batches` then streams the split at na
 size (``make_loader`` buckets, sharded under ``torchrun``) and yields one
 :class:`AttackedBatch` at a time, so memory is bounded by the batch size, not the split.
 
-Features are always computed as ``model(images at native size)`` (the model resizes and
-normalises inside), for clean, in-memory adversarial and reloaded images alike.
+Features are always :func:`~metricattack.evaluation.features.extract_features`, i.e.
+``model(images at native size)`` (the model resizes and normalises inside), for clean and
+reloaded images alike, exactly as ``evaluate`` computes them.
 """
 
 from __future__ import annotations
@@ -20,27 +21,12 @@ from torch import nn
 
 from ..data.loading import make_loader
 from ..data.types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
-from ..distributed import gather_rows
 from ..errors import MetricAttackError
+from ..evaluation.features import extract_features
 from ..metrics.distance import Metric
 from .methods import perturb
 from .objectives import ClassificationLoss, EnsembleLoss, MetricLoss, ReferenceTargets, metrics_per_model
 from .spec import SETTINGS, AttackSpec
-
-
-@torch.no_grad()
-def native_features(
-    model: nn.Module, records: Sequence[ImageRecord], *, batch_size: int = 32, device: str | torch.device = "cpu"
-) -> torch.Tensor:
-    """``model(images)`` ``[N, D]`` (float32, CPU) of ``records`` at native size, in record order (sharded + gathered)."""
-    if not records:
-        raise MetricAttackError("cannot compute features: no images given (empty split?)")
-    local: dict[int, torch.Tensor] = {}
-    for images, indices in make_loader(records, batch_size, shard=True):
-        feats = model(images.to(device)).float().cpu()
-        local.update(zip(indices.tolist(), feats, strict=True))
-    rows = torch.stack([local[i] for i in sorted(local)]) if local else torch.empty(0, 0)
-    return gather_rows(rows, len(records))
 
 
 @dataclass(frozen=True)
@@ -54,17 +40,14 @@ class SplitFeatures:
 def clean_features(
     models: Sequence[nn.Module], dataset: ReIDDataset, *, batch_size: int = 32, device: str | torch.device = "cpu"
 ) -> list[SplitFeatures]:
-    """Clean query and gallery features of every model (models put in eval mode)."""
-    out = []
-    for model in models:
-        model.eval()
-        out.append(
-            SplitFeatures(
-                native_features(model, dataset.query, batch_size=batch_size, device=device),
-                native_features(model, dataset.gallery, batch_size=batch_size, device=device),
-            )
+    """Clean query and gallery features of every model (models put in eval mode), by :func:`extract_features`."""
+    return [
+        SplitFeatures(
+            extract_features(model, dataset.query, batch_size=batch_size, device=device, progress=False),
+            extract_features(model, dataset.gallery, batch_size=batch_size, device=device, progress=False),
         )
-    return out
+        for model in models
+    ]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -97,20 +96,16 @@ def save_png(image: torch.Tensor, path: PathLike) -> None:
 
 
 class RecordImages(Dataset[tuple[torch.Tensor, int]]):
-    """``records[i] -> (image [3,H,W] in [0,1], i)``, optionally resized to ``resize_to`` (H, W)."""
+    """``records[i] -> (image [3,H,W] in [0,1] at native size, i)``."""
 
-    def __init__(self, records: Sequence[ImageRecord], resize_to: tuple[int, int] | None = None) -> None:
+    def __init__(self, records: Sequence[ImageRecord]) -> None:
         self.records = records
-        self.resize_to = resize_to
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = read_image(self.records[index].path)
-        if self.resize_to is not None and tuple(image.shape[-2:]) != self.resize_to:
-            image = TF.resize(image, list(self.resize_to), antialias=True).clamp_(0.0, 1.0)
-        return image, index
+        return read_image(self.records[index].path), index
 
 
 class SizeBucketBatchSampler(Sampler[list[int]]):
@@ -154,7 +149,6 @@ def make_loader(
     records: Sequence[ImageRecord],
     batch_size: int,
     *,
-    resize_to: tuple[int, int] | None = None,
     shuffle: bool = False,
     seed: int = 0,
     num_workers: int = 0,
@@ -162,22 +156,19 @@ def make_loader(
 ) -> DataLoader:
     """A loader yielding ``(images [B,3,H,W] float32 in [0,1], indices [B] long)``.
 
-    ``indices`` are positions in ``records``. Without ``resize_to`` (H, W), each batch holds
-    images of one native size (sizes read from file headers). With ``shard`` only this
-    rank's indices (:func:`metricattack.distributed.shard_indices`) are loaded; place the
-    results with ``indices``, since batches do not follow shard order.
+    ``indices`` are positions in ``records``. Images keep their native size (models resize
+    inside their forward), so each batch holds images of one size (sizes read from file
+    headers). With ``shard`` only this rank's indices
+    (:func:`metricattack.distributed.shard_indices`) are loaded; place the results with
+    ``indices``, since batches do not follow shard order.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
-    if resize_to is not None:
-        if len(resize_to) != 2 or min(resize_to) < 1:
-            raise ConfigError(f"resize_to must be (height, width) with positive values, got {resize_to}")
-        resize_to = (int(resize_to[0]), int(resize_to[1]))
     indices = list(shard_indices(len(records))) if shard else list(range(len(records)))
-    keys: list[object] = [resize_to] * len(indices) if resize_to else [image_size(records[i].path) for i in indices]
+    keys = [image_size(records[i].path) for i in indices]
     sampler = SizeBucketBatchSampler(indices, keys, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(
-        RecordImages(records, resize_to),
+        RecordImages(records),
         batch_sampler=sampler,
         num_workers=num_workers,
         persistent_workers=False,

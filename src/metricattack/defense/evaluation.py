@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from ..attacks.methods import quantize
-from ..attacks.runner import attack_batches, clean_features, native_features, plan_attack
+from ..attacks.runner import SplitFeatures, attack_batches, clean_features, plan_attack
 from ..attacks.spec import AttackSpec
 from ..data.types import ImageRecord, ReIDDataset
 from ..distributed import rank_and_world
 from ..errors import MetricAttackError
-from ..evaluation.features import evaluate_split_features
+from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import APConvention
 from ..metrics.distance import Metric
 
@@ -78,9 +78,10 @@ def gallery_mAP(
     if len(gallery) != len(dataset.gallery):
         raise MetricAttackError(f"adversarial gallery has {len(gallery)} images, the clean gallery {len(dataset.gallery)}")
     model.eval()
-    q = query_features if query_features is not None else native_features(model, dataset.query, batch_size=batch_size, device=device)
-    g = native_features(model, gallery, batch_size=batch_size, device=device)
-    return 100.0 * evaluate_split_features(q, g, dataset, metric, ap=ap).mAP
+    if query_features is None:
+        query_features = extract_features(model, dataset.query, batch_size=batch_size, device=device, progress=False)
+    g = extract_features(model, gallery, batch_size=batch_size, device=device, progress=False)
+    return 100.0 * evaluate_split_features(query_features, g, dataset, metric, ap=ap).mAP
 
 
 @torch.no_grad()
@@ -98,8 +99,6 @@ def white_box_gallery_features(
     """Gallery features ``[G, D]`` after the non-targeted gallery attack ``spec`` against ``model`` itself."""
     if rank_and_world()[1] > 1:
         raise MetricAttackError("the adaptive evaluation runs in one process; start it without torchrun")
-    from ..attacks.runner import SplitFeatures
-
     plan = plan_attack([model], metric, dataset, "gallery", spec, [SplitFeatures(query, clean_gallery)])
     gallery = clean_gallery.clone()
     for batch in attack_batches(plan, spec, batch_size=batch_size, device=device):

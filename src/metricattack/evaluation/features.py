@@ -32,10 +32,12 @@ def extract_features(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> torch.Tensor:
-    """Features ``[N, D]`` (float32, on CPU) of ``records`` in order, from ``model(images)``.
+    """Features ``[N, D]`` (float32, on CPU) of ``records`` in order, from ``model(images at native size)``.
 
-    ``model`` takes images ``[B, 3, H, W]`` in [0, 1] and returns (L2-normalised) features;
-    it is put in eval mode. Images are resized to ``model.input_size`` when it has one.
+    The one feature path of every command: ``model`` takes images ``[B, 3, H, W]`` in [0, 1]
+    of any size, resizes and normalises them itself (:mod:`metricattack.models.preprocessing`)
+    and returns features; it is put in eval mode. Batches hold images of one native size.
+    Under ``torchrun`` each rank extracts its shard and the rows are gathered on every rank.
     """
     from ..data.loading import make_loader  # the loader pulls in image I/O; keep ranking imports light
 
@@ -45,7 +47,7 @@ def extract_features(
     if len(records) < world:
         raise MetricAttackError(f"cannot shard {len(records)} images over {world} processes; use fewer processes")
     model.eval().to(device)
-    loader = make_loader(records, batch_size, resize_to=getattr(model, "input_size", None), shard=True)
+    loader = make_loader(records, batch_size, shard=True)
     local: dict[int, torch.Tensor] = {}
     bar = tqdm(loader, desc="features", unit="batch", disable=not (progress and is_main_process()), leave=False)
     for images, indices in bar:

@@ -29,11 +29,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MetricAttackError
 from ..registry import Registry
+from .preprocessing import resize_to_input
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,12 +61,10 @@ class TrainOutputs(NamedTuple):
 
 
 def resize_and_normalise(images: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Images ``[B,3,H,W]`` in [0,1] → ``[B,3,*size]`` resized (bilinear, differentiable) and normalised."""
+    """Images ``[B,3,H,W]`` in [0,1] → ``[B,3,*size]`` resized (:func:`~.preprocessing.resize_to_input`) and normalised."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"re-ID models expect images of shape [B,3,H,W], got {tuple(images.shape)}")
-    if tuple(images.shape[-2:]) != size:
-        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=False)
-    return (images - mean) / std
+    return (resize_to_input(images, size) - mean) / std
 
 
 class ReIDNet(nn.Module):

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from ..data.loading import read_image
 from ..data.types import DISTRACTOR_PID, JUNK_PID, ImageRecord
 from ..errors import DatasetError
+from ..models.preprocessing import resize_to_input
 from .config import AugmentSection
 
 
@@ -29,21 +29,27 @@ def relabel(records: Sequence[ImageRecord]) -> tuple[list[ImageRecord], list[int
     return kept, [index[r.pid] for r in kept], class_pids
 
 
-def _load_resized(path: object, size: tuple[int, int]) -> torch.Tensor:
-    """``read_image`` resized to ``size`` (H, W), as uint8 ``[3,H,W]``."""
-    image = read_image(path)  # type: ignore[arg-type]
-    if tuple(image.shape[-2:]) != size:
-        image = TF.resize(image, list(size), antialias=True)
-    return image.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+def _compact(image: torch.Tensor) -> torch.Tensor:
+    """``image`` as uint8 when that is lossless (8-bit sources), else unchanged (for the cache)."""
+    pixels = image.mul(255.0).round_().to(torch.uint8)
+    return pixels if torch.equal(pixels.to(torch.float32).div_(255.0), image) else image
+
+
+def _expand(stored: torch.Tensor) -> torch.Tensor:
+    """The float image in [0,1] that :func:`_compact` stored."""
+    return stored.to(torch.float32).div_(255.0) if stored.dtype == torch.uint8 else stored
 
 
 class TrainImages(Dataset[tuple[torch.Tensor, int]]):
     """``i -> (image [3,H,W] float in [0,1] at the model input size, label)``, augmented.
 
-    Images are resized at load time (training does not need the model's in-forward resize).
-    With ``cache`` every image is decoded once up front and kept as uint8. Augmentation
-    draws from torch's global RNG (seeded per epoch by the trainer): horizontal flip with
-    probability 1/2, then zero-padding by ``pad`` pixels and a random crop back to size.
+    Batches need one size, so each image is resized here with the model's own
+    :func:`~metricattack.models.preprocessing.resize_to_input` (the model then does not resize
+    again: the same bits as resizing inside the model, as every other command does). With
+    ``cache`` every image is decoded once up front and kept at native size (uint8 for 8-bit
+    files). Augmentation draws from torch's global RNG (seeded per epoch by the trainer):
+    horizontal flip with probability 1/2, then zero-padding by ``pad`` pixels and a random
+    crop back to size.
     """
 
     def __init__(
@@ -52,14 +58,14 @@ class TrainImages(Dataset[tuple[torch.Tensor, int]]):
         self.records, self.labels = list(records), list(labels)
         self.size = (int(size[0]), int(size[1]))
         self.augment = augment
-        self.cache = [_load_resized(r.path, self.size) for r in self.records] if cache else None
+        self.cache = [_compact(read_image(r.path)) for r in self.records] if cache else None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        pixels = self.cache[index] if self.cache is not None else _load_resized(self.records[index].path, self.size)
-        image = pixels.to(torch.float32).div_(255.0)
+        image = _expand(self.cache[index]) if self.cache is not None else read_image(self.records[index].path)
+        image = resize_to_input(image.unsqueeze(0), self.size)[0]
         if self.augment.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         pad = self.augment.pad
