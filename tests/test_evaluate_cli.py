@@ -18,6 +18,7 @@ from metricattack.evaluation.features import evaluate_features, extract_features
 from metricattack.evaluation.ranking import evaluate_distances
 from metricattack.metrics.distance import CosineMetric, EuclideanMetric, MahalanobisMetric, save_metric
 from metricattack.models.checkpoint import save_checkpoint
+from metricattack.stages import read_stage_log
 
 # tiny Market-layout dataset: identity = colour, camera = brightness; 3 test ids, 2 cameras
 COLOURS = {1: (200, 40, 40), 2: (40, 200, 40), 3: (40, 40, 200), 4: (200, 200, 40)}
@@ -184,7 +185,12 @@ def test_evaluate_command_end_to_end(tmp_path, tiny_checkpoint, capsys):
         ap="noninterp",
     )
     assert record["results"]["mAP"] == pytest.approx(direct.mAP) and record["results"]["cmc"]["1"] == pytest.approx(direct.cmc[1])
-    assert len(list(cache.iterdir())) == 2  # query and gallery features cached
+    cached = sorted(cache.glob("cache/features/*/features.safetensors"))
+    assert len(cached) == 2  # query and gallery features, one stage each
+    assert [e["status"] for e in read_stage_log(cache)] == ["ran", "ran"]
+    cached[0].write_bytes(b"damaged")  # a damaged entry is recomputed, the other one reused
+    assert main(argv) == 0 and json.loads(out.read_text())["results"] == record["results"]
+    assert sorted(e["status"] for e in read_stage_log(cache)[2:]) == ["cached", "ran"]
 
     # a metric file of the wrong dimension is refused, naming both dimensions
     bad = save_metric(MahalanobisMetric(torch.ones(7, 2)), tmp_path / "bad.safetensors")

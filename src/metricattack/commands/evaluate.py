@@ -24,10 +24,11 @@ from ..evaluation.chance import dataset_chance
 from ..evaluation.checks import check_test_set
 from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import AP_CONVENTIONS, RankingResult
-from ..io import atomic_path, atomic_write_json, environment_versions, remove_leftovers, sha256_file, sha256_json
+from ..io import atomic_path, atomic_write_json, environment_versions, remove_leftovers, sha256_file
 from ..metrics.distance import Metric, build_metric, load_metric, parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS, load_for_checkpoint, metric_path
 from ..outputs import check_output_file, check_output_folder, with_sidecars
+from ..stages import StageCache, StageSpec
 
 AP_NAMES = {
     "market": "official Market-1501 trapezoidal AP",
@@ -90,27 +91,45 @@ def resolve_metric(spec: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]
     )
 
 
-def cached_features(cache: Path | None, key: dict[str, Any], compute: Callable[[], torch.Tensor], count: int) -> torch.Tensor:
-    """``compute()`` features, or reuse those cached in ``cache`` for ``key`` (``count`` rows).
+FEATURES_FILE = "features.safetensors"
 
-    A cache entry is one safetensors file named by the hash of ``key`` (checkpoint SHA-256,
-    dataset fingerprint, split); an unreadable or mismatching entry is recomputed and replaced.
+
+def _read_features(path: Path, count: int) -> torch.Tensor | None:
+    """Features ``[count, D]`` stored at ``path``, or None when the file is missing, unreadable or of another size."""
+    try:
+        feats = load_file(str(path)).get("features")
+    except Exception:  # noqa: BLE001 - a damaged cache entry is simply recomputed
+        return None
+    return feats if feats is not None and feats.dim() == 2 and feats.shape[0] == count else None
+
+
+def cached_features(cache: Path | None, key: dict[str, Any], compute: Callable[[], torch.Tensor], count: int) -> torch.Tensor:
+    """``compute()`` features ``[count, D]``, or reuse those computed for ``key`` in the stage cache at ``cache``.
+
+    One stage per ``key`` (checkpoint SHA-256, dataset fingerprint, split) and version of the
+    model, data and evaluation code: ``<cache>/cache/features/<key>/features.safetensors``
+    (:class:`~metricattack.stages.StageCache`); a damaged or mismatching file is recomputed.
     """
     if cache is None:
         return compute()
-    path = cache / f"features-{sha256_json(key)[:24]}.safetensors"
-    if path.is_file():
-        try:
-            feats = load_file(str(path)).get("features")
-        except Exception:  # noqa: BLE001 - a damaged cache entry is simply recomputed
-            feats = None
-        if feats is not None and feats.dim() == 2 and feats.shape[0] == count:
-            return feats
-    feats = compute()
-    if is_main_process():
-        with atomic_path(path) as tmp:
-            save_file({"features": feats.contiguous()}, str(tmp), metadata={k: str(v) for k, v in key.items()})
-    return feats
+    found: dict[str, torch.Tensor] = {}
+
+    def work(folder: Path) -> dict[str, Any]:
+        found["features"] = compute()
+        if is_main_process():
+            with atomic_path(folder / FEATURES_FILE) as tmp:
+                save_file({"features": found["features"].contiguous()}, str(tmp), metadata={k: str(v) for k, v in key.items()})
+        return {"file": FEATURES_FILE, "rows": count}
+
+    def valid(folder: Path, outputs: dict[str, Any]) -> bool:
+        feats = _read_features(folder / str(outputs.get("file")), count)
+        if feats is not None:
+            found["features"] = feats
+        return feats is not None
+
+    spec = StageSpec("features", str(key.get("split", "")), key, code=("models", "data", "evaluation"))
+    StageCache(cache).run(spec, work, valid=valid)
+    return found["features"]
 
 
 def is_evaluation_result(path: Path) -> bool:
@@ -125,8 +144,6 @@ def _check_outputs(args: argparse.Namespace, dataset_root: Path) -> None:
     """``--out`` and ``--features-cache`` before any work: never an input, never inside the dataset, writable."""
     files = [Path(args.metric)] if Path(args.metric).suffix in (".safetensors", ".npy") else []
     if args.checkpoint is not None:
-        from ..metrics.learned import metric_path
-
         files += [args.checkpoint, *(metric_path(args.checkpoint, kind) for kind in LEARNED_METRICS)]
     inputs = with_sidecars(files)
     if args.out is not None:

@@ -14,10 +14,11 @@ Stages and the folders they write under ``out``:
    (``transfer_gallery/<settings key>/``, evaluated on disk by both: the Table 5 cells) and white-box adaptive attacks
    against both models.
 
-Each stage writes ``stages/<name>.json`` (its settings key and outputs) when it finishes; a
-re-run skips finished stages and resumes the interrupted one (training per epoch, attacks per
-batch). A finished stage made with other settings is refused, except ``evaluate``, which is
-recomputed when its settings change.
+The stages run in the package's stage cache (:class:`~metricattack.stages.StageCache`, one slot
+per stage): each writes ``stages/<name>.json`` (its settings, key and outputs) when it finishes
+and logs to ``logs/stages.jsonl``; a re-run skips finished stages and resumes the interrupted one
+(training per epoch, attacks per batch). A finished stage made with other settings is refused,
+except ``evaluate``, which is recomputed when its settings change.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from ..attacks.export import ModelEntry, export_attack
 from ..data.layouts import dataset_fingerprint, load_dataset
 from ..data.types import ReIDDataset
 from ..distributed import resolve_device
-from ..errors import ConfigError
 from ..io import atomic_write_json, environment_versions, sha256_file, sha256_json
 from ..metrics.distance import build_metric
 from ..models.checkpoint import checkpoint_meta, load_model, save_checkpoint
+from ..stages import StageCache, StageSpec
 from ..training import train
 from ..training.config import TrainConfig
 from .config import DefenseConfig
@@ -44,29 +45,6 @@ from .training_set_attack import adversarial_training_records, attack_training_s
 
 RESULTS_FORMAT = "metricattack.defense-results/1"
 STAGES = ("base", "training_attack", "merge", "retrain", "finalise", "evaluate")
-
-
-class StageRunner:
-    """Runs named stages once per settings key, recording ``out/stages/<name>.json``."""
-
-    def __init__(self, out: Path, log: Callable[[str], None] = print) -> None:
-        self.out, self.log = Path(out), log
-        self.ran: list[str] = []
-
-    def run(self, name: str, settings: Any, work: Callable[[], dict[str, Any]], *, redo_on_change: bool = False) -> dict[str, Any]:
-        marker = self.out / "stages" / f"{name}.json"
-        key = sha256_json(settings)
-        if marker.is_file():
-            record = json.loads(marker.read_text(encoding="utf-8"))
-            if record["key"] == key:
-                return dict(record["outputs"])
-            if not redo_on_change:
-                raise ConfigError(f"{self.out}: stage {name!r} was made with other settings; use another --out folder or remove it")
-        self.log(f"defence stage {name} ...")
-        outputs = work()
-        atomic_write_json(marker, {"stage": name, "key": key, "settings": settings, "outputs": outputs, "versions": environment_versions()})
-        self.ran.append(name)
-        return outputs
 
 
 def _train_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -85,7 +63,11 @@ def _source(cfg: DefenseConfig) -> ReIDDataset:
 def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every stage; returns the defence results (also ``out/defense_results.json`` when evaluated)."""
     out = Path(out)
-    stages = StageRunner(out, log)
+    cache = StageCache(out, announce=lambda spec: log(f"defense stage {spec.kind} ..."))
+
+    def stage(name: str, settings: dict[str, Any], work: Callable[[], dict[str, Any]], *, rerun_on_change: bool = False) -> dict[str, Any]:
+        return cache.run_slot(StageSpec(name, name, settings), work, on_change="rerun" if rerun_on_change else "refuse")
+
     dataset = _source(cfg)
     fingerprint = dataset_fingerprint(dataset)
     device = str(resolve_device(cfg.train.device))
@@ -99,7 +81,7 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
         base_settings: dict[str, Any] = {"checkpoint": str(cfg.base_checkpoint), "sha256": sha256_file(cfg.base_checkpoint)}
     else:
         base_settings = {"train": _train_settings(cfg.train), "data": fingerprint}
-    base = stages.run("base", base_settings, base_work)
+    base = stage("base", base_settings, base_work)
     base_ckpt = Path(base["checkpoint"])
     base_record = {"name": "F", "checkpoint": str(base_ckpt), "sha256": base["sha256"]}
 
@@ -128,8 +110,8 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
                 "train_view_mAP": {"clean": 100 * white["clean"]["mAP"], "adversarial": 100 * white["adversarial_disk"]["mAP"]},
             }
 
-        attacked = stages.run("training_attack", attack_settings, attack_work)
-        merged = stages.run("merge", {"attack": attacked["fingerprint"], "data": fingerprint}, lambda: _merge_work(dataset, out))
+        attacked = stage("training_attack", attack_settings, attack_work)
+        merged = stage("merge", {"attack": attacked["fingerprint"], "data": fingerprint}, lambda: _merge_work(dataset, out))
         data_record |= {"adversarial": attacked, "merged": merged}
         recipe = _with_data(cfg.train, Path(merged["root"]))
         retrain_settings = {
@@ -156,7 +138,7 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
             path = train(recipe, folder)
         return {"checkpoint": str(Path(path).resolve()), "sha256": sha256_file(path)}
 
-    retrained = stages.run("retrain", retrain_settings, retrain_work)
+    retrained = stage("retrain", retrain_settings, retrain_work)
 
     def finalise_work() -> dict[str, Any]:
         trained = Path(retrained["checkpoint"])
@@ -187,8 +169,8 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
         path = save_checkpoint(load_model(trained), out / "defended" / "model.safetensors", meta)
         return {"checkpoint": str(path.resolve()), "sha256": sha256_file(path)}
 
-    final = stages.run("finalise", {"retrained": retrained["sha256"], "data": data_record, "strategy": cfg.strategy}, finalise_work)
-    summary: dict[str, Any] = {"base": base, "defended": final, "data": data_record, "stages_ran": stages.ran}
+    final = stage("finalise", {"retrained": retrained["sha256"], "data": data_record, "strategy": cfg.strategy}, finalise_work)
+    summary: dict[str, Any] = {"base": base, "defended": final, "data": data_record}
     if cfg.evaluation.enabled:
         eval_settings = {
             "evaluation": cfg.evaluation.model_dump(mode="json"),
@@ -196,10 +178,10 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
             "defended": final["sha256"],
             "data": fingerprint,
         }
-        summary["evaluation"] = stages.run(
-            "evaluate", eval_settings, lambda: _evaluate(cfg, out, dataset, base_record, final, device), redo_on_change=True
+        summary["evaluation"] = stage(
+            "evaluate", eval_settings, lambda: _evaluate(cfg, out, dataset, base_record, final, device), rerun_on_change=True
         )
-    summary["stages_ran"] = stages.ran
+    summary["stages_ran"] = [spec.kind for spec in cache.ran]
     return summary
 
 
