@@ -51,7 +51,7 @@ _PYTHON_SHOWWARNING = warnings.showwarning
 _SHOWN: set[str] = set()
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """:class:`MetricAttackWarning` s once per run, as one line ``metricattack: warning: ...``
     (stages re-load the same dataset); other warnings as Python shows them."""
     if not issubclass(category, MetricAttackWarning):

@@ -355,9 +355,9 @@ def _finish(
 
     pairs = true_positive_pairs(dataset)
     evaluations = []
-    for m, entry in enumerate(everyone):
-        disk = extract_features(entry.model, adv_records, batch_size=batch_size, device=device, progress=False)
-        evaluations.append(_evaluate_model(entry, m < num_attack, dataset, plan, features[m], memory_feats[m], disk, pairs, ap))
+    for m, model_entry in enumerate(everyone):
+        disk = extract_features(model_entry.model, adv_records, batch_size=batch_size, device=device, progress=False)
+        evaluations.append(_evaluate_model(model_entry, m < num_attack, dataset, plan, features[m], memory_feats[m], disk, pairs, ap))
     disk_linf = measured_linf(plan.records, adv_records)
     active = plan.active
     results = {

@@ -34,7 +34,7 @@ metric and reference features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -200,17 +200,19 @@ class ClassificationLoss:
     """Cross-entropy of ``model.classify`` w.r.t. its prediction on the clean image (I-FGSM baseline)."""
 
     def __init__(self, model: nn.Module) -> None:
-        if not callable(getattr(model, "classify", None)):
+        classify = getattr(model, "classify", None)
+        if not callable(classify):
             raise MetricAttackError(
                 f"the classification attack needs a model with a classifier (classify()); {type(model).__name__} has none"
             )
         self.model = model
+        self.classify: Callable[[torch.Tensor], torch.Tensor] = classify
         self.labels: dict[int, int] = {}
 
     @torch.no_grad()
     def prepare(self, clean: torch.Tensor, indices: torch.Tensor) -> None:
         """Record the predicted class of each clean image of the batch."""
-        predicted = self.model.classify(clean).argmax(1).tolist()
+        predicted = self.classify(clean).argmax(1).tolist()
         self.labels.update(zip(indices.tolist(), predicted, strict=True))
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -218,7 +220,7 @@ class ClassificationLoss:
             labels = torch.tensor([self.labels[i] for i in indices.tolist()], device=images.device)
         except KeyError as exc:
             raise MetricAttackError(f"classification loss: image {exc.args[0]} was not prepared on its clean version") from None
-        return F.cross_entropy(self.model.classify(images), labels, reduction="none")
+        return F.cross_entropy(self.classify(images), labels, reduction="none")
 
 
 class EnsembleLoss:

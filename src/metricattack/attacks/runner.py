@@ -123,8 +123,9 @@ def attack_batches(
     the batch without reading its images (resuming).
     """
     loader = make_loader(plan.records, batch_size, shard=True)
-    dataset = loader.dataset
-    for number, batch in enumerate(loader.batch_sampler):
+    dataset, batches = loader.dataset, loader.batch_sampler
+    assert batches is not None  # make_loader always batches with a sampler
+    for number, batch in enumerate(batches):
         if skip(number):
             continue
         indices = torch.tensor(batch, dtype=torch.long)

@@ -8,6 +8,7 @@ convention, options and software versions.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -78,9 +79,8 @@ def resolve_metric(spec: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]
     if key in parameter_free_metrics():
         return build_metric(key), {"name": key}
     if key in LEARNED_METRICS:
-        metric = load_for_checkpoint(checkpoint, key)
         path = metric_path(checkpoint, key)
-        return metric, {"name": key, "file": str(path), "sha256": sha256_file(path)}
+        return load_for_checkpoint(checkpoint, key), {"name": key, "file": str(path), "sha256": sha256_file(path)}
     path = Path(spec)
     if path.suffix == ".safetensors" or path.exists():
         metric = load_metric(path)
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
 
         checkpoint = Path(args.baseline)
         metric, metric_info = build_metric(args.metric.lower()), {"name": args.metric.lower()}
-        model = ColorHistogramExtractor(BASELINES[args.baseline])
+        model: torch.nn.Module = ColorHistogramExtractor(BASELINES[args.baseline])
         ckpt_sha = f"baseline:{args.baseline}"
     else:
         checkpoint = Path(args.checkpoint)
@@ -216,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
         feats[split] = cached_features(
             args.features_cache,
             {"checkpoint_sha256": ckpt_sha, "dataset_fingerprint": fingerprint, "split": split},
-            lambda records=records: extract_features(
-                model, records, batch_size=args.batch_size, device=args.device, progress=not args.no_progress
+            functools.partial(
+                extract_features, model, records, batch_size=args.batch_size, device=args.device, progress=not args.no_progress
             ),
             len(records),
         )

@@ -135,7 +135,7 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        batches = []
+        batches: list[list[int]] = []
         for bucket in self.buckets:
             order = torch.randperm(len(bucket), generator=gen).tolist() if self.shuffle else range(len(bucket))
             items = [bucket[i] for i in order]

@@ -28,6 +28,7 @@ from ..metrics.distance import ParameterFreeMetricName
 from ..training.config import TrainConfig
 
 Guide = Literal["push", "pull"]
+GUIDES: tuple[Guide, ...] = ("push", "pull")
 
 
 def _savable_attack(attack: AttackSpec) -> AttackSpec:
@@ -85,7 +86,7 @@ class OnlineSection(StrictModel):
     eps: float = Field(2.0, gt=0, le=255)
     alpha: float = Field(1.0, gt=0)
     steps: PositiveInt = 2
-    guides: list[Guide] = Field(default_factory=lambda: ["push", "pull"], min_length=1)
+    guides: list[Guide] = Field(default_factory=lambda: list(GUIDES), min_length=1)
     seed: int = 0
 
     @model_validator(mode="after")

@@ -46,7 +46,7 @@ def guide_references(features: torch.Tensor, labels: torch.Tensor, generator: to
     for i in range(len(labels)):
         candidates = torch.nonzero(~same[i]).flatten()
         if candidates.numel():
-            pull[i] = features[candidates[torch.randint(candidates.numel(), (1,), generator=generator).item()]]
+            pull[i] = features[candidates[int(torch.randint(candidates.numel(), (1,), generator=generator))]]
     return push, pull
 
 

@@ -248,7 +248,7 @@ def _block_positive_ranks(block: np.ndarray, proto: _Protocol, start: int) -> tu
         position = np.searchsorted(packed, pos_keys)
     else:  # float64 leaves no room to pack: stable lexicographic sort by (row, distance, index)
         rank_of = np.empty(flat.size, dtype=np.int64)
-        rank_of[np.lexsort((cols, values + 0.0, rows))] = np.arange(flat.size)
+        rank_of[np.lexsort((cols, np.add(values, 0.0), rows))] = np.arange(flat.size)
         # sorting by (row, ...) first keeps pos_rows (ascending) aligned with the sorted positions
         position = np.sort(rank_of[np.searchsorted(flat, pos_rows * ncols + pos_cols)])
     return pos_rows, position - row_start[pos_rows]

@@ -166,6 +166,8 @@ class MahalanobisMetric(Metric):
 
     takes_parameters = True
 
+    projection: torch.Tensor
+
     def __init__(self, projection: torch.Tensor, *, name: str = "mahalanobis") -> None:
         super().__init__()
         projection = torch.as_tensor(projection)

@@ -94,7 +94,8 @@ def _load_imagenet(model: nn.Module, pretrained: Pretrained, weights: tvm.Weight
         )
 
 
-def _build(factory: Callable[..., nn.Module], weights: tvm.WeightsEnum, pretrained: Pretrained, name: str) -> nn.Module:
+def _build(factory: Callable[..., nn.Module], weights: tvm.WeightsEnum, pretrained: Pretrained, name: str) -> Any:
+    """The torchvision classification model with ``pretrained`` weights (``Any``: callers take its stages by attribute)."""
     if not isinstance(pretrained, (bool, str)):
         raise MetricAttackError(f"pretrained must be true, false or a weights file path, got {pretrained!r}")
     model = factory(weights=None)

@@ -21,7 +21,7 @@ training). Its ``identity`` is recorded in every checkpoint and must match to re
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +174,7 @@ class _ShuffledBatches(torch.utils.data.Sampler[list[int]]):
     def __len__(self) -> int:
         return (self.count // self.batch_size) // self.world
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[list[int]]:
         order = torch.randperm(self.count, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         batches = [order[s : s + self.batch_size] for s in range(0, self.count - self.batch_size + 1, self.batch_size)]
         usable = len(batches) - len(batches) % self.world
