@@ -1,4 +1,4 @@
-"""Defence: metric-preserving pipeline, Table 5 cells, online adversarial training, resumption, config errors.
+"""Defense: metric-preserving pipeline, Table 5 cells, online adversarial training, resumption, config errors.
 
 Runs on a tiny Market-layout tree of flat-coloured figures made here (32x16 pixels) and a
 three-layer CNN registered as a test backbone, so the whole file trains a handful of
@@ -93,7 +93,7 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def defended_run(figures: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("defence") / "run"
+    out = tmp_path_factory.mktemp("defense") / "run"
     cfg = DefenseConfig.model_validate(_defense_dict(figures))
     return out, pipeline.run_defense(cfg, out, log=lambda _m: None)
 
@@ -115,13 +115,13 @@ def test_metric_preserving_model_resists_the_gallery_attacked_against_the_normal
 def test_defended_checkpoint_says_how_it_was_made(defended_run, figures: Path) -> None:
     out, summary = defended_run
     final = Path(summary["defended"]["checkpoint"])
-    defence = checkpoint_meta(final)["meta"]["defence"]
-    assert defence["strategy"] == "metric_preserving"
-    assert defence["training_attack"]["epsilon"] == 8 and defence["training_attack"]["attack"]["method"] == "ifgsm"
-    data = defence["data"]
+    defense = checkpoint_meta(final)["meta"]["defense"]
+    assert defense["strategy"] == "metric_preserving"
+    assert defense["training_attack"]["epsilon"] == 8 and defense["training_attack"]["attack"]["method"] == "ifgsm"
+    data = defense["data"]
     assert {"clean", "adversarial", "merged"} <= set(data)
     assert len({data["clean"]["fingerprint"], data["adversarial"]["fingerprint"], data["merged"]["fingerprint"]}) == 3
-    assert defence["base_model"]["sha256"] == summary["base"]["sha256"]
+    assert defense["base_model"]["sha256"] == summary["base"]["sha256"]
     load_model(final)  # a normal checkpoint
 
     # Y ∪ Y_adv: every clean training image and its ε-bounded adversarial twin, same identity and camera.
@@ -153,7 +153,7 @@ def test_finished_run_is_cached_and_the_cli_prints_table5(defended_run, figures:
         pipeline.run_defense(load_defense_config(config, ["training_attack.attack.eps=4"]), out, log=lambda _m: None)
 
 
-def test_interrupted_defence_resumes_from_the_stage_it_reached(defended_run, figures: Path, tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_defense_resumes_from_the_stage_it_reached(defended_run, figures: Path, tmp_path: Path, monkeypatch) -> None:
     _, summary = defended_run
     train = _train_section(figures, epochs=2)
     cfg = DefenseConfig.model_validate(
@@ -193,7 +193,7 @@ def test_finetune_option_starts_from_the_normal_model(defended_run, figures: Pat
     )
     result = pipeline.run_defense(cfg, tmp_path / "run", log=lambda _m: None)
     meta = checkpoint_meta(Path(result["defended"]["checkpoint"]))["meta"]
-    assert meta["defence"]["initialisation"] == "fine-tuned from F's weights"
+    assert meta["defense"]["initialisation"] == "fine-tuned from F's weights"
     assert meta["variant"]["init_sha256"] == checkpoint_meta(Path(summary["base"]["checkpoint"]))["weights_sha256"]
     assert [h["epoch"] for h in meta["history"]] == [1] and meta["history"][0]["lr"] == pytest.approx(0.0003)
     base, tuned = load_model(Path(summary["base"]["checkpoint"])), load_model(Path(result["defended"]["checkpoint"]))
@@ -264,14 +264,14 @@ def test_online_adversarial_training_improves_white_box_robustness(defended_run,
         ("online.guides=[]", "online.guides"),
     ],
 )
-def test_invalid_defence_config_names_the_field(tmp_path: Path, override: str, field: str) -> None:
+def test_invalid_defense_config_names_the_field(tmp_path: Path, override: str, field: str) -> None:
     path = tmp_path / "defense.yaml"
     path.write_text(yaml.safe_dump(_defense_dict(tmp_path)), encoding="utf-8")
     with pytest.raises(ConfigError, match=field):
         load_defense_config(path, [override])
 
 
-def test_shipped_defence_configs_are_valid() -> None:
+def test_shipped_defense_configs_are_valid() -> None:
     configs = sorted((Path(__file__).parents[1] / "configs" / "defense").glob("*.yaml"))
     assert configs
     for path in configs:

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand found in :mod:`metricattack.commands`."""
     parser = argparse.ArgumentParser(
         prog="metricattack",
-        description="Adversarial metric attack and defence for person re-identification.",
+        description="Adversarial metric attack and defense for person re-identification.",
     )
     parser.add_argument("--version", action="version", version=f"metricattack {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

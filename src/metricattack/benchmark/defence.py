@@ -25,9 +25,9 @@ SUFFIX = "#M"
 
 
 def settings_of(run: Run) -> Any:
-    from ..defense.config import DefenceSettings
+    from ..defense.config import DefenseSettings
 
-    return validate(DefenceSettings, dict(run.cfg.experiments.table5.settings), "experiments.table5.settings")
+    return validate(DefenseSettings, dict(run.cfg.experiments.table5.settings), "experiments.table5.settings")
 
 
 def method_of(cfg: Any) -> str:

@@ -24,18 +24,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``defend`` parser."""
     parser = subparsers.add_parser(
         "defend",
-        help="metric-preserving defence (paper Sec. 4) or online adversarial training, with adaptive evaluation",
+        help="metric-preserving defense (paper Sec. 4) or online adversarial training, with adaptive evaluation",
         description="Train F, attack its training set, retrain F_adv on clean + adversarial images, and evaluate "
         "both on clean, transferred and white-box (adaptive) adversarial galleries. Re-running resumes.",
     )
-    parser.add_argument("--config", type=Path, required=True, help="defence YAML (see configs/defense/)")
+    parser.add_argument("--config", type=Path, required=True, help="defense YAML (see configs/defense/)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/defense-<config name>)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.schedule.epochs=5")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the defence and print the Table 5 cells and the adaptive rows."""
+    """Run the defense and print the Table 5 cells and the adaptive rows."""
     cfg = load_defense_config(args.config, args.overrides)
     out = args.out if args.out is not None else Path("runs") / f"defense-{args.config.stem}"
     check_output_folder(

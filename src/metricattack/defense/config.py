@@ -1,4 +1,4 @@
-"""The defence configuration (YAML → :class:`DefenseConfig`), validated with clear errors.
+"""The defense configuration (YAML → :class:`DefenseConfig`), validated with clear errors.
 
 Example (``configs/defense/quickstart.yaml``)::
 
@@ -158,7 +158,7 @@ class EvaluationSection(StrictModel):
 
 
 class DefenseConfig(StrictModel):
-    """Everything :func:`~metricattack.defense.pipeline.run_defense` needs."""
+    """Everything :func:`~metricattack.defense.metric_preserving.run_defense` needs."""
 
     train: TrainConfig = Field(description="recipe of the clean model F (its data section names the dataset)")
     base_checkpoint: Path | None = Field(None, description="existing checkpoint of F; skips training F")
@@ -169,7 +169,7 @@ class DefenseConfig(StrictModel):
     evaluation: EvaluationSection = EvaluationSection()
 
 
-class DefenceSettings(StrictModel):
+class DefenseSettings(StrictModel):
     """The ``experiments.table5.settings`` of a benchmark config (Table 5 in the benchmark).
 
     ``method`` is the attack of the adversarial galleries Table 5 tests (one per base model,
@@ -184,5 +184,5 @@ class DefenceSettings(StrictModel):
 
 
 def load_defense_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DefenseConfig:
-    """Load a defence YAML (relative paths are relative to the working directory) with ``key.sub=value`` overrides (one ConfigError naming every bad field)."""
+    """Load a defense YAML (relative paths are relative to the working directory) with ``key.sub=value`` overrides (one ConfigError naming every bad field)."""
     return load_config(DefenseConfig, path, overrides)

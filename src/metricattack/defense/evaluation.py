@@ -1,4 +1,4 @@
-"""Measuring a defence: Table 5 cells (transfer) and white-box adaptive attacks.
+"""Measuring a defense: Table 5 cells (transfer) and white-box adaptive attacks.
 
 * :func:`table5_cells` -- the paper's Table 5 layout: per base model, the mAP of the normal
   model (#N) and of its metric-preserving model (#M) on the clean gallery and on each

@@ -8,7 +8,7 @@ Stages and the folders they write under ``out``:
 4. ``retrain``         -- F_adv trained on the merged set with F's recipe (``defended_train/``): from F's
    initialisation (same seed) by default, or fine-tuned from F. With ``strategy: online`` stages 2-3
    are skipped and F_adv is trained online-adversarially on Y from F's initialisation instead;
-5. ``finalise``        -- ``defended/model.safetensors``: F_adv as a normal checkpoint whose JSON ``meta.defence``
+5. ``finalise``        -- ``defended/model.safetensors``: F_adv as a normal checkpoint whose JSON ``meta.defense``
    says how it was made (strategy, attack spec and ε, fingerprints of Y, Y_adv and the merged set, F's SHA-256);
 6. ``evaluate``        -- ``defense_results.json``: clean mAP of F and F_adv, the gallery attacked against F
    (``transfer_gallery/<settings key>/``, evaluated on disk by both: the Table 5 cells) and white-box adaptive attacks
@@ -61,7 +61,7 @@ def _source(cfg: DefenseConfig) -> ReIDDataset:
 
 
 def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every stage; returns the defence results (also ``out/defense_results.json`` when evaluated)."""
+    """Run (or resume) every stage; returns the defense results (also ``out/defense_results.json`` when evaluated)."""
     out = Path(out)
     cache = StageCache(out, announce=lambda spec: log(f"defense stage {spec.kind} ..."))
 
@@ -143,7 +143,7 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
     def finalise_work() -> dict[str, Any]:
         trained = Path(retrained["checkpoint"])
         meta = dict(checkpoint_meta(trained)["meta"])
-        meta["defence"] = {
+        meta["defense"] = {
             "strategy": cfg.strategy,
             "base_model": base_record,
             "initialisation": (

@@ -1,4 +1,4 @@
-"""Online adversarial training, and the defence's training runs (variants of ``training.train``).
+"""Online adversarial training, and the defense's training runs (variants of ``training.train``).
 
 :func:`adversarial_batch` makes adversarial copies of one training batch against the current
 model (in eval mode, so each image's objective depends on that image only), with the push
@@ -111,7 +111,7 @@ def train_defended(
     loss, checkpoints and resumption. Writes ``out_dir/model.safetensors`` and returns it.
     """
     if rank_and_world()[1] > 1:
-        raise ConfigError("defence training (online adversarial / fine-tuning) runs in one process; start it without torchrun")
+        raise ConfigError("defense training (online adversarial / fine-tuning) runs in one process; start it without torchrun")
     identity = {
         "online": online.model_dump(mode="json") if online is not None else None,
         "init_sha256": checkpoint_meta(init_checkpoint)["weights_sha256"] if init_checkpoint is not None else None,

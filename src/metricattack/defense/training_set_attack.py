@@ -1,4 +1,4 @@
-"""Steps 2 and 3a of the metric-preserving defence: attack the training set, merge it with the clean one.
+"""Steps 2 and 3a of the metric-preserving defense: attack the training set, merge it with the clean one.
 
 **Attack** (:func:`attack_training_set`). The paper treats every training image as the probe
 in turn; in practice every training image of identity k is pushed away from the clean

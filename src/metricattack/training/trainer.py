@@ -13,7 +13,7 @@ finished run; any other change of the result-defining config is refused.
 Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel;
 each rank trains on its share of every epoch's batches and only rank 0 writes files.
 
-A :class:`Variant` departs from plain training the ways the defence needs: start from given
+A :class:`Variant` departs from plain training the ways the defense needs: start from given
 weights, scale the learning rate, transform every epoch's batches (online adversarial
 training). Its ``identity`` is recorded in every checkpoint and must match to resume.
 """
