@@ -399,7 +399,7 @@ def test_distributed_join_times_out_naming_the_missing_rank(tiny_model_checkpoin
 
 
 def test_options_found_in_the_audit_of_this_fix(tiny_dataset_root, tmp_path, capsys) -> None:
-    """Cases found while fixing #12: a silently ignored worker count, and defence attacks whose
+    """Cases found while fixing #12: a silently ignored worker count, and defense attacks whose
     eps < 1 would be rounded away when the images are saved (hours after the start)."""
     code, err = run(capsys, "synth", "--out", tmp_path / "s", "--workers", "0")
     assert code == 2 and "--workers must be a positive integer" in one_message(err) and not (tmp_path / "s").exists()

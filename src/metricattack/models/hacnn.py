@@ -42,8 +42,8 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -269,7 +269,8 @@ class HACNN(ReIDNet):
         """``(global [B,E], local [B,E])`` features (after FC + BN + ReLU, before normalisation)."""
         level_input = self.stem(self.prepare(images))
         local: torch.Tensor | None = None
-        for level, local_block, size in zip(self.levels, self.local_levels, self.region_sizes, strict=True):
+        levels = cast(Iterable[GlobalLevel], self.levels)  # an nn.ModuleList of GlobalLevel
+        for level, local_block, size in zip(levels, self.local_levels, self.region_sizes, strict=True):
             features = level.inception(level_input)
             soft, translations = level.attention(features)
             stripes = self._crop_regions(level_input, translations, size)
