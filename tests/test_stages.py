@@ -1,0 +1,57 @@
+"""The package's stage cache: slots (defend's stages), damaged outputs, ranks other than 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from metricattack import stages as stages_module
+from metricattack.errors import ConfigError
+from metricattack.stages import StageCache, StageSpec, read_stage_log
+
+
+def test_slot_runs_once_refuses_other_settings_or_reruns(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def work(n: int):
+        return lambda: calls.append(n) or {"n": n}
+
+    cache = StageCache(tmp_path)
+    assert cache.run_slot(StageSpec("base", "base", {"n": 1}), work(1)) == {"n": 1}
+    assert StageCache(tmp_path).run_slot(StageSpec("base", "base", {"n": 1}), work(1)) == {"n": 1}
+    assert calls == [1] and [s.kind for s in cache.ran] == ["base"]
+    marker = json.loads((tmp_path / "stages" / "base.json").read_text())
+    assert marker["config"] == {"n": 1} and marker["outputs"] == {"n": 1} and "versions" in marker
+    with pytest.raises(ConfigError, match=r"stage 'base' was made with other settings"):
+        StageCache(tmp_path).run_slot(StageSpec("base", "base", {"n": 2}), work(2))
+    assert StageCache(tmp_path).run_slot(StageSpec("base", "base", {"n": 2}), work(2), on_change="rerun") == {"n": 2}
+    assert calls == [1, 2]
+    assert [e["status"] for e in read_stage_log(tmp_path)] == ["ran", "cached", "ran"]
+
+
+def test_finished_stage_with_a_damaged_output_runs_again(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+    spec = StageSpec("features", "query", {"split": "query"})
+
+    def work(folder: Path) -> dict:
+        (folder / "f.txt").write_text("ok")
+        return {"file": "f.txt"}
+
+    def valid(folder: Path, outputs: dict) -> bool:
+        return (folder / outputs["file"]).read_text() == "ok"
+
+    cache.run(spec, work, valid=valid)
+    (cache.folder(spec) / "f.txt").write_text("damaged")
+    cache.run(spec, work, valid=valid)
+    assert (cache.folder(spec) / "f.txt").read_text() == "ok"
+    assert [e["status"] for e in read_stage_log(tmp_path)] == ["ran", "ran"]
+
+
+def test_only_rank_zero_writes_markers_and_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stages_module, "is_main_process", lambda: False)
+    cache = StageCache(tmp_path)
+    spec = StageSpec("features", "gallery", {})
+    assert cache.run(spec, lambda folder: {"rows": 3}) == {"rows": 3}
+    assert not cache.is_done(spec) and read_stage_log(tmp_path) == []
