@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 import warnings
@@ -13,6 +14,8 @@ from . import __version__, commands
 from .distributed import launched_by_torchrun, process_group, resolve_device
 from .errors import MetricAttackError, MetricAttackWarning
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand found in :mod:`metricattack.commands`."""
@@ -21,17 +24,62 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adversarial metric attack and defense for person re-identification.",
     )
     parser.add_argument("--version", action="version", version=f"metricattack {__version__}")
+    add_log_options(parser, default="info")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
+    for subparser in subparsers.choices.values():
+        add_log_options(subparser, default=argparse.SUPPRESS)  # after the command too; the top-level value stays otherwise
     return parser
+
+
+def add_log_options(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--log-level``, ``-q`` (warnings and errors only) and ``-v`` (debug) into ``args.log_level``."""
+    group = parser.add_argument_group("logging")
+    group.add_argument("--log-level", choices=LOG_LEVELS, default=default, help="messages shown on stderr (default info)")
+    group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="warning", default=default, help="warnings only")
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug", default=default, help="debug messages")
+
+
+class _LogFormatter(logging.Formatter):
+    """One line per record: ``metricattack: message`` (info), ``metricattack: warning: message``, ..."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        where = f"[{record.name}] " if record.levelno < logging.INFO else ""
+        return f"metricattack: {level}{where}{record.getMessage()}"
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes records to stderr through ``tqdm.write`` so progress bars stay intact."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never stop the work
+            self.handleError(record)
+
+
+def configure_logging(level: str) -> None:
+    """Send the library's log records (logger ``metricattack``) at ``level`` and above to stderr, one line each."""
+    logger = logging.getLogger("metricattack")
+    for handler in [h for h in logger.handlers if isinstance(h, _TqdmHandler)]:
+        logger.removeHandler(handler)
+    handler = _TqdmHandler()
+    handler.setFormatter(_LogFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line on stderr and exit with status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
     warnings.showwarning = _show_warning
     try:
         return int(_run(args) or 0)

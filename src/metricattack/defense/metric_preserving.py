@@ -24,6 +24,7 @@ except ``evaluate``, which is recomputed when its settings change.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from .evaluation import ORIGINAL, adaptive_attack_rows, adversarial_gallery_name
 from .online import train_defended
 from .training_set_attack import adversarial_training_records, attack_training_set, merge_training_sets
 
+_log = logging.getLogger(__name__)
+
 RESULTS_FORMAT = "metricattack.defense-results/1"
 STAGES = ("base", "training_attack", "merge", "retrain", "finalise", "evaluate")
 
@@ -60,7 +63,7 @@ def _source(cfg: DefenseConfig) -> ReIDDataset:
     return load_dataset(cfg.train.data.dataset, cfg.train.data.root)
 
 
-def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], None] = _log.info) -> dict[str, Any]:
     """Run (or resume) every stage; returns the defense results (also ``out/defense_results.json`` when evaluated)."""
     out = Path(out)
     cache = StageCache(out, announce=lambda spec: log(f"defense stage {spec.kind} ..."))

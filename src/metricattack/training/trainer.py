@@ -20,6 +20,7 @@ training). Its ``identity`` is recorded in every checkpoint and must match to re
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ from .config import TrainConfig
 from .data import TrainImages, relabel
 from .losses import batch_hard_triplet_loss, cross_entropy_loss
 from .sampler import PKBatchSampler
+
+log = logging.getLogger(__name__)
 
 FINAL_NAME = "model.safetensors"
 CHECKPOINT_DIR = "checkpoints"
@@ -331,7 +334,7 @@ def _run(
     }
     show = cfg.progress and is_main_process()
     if show and start_epoch:
-        tqdm.write(f"resuming from {latest} (epoch {start_epoch}/{cfg.schedule.epochs})")
+        log.info("resuming from %s (epoch %d/%d)", latest, start_epoch, cfg.schedule.epochs)
     for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
         torch.manual_seed(cfg.seed + epoch)
         loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
@@ -343,7 +346,7 @@ def _run(
             stats = _across_ranks(run_epoch(step, batches, optimizer, losses, device, bar, epoch), device)
         history.append({"epoch": epoch, "lr": lr, **stats})
         if show:
-            tqdm.write(f"epoch {epoch}/{cfg.schedule.epochs}: loss {stats['loss']:.4f}, {stats['images_per_second']:.1f} images/s")
+            log.info("epoch %d/%d: loss %.4f, %.1f images/s", epoch, cfg.schedule.epochs, stats["loss"], stats["images_per_second"])
         if is_main_process() and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.schedule.epochs):
             _save_epoch(model, optimizer, ckpt_dir, epoch, {**base, "epoch": epoch, "history": history})
         barrier()
