@@ -37,7 +37,13 @@ def test_library_modules_do_not_print() -> None:
 
 @pytest.mark.parametrize(
     "argv, level",
-    [([], "info"), (["-q"], "warning"), (["evaluate", "-v"], "debug"), (["--log-level", "error"], "error"), (["-q", "evaluate"], "warning")],
+    [
+        ([], "info"),
+        (["-q"], "warning"),
+        (["evaluate", "-v"], "debug"),
+        (["--log-level", "error"], "error"),
+        (["-q", "evaluate"], "warning"),
+    ],
 )
 def test_level_options_before_or_after_the_command(argv: list[str], level: str) -> None:
     command = [] if "evaluate" in argv else ["evaluate"]

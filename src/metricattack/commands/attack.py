@@ -5,7 +5,9 @@ Example (paper defaults: I-FGSM, ε = 5, α = 1, n = min(ε + 4, 1.25 ε), Eucli
     metricattack attack --checkpoint runs/b1/model.safetensors --data-root data/Market-1501 \\
         --dataset market1501 --out runs/market-adv-b1 --method ifgsm --eps 5
 
-Several ``--checkpoint`` options attack their ensemble (mean of the per-model metric losses).
+Several ``--checkpoint`` / ``--model`` options attack their ensemble (mean of the per-model
+metric losses); ``--model python:MODULE:FUNCTION`` or ``--model torchreid:resnet50 --weights FILE``
+attack models from elsewhere (see :mod:`metricattack.model_options`).
 The output folder has the source layout (attacked split as PNG), ``manifest.json`` and
 ``attack_results.json``; an interrupted run resumes when started again with the same options.
 """
@@ -29,6 +31,8 @@ from ..evaluation.checks import check_test_set
 from ..evaluation.ranking import AP_CONVENTIONS
 from ..io import sha256_file
 from ..metrics.distance import MahalanobisMetric, Metric
+from ..model_options import add_model_option, add_weights_option, model_sources
+from ..models.sources import ModelSource
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,10 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="adversarial metric attack: write an attacked copy of a dataset and evaluate it",
         description="Attack the gallery (or query) of a dataset with one or more models and write it as a new dataset.",
     )
-    parser.add_argument("--checkpoint", type=Path, action="append", required=True, help="model checkpoint; repeat for an ensemble attack")
+    parser.add_argument(
+        "--checkpoint", type=Path, action="append", default=[], help="model checkpoint; repeat (or add --model) for an ensemble attack"
+    )
+    add_model_option(parser, repeatable=True)
     parser.add_argument(
         "--eval-checkpoint", type=Path, action="append", default=[], help="extra (black-box) model to evaluate on; repeatable"
     )
+    add_model_option(parser, "--eval-model", repeatable=True)
+    add_weights_option(parser)
     parser.add_argument("--data-root", type=Path, required=True, help="source dataset folder")
     parser.add_argument("--dataset", required=True, help=f"dataset layout: {', '.join(DATASETS)}")
     parser.add_argument(
@@ -74,8 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, torchrun="group")
 
 
-def resolve_metric(option: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]:
-    """``--metric`` for one checkpoint: names and metric files as ``evaluate``; ``.npy`` → PSD matrix (non-PSD is an error)."""
+def resolve_metric(option: str, checkpoint: Path | None) -> tuple[Metric, dict[str, Any]]:
+    """``--metric`` for one model (``checkpoint``: its file, see ``evaluate.resolve_metric``): names and
+    metric files as ``evaluate``; ``.npy`` → PSD matrix (non-PSD is an error)."""
     path = Path(option)
     if path.suffix == ".npy":
         if not path.is_file():
@@ -91,24 +101,15 @@ def resolve_metric(option: str, checkpoint: Path) -> tuple[Metric, dict[str, Any
     return resolve_named(option, checkpoint)
 
 
-def _entries(checkpoints: list[Path], metric_option: str, device: str, shared: dict[str, Metric]) -> list[ModelEntry]:
-    """Load each checkpoint with its metric; the same metric file or name gives one shared metric object."""
-    from ..models.checkpoint import load_model
-
+def _entries(sources: list[ModelSource], metric_option: str, device: str, shared: dict[str, Metric]) -> list[ModelEntry]:
+    """Load each model with its metric; the same metric file or name gives one shared metric object."""
     entries = []
-    for checkpoint in checkpoints:
-        if not checkpoint.is_file():
-            raise MetricAttackError(
-                f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)"
-            )
-        metric, info = resolve_metric(metric_option, checkpoint)
+    for source in sources:
+        metric, info = resolve_metric(metric_option, source.anchor)
+        loaded = source.load(device)
         key = info.get("sha256", info["name"])
         metric = shared.setdefault(key, metric)
-        label = (
-            f"{checkpoint.parent.name}/{checkpoint.name}" if checkpoint.parent.name else checkpoint.name
-        )  # runs/B1/model.safetensors -> B1/model.safetensors
-        record = {"label": label, "checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "metric": info}
-        entries.append(ModelEntry(load_model(checkpoint, device=device), metric, record))
+        entries.append(ModelEntry(loaded.model, metric, {**loaded.record, "metric": info}))
     return entries
 
 
@@ -128,13 +129,16 @@ def run(args: argparse.Namespace) -> int:
         random_start=False if args.no_random_start else None,
         seed=args.seed,
     )
+    attack_sources = model_sources(args.checkpoint, args.model)
+    if not attack_sources:
+        raise MetricAttackError("give the model(s) to attack: --checkpoint FILE and/or --model SPEC (repeatable)")
     check_savable(spec)
     dataset = load_dataset(args.dataset, args.data_root)
     check_test_set(dataset)
     check_output_location(args.out, dataset.root, "--out")
     shared: dict[str, Metric] = {}
-    attack_entries = _entries(list(args.checkpoint), args.metric, args.device, shared)
-    eval_entries = _entries(list(args.eval_checkpoint), args.metric, args.device, shared)
+    attack_entries = _entries(attack_sources, args.metric, args.device, shared)
+    eval_entries = _entries(model_sources(args.eval_checkpoint, args.eval_model), args.metric, args.device, shared)
     results = export_attack(
         attack_entries,
         dataset,

@@ -28,6 +28,7 @@ from ..evaluation.ranking import AP_CONVENTIONS, RankingResult
 from ..io import atomic_path, atomic_write_json, environment_versions, remove_leftovers, sha256_file
 from ..metrics.distance import Metric, build_metric, load_metric, parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS, load_for_checkpoint, metric_path
+from ..model_options import add_model_option, add_weights_option, single_model_source
 from ..outputs import check_output_file, check_output_folder, with_sidecars
 from ..stages import StageCache, StageSpec
 
@@ -48,18 +49,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="model checkpoint (.safetensors with .json sidecar)")
+    add_model_option(source)
     source.add_argument(
         "--baseline",
         choices=sorted(BASELINES),
         help="evaluate a parameter-free baseline instead of a model: colour histograms of 6 stripes",
     )
+    add_weights_option(parser)
     parser.add_argument("--data-root", type=Path, required=True, help="dataset folder")
     parser.add_argument("--dataset", required=True, help=f"dataset layout: {', '.join(DATASETS)}")
     parser.add_argument(
         "--metric",
         default="euclidean",
         help="euclidean (squared, paper Eq. 3), cosine, xqda / kissme (the metric fitted beside the "
-        "checkpoint by `metricattack fit-metric`), or the path of a metric .safetensors file",
+        "checkpoint or --weights file by `metricattack fit-metric`), or the path of a metric .safetensors file",
     )
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default: market, as in the paper)")
     parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
@@ -73,12 +76,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, torchrun="group")
 
 
-def resolve_metric(spec: str, checkpoint: Path) -> tuple[Metric, dict[str, Any]]:
-    """The metric named by ``--metric`` and a provenance record for it."""
+def resolve_metric(spec: str, checkpoint: Path | None) -> tuple[Metric, dict[str, Any]]:
+    """The metric named by ``--metric`` and a provenance record for it.
+
+    ``checkpoint``: the model's file (checkpoint or ``--weights``) learned metrics are stored beside;
+    ``None`` for a model without one (then a learned metric must be given as a file).
+    """
     key = spec.lower()
     if key in parameter_free_metrics():
         return build_metric(key), {"name": key}
     if key in LEARNED_METRICS:
+        if checkpoint is None:
+            raise MetricAttackError(
+                f"--metric {spec}: this model has no checkpoint or --weights file to find the {key} metric beside; "
+                f"give the metric file written by `metricattack fit-metric --out FILE`"
+            )
         path = metric_path(checkpoint, key)
         return load_for_checkpoint(checkpoint, key), {"name": key, "file": str(path), "sha256": sha256_file(path)}
     path = Path(spec)
@@ -143,8 +155,9 @@ def is_evaluation_result(path: Path) -> bool:
 def _check_outputs(args: argparse.Namespace, dataset_root: Path) -> None:
     """``--out`` and ``--features-cache`` before any work: never an input, never inside the dataset, writable."""
     files = [Path(args.metric)] if Path(args.metric).suffix in (".safetensors", ".npy") else []
-    if args.checkpoint is not None:
-        files += [args.checkpoint, *(metric_path(args.checkpoint, kind) for kind in LEARNED_METRICS)]
+    anchor = single_model_source(args).anchor if args.baseline is None else None  # the checkpoint or --weights file
+    if anchor is not None:
+        files += [anchor, *(metric_path(anchor, kind) for kind in LEARNED_METRICS)]
     inputs = with_sidecars(files)
     if args.out is not None:
         check_output_file(
@@ -177,7 +190,6 @@ def format_table(result: RankingResult, metric_name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Evaluate; print the table; write ``--out`` JSON on the main process."""
     from ..data.layouts import dataset_fingerprint, load_dataset
-    from ..models.checkpoint import load_model
 
     if args.batch_size < 1 or args.chunk_size < 1:
         raise MetricAttackError(f"--batch-size and --chunk-size must be positive, got {args.batch_size} and {args.chunk_size}")
@@ -186,28 +198,28 @@ def run(args: argparse.Namespace) -> int:
             raise MetricAttackError(f"--baseline works with --metric {' or '.join(parameter_free_metrics())}, not {args.metric!r}")
         from ..evaluation.baselines import ColorHistogramExtractor
 
-        checkpoint = Path(args.baseline)
+        name = args.baseline
         metric, metric_info = build_metric(args.metric.lower()), {"name": args.metric.lower()}
         model: torch.nn.Module = ColorHistogramExtractor(BASELINES[args.baseline])
         ckpt_sha = f"baseline:{args.baseline}"
+        model_record = None
     else:
-        checkpoint = Path(args.checkpoint)
-        if not checkpoint.is_file():
-            raise MetricAttackError(
-                f"checkpoint {checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)"
-            )
-        metric, metric_info = resolve_metric(args.metric, checkpoint)
+        source = single_model_source(args)
+        metric, metric_info = resolve_metric(args.metric, source.anchor)  # a bad --metric stops before any work
     dataset = load_dataset(args.dataset, args.data_root)
     check_test_set(dataset)
     _check_outputs(args, dataset.root)
     if args.baseline is None:
-        model = load_model(checkpoint, device=args.device)
-        if metric.feature_dim is not None and metric.feature_dim != model.feature_dim:
+        loaded = source.load(args.device)
+        model, model_record, name = loaded.model, loaded.record, source.label
+        dim = getattr(model, "feature_dim", None)
+        if metric.feature_dim is not None and dim is not None and metric.feature_dim != dim:
             raise MetricAttackError(
-                f"metric {args.metric} expects {metric.feature_dim}-d features but the model in {checkpoint} gives "
-                f"{model.feature_dim}-d features; fit the metric for this model (metricattack fit-metric)"
+                f"metric {args.metric} expects {metric.feature_dim}-d features but the model in {source.checkpoint or name} gives "
+                f"{dim}-d features; fit the metric for this model (metricattack fit-metric)"
             )
-        ckpt_sha = sha256_file(checkpoint)
+        # the features cache key: a checkpoint's SHA-256, or the model spec with its weights' (or module file's) SHA-256
+        ckpt_sha = model_record["sha256"] if "checkpoint" in model_record else f"{model_record['model']}:{model_record['sha256']}"
     fingerprint = dataset_fingerprint(dataset)
     start = time.perf_counter()
     feats = {}
@@ -225,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     if not is_main_process():
         return 0
-    print(f"{dataset.name}: {len(dataset.query)} queries, {len(dataset.gallery)} gallery images, model {checkpoint.name}")
+    print(f"{dataset.name}: {len(dataset.query)} queries, {len(dataset.gallery)} gallery images, model {name}")
     print(format_table(result, metric_info["name"]))
     chance = dataset_chance(dataset, args.ap)
     print(f"chance level (a random ranking of this gallery): rank-1 {100 * chance.cmc[1]:.2f}  mAP {100 * chance.mAP:.2f}")
@@ -238,7 +250,10 @@ def run(args: argparse.Namespace) -> int:
                 "results": result.to_dict(),
                 "chance": chance.to_dict(),
                 "metric": metric_info,
-                "checkpoint": {"path": str(checkpoint), "sha256": ckpt_sha} if args.baseline is None else None,
+                "checkpoint": {"path": model_record["checkpoint"], "sha256": model_record["sha256"]}
+                if model_record is not None and "checkpoint" in model_record
+                else None,
+                "model": model_record,
                 "baseline": args.baseline,
                 "dataset": {
                     "name": args.dataset,

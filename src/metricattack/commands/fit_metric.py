@@ -10,6 +10,7 @@ from ..data.layouts import DATASETS
 from ..metrics.distance import sidecar_path
 from ..metrics.learned import LEARNED_METRICS, fit_for_checkpoint
 from ..metrics.pairs import ON_NON_PSD_CHOICES
+from ..model_options import add_model_option, add_weights_option, single_model_source
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,11 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fit-metric",
         help="learn an XQDA or KISSME metric on a model's training features",
         description=(
-            "Extract the training features of CHECKPOINT's model, fit the learned Mahalanobis metric "
-            "and write <checkpoint stem>.<kind>.safetensors + .json beside the checkpoint."
+            "Extract the training features of the model, fit the learned Mahalanobis metric "
+            "and write <checkpoint stem>.<kind>.safetensors + .json beside the checkpoint (or the --weights file)."
         ),
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model checkpoint (.safetensors)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="model checkpoint (.safetensors)")
+    add_model_option(source)
+    add_weights_option(parser)
     parser.add_argument("--data-root", type=Path, required=True, help="dataset folder")
     parser.add_argument("--dataset", required=True, help=f"dataset layout: {', '.join(DATASETS)}")
     parser.add_argument("--kind", choices=LEARNED_METRICS, required=True, help="learned metric")
@@ -42,7 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a kernel with negative eigenvalues: clip them with a warning, or stop",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
-    parser.add_argument("--out", type=Path, default=None, help="metric file (default: beside the checkpoint)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="metric file (default: beside the checkpoint or --weights file; required for a Python model without weights)",
+    )
     parser.set_defaults(func=run, torchrun="group")
 
 
@@ -51,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"dim": args.dim, "cross_camera": args.cross_camera, "on_non_psd": args.on_non_psd}
     if args.reg is not None:
         options["reg"] = args.reg
-    path = fit_for_checkpoint(args.checkpoint, args.data_root, args.dataset, args.kind, batch_size=args.batch_size, out=args.out, **options)
+    source = single_model_source(args)
+    path = fit_for_checkpoint(source, args.data_root, args.dataset, args.kind, batch_size=args.batch_size, out=args.out, **options)
     fit = json.loads(sidecar_path(path).read_text(encoding="utf-8"))["meta"]["learned_metric"]["fit"]
     print(
         f"{args.kind}: {fit['num_features']} training features of {fit['num_identities']} identities, "

@@ -22,8 +22,8 @@ from ..data.types import DISTRACTOR_PID, JUNK_PID
 from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.features import extract_features
-from ..io import remove_leftovers, sha256_file
-from ..models.checkpoint import load_model
+from ..io import remove_leftovers
+from ..models.sources import ModelSource
 from ..outputs import check_output_file, with_sidecars
 from ..registry import Registry
 from .distance import MahalanobisMetric, is_metric_file, load_metric, save_metric, sidecar_path
@@ -49,10 +49,12 @@ def _check_option_names(kind: str, options: dict[str, Any]) -> Fitter:
     return fitter
 
 
-def check_fit_options(kind: str, input_dim: int, options: dict[str, Any]) -> None:
-    """Validate the options of :func:`fit_learned` for ``input_dim``-d features before any feature is extracted."""
+def check_fit_options(kind: str, input_dim: int | None, options: dict[str, Any]) -> None:
+    """Validate the options of :func:`fit_learned` for ``input_dim``-d features before any feature is extracted
+    (``None``: a model without ``feature_dim``; the fit checks ``dim`` against the features)."""
     _check_option_names(kind, options)
-    check_dim(options.get("dim"), input_dim)
+    if input_dim is not None:
+        check_dim(options.get("dim"), input_dim)
     check_on_non_psd(options.get("on_non_psd", "project"))
     reg = options.get("reg", 0.0)
     if not (isinstance(reg, int | float) and 0 <= reg < float("inf")):
@@ -122,7 +124,7 @@ def load_for_checkpoint(checkpoint: str | Path, kind: str, feature_dim: int | No
 
 
 def fit_for_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | ModelSource,
     data_root: str | Path,
     dataset: str,
     kind: str,
@@ -131,38 +133,44 @@ def fit_for_checkpoint(
     out: str | Path | None = None,
     **options: Any,
 ) -> Path:
-    """Fit ``kind`` on the training features of the model in ``checkpoint``; save it beside the model.
+    """Fit ``kind`` on the training features of a model; save it beside the model's file.
 
-    Features come from ``extract_features(load_model(checkpoint), train records)`` (junk and
-    distractor images excluded: they are not identities). Writes ``out`` (default :func:`metric_path`) + JSON sidecar recording the
-    checkpoint's SHA-256, the dataset fingerprint, the options, the fit diagnostics and the
-    software versions. Under torchrun every rank extracts its shard, rank 0 writes.
+    ``checkpoint`` is a checkpoint path or any :class:`~metricattack.models.sources.ModelSource`
+    (a Python model, another project's weights). Features come from
+    ``extract_features(model, train records)`` (junk and distractor images excluded: they are
+    not identities). Writes ``out`` (default :func:`metric_path` of the checkpoint or weights
+    file) + JSON sidecar recording the model (its SHA-256), the dataset fingerprint, the options,
+    the fit diagnostics and the software versions. Under torchrun every rank extracts its
+    shard, rank 0 writes.
     """
     LEARNED_METRICS.get(kind)  # an unknown kind fails before the model is loaded
-    checkpoint = Path(checkpoint)
-    path = Path(out) if out is not None else metric_path(checkpoint, kind)
+    source = checkpoint if isinstance(checkpoint, ModelSource) else ModelSource(checkpoint=Path(checkpoint))
+    if out is None and source.anchor is None:
+        raise MetricAttackError(
+            f"{source.label} has no checkpoint or --weights file to write the {kind} metric beside; give --out FILE (.safetensors)"
+        )
+    path = Path(out) if out is not None else metric_path(source.anchor, kind)  # type: ignore[arg-type]  # checked above
     if path.suffix != ".safetensors":
         raise MetricAttackError(f"metric file {path} must end with .safetensors (its JSON sidecar is written beside it)")
     if batch_size < 1:
         raise MetricAttackError(f"batch size must be a positive integer, got {batch_size}")
-    model = load_model(checkpoint)
-    check_fit_options(kind, model.feature_dim, options)
+    loaded = source.load()
+    check_fit_options(kind, getattr(loaded.model, "feature_dim", None), options)
     data = load_dataset(dataset, data_root)
     check_output_file(
         "metric file",
         path,
         kind="metricattack metric file",
         is_previous=is_metric_file,
-        inputs=with_sidecars([checkpoint]),
+        inputs=with_sidecars([source.anchor] if source.anchor is not None else []),
         datasets=[data.root],
         sidecar=True,
     )
     records = [r for r in data.train if r.pid not in (JUNK_PID, DISTRACTOR_PID)]
-    features = extract_features(model, records, batch_size=batch_size)
+    features = extract_features(loaded.model, records, batch_size=batch_size)
     fit = fit_learned(kind, features, [r.pid for r in records], [r.camid for r in records], **options)
     provenance = {
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": sha256_file(checkpoint),
+        "model": loaded.record,
         "dataset": {
             "name": dataset,
             "root": str(data_root),
@@ -173,6 +181,8 @@ def fit_for_checkpoint(
         "options": {"batch_size": batch_size, **fit.info["options"]},
         "world_size": rank_and_world()[1],
     }
+    if source.checkpoint is not None:
+        provenance |= {"checkpoint": str(source.checkpoint), "checkpoint_sha256": loaded.record["sha256"]}
     if is_main_process():
         for leftover_of in (path, sidecar_path(path)):
             remove_leftovers(path.parent, prefix=f".{leftover_of.name}.", recursive=False)

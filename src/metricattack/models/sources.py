@@ -101,6 +101,16 @@ class ModelSource:
         assert self.model is not None
         return self.model if self.weights is None else f"{self.model} ({self.weights.name})"
 
+    def check_files(self) -> ModelSource:
+        """``self`` when its checkpoint / weights file exists (cheap, before any work); CheckpointError otherwise."""
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint} does not exist (expected a .safetensors file written by `metricattack train`)"
+            )
+        if self.weights is not None and not self.weights.is_file():
+            raise CheckpointError(f"--weights {self.weights} (for --model {self.model}) does not exist")
+        return self
+
     @property
     def anchor(self) -> Path | None:
         """The checkpoint or weights file (learned metrics live beside it), if any."""
