@@ -9,7 +9,8 @@ The public API, in three lines::
 Data, features and evaluation: :func:`load_dataset`, :func:`extract_features`,
 :func:`evaluate_model`, :func:`evaluate_features`; metrics: :func:`build_metric`,
 :func:`load_metric`, :func:`fit_learned` (XQDA / KISSME); registries of everything named
-(:data:`BACKBONES`, :data:`DATASETS`, :data:`METRICS`, :data:`METHODS`, :data:`FORMATS`).
+(:data:`BACKBONES`, :data:`DATASETS`, :data:`METRICS`, :data:`LEARNED_METRICS`, :data:`METHODS`,
+:data:`SETTINGS`, :data:`FORMATS`): register your own with ``REGISTRY.register(name, obj)``.
 The names are imported on first use, so ``import metricattack`` stays light. The library
 logs through :mod:`logging` (logger ``"metricattack"``) and never prints.
 """
@@ -45,6 +46,13 @@ _PUBLIC = {
     "fit_learned": "metrics.learned",
     "fit_learned_metric": "metrics.learned",
     "register_backbone": "models.backbones",
+    "BACKBONES": "models.backbones",
+    "DATASETS": "data.layouts",
+    "METRICS": "metrics.distance",
+    "LEARNED_METRICS": "metrics.learned",
+    "METHODS": "attacks.spec",
+    "SETTINGS": "attacks.spec",
+    "read_image": "data.loading",
     "save_checkpoint": "models.checkpoint",
     "FORMATS": "models.foreign",
     "ReIDModel": "models.reid",
@@ -54,6 +62,13 @@ _PUBLIC = {
 
 __all__ = [
     "__version__",
+    "BACKBONES",
+    "DATASETS",
+    "LEARNED_METRICS",
+    "METHODS",
+    "METRICS",
+    "SETTINGS",
+    "read_image",
     "AttackSpec",
     "FORMATS",
     "Metric",
@@ -92,13 +107,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .attacks.api import MetricAttack
     from .attacks.methods import quantize
-    from .attacks.spec import AttackSpec
-    from .data.layouts import load_dataset
+    from .attacks.spec import METHODS, SETTINGS, AttackSpec
+    from .data.layouts import DATASETS, load_dataset
+    from .data.loading import read_image
     from .errors import MetricAttackError
     from .evaluation.features import evaluate_features, evaluate_model, extract_features
-    from .metrics.distance import Metric, build_metric, load_metric, save_metric
-    from .metrics.learned import fit_learned, fit_learned_metric
-    from .models.backbones import register_backbone
+    from .metrics.distance import METRICS, Metric, build_metric, load_metric, save_metric
+    from .metrics.learned import LEARNED_METRICS, fit_learned, fit_learned_metric
+    from .models.backbones import BACKBONES, register_backbone
     from .models.checkpoint import save_checkpoint
     from .models.foreign import FORMATS
     from .models.reid import ReIDModel

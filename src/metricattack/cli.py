@@ -7,12 +7,15 @@ import importlib
 import logging
 import pkgutil
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__, commands
 from .distributed import launched_by_torchrun, process_group, resolve_device
 from .errors import MetricAttackError, MetricAttackWarning
+from .registry import Registry
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -29,9 +32,44 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
+    registered = registered_names()
     for subparser in subparsers.choices.values():
         add_log_options(subparser, default=argparse.SUPPRESS)  # after the command too; the top-level value stays otherwise
+        subparser.formatter_class = _LineFormatter
+        subparser.epilog = registered
     return parser
+
+
+def registered_names() -> str:
+    """What the registries hold now (the help epilog of every command), one line per kind.
+
+    Names registered by user code (``register_backbone``, ``FORMATS.register``, ...) appear once
+    that code is imported, e.g. by a ``--model python:...`` module or a checkpoint that records it.
+    """
+    from .attacks.spec import METHODS, SETTINGS
+    from .data.layouts import DATASETS
+    from .metrics.distance import METRICS
+    from .metrics.learned import LEARNED_METRICS
+    from .models.backbones import BACKBONES
+    from .models.foreign import FORMATS
+
+    kinds: dict[str, Registry[Any]] = {
+        "backbones": BACKBONES,
+        "datasets": DATASETS,
+        "metrics": METRICS,
+        "learned metrics": LEARNED_METRICS,
+        "attack methods": METHODS,
+        "attack settings": SETTINGS,
+        "model formats (--model)": FORMATS,
+    }
+    return "registered:\n" + "\n".join(f"{kind}: {', '.join(registry.names())}" for kind, registry in kinds.items())
+
+
+class _LineFormatter(argparse.HelpFormatter):
+    """Keeps the line breaks of descriptions and epilogs, wrapping each line on its own."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + "  ") for line in text.splitlines())
 
 
 def add_log_options(parser: argparse.ArgumentParser, default: str) -> None:

@@ -5,8 +5,10 @@
 * ``run/model.safetensors``: the model's state dict;
 * ``run/model.json``: ``{"format", "spec" (the model's ``spec()``: its ``architecture``
   name, classes, input size, normalisation, retrieval ``feature_space``, ...),
-  "weights_sha256", "environment" (code versions), "meta"}`` where ``meta`` is the caller's
-  provenance (config, dataset fingerprint, epoch, seed, ...).
+  "weights_sha256", "modules", "environment" (code versions), "meta"}`` where ``meta`` is the
+  caller's provenance (config, dataset fingerprint, epoch, seed, ...) and ``modules`` names
+  the user modules that registered the model's backbone or architecture, imported by name on
+  load (:mod:`.plugins`).
 
 :func:`load_model` rebuilds the architecture the spec names (``models.base.ARCHITECTURES``);
 a spec without ``architecture`` (written before architectures existed) is a ``ReIDModel``.
@@ -30,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError, MetricAttackError
 from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file
 from .base import ReIDNet, architecture_of, build_from_spec
+from .plugins import defining_modules, import_modules
 
 FORMAT = "metricattack.reid-checkpoint/1"
 
@@ -57,6 +60,7 @@ def save_checkpoint(model: ReIDNet, path: Path, meta: dict[str, Any]) -> Path:
         "spec": model.spec(),
         "weights_file": path.name,
         "weights_sha256": sha256_file(path),
+        "modules": defining_modules(model),  # user modules that registered its backbone, imported on load
         "environment": environment_versions(),
         "meta": meta,
     }
@@ -133,6 +137,7 @@ def load_model(path: Path, device: str | torch.device = "cpu", expect: dict[str,
     check_expected(spec, expect or {}, path)
     if record.get("weights_sha256") and sha256_file(path) != record["weights_sha256"]:
         raise CheckpointError(f"checkpoint {path} does not match the SHA-256 recorded in {meta_path(path)} (torn or replaced file)")
+    import_modules(record.get("modules", []), path)
     try:
         model = build_from_spec(spec)
     except (MetricAttackError, TypeError) as exc:
