@@ -9,7 +9,7 @@ The public API, in three lines::
 Data, features and evaluation: :func:`load_dataset`, :func:`extract_features`,
 :func:`evaluate_model`, :func:`evaluate_features`; metrics: :func:`build_metric`,
 :func:`load_metric`, :func:`fit_learned` (XQDA / KISSME); registries of everything named
-(:data:`BACKBONES`, :data:`DATASETS`, :data:`METRICS`, :data:`LEARNED_METRICS`, :data:`METHODS`,
+(:data:`ARCHITECTURES`, :data:`BACKBONES`, :data:`DATASETS`, :data:`METRICS`, :data:`LEARNED_METRICS`, :data:`METHODS`,
 :data:`SETTINGS`, :data:`FORMATS`): register your own with ``REGISTRY.register(name, obj)``.
 The names are imported on first use, so ``import metricattack`` stays light. The library
 logs through :mod:`logging` (logger ``"metricattack"``) and never prints.
@@ -47,6 +47,8 @@ _PUBLIC = {
     "fit_learned_metric": "metrics.learned",
     "register_backbone": "models.backbones",
     "BACKBONES": "models.backbones",
+    "ARCHITECTURES": "models.base",
+    "register_architecture": "models.base",
     "DATASETS": "data.layouts",
     "METRICS": "metrics.distance",
     "LEARNED_METRICS": "metrics.learned",
@@ -62,6 +64,8 @@ _PUBLIC = {
 
 __all__ = [
     "__version__",
+    "ARCHITECTURES",
+    "register_architecture",
     "BACKBONES",
     "DATASETS",
     "LEARNED_METRICS",
@@ -115,6 +119,7 @@ if TYPE_CHECKING:
     from .metrics.distance import METRICS, Metric, build_metric, load_metric, save_metric
     from .metrics.learned import LEARNED_METRICS, fit_learned, fit_learned_metric
     from .models.backbones import BACKBONES, register_backbone
+    from .models.base import ARCHITECTURES, register_architecture
     from .models.checkpoint import save_checkpoint
     from .models.foreign import FORMATS
     from .models.reid import ReIDModel

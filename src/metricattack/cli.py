@@ -51,9 +51,11 @@ def registered_names() -> str:
     from .metrics.distance import METRICS
     from .metrics.learned import LEARNED_METRICS
     from .models.backbones import BACKBONES
+    from .models.base import ARCHITECTURES
     from .models.foreign import FORMATS
 
     kinds: dict[str, Registry[Any]] = {
+        "architectures": ARCHITECTURES,
         "backbones": BACKBONES,
         "datasets": DATASETS,
         "metrics": METRICS,
