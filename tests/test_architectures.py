@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from metricattack.models.base import ARCHITECTURES, ReIDNet, build_from_spec
 from metricattack.models.checkpoint import checkpoint_meta, load_model, save_checkpoint
@@ -15,6 +16,7 @@ from metricattack.models.checkpoint import checkpoint_meta, load_model, save_che
 SMALL: dict[str, dict[str, Any]] = {
     "reid": {"backbone": "resnet18", "input_size": (32, 16)},
     "hacnn": {"input_size": (80, 32), "channels": (16, 32, 48), "branch_dim": 16, "region_size": (12, 14)},
+    "mancs": {"backbone": "resnet18", "input_size": (32, 16)},
 }
 
 
@@ -80,3 +82,44 @@ def test_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert type(build_from_spec(model.spec())) is type(model)
+
+
+CLI_RECIPES: dict[str, dict[str, Any]] = {
+    "hacnn": {
+        "model": {"architecture": "hacnn", "input_size": [64, 32], "channels": [16, 32, 48], "branch_dim": 16, "region_size": [12, 14]},
+        "loss": {"cross_entropy": {}},
+        "batch": {"batch_size": 16},
+    },
+    "mancs": {
+        "model": {"architecture": "mancs", "backbone": "resnet18", "input_size": [32, 16]},
+        "loss": {"cross_entropy": {}, "triplet": {"sampling": "curriculum", "curriculum_epochs": 2}, "attention": {}},
+        "batch": {"batch_size": 16, "sampler": "pk", "images_per_id": 4},
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLI_RECIPES))
+def test_trained_evaluated_and_attacked_with_the_usual_commands(name: str, tiny_dataset_root: Path, tmp_path: Path, capsys) -> None:
+    """`metricattack train` builds the architecture the config names; `evaluate` and `attack` take its checkpoint as any other."""
+    from metricattack.cli import main
+
+    recipe = {
+        "data": {"dataset": "folder", "root": str(tiny_dataset_root), "cache": True},
+        **CLI_RECIPES[name],
+        "schedule": {"epochs": 1},
+        "device": "cpu",
+        "progress": False,
+    }
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    checkpoint = tmp_path / "run" / "model.safetensors"
+    assert f"trained {name}" in capsys.readouterr().out and checkpoint_meta(checkpoint)["spec"]["architecture"] == name
+    data = ["--checkpoint", str(checkpoint), "--data-root", str(tiny_dataset_root), "--dataset", "folder"]
+    assert main(["evaluate", *data]) == 0
+    assert "rank-1" in capsys.readouterr().out
+    for setting in ("gallery", "classification"):
+        out = tmp_path / f"adv-{setting}"
+        assert main(["attack", *data, "--out", str(out), "--method", "fgsm", "--eps", "2", "--setting", setting, "--no-progress"]) == 0
+        assert (out / "attack_results.json").is_file()
+    assert "mAP clean" in capsys.readouterr().out

@@ -113,7 +113,7 @@ def test_help_lists_what_is_registered_including_user_code(user_package: Path, c
             "datasets: market1501, dukemtmc, msmt17, cuhk03np, folder",
             "attack methods: fgsm, ifgsm, mifgsm, pgd",
             "model formats (--model): torchreid:resnet50, torchreid:hacnn, fastreid:bot_r50",
-            "architectures: hacnn, reid",
+            "architectures: hacnn, mancs, reid",
         ):
             assert line in registered
         assert "resnet50" in registered and "user_tiny_trunk" in registered and "metrics: euclidean, cosine" in registered

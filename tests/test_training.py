@@ -130,7 +130,7 @@ def test_config_needs_a_loss(tmp_path: Path) -> None:
 def test_shipped_configs_are_valid() -> None:
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*/*.yaml"))
     paper = [p for p in configs if p.parent.name == "paper" and "-" in p.stem]  # training recipes, not benchmarks
-    assert len(paper) == 10
+    assert len(paper) == 12
     for path in paper + [p for p in configs if p.parent.name == "synthetic"]:
         cfg = load_train_config(path)
         assert cfg.schedule.epochs > 0
@@ -139,6 +139,9 @@ def test_shipped_configs_are_valid() -> None:
     hacnn = load_train_config(Path(__file__).parents[1] / "configs/paper/market1501-hacnn.yaml")
     assert hacnn.model.architecture == "hacnn" and hacnn.model.input_size == (160, 64) and hacnn.loss.triplet is None
     assert (hacnn.optimizer.lr, hacnn.batch.batch_size, hacnn.schedule.epochs, hacnn.augmentation.flip) == (5e-4, 32, 150, False)
+    mancs = load_train_config(Path(__file__).parents[1] / "configs/paper/dukemtmc-mancs.yaml")
+    assert mancs.model.architecture == "mancs" and mancs.model.backbone == "resnet50" and mancs.model.pretrained is True
+    assert mancs.loss.triplet.sampling == "curriculum" and mancs.loss.attention is not None and mancs.loss.cross_entropy is not None
 
 
 # --------------------------------------------------------------------------- resume

@@ -77,6 +77,7 @@ class ReIDNet(nn.Module):
 
     architecture: ClassVar[str] = ""
     derived_spec_keys: ClassVar[tuple[str, ...]] = ("architecture", "feature_dim", "feature_space")
+    attention_heads: ClassVar[bool] = False  # forward_train fills TrainOutputs.attention_logits
     feature_dim: int
     feature_space: str
     mean: torch.Tensor

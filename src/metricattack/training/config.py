@@ -9,6 +9,11 @@ Example (``configs/paper/market1501-b1.yaml``)::
     schedule: {epochs: 60, lr_steps: [20, 40], lr_gamma: 0.1}
     batch: {batch_size: 32, sampler: random}
     seed: 0
+
+``model.architecture`` picks the network (default ``reid``, the base models' ``ReIDModel``):
+``hacnn`` and ``mancs`` have sections of their own (:class:`HACNNSection`,
+:class:`MancsSection`; ``configs/paper/*-hacnn.yaml``, ``*-mancs.yaml``). Errors name the
+section with its architecture, e.g. ``model.hacnn.channels``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pydantic import Discriminator, Field, NonNegativeInt, PositiveFloat, Positi
 from ..config import StrictModel, load_config
 from ..data.layouts import DATASETS
 from ..models.backbones import BACKBONES
+from ..models.base import ARCHITECTURES
 
 # Fields that change how fast or where a run executes but not what it computes; a resumed
 # run may differ in these (and in ``schedule.epochs``, to extend a finished run).
@@ -99,6 +105,29 @@ class HACNNSection(StrictModel):
         return self.model_dump(exclude={"architecture"})
 
 
+class MancsSection(StrictModel):
+    """A :class:`~metricattack.models.mancs.Mancs` (defaults = the Mancs paper's ResNet-50 network at 256×128)."""
+
+    architecture: Literal["mancs"]
+    backbone: str = Field("resnet50", description="a ResNet of the backbone registry (resnet18/34/50, resnext50_32x4d)")
+    pretrained: bool | str = Field(False, description="true: torchvision ImageNet weights; a path: local weights file")
+    input_size: tuple[PositiveInt, PositiveInt] = (256, 128)
+    last_stride: Literal[1, 2] = 1
+    fab_reduction: PositiveInt = Field(16, description="channel reduction inside each fully attentional block")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        return BACKBONES.check(name)
+
+    @property
+    def label(self) -> str:
+        return f"mancs ({self.backbone})"
+
+    def arguments(self, loss: LossSection) -> dict[str, Any]:
+        return self.model_dump(exclude={"architecture"})
+
+
 def _architecture_tag(value: Any) -> str:
     """The ``architecture`` of a model section (``reid`` when absent, as in configs written before it existed)."""
     if isinstance(value, dict):
@@ -107,7 +136,7 @@ def _architecture_tag(value: Any) -> str:
 
 
 ModelSection = Annotated[
-    Annotated[ReIDModelSection, Tag("reid")] | Annotated[HACNNSection, Tag("hacnn")],
+    Annotated[ReIDModelSection, Tag("reid")] | Annotated[HACNNSection, Tag("hacnn")] | Annotated[MancsSection, Tag("mancs")],
     Discriminator(_architecture_tag),
 ]
 """The ``model:`` section: one of the architectures' sections, chosen by its ``architecture`` key."""
@@ -121,10 +150,29 @@ class CrossEntropyLoss(StrictModel):
 
 
 class TripletLoss(StrictModel):
-    """Batch-hard triplet loss on the pooled features (before the BN neck)."""
+    """Triplet loss on the model's embedding (the pooled features before the BN neck for ``reid``).
+
+    ``sampling``: ``batch_hard`` (each anchor's farthest positive and closest negative in the
+    batch) or ``curriculum`` (Mancs: triplets drawn by hardness rank, from uniform at epoch 1 to
+    the hardest at ``curriculum_epochs``, batch-hard afterwards).
+    """
 
     weight: PositiveFloat = 1.0
     margin: PositiveFloat = 0.3
+    sampling: Literal["batch_hard", "curriculum"] = "batch_hard"
+    curriculum_epochs: PositiveInt | None = Field(None, description="curriculum sampling: epoch at which sampling reaches the hardest")
+
+    @model_validator(mode="after")
+    def _curriculum_needs_epochs(self) -> TripletLoss:
+        if (self.sampling == "curriculum") != (self.curriculum_epochs is not None):
+            raise ValueError("curriculum_epochs is set exactly when sampling is curriculum")
+        return self
+
+
+class AttentionLoss(StrictModel):
+    """Mancs' attention loss: identity cross-entropy of each attention block's deep-supervision head (mean over blocks)."""
+
+    weight: PositiveFloat = 1.0
 
 
 class LossSection(StrictModel):
@@ -132,6 +180,7 @@ class LossSection(StrictModel):
 
     cross_entropy: CrossEntropyLoss | None = None
     triplet: TripletLoss | None = None
+    attention: AttentionLoss | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> LossSection:
@@ -213,6 +262,15 @@ class TrainConfig(StrictModel):
     def _triplet_needs_pk(self) -> TrainConfig:
         if self.loss.triplet is not None and self.batch.sampler != "pk":
             raise ValueError("loss.triplet needs batch.sampler: pk (batch-hard mining needs several images per identity)")
+        return self
+
+    @model_validator(mode="after")
+    def _attention_needs_attention_heads(self) -> TrainConfig:
+        if self.loss.attention is not None and not ARCHITECTURES.get(self.model.architecture).attention_heads:
+            with_heads = ", ".join(n for n in ARCHITECTURES.names() if ARCHITECTURES.get(n).attention_heads)
+            raise ValueError(
+                f"loss.attention needs a model with attention heads (model.architecture: {with_heads}), not {self.model.architecture}"
+            )
         return self
 
     def result_defining(self) -> dict[str, Any]:
