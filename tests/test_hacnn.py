@@ -73,6 +73,8 @@ def test_both_branches_learn_on_a_fixed_batch() -> None:
         history.append(loss.item())
     assert history[-1] < history[0]
     assert model.global_classifier.weight.grad.abs().sum() > 0 and model.local_classifier.weight.grad.abs().sum() > 0
+    # the hard attention learns where to look: the region translations get a gradient through the sampling
+    assert all(level.attention.hard.fc.weight.grad.abs().sum() > 0 for level in model.levels)
 
 
 # --------------------------------------------------------------------------- torchreid format

@@ -47,6 +47,15 @@ def test_fab_masks_cover_channels_and_positions() -> None:
     assert all(m.std(dim=(2, 3)).max() > 0 for m in masks[:2])  # a mask per position, not one per channel
 
 
+def test_retrieval_features_are_the_normalised_ranking_features() -> None:
+    """Mancs retrieves (and is attacked) in the space its ranking loss trains: the pooled res_conv5 features."""
+    model = _small().eval()
+    x = torch.rand(3, 3, 40, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torch.nn.functional.normalize(model.forward_train(x).embedding, dim=1))
+    assert model.spec()["feature_space"] == "ranking"
+
+
 def test_non_resnet_backbone_is_refused() -> None:
     with pytest.raises(MetricAttackError, match="Mancs needs a ResNet trunk"):
         Mancs(num_classes=3, backbone="densenet121")
