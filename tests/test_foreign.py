@@ -55,13 +55,14 @@ class TorchreidResNet50(nn.Module):
 
 
 class FastreidBackbone(nn.Module):
-    """fast-reid's ResNet-50: max-pool 3x3/2 without padding in ceil mode, last stride 1."""
+    """fast-reid's ResNet-50, last stride 1: max-pool 3x3/2 without padding in ceil mode (v1) or
+    with padding 1 as torchvision's (v0.1, the release of the model zoo's files)."""
 
-    def __init__(self) -> None:
+    def __init__(self, v01: bool = False) -> None:
         super().__init__()
         tv = torchvision.models.resnet50(weights=None)
         self.conv1, self.bn1, self.relu = tv.conv1, tv.bn1, tv.relu
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if v01 else nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
         self.layer1, self.layer2, self.layer3, self.layer4 = tv.layer1, tv.layer2, tv.layer3, tv.layer4
         self.layer4[0].conv2.stride = (1, 1)
         self.layer4[0].downsample[0].stride = (1, 1)
@@ -91,6 +92,29 @@ class FastreidBoT(nn.Module):
         maps = self.backbone((pixels_255 - self.pixel_mean) / self.pixel_std)
         pooled = F.adaptive_avg_pool2d(maps, 1)
         return F.normalize(self.heads.bottleneck(pooled)[..., 0, 0], dim=1)
+
+
+class FastreidBNneckHead(nn.Module):
+    """fast-reid v0.1's ``BNneckHead``: ``bnneck`` BatchNorm and a bias-free ``classifier``."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.bnneck = nn.BatchNorm2d(2048)
+        self.classifier = nn.Linear(2048, classes, bias=False)
+
+
+class FastreidBoTv01(nn.Module):
+    """fast-reid v0.1.1's ``Baseline`` (persistent pixel statistics) with the BNneck head."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.register_buffer("pixel_mean", MEAN * 255)
+        self.register_buffer("pixel_std", STD * 255)
+        self.backbone, self.heads = FastreidBackbone(v01=True), FastreidBNneckHead(classes)
+
+    def forward(self, pixels_255: torch.Tensor) -> torch.Tensor:
+        maps = self.backbone((pixels_255 - self.pixel_mean) / self.pixel_std)
+        return F.normalize(self.heads.bnneck(F.adaptive_avg_pool2d(maps, 1))[..., 0, 0], dim=1)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +163,19 @@ def test_fastreid_bot_r50_gives_fastreids_features(fastreid_file, images: torch.
     with torch.no_grad():
         torch.testing.assert_close(model(images), reference(images * 255), rtol=1e-5, atol=1e-5)
     assert model.spec()["backbone"] == "fastreid_resnet50" and model.num_classes == 5
+
+
+def test_fastreid_model_zoo_layout_v01(tmp_path: Path, images: torch.Tensor) -> None:
+    """The model zoo's files (market_bot_R50.pth, release v0.1.1): BNneck head keys, torchvision's stem."""
+    torch.manual_seed(0)
+    reference = randomise(FastreidBoTv01(classes=6))
+    path = tmp_path / "market_bot_R50.pth"
+    torch.save({"model": reference.state_dict(), "iteration": 17999}, path)
+    model = load_foreign("fastreid:bot_r50", path)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference(images * 255), rtol=1e-5, atol=1e-5)
+        logits = model.classify(images)
+    assert model.spec()["backbone"] == "resnet50" and logits.shape == (2, 6)
 
 
 def test_fastreid_stem_is_not_torchvisions(fastreid_file, images: torch.Tensor) -> None:

@@ -13,10 +13,17 @@ Formats (:data:`FORMATS`, a :class:`~metricattack.registry.Registry`):
   *not* normalised (torchreid's default test: squared Euclidean, ``normalize_feature=False``).
   Keys ``conv1.*``, ``bn1.*``, ``layer1..4.*``, ``classifier.{weight,bias}``.
 * ``fastreid:bot_r50`` -- fast-reid's BoT baseline with ResNet-50 (``configs/Market1501/bagtricks_R50.yml``):
-  fast-reid's stem (3x3/2 max-pool without padding, ceil mode), last stride 1, global average
-  pooling, BN neck; the test feature is the BN-neck output, L2-normalised (fast-reid tests
-  with the cosine distance). Keys ``backbone.*``, ``heads.bottleneck.0.*``, ``heads.weight``
-  (``heads.classifier.weight`` in older versions).
+  last stride 1, global average pooling, BN neck; the test feature is the BN-neck output,
+  L2-normalised (fast-reid tests with the cosine distance). Two key layouts, told apart by
+  the head's keys (the stem's max-pool has no weights, so the file cannot say which it had):
+
+  - v0.1 (release v0.1.1 of July 2020, whose ``market_bot_R50.pth`` / ``duke_bot_R50.pth`` the
+    model zoo links): ``heads.bnneck.*``, ``heads.classifier.weight``, ``pixel_mean`` /
+    ``pixel_std``; torchvision's stem (3x3/2 max-pool, padding 1) -> backbone ``resnet50``;
+  - v1 (from September 2020): ``heads.bottleneck.0.*``, ``heads.classifier.weight`` or (from
+    March 2021) ``heads.weight``; fast-reid's stem since August 2020 (3x3/2 max-pool without
+    padding, ceil mode) -> backbone ``fastreid_resnet50``. A file trained between 14 August and
+    10 September 2020 has the ceil-mode stem with the v0.1 keys and loads with the wrong stem.
 * ``torchreid:hacnn`` -- torchreid's ``HACNN`` (``torchreid/models/hacnn.py``, model zoo
   ``hacnn_*_xent.pth.tar``) onto :class:`~metricattack.models.hacnn.HACNN`: 160x64 input;
   the test feature is the L2-normalised global ⊕ L2-normalised local feature (ours is that,
@@ -243,13 +250,15 @@ FASTREID_BOT_R50 = Preprocessing(
 
 
 def _fastreid_bot_r50(state: StateDict) -> tuple[nn.Module, StateDict]:
+    """Both key layouts of fast-reid's BoT ResNet-50 (see the module docstring)."""
     classes = _require(state, "heads.weight", "heads.classifier.weight").shape[0]
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if "pixel_mean" in state and "pixel_std" in state:  # stored by older fast-reid versions, in 0..255 units
+    if "pixel_mean" in state and "pixel_std" in state:  # stored by fast-reid before 2021-03, in 0..255 units
         mean = tuple(float(v) / 255.0 for v in state["pixel_mean"].flatten())  # type: ignore[assignment]
         std = tuple(float(v) / 255.0 for v in state["pixel_std"].flatten())  # type: ignore[assignment]
+    v01 = "heads.bnneck.weight" in state  # v0.1 (the model zoo's files): BNneckHead, torchvision's padded max-pool
     model = ReIDModel(
-        "fastreid_resnet50",
+        "resnet50" if v01 else "fastreid_resnet50",
         num_classes=classes,
         input_size=FASTREID_BOT_R50.input_size,
         mean=mean,
@@ -260,6 +269,7 @@ def _fastreid_bot_r50(state: StateDict) -> tuple[nn.Module, StateDict]:
     )
     table = [
         *_resnet_trunk_table("backbone."),
+        ("heads.bnneck.", "neck."),
         ("heads.bottleneck.0.", "neck."),
         ("heads.classifier.weight", "classifier.weight"),
         ("heads.weight", "classifier.weight"),

@@ -137,6 +137,9 @@ class ModelSource:
             assert self.weights is not None  # a format needs weights (checked in __post_init__)
             model = load_foreign(self.model, self.weights)
             record["preprocessing"] = FORMATS.get(self.model).preprocessing.to_dict()
+            spec_of = getattr(model, "spec", None)
+            if callable(spec_of):
+                record["spec"] = spec_of()  # what the file was mapped onto (e.g. which fast-reid stem)
             record["sha256"] = sha256_file(self.weights)
         if self.weights is not None:
             record["weights"] = str(self.weights)
