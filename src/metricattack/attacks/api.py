@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric, build_metric
+from ..metrics.learned import LEARNED_METRICS
 from .methods import perturb
 from .objectives import MetricLoss, ReferenceTargets
 from .spec import AttackSpec, make_spec
@@ -38,7 +39,7 @@ def as_metric(metric: Any) -> Metric:
     if isinstance(getattr(metric, "metric", None), Metric):  # LearnedFit of fit_xqda / fit_kissme / fit_learned
         return metric.metric
     if isinstance(metric, str):
-        if metric.lower() in ("xqda", "kissme"):
+        if metric.lower() in LEARNED_METRICS:
             raise MetricAttackError(
                 f"metric {metric!r} must be fitted first: pass the fitted object (fit_learned_metric(...)) "
                 "or load_metric('<model>.xqda.safetensors')"
