@@ -87,6 +87,26 @@ def test_identities_differ_and_cameras_change_appearance(tmp_path: Path) -> None
     assert all(np.abs(images[names[0]] - images[n]).mean() > 1.0 for n in names[1:])  # no duplicates
 
 
+def test_texture_changes_only_people_and_is_deterministic(tmp_path: Path) -> None:
+    plain = _digest(generate(tmp_path / "plain", SynthConfig(**SMALL)))
+    cfg = SynthConfig(**{**SMALL, "texture": 16})
+    textured = generate(tmp_path / "t1", cfg)
+    assert _digest(textured) == _digest(generate(tmp_path / "t2", cfg, workers=2))
+    tex = _digest(textured)
+    assert tex.keys() == plain.keys()
+    junk = [k for k in tex if Path(k).name.startswith("-1_")]
+    people = [k for k in tex if not Path(k).name.startswith("-1_")]
+    assert junk and all(tex[k] == plain[k] for k in junk)  # junk draws no texture: its stream is untouched
+    assert all(tex[k] != plain[k] for k in people)
+    # the texture is fine detail on the top: same layout and colours, a small mean change
+    a = np.asarray(Image.open(tmp_path / "plain" / people[0]), dtype=np.float32)
+    b = np.asarray(Image.open(textured / people[0]), dtype=np.float32)
+    assert 0.0 < np.abs(a - b).mean() < 8.0
+    # texture 0 is left out of the manifest, so datasets made before the option existed are reused
+    assert "texture" not in json.loads((tmp_path / "plain" / MANIFEST).read_text())["config"]
+    assert json.loads((textured / MANIFEST).read_text())["config"]["texture"] == 16
+
+
 def test_cached_regenerate_and_refusals(tmp_path: Path) -> None:
     cfg = SynthConfig(**SMALL)
     out = generate(tmp_path / "ds", cfg)
@@ -129,7 +149,15 @@ def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.parametrize(
     "bad",
-    [{"num_cameras": 1}, {"num_train_ids": 0}, {"images_per_camera": 0}, {"cameras_per_id": 3}, {"num_junk": -1}, {"colour": 1}],
+    [
+        {"num_cameras": 1},
+        {"num_train_ids": 0},
+        {"images_per_camera": 0},
+        {"cameras_per_id": 3},
+        {"num_junk": -1},
+        {"colour": 1},
+        {"texture": -1},
+    ],
 )
 def test_invalid_config_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):

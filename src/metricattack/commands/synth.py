@@ -38,6 +38,7 @@ _OPTIONS = {
     "height": "height",
     "width": "width",
     "difficulty": "difficulty",
+    "texture": "texture",
 }
 
 
@@ -66,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--difficulty", type=float, default=1.0, help="strength of camera changes, 0..2")
+    parser.add_argument("--texture", type=float, default=0.0, help="amplitude (0..255) of each person's fine cloth texture; 0 = none")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (does not change the bytes)")
     parser.set_defaults(func=run)
 

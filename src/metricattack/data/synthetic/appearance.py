@@ -176,3 +176,24 @@ def sample_camera(rng: np.random.Generator, difficulty: float) -> Camera:
         occlusion=float(min(1.0, d * rng.uniform(0.05, 0.35))),
         occluder_probs=(float(occ[0]), float(occ[1]), float(occ[2])),
     )
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """A person's fine cloth texture: a small random tile repeated over the top, in cloth coordinates.
+
+    ``tile[i, j]`` in [-1, 1] is added to the cloth colour times ``amplitude`` (0..255 units);
+    one tile cell is ``cell`` × the person's height on screen, so the weave scales with the
+    person and is only resolved when the image is large enough (like real fabric).
+    """
+
+    tile: tuple[tuple[float, ...], ...]
+    amplitude: float
+    cell: float
+
+
+def sample_fabric(rng: np.random.Generator, amplitude: float) -> Fabric:
+    """Draw one person's fabric: a 3..6-cell square tile of random levels in [-1, 1]."""
+    size = int(rng.integers(3, 7))
+    tile = rng.uniform(-1.0, 1.0, (size, size))
+    return Fabric(tuple(tuple(float(v) for v in row) for row in tile), float(amplitude), float(rng.uniform(1 / 40, 1 / 24)))

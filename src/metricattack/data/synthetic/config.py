@@ -38,6 +38,9 @@ class SynthConfig(StrictModel):
     width: int = Field(64, ge=8, le=512, description="image width in pixels (Market-1501: 64)")
     num_distractors: int = Field(0, ge=0, description="gallery images of unrelated people (pid 0)")
     num_junk: int = Field(0, ge=0, description="gallery junk images, background and body fragments (pid -1)")
+    texture: float = Field(
+        0.0, ge=0.0, le=64.0, description="amplitude (0..255 units) of each identity's fine cloth texture on the top; 0 = none"
+    )
     difficulty: float = Field(1.0, ge=0.0, le=2.0, description="scales camera changes (illumination, blur, occlusion, clutter); 0 = none")
 
     @model_validator(mode="after")
@@ -60,7 +63,9 @@ class SynthConfig(StrictModel):
         return self
 
     def record(self) -> dict[str, object]:
-        """The config as recorded in ``synth.json``; unset total counts are left out, so datasets
-        made before those options existed are recognised as the same."""
+        """The config as recorded in ``synth.json``; unset total counts and texture 0 are left out, so
+        datasets made before those options existed are recognised as the same."""
         unset = {name for name in ("train_images", "query_images", "gallery_images") if getattr(self, name) is None}
+        if self.texture == 0:
+            unset.add("texture")
         return self.model_dump(mode="json", exclude=unset)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .appearance import OCCLUDERS, RGB, VIEWS, Camera, Identity, jitter_colour, sample_identity
+from .appearance import OCCLUDERS, RGB, VIEWS, Camera, Fabric, Identity, jitter_colour, sample_identity
 
 SUPERSAMPLE = 2
 SHADING = 0.15  # std of log-brightness of the smooth shading field
@@ -117,14 +117,26 @@ def _torso_texture(ident: Identity, w: int, h: int, size: float) -> np.ndarray:
     return np.where(sel[..., None], top2, top)
 
 
-def _draw_torso(img: Image.Image, fig: _Figure, ident: Identity, pts: list[tuple[float, float]]) -> None:
+def _weave(fabric: Fabric, w: int, h: int, size: float) -> np.ndarray:
+    """``[h,w,1]`` offsets (0..255 units) of ``fabric``'s tile repeated over a ``h``×``w`` cloth box."""
+    tile = np.asarray(fabric.tile, dtype=np.float32)
+    cell = max(1.0, fabric.cell * size)
+    yy, xx = np.mgrid[0:h, 0:w]
+    rows, cols = (yy / cell).astype(np.int64) % tile.shape[0], (xx / cell).astype(np.int64) % tile.shape[1]
+    return (fabric.amplitude * tile[rows, cols])[..., None]
+
+
+def _draw_torso(img: Image.Image, fig: _Figure, ident: Identity, pts: list[tuple[float, float]], fabric: Fabric | None) -> None:
     px = [fig.pt(x, y) for x, y in pts]
     x0, y0 = int(math.floor(min(p[0] for p in px))), int(math.floor(min(p[1] for p in px)))
     x1, y1 = int(math.ceil(max(p[0] for p in px))) + 1, int(math.ceil(max(p[1] for p in px))) + 1
     w, h = x1 - x0, y1 - y0
     mask = Image.new("L", (w, h), 0)
     ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in px], fill=255)
-    img.paste(Image.fromarray(_torso_texture(ident, w, h, fig.size)), (x0, y0), mask)
+    cloth = _torso_texture(ident, w, h, fig.size)
+    if fabric is not None and fabric.amplitude > 0:
+        cloth = np.clip(cloth.astype(np.float32) + _weave(fabric, w, h, fig.size), 0, 255).astype(np.uint8)
+    img.paste(Image.fromarray(cloth), (x0, y0), mask)
 
 
 def _draw_logo(fig: _Figure, ident: Identity, x: float, y: float, r: float) -> None:
@@ -199,8 +211,10 @@ def _draw_head(fig: _Figure, ident: Identity, hr: float, ys: float, view: str, f
             fig.rect(-hr * 0.9, hr * 0.55, hr * 0.9, hr * 0.72, _shade(ident.cap, 0.8))
 
 
-def draw_person(img: Image.Image, ident: Identity, view: str, cx: float, top: float, size: float, rng: np.random.Generator) -> None:
-    """Draw ``ident`` seen from ``view`` onto ``img``; ``size`` is the person height in pixels."""
+def draw_person(
+    img: Image.Image, ident: Identity, view: str, cx: float, top: float, size: float, rng: np.random.Generator, fabric: Fabric | None = None
+) -> None:
+    """Draw ``ident`` seen from ``view`` onto ``img``; ``size`` is the person height in pixels; ``fabric`` textures the top."""
     fig = _Figure(ImageDraw.Draw(img), cx, top, size)
     hr = ident.head
     ys = 2 * hr + 0.03
@@ -215,7 +229,7 @@ def draw_person(img: Image.Image, ident: Identity, view: str, cx: float, top: fl
             depth = 0.09 * ident.bag_size
             fig.rect(-facing * tw, ys + 0.02, -facing * (tw + depth), ys + ident.torso * 0.75, ident.bag_colour)
         fig.rect(-0.022, 2 * hr - 0.01, 0.022, ys + 0.01, ident.skin)
-        _draw_torso(img, fig, ident, [(-tw, ys), (tw, ys), (tw * 0.95, yh), (-tw * 0.95, yh)])
+        _draw_torso(img, fig, ident, [(-tw, ys), (tw, ys), (tw * 0.95, yh), (-tw * 0.95, yh)], fabric)
         if ident.bag in ("shoulder", "handbag"):
             fig.rect(-0.03, yh - 0.07, 0.05 * facing, yh + 0.06, ident.bag_colour)
         swing = float(rng.uniform(-0.45, 0.45))
@@ -230,7 +244,7 @@ def draw_person(img: Image.Image, ident: Identity, view: str, cx: float, top: fl
     hips = [-hw * 0.5, hw * 0.5]
     _draw_legs(fig, ident, [(hips[0] - spread, foot_y), (hips[1] + spread, foot_y)], hips, yh)
     fig.rect(-0.025, 2 * hr - 0.01, 0.025, ys + 0.01, ident.skin)
-    _draw_torso(img, fig, ident, [(-sw, ys), (sw, ys), (hw * 1.05, yh), (-hw * 1.05, yh)])
+    _draw_torso(img, fig, ident, [(-sw, ys), (sw, ys), (hw * 1.05, yh), (-hw * 1.05, yh)], fabric)
     if view == "front" and ident.top_pattern == "logo":
         _draw_logo(fig, ident, 0.0, ys + ident.torso * 0.33, 0.045)
     hands = [
@@ -320,15 +334,23 @@ def _scene_crop(background: Image.Image, cam: Camera, width: int, rng: np.random
     return img
 
 
-def render_image(ident: Identity, cam: Camera, background: Image.Image, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """One image of ``ident`` in camera ``cam``: ``[height, width, 3]`` uint8."""
+def render_image(
+    ident: Identity,
+    cam: Camera,
+    background: Image.Image,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    fabric: Fabric | None = None,
+) -> np.ndarray:
+    """One image of ``ident`` (wearing ``fabric``) in camera ``cam``: ``[height, width, 3]`` uint8."""
     img = _scene_crop(background, cam, width, rng)
     h2, w2 = img.size[1], img.size[0]
     view = VIEWS[int(rng.choice(3, p=cam.view_probs))]
     size = h2 * cam.scale * float(rng.uniform(0.88, 0.98))
     cx = w2 / 2 + w2 * float(rng.normal(0.0, cam.shift))
     top = (h2 - size) / 2 + h2 * float(rng.normal(0.0, 0.02))
-    draw_person(img, ident, view, cx, top, size, rng)
+    draw_person(img, ident, view, cx, top, size, rng, fabric)
     if rng.random() < cam.occlusion:
         _draw_occluder(img, cam, rng)
     return _apply_camera(img, cam, height, width, rng)

@@ -27,18 +27,19 @@ from tqdm import tqdm
 from ...errors import MetricAttackError
 from ...io import atomic_dir, atomic_write_json, environment_versions, remove_leftovers
 from ...outputs import check_writable
-from .appearance import Camera, Identity, sample_camera, sample_identity
+from .appearance import Camera, Fabric, Identity, sample_camera, sample_fabric, sample_identity
 from .config import SynthConfig
 from .render import render_background, render_image, render_junk
 
 MANIFEST = "synth.json"
 #: Bumped whenever the drawing code changes the bytes or names produced for a given config.
 #: 3: files are named ``.jpg`` like Market-1501's (content still lossless PNG).
+#: (``texture`` > 0 draws new images; texture 0 keeps the bytes of version 3.)
 GENERATOR_VERSION = 3
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 # Stream kinds: the second entry of every seed tuple, so streams never collide.
-_IDENTITY, _CAMERA, _IMAGE, _DISTRACTOR, _SUBSET, _JUNK, _FRAMES, _PIDS, _BACKGROUND, _COUNTS = range(1, 11)
+_IDENTITY, _CAMERA, _IMAGE, _DISTRACTOR, _SUBSET, _JUNK, _FRAMES, _PIDS, _BACKGROUND, _COUNTS, _FABRIC = range(1, 12)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,12 @@ def _identity(cfg: SynthConfig, kind: int, index: int) -> Identity:
     return sample_identity(_rng(cfg, kind, index))
 
 
+@lru_cache(maxsize=4096)
+def _fabric(cfg: SynthConfig, kind: int, index: int) -> Fabric | None:
+    """The cloth texture of identity ``(kind, index)`` (own stream: texture 0 leaves every other draw as is)."""
+    return sample_fabric(_rng(cfg, _FABRIC, kind, index), cfg.texture) if cfg.texture > 0 else None
+
+
 def render_job(cfg: SynthConfig, job: PlannedImage) -> bytes:
     """PNG bytes of one planned image."""
     camera, background = _camera(cfg, job.cam)
@@ -147,7 +154,7 @@ def render_job(cfg: SynthConfig, job: PlannedImage) -> bytes:
     if job.pid < 0:
         pixels = render_junk(camera, background, cfg.height, cfg.width, rng)
     else:
-        pixels = render_image(_identity(cfg, *job.who), camera, background, cfg.height, cfg.width, rng)
+        pixels = render_image(_identity(cfg, *job.who), camera, background, cfg.height, cfg.width, rng, _fabric(cfg, *job.who))
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
