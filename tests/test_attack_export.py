@@ -91,6 +91,21 @@ def test_white_box_ifgsm_eps5_on_resnet18(white_box) -> None:
     assert 0 < results["chance"]["mAP"] < row["adversarial_disk"]["mAP"]
 
 
+def test_disk_evaluation_equals_features_of_every_written_file(white_box, entry, data) -> None:
+    """Unattacked gallery images (distractors, junk) are not re-read: their clean features stand in.
+    The result must equal extracting every written file."""
+    from metricattack.evaluation.features import evaluate_split_features, extract_features
+
+    out, results = white_box
+    adv = load_dataset("folder", out)
+    assert [r.path.name for r in adv.gallery] == [r.path.name for r in data.gallery]
+    assert any(r.pid <= 0 for r in adv.gallery)  # the fixture has distractors and junk
+    query = extract_features(entry.model, list(data.query), batch_size=8, progress=False)
+    every_file = extract_features(entry.model, list(adv.gallery), batch_size=8, progress=False)
+    ranking = evaluate_split_features(query, every_file, data, EuclideanMetric(), ap="market")
+    assert results["evaluations"][0]["adversarial_disk"]["mAP"] == pytest.approx(ranking.mAP, abs=1e-6)
+
+
 def test_saved_images_respect_eps_layout_and_manifest(white_box, data) -> None:
     out, results = white_box
     adv = load_dataset("folder", out)

@@ -235,6 +235,7 @@ def export_attack(
                 out,
                 dataset,
                 everyone,
+                [_attacked_split_features(f, plan) for f in features],
                 batch_size=batch_size,
                 device=device,
                 file_names=file_names,
@@ -263,12 +264,18 @@ def export_attack(
         return results
 
 
+def _attacked_split_features(features: SplitFeatures, plan) -> torch.Tensor:
+    """Clean features ``[N, D]`` of the split ``plan`` attacks."""
+    return features.query if plan.split == "query" else features.gallery
+
+
 def _write_batches(
     plan,
     spec: AttackSpec,
     out: Path,
     dataset: ReIDDataset,
     everyone: Sequence[ModelEntry],
+    clean_rows: Sequence[torch.Tensor],
     *,
     batch_size: int,
     device,
@@ -290,9 +297,15 @@ def _write_batches(
             save_png(pixels[i].float() / 255.0, out / rel)
             files[rel.as_posix()] = sha256_file(out / rel)
         tensors = {"indices": batch.indices.clone(), "linf_memory": linf_255(batch.adversarial, batch.clean).cpu().contiguous()}
+        # images the attack leaves alone keep their pixels, hence their clean features (not recomputed:
+        # distractors and junk are most of a Market-like gallery)
+        active = plan.active[batch.indices]
         with torch.no_grad():
             for m, entry in enumerate(everyone):
-                tensors[f"features.{m}"] = entry.model(batch.adversarial).float().cpu().contiguous()
+                feats = clean_rows[m][batch.indices].clone()
+                if active.any():
+                    feats[active] = entry.model(batch.adversarial[active.to(batch.adversarial.device)]).float().cpu()
+                tensors[f"features.{m}"] = feats.contiguous()
         stem = batch_dir / f"{batch.number:06d}"
         with atomic_path(stem.with_suffix(".safetensors")) as tmp:
             save_file(tensors, str(tmp))
@@ -355,8 +368,12 @@ def _finish(
 
     pairs = true_positive_pairs(dataset)
     evaluations = []
+    attacked = torch.nonzero(plan.active).flatten().tolist()
     for m, model_entry in enumerate(everyone):
-        disk = extract_features(model_entry.model, adv_records, batch_size=batch_size, device=device, progress=False)
+        disk = _attacked_split_features(features[m], plan).clone()  # unattacked files hold the clean pixels
+        if attacked:
+            chosen = [adv_records[i] for i in attacked]
+            disk[attacked] = extract_features(model_entry.model, chosen, batch_size=batch_size, device=device, progress=False)
         evaluations.append(_evaluate_model(model_entry, m < num_attack, dataset, plan, features[m], memory_feats[m], disk, pairs, ap))
     disk_linf = measured_linf(plan.records, adv_records)
     active = plan.active

@@ -189,7 +189,14 @@ class Run:
 
 
 def _adv_features_work(run: Run, job: AttackJob, tested: str, folder: Path) -> dict[str, Any]:
-    feats = backend.extract(run.models[tested], run.adversarial_gallery(job), run.cfg.evaluation.batch_size, run.device)
+    """Features of an adversarial gallery: the attacked images are read back, the others (written
+    unchanged: distractors, junk, identities without a query) keep their clean features."""
+    assert run.ds is not None
+    records = run.adversarial_gallery(job)
+    feats = run.clean[tested]["gallery"].clone()
+    attacked = torch.nonzero(backend.attacked_mask(run.ds, job.mode, run.cfg.seed)).flatten().tolist()
+    if attacked:
+        feats[attacked] = backend.extract(run.models[tested], [records[i] for i in attacked], run.cfg.evaluation.batch_size, run.device)
     backend.save_tensors(folder / "gallery.safetensors", {"gallery": feats})
     return {"file": "gallery.safetensors"}
 
