@@ -97,6 +97,8 @@ def test_source_rules(tmp_path: Path) -> None:
         ModelSource(model="torchreid:resnet50")
     with pytest.raises(MetricAttackError, match="unknown model format 'torchreid:osnet'"):
         ModelSource(model="torchreid:osnet", weights=tmp_path / "w.pth")
+    with pytest.raises(MetricAttackError, match=r"unknown model format 'torchreid:osnet'; available: torchreid:resnet50"):
+        ma.load_model("torchreid:osnet", weights=tmp_path / "w.pth")  # not mistaken for a checkpoint path
     with pytest.raises(MetricAttackError, match="--weights goes with --model"):
         ModelSource.parse(tmp_path / "model.safetensors", weights=tmp_path / "w.pth")
     assert ModelSource.parse("runs/B1/model.safetensors").label == "B1/model.safetensors"

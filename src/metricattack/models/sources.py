@@ -85,10 +85,11 @@ class ModelSource:
 
     @classmethod
     def parse(cls, spec: str | Path, weights: str | Path | None = None) -> ModelSource:
-        """A source from one string: ``python:...`` or a format name is a model spec, anything else a checkpoint path."""
+        """A source from one string: ``python:...``, a format name or any other ``project:name`` that is
+        not an existing file is a model spec (an unknown one lists the formats); anything else a checkpoint path."""
         text = str(spec)
         weights_path = None if weights is None else Path(weights)
-        if text.startswith(PYTHON_PREFIX) or text in FORMATS:
+        if text.startswith(PYTHON_PREFIX) or text in FORMATS or (":" in text and not Path(text).exists()):
             return cls(model=text, weights=weights_path)
         return cls(checkpoint=Path(text), weights=weights_path)
 
