@@ -17,7 +17,7 @@ from metricattack.cli import main
 from test_benchmark_framework import check_report
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = {"dataset", "model", "features", "xqda", "attack", "adv_features", "defended", "adaptive"}
+HEAVY = {"dataset", "model", "features", "learned_metric", "attack", "adv_features", "defended", "adaptive"}
 
 
 @pytest.fixture(scope="module")

@@ -71,18 +71,98 @@ def test_shipped_configs_validate() -> None:
         assert cfg.models, path
 
 
+MINIMAL = """
+dataset: {synthetic: {num_train_ids: 4, num_test_ids: 3}}
+models:
+  - name: B1
+    train: &r {model: {backbone: resnet18}, loss: {cross_entropy: {}}, schedule: {epochs: 1}}
+  - {name: B2, train: *r}
+"""
+
+
 def test_config_errors_name_the_problem(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("models:\n  - {name: B1, train: {}}\n  - {name: B1, train: {}}\n")
+    path.write_text(MINIMAL.replace("name: B2", "name: B1"))
     with pytest.raises(ConfigError, match="unique"):
         load_benchmark_config(path)
-    path.write_text("models:\n  - {name: B1}\n")
+    path.write_text(MINIMAL.replace("{name: B2, train: *r}", "{name: B2}"))
     with pytest.raises(ConfigError, match="exactly one of"):
         load_benchmark_config(path)
-    path.write_text("models:\n  - {name: B1, train: {}}\n")
+    path.write_text(MINIMAL)
     with pytest.raises(ConfigError, match="unknown experiment"):
         load_benchmark_config(path, only=["table9"])
     assert load_benchmark_config(path, only=["table2"]).selected() == ["table2"]
+
+
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        ("attack.metric=eucldean", "attack.metric: Value error, unknown metric 'eucldean'"),
+        ("attack.methods=[fgsm,ifgms]", "attack.methods.1"),
+        ("experiments.table5.settings.method=bogus", "experiments.table5.settings.method"),
+        ("experiments.table5.settings.training_attack.attack.eps=300", "experiments.table5.settings.training_attack.attack.eps"),
+        ("experiments.fig5.metrics=[euclidean,xqd]", "experiments.fig5.metrics.1"),
+        ("models.B2.train.optimizer.lrr=1", "models.1.train.optimizer.lrr"),
+        ("models.1.train.model.backbone=resnet99", "unknown backbone 'resnet99'"),
+        ("models.B1.train.loss={triplet: {}}", "loss.triplet needs batch.sampler: pk"),
+        ("dataset.synthetic.num_train_id=3", "dataset.synthetic.num_train_id"),
+        ("dataset.name=market1502", "unknown dataset 'market1502'"),
+        ("experiments.targeted.model=B9", "experiments.targeted.model 'B9' is not one of the models"),
+    ],
+)
+def test_typos_fail_at_load(tmp_path: Path, override: str, where: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL)
+    with pytest.raises(ConfigError) as caught:
+        load_benchmark_config(path, [override])
+    assert where in str(caught.value)
+
+
+def test_overrides_reach_list_entries_by_index_or_name(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL)
+    cfg = load_benchmark_config(path, ["models.1.train.seed=3", "models.B1.train.schedule.epochs=7", "attack.methods=[pgd]"])
+    assert [m.train.seed for m in cfg.models if m.train] == [0, 3]
+    assert cfg.models[0].train is not None and cfg.models[0].train.schedule.epochs == 7
+    assert cfg.attack.spec("pgd").uses_random_start
+    with pytest.raises(ConfigError, match=r"'B3' is not an entry of a list of 2 \(use an index 0..1 or one of the names B1, B2\)"):
+        load_benchmark_config(path, ["models.B3.train.seed=1"])
+
+
+def test_train_config_file_is_read_at_load_with_inline_overrides(tmp_path: Path) -> None:
+    (tmp_path / "b1.yaml").write_text(
+        "data: {dataset: market1501, root: /elsewhere, cache: true}\nmodel: {backbone: resnet18}\nloss: {cross_entropy: {}}\nschedule: {epochs: 60}\n"
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL.replace("{name: B2, train: *r}", "{name: B2, train_config: b1.yaml}"))
+    cfg = load_benchmark_config(path, ["models.B2.train.schedule.epochs=2"])
+    recipe = cfg.models[1].train
+    assert recipe is not None and recipe.schedule.epochs == 2 and recipe.data.cache
+    train = recipe.train_config("folder", tmp_path / "data", "cpu", "test")
+    assert (train.data.dataset, train.data.root, train.device) == ("folder", tmp_path / "data", "cpu")
+    (tmp_path / "b1.yaml").write_text("model: {backbone: resnet18}\nloss: {cross_entropy: {}}\nschedule: {epochs: 60, epocs: 2}\n")
+    with pytest.raises(ConfigError, match=r"train_config .*b1.yaml[\s\S]*schedule.epocs"):
+        load_benchmark_config(path)
+
+
+def test_recipes_are_checked_against_the_dataset_before_training(tmp_path: Path) -> None:
+    from metricattack.benchmark.backend import check_trainable
+    from metricattack.data.types import ImageRecord, ReIDDataset
+
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL)
+    train = tuple(ImageRecord(tmp_path / f"{pid}_{k}.jpg", pid, k % 2) for pid in range(1, 6) for k in range(4))  # 5 ids x 4 images
+    ds = ReIDDataset("folder", tmp_path, train, train[:1], train[1:2])
+    cfg = load_benchmark_config(
+        path, ["models.B1.train.batch.batch_size=8", "models.B2.train.batch={batch_size: 24, sampler: pk, images_per_id: 4}"]
+    )
+    check_trainable(cfg.models[0], cfg.dataset, ds, str(tmp_path), "cpu")
+    with pytest.raises(ConfigError, match="model B2 cannot train .* 6 identities per batch, but the training set has only 5"):
+        check_trainable(cfg.models[1], cfg.dataset, ds, str(tmp_path), "cpu")
+    with pytest.raises(
+        ConfigError, match="model B1 cannot train .*batch_size=32 is larger than one epoch's worth of training images \\(20\\)"
+    ):
+        check_trainable(load_benchmark_config(path).models[0], cfg.dataset, ds, str(tmp_path), "cpu")
 
 
 # ----------------------------------------------------------------- schema
@@ -135,7 +215,7 @@ def make_results(tmp_path: Path, whitebox: float, blackbox: float) -> schema.Res
     img = [_png(tmp_path / f"i{k}.png", k) for k in range(4)]
     data = {
         "provenance": {
-            "config": {"name": "unit", "attack": {"epsilon": 5}},
+            "config": {"name": "unit", "attack": {"eps": 5}},
             "config_path": "x.yaml",
             "seeds": {"run": 0},
             "versions": {"metricattack": "0"},

@@ -42,7 +42,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+    """Return a copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML).
+
+    A key inside a list is an index (``models.3.train.seed=1``) or the ``name`` of an entry
+    (``models.B4.train.seed=1``); neither may add a list entry.
+    """
     result: dict[str, Any] = _deep_copy(data)
     for item in overrides:
         if "=" not in item:
@@ -51,14 +55,43 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         keys = [k for k in dotted.strip().split(".") if k]
         if not keys:
             raise ConfigError(f"override {item!r} has an empty key")
-        node = result
-        for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {key!r} is not a section")
-            node = child
-        node[keys[-1]] = yaml.safe_load(raw)
+        node: dict[str, Any] | list[Any] = result
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                index = _list_index(node, key, item)
+                if last:
+                    node[index] = yaml.safe_load(raw)
+                else:
+                    node = _section(node[index], ".".join(keys[: depth + 1]), item)
+            elif last:
+                node[key] = yaml.safe_load(raw)
+            else:
+                node = _section(node.setdefault(key, {}), ".".join(keys[: depth + 1]), item)
     return result
+
+
+def _section(child: Any, where: str, item: str) -> dict[str, Any] | list[Any]:
+    if not isinstance(child, dict | list):
+        raise ConfigError(f"override {item!r}: {where!r} is not a section")
+    return child
+
+
+def _list_index(entries: list[Any], key: str, item: str) -> int:
+    """Position of ``key`` in a config list: an index (``3``, ``-1``) or the ``name`` of an entry."""
+    names = [e.get("name") if isinstance(e, dict) else None for e in entries]
+    if key in names:
+        return names.index(key)
+    try:
+        index = int(key)
+    except ValueError:
+        index = None
+    if index is None or not -len(entries) <= index < len(entries):
+        named = f" or one of the names {', '.join(str(n) for n in names)}" if any(n is not None for n in names) else ""
+        raise ConfigError(
+            f"override {item!r}: {key!r} is not an entry of a list of {len(entries)} (use an index 0..{len(entries) - 1}{named})"
+        )
+    return index % len(entries)
 
 
 def _deep_copy(data: Any) -> Any:

@@ -113,26 +113,36 @@ def paper_steps(eps: float) -> int:
     return max(1, int(min(eps + 4.0, 1.25 * eps)))
 
 
-class AttackSpec(StrictModel):
-    """One attack method with its parameters (all pixel quantities in 0..255 units).
+class StepSizes(StrictModel):
+    """The size of an attack, in 0..255 pixel units: shared by :class:`AttackSpec` and the
+    benchmark's attack section (which applies them to several methods and ε).
 
     Attributes:
-        method: a :data:`METHODS` name: ``fgsm`` (Eq. 5), ``ifgsm`` (Eq. 6), ``mifgsm`` (Eq. 7), ``pgd``, ...
         eps: L∞ radius ε, ``0 < ε ≤ 255``.
         alpha: step size α of the iterative methods, ``0 < α ≤ ε`` (ignored by FGSM); by default
             the paper's 1, or ε when ε < 1.
         steps: iterations n; ``None`` → :func:`paper_steps` (FGSM: always 1).
         mu: momentum decay μ of MI-FGSM.
+    """
+
+    eps: float = Field(default=5.0, gt=0, le=255, allow_inf_nan=False)
+    alpha: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    steps: int | None = Field(default=None, ge=1)
+    mu: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+
+
+class AttackSpec(StepSizes):
+    """One attack method with its parameters (all pixel quantities in 0..255 units; ε, α, n, μ
+    as in :class:`StepSizes`).
+
+    Attributes:
+        method: a :data:`METHODS` name: ``fgsm`` (Eq. 5), ``ifgsm`` (Eq. 6), ``mifgsm`` (Eq. 7), ``pgd``, ...
         random_start: PGD's uniform start in the ε-ball (``None`` → on for PGD only).
         seed: seeds PGD's random start (per image, so batching does not change it) and the
             targeted setting's target assignment.
     """
 
     method: MethodName = "ifgsm"
-    eps: float = Field(5.0, gt=0, le=255, allow_inf_nan=False)
-    alpha: float = Field(1.0, gt=0, allow_inf_nan=False)
-    steps: int | None = Field(None, ge=1)
-    mu: float = Field(1.0, ge=0, allow_inf_nan=False)
     random_start: bool | None = None
     seed: int = 0
 

@@ -15,23 +15,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.types import ImageRecord, ReIDDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, MetricAttackError
 from ..io import atomic_path, sha256_file
+from ..training.config import TrainConfig
 from .config import AttackSection, BenchmarkConfig, DatasetSection, ModelSection
 
 
 # --------------------------------------------------------------------------- dataset
 def dataset_work(section: DatasetSection, folder: Path) -> dict[str, Any]:
     """Generate the synthetic dataset into ``folder/data`` (real datasets are only parsed)."""
-    if section.name != "synthetic":
+    if section.synthetic is None:
         return {"root": str(section.root)}
-    from ..data.synthetic import SynthConfig, generate
+    from ..data.synthetic import generate
 
-    try:
-        synth = SynthConfig(**section.synthetic)
-    except Exception as exc:  # pydantic ValidationError
-        raise ConfigError(f"dataset.synthetic: {exc}") from None
-    root = generate(folder / "data", synth)
+    root = generate(folder / "data", section.synthetic)
     return {"root": str(Path(root).resolve())}
 
 
@@ -39,7 +36,7 @@ def open_dataset(section: DatasetSection, root: str) -> ReIDDataset:
     """Parse the dataset at ``root`` (synthetic data and adversarial copies use ``folder``)."""
     from ..data.layouts import load_dataset
 
-    return load_dataset("folder" if section.name == "synthetic" else section.name, root)
+    return load_dataset(section.layout, root)
 
 
 def open_folder_dataset(root: str | Path) -> ReIDDataset:
@@ -55,36 +52,33 @@ def fingerprint(ds: ReIDDataset) -> str:
 
 
 # --------------------------------------------------------------------------- models
-def train_settings(model: ModelSection) -> dict[str, Any]:
-    """The TrainConfig fields of ``model`` (inline ``train`` or the ``train_config`` file)."""
-    if model.train is not None:
-        return dict(model.train)
-    if model.train_config is not None:
-        from ..config import read_yaml
-
-        return read_yaml(model.train_config)
-    return {}
+def train_config(model: ModelSection, dataset: DatasetSection, dataset_root: str, device: str) -> TrainConfig:
+    """The TrainConfig of ``model``, training on the benchmark's dataset and device."""
+    if model.train is None:
+        raise ConfigError(f"model {model.name} has no training recipe (it is given as a checkpoint)")
+    return model.train.train_config(dataset.layout, dataset_root, device, f"model {model.name} training config")
 
 
-def train_config(model: ModelSection, dataset: DatasetSection, dataset_root: str, device: str) -> Any:
-    """The validated TrainConfig of ``model``, training on the benchmark's dataset and device."""
-    from ..config import validate
-    from ..training import TrainConfig
+def check_trainable(model: ModelSection, dataset: DatasetSection, ds: ReIDDataset, dataset_root: str, device: str) -> None:
+    """Fail now, naming the model, if its recipe cannot train on ``ds`` (e.g. the P×K sampler
+    needs more identities than the training split has): the trainer's own batching rules, run
+    on the records without reading an image."""
+    if model.train is None:
+        return
+    from ..training.data import TrainImages, relabel
+    from ..training.trainer import build_loader
 
-    settings = train_settings(model)
-    data = dict(settings.get("data") or {})
-    data["dataset"] = "folder" if dataset.name == "synthetic" else dataset.name
-    data["root"] = dataset_root
-    settings["data"] = data
-    settings["device"] = device
-    return validate(TrainConfig, settings, f"model {model.name} training config")
+    cfg = train_config(model, dataset, dataset_root, device)
+    try:
+        records, labels, _ = relabel(ds.train)
+        build_loader(cfg, TrainImages(records, labels, cfg.model.input_size, cfg.augmentation), labels, 0, 1)
+    except MetricAttackError as exc:
+        raise ConfigError(f"model {model.name} cannot train on dataset {dataset.name}: {exc}") from None
 
 
 def model_work(model: ModelSection, dataset: DatasetSection, dataset_root: str, device: str, folder: Path) -> dict[str, Any]:
     """Train ``model`` on the dataset (or reference its given checkpoint)."""
     if model.checkpoint is not None:
-        if not model.checkpoint.is_file():
-            raise ConfigError(f"model {model.name}: checkpoint {model.checkpoint} does not exist")
         return {"checkpoint": str(model.checkpoint), "sha256": sha256_file(model.checkpoint)}
     from ..training import train
 
@@ -127,27 +121,16 @@ def features_work(model: torch.nn.Module, ds: ReIDDataset, batch_size: int, devi
 
 
 # --------------------------------------------------------------------------- metrics
-def xqda_work(train_features: torch.Tensor, ds: ReIDDataset, folder: Path) -> dict[str, Any]:
-    """Fit XQDA on one model's training features and save it as a metric file."""
-    from ..metrics.distance import save_metric
-    from ..metrics.xqda import fit_xqda
+def learned_metric_work(kind: str, train_features: torch.Tensor, ds: ReIDDataset, folder: Path) -> dict[str, Any]:
+    """Fit the learned metric ``kind`` on one model's training features (identities only) and save it."""
+    from ..metrics.learned import fit_learned, save_learned_metric
 
     pids = torch.tensor([r.pid for r in ds.train])
     camids = torch.tensor([r.camid for r in ds.train])
     keep = pids > 0
-    fit = fit_xqda(train_features[keep], pids[keep], camids[keep])
-    metric = _metric_of_fit(fit)
-    save_metric(metric, folder / "xqda.safetensors", {"fit": fit.info})
-    return {"file": "xqda.safetensors"}
-
-
-def _metric_of_fit(fit: Any) -> Any:
-    from ..metrics.distance import build_metric
-
-    metric = getattr(fit, "metric", None)
-    if metric is not None:
-        return metric
-    return build_metric("mahalanobis", projection=torch.as_tensor(fit.projection, dtype=torch.float32))
+    fit = fit_learned(kind, train_features[keep], pids[keep], camids[keep])
+    save_learned_metric(fit, folder / "metric.safetensors")
+    return {"file": "metric.safetensors"}
 
 
 def load_metric_file(path: Path) -> Any:
@@ -184,17 +167,8 @@ def attack_work(
     resumes by itself when the stage is re-run after an interruption.
     """
     from ..attacks.export import ModelEntry, export_attack
-    from ..attacks.spec import make_spec
 
-    spec = make_spec(
-        f"attack {job['id']}",
-        method=job["method"],
-        eps=job["epsilon"],
-        alpha=min(attack.alpha, job["epsilon"]),
-        steps=None if job["method"] == "fgsm" else attack.steps,
-        mu=attack.momentum,
-        seed=seed,
-    )
+    spec = attack.spec(job["method"], job["epsilon"], seed)
     entries = [ModelEntry(m, metric, rec) for m, metric, rec in zip(models, metrics, records, strict=True)]
     out = export_attack(
         entries,
@@ -247,13 +221,6 @@ def targeted_success(metric: Any, q: torch.Tensor, g: torch.Tensor, ds: ReIDData
     from ..attacks.runner import targeted_success as _success
 
     return _success(metric, q, g, ds, targets)
-
-
-def steps_for(epsilon: float, steps: int | None, method: str) -> int:
-    """Iterations n: 1 for FGSM, else ``steps`` or the paper's ``min(ε + 4, 1.25 ε)``."""
-    if method == "fgsm":
-        return 1
-    return steps if steps is not None else max(1, int(min(epsilon + 4, 1.25 * epsilon)))
 
 
 def resolve_device(cfg: BenchmarkConfig) -> str:

@@ -1,105 +1,235 @@
 """The benchmark config: which data, which base models, which attacks, which experiments.
 
-Loaded with :func:`load_benchmark_config` (YAML + ``a.b=value`` overrides). Paths in the
-file are resolved relative to the file's folder. See ``configs/quickstart.yaml`` for a
-commented example and ``configs/paper/market1501.yaml`` for the paper's settings.
+Loaded with :func:`load_benchmark_config` (YAML + ``a.b=value`` overrides, list entries by
+index or name: ``models.B4.train.seed=1``). Every section is typed with the models the
+commands use (:class:`~metricattack.data.synthetic.SynthConfig`,
+:class:`~metricattack.training.config.TrainRecipe`, :class:`~metricattack.attacks.spec.StepSizes`,
+the defense's sections), so a typo fails at load, before any work. Paths in the file are
+resolved relative to the file's folder. See ``configs/quickstart.yaml`` for a commented
+example and ``configs/paper/market1501.yaml`` for the paper's settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
+from ..attacks.spec import AttackSpec, MethodName, StepSizes
 from ..config import StrictModel, apply_overrides, read_yaml, validate
+from ..data.layouts import DATASETS
+from ..data.synthetic import SynthConfig
+from ..defense.config import AdaptiveSection, RetrainSection, TrainingSetAttack
 from ..errors import ConfigError
+from ..evaluation.ranking import APConvention
+from ..metrics.distance import parameter_free_metrics
+from ..metrics.learned import LEARNED_METRICS
+from ..training.config import RUNTIME_FIELDS, TrainConfig, TrainRecipe
 
-Method = Literal["fgsm", "ifgsm", "mifgsm"]
 EXPERIMENTS = ("table1", "table2", "table4", "table5", "fig1", "fig3", "fig4", "fig5", "classification", "targeted")
+SYNTHETIC = "synthetic"
+
+
+def learned_metrics() -> tuple[str, ...]:
+    """Metrics the benchmark fits per model on its training features (XQDA, KISSME)."""
+    return LEARNED_METRICS.names()
+
+
+def benchmark_metrics() -> tuple[str, ...]:
+    """Metrics an attack or a test may use: the parameter-free ones and the learned ones."""
+    return (*parameter_free_metrics(), *learned_metrics())
+
+
+def _known_metric(name: str) -> str:
+    if name not in benchmark_metrics():
+        raise ValueError(f"unknown metric {name!r}; available: {', '.join(benchmark_metrics())}")
+    return name
+
+
+MetricName = Annotated[str, AfterValidator(_known_metric)]
 
 
 class DatasetSection(StrictModel):
-    """``name: synthetic`` generates data from ``synthetic`` (SynthConfig fields); any other
-    name is a layout of :func:`metricattack.data.layouts.load_dataset` read from ``root``."""
+    """``name: synthetic`` generates data from ``synthetic`` (a SynthConfig); any other name
+    is a dataset layout of :func:`metricattack.data.layouts.load_dataset` read from ``root``."""
 
-    name: str = "synthetic"
+    name: str = SYNTHETIC
     root: Path | None = None
-    synthetic: dict[str, Any] = Field(default_factory=dict)
+    synthetic: SynthConfig | None = None
 
     @model_validator(mode="after")
-    def _root_for_real_data(self) -> DatasetSection:
-        if self.name != "synthetic" and self.root is None:
-            raise ValueError(f"dataset.root is required for dataset {self.name!r} (the folder holding it)")
+    def _source(self) -> DatasetSection:
+        known = (SYNTHETIC, *DATASETS)
+        if self.name not in known:
+            raise ValueError(f"unknown dataset {self.name!r}; available: {', '.join(known)}")
+        if self.name == SYNTHETIC:
+            if self.synthetic is None:
+                raise ValueError("dataset.synthetic (the generator's settings) is required for the synthetic dataset")
+            if self.root is not None:
+                raise ValueError("dataset.root is not used by the synthetic dataset (it is generated into the run folder)")
+        else:
+            if self.root is None:
+                raise ValueError(f"dataset.root is required for dataset {self.name!r} (the folder holding it)")
+            if self.synthetic is not None:
+                raise ValueError(f"dataset.synthetic applies to the synthetic dataset only, not to {self.name!r}")
         return self
+
+    @property
+    def layout(self) -> str:
+        """The layout name the dataset (and every adversarial copy of it) is read with."""
+        return "folder" if self.name == SYNTHETIC else self.name
+
+
+class RecipeData(StrictModel):
+    """The data options of a recipe inside the benchmark (the dataset itself is the benchmark's)."""
+
+    cache: bool = Field(default=False, description="decode + resize every training image once and keep it in memory (uint8)")
+
+
+class ModelTraining(TrainRecipe):
+    """A :class:`TrainRecipe` trained on the benchmark's dataset, on the benchmark's device."""
+
+    data: RecipeData = RecipeData()
+
+    def train_config(self, layout: str, root: str | Path, device: str, source: str) -> TrainConfig:
+        """The TrainConfig that trains this recipe on the dataset at ``root``."""
+        fields = self.model_dump(mode="json")
+        fields["data"] = {**fields["data"], "dataset": layout, "root": str(root)}
+        fields["device"] = device
+        return validate(TrainConfig, fields, source)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s keys replaced (recursively for sections)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 class ModelSection(StrictModel):
-    """One base model: trained from ``train`` (TrainConfig fields, inline) or ``train_config``
-    (a TrainConfig YAML file), or taken as is from ``checkpoint``."""
+    """One base model: trained from ``train`` (a TrainRecipe, inline) and/or ``train_config``
+    (a training YAML read at load time; inline ``train`` keys override it, and its
+    ``data.dataset`` / ``data.root`` are replaced by the benchmark's dataset), or taken as
+    is from ``checkpoint``."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    train: dict[str, Any] | None = None
+    train: ModelTraining | None = None
     train_config: Path | None = None
     checkpoint: Path | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_train_config(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("train_config") is None:
+            return data
+        path = Path(data["train_config"])
+        recipe = read_yaml(path)
+        recipe["data"] = {k: v for k, v in (recipe.get("data") or {}).items() if k not in ("dataset", "root")}
+        recipe = _merge(recipe, data.get("train") or {})
+        validate(ModelTraining, recipe, f"model {data.get('name')!r}: train_config {path} (with the model's train entries over it)")
+        return {**data, "train": recipe}
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
-        given = [n for n in ("train", "train_config", "checkpoint") if getattr(self, n) is not None]
-        if len(given) != 1:
+        if (self.train is None) == (self.checkpoint is None):
+            given = [n for n in ("train", "train_config", "checkpoint") if getattr(self, n) is not None]
             raise ValueError(f"model {self.name!r} needs exactly one of train / train_config / checkpoint, got {given or 'none'}")
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise ValueError(f"model {self.name!r}: checkpoint {self.checkpoint} does not exist")
         return self
+
+    def stage_config(self) -> dict[str, Any]:
+        """What identifies the model's training stage (the recipe, without runtime-only fields)."""
+        if self.train is None:
+            return {"checkpoint": str(self.checkpoint)}
+        recipe = self.train.model_dump(mode="json")
+        for name in RUNTIME_FIELDS:
+            if name != "device":
+                recipe.pop(name, None)
+        return {"train": recipe}
 
 
 class EvaluationSection(StrictModel):
-    ap: Literal["market", "noninterp"] = "market"
-    batch_size: int = Field(64, ge=1)
+    ap: APConvention = "market"
+    batch_size: PositiveInt = 64
 
 
-class AttackSection(StrictModel):
-    """Shared attack settings (paper defaults: ε = 5, α = 1, μ = 1, n = min(ε + 4, 1.25 ε))."""
+class AttackSection(StepSizes):
+    """Shared attack settings: ε (``eps``), α, n (``steps``), μ (``mu``) as in
+    :class:`~metricattack.attacks.spec.AttackSpec` (paper defaults: ε = 5, α = 1, μ = 1,
+    n = min(ε + 4, 1.25 ε)), applied to every method of ``methods``; α is capped at each
+    attack's ε."""
 
-    epsilon: float = Field(5.0, gt=0, le=255)
-    alpha: float = Field(1.0, gt=0)
-    momentum: float = Field(1.0, ge=0)
-    steps: int | None = Field(None, ge=1)
-    methods: list[Method] = Field(default_factory=lambda: ["fgsm", "ifgsm", "mifgsm"])
-    metric: str = "euclidean"
-    batch_size: int = Field(32, ge=1)
+    methods: list[MethodName] = Field(default_factory=lambda: ["fgsm", "ifgsm", "mifgsm"], min_length=1)
+    metric: MetricName = "euclidean"
+    batch_size: PositiveInt = 32
+
+    def spec(self, method: str, eps: float | None = None, seed: int = 0) -> AttackSpec:
+        """The AttackSpec of ``method`` at ``eps`` (default: this section's ε)."""
+        eps = self.eps if eps is None else eps
+        return validate(
+            AttackSpec,
+            {
+                "method": method,
+                "eps": eps,
+                "alpha": min(self.alpha, eps),
+                "steps": None if method == "fgsm" else self.steps,
+                "mu": self.mu,
+                "seed": seed,
+            },
+            f"attack {method} at eps {eps:g}",
+        )
 
 
 class Fig1Section(StrictModel):
-    examples: int = Field(3, ge=1)
+    examples: PositiveInt = 3
     model: str | None = None
 
 
 class Fig4Section(StrictModel):
-    probes: int = Field(2, ge=1)
-    top_k: int = Field(10, ge=1)
+    probes: PositiveInt = 2
+    top_k: PositiveInt = 10
     model: str | None = None
-    method: Method = "ifgsm"
+    method: MethodName = "ifgsm"
 
 
 class Fig5Section(StrictModel):
-    epsilons: list[float] = Field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0, 8.0])
-    methods: list[Method] = Field(default_factory=lambda: ["fgsm", "ifgsm"])
-    metrics: list[str] = Field(default_factory=lambda: ["euclidean", "xqda"])
+    epsilons: list[Annotated[float, Field(gt=0, le=255)]] = Field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0, 8.0], min_length=1)
+    methods: list[MethodName] = Field(default_factory=lambda: ["fgsm", "ifgsm"], min_length=1)
+    metrics: list[MetricName] = Field(default_factory=lambda: ["euclidean", "xqda"], min_length=1)
     model: str | None = None
 
 
 class SingleModelSection(StrictModel):
     model: str | None = None
-    method: Method = "ifgsm"
+    method: MethodName = "ifgsm"
 
 
-class DefenceSection(StrictModel):
-    """Table 5 (metric-preserving models); passed to the defence module when it exists."""
+class Table5Settings(StrictModel):
+    """How Table 5's metric-preserving models are made and attacked.
+
+    ``method`` is the attack of the adversarial galleries Table 5 tests (one per base model,
+    with the benchmark's ε, α, μ); the other sections are those of
+    :class:`~metricattack.defense.config.DefenseConfig`.
+    """
+
+    method: MethodName = "ifgsm"
+    training_attack: TrainingSetAttack = TrainingSetAttack()
+    retrain: RetrainSection = RetrainSection()
+    adaptive: AdaptiveSection = AdaptiveSection()
+    adaptive_normal: bool = Field(default=True, description="also attack the normal models white-box, for comparison")
+
+
+class Table5Section(StrictModel):
+    """Table 5 (metric-preserving models)."""
 
     enabled: bool = True
-    models: list[str] | None = Field(None, description="base models to defend (default: all)")
-    settings: dict[str, Any] = Field(default_factory=dict)
+    models: list[str] | None = Field(default=None, description="base models to defend (default: all)")
+    settings: Table5Settings = Table5Settings()
 
 
 class ExperimentsSection(StrictModel):
@@ -111,7 +241,7 @@ class ExperimentsSection(StrictModel):
     fig5: Fig5Section = Fig5Section()
     classification: SingleModelSection = SingleModelSection()
     targeted: SingleModelSection = SingleModelSection()
-    table5: DefenceSection = DefenceSection()
+    table5: Table5Section = Table5Section()
     table2_title: str = "Table 2"
 
 
@@ -119,7 +249,7 @@ class BenchmarkConfig(StrictModel):
     name: str = "benchmark"
     seed: int = 0
     device: str = "cpu"
-    dataset: DatasetSection = DatasetSection()
+    dataset: DatasetSection
     models: list[ModelSection] = Field(min_length=1)
     evaluation: EvaluationSection = EvaluationSection()
     attack: AttackSection = AttackSection()
@@ -137,6 +267,13 @@ class BenchmarkConfig(StrictModel):
         for chosen in self.experiments.table5.models or []:
             if chosen not in names:
                 raise ValueError(f"experiments.table5.models: {chosen!r} is not one of the models {names}")
+        if "table5" in self.selected() and self.experiments.table5.enabled:
+            given = [m.name for m in self.models if m.name in self.defended_models() and m.train is None]
+            if given:
+                raise ValueError(
+                    f"Table 5 retrains its models with their recipe, but {given} are given as checkpoints; "
+                    "list the others in experiments.table5.models or disable it (experiments.table5.enabled: false)"
+                )
         for exp in self.experiments.only or []:
             if exp not in EXPERIMENTS:
                 raise ValueError(f"unknown experiment {exp!r} in experiments.only; expected some of {', '.join(EXPERIMENTS)}")
@@ -147,7 +284,8 @@ class BenchmarkConfig(StrictModel):
 
     def chosen_model(self, section: str) -> str:
         """The model an experiment section attacks (its ``model`` or the first model)."""
-        return getattr(self.experiments, section).model or self.models[0].name
+        chosen: str | None = getattr(self.experiments, section).model
+        return chosen or self.models[0].name
 
     def defended_models(self) -> list[str]:
         """The base models Table 5 defends."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..config import validate
+from .config import BenchmarkConfig, Table5Settings
 from .jobs import single
 from .schema import Table5, Table5Cell
 from .stages import StageSpec, progress
@@ -24,15 +25,13 @@ CODE_DEFENCE = ("data", "models", "training", "attacks", "metrics", "defense")
 SUFFIX = "#M"
 
 
-def settings_of(run: Run) -> Any:
-    from ..defense.config import DefenseSettings
-
-    return validate(DefenseSettings, dict(run.cfg.experiments.table5.settings), "experiments.table5.settings")
+def settings_of(run: Run) -> Table5Settings:
+    return run.cfg.experiments.table5.settings
 
 
-def method_of(cfg: Any) -> str:
-    """The attack method of Table 5's adversarial galleries (without importing the defence)."""
-    return str(cfg.experiments.table5.settings.get("method", "ifgsm"))
+def method_of(cfg: BenchmarkConfig) -> str:
+    """The attack method of Table 5's adversarial galleries."""
+    return cfg.experiments.table5.settings.method
 
 
 def defended_name(base: str) -> str:

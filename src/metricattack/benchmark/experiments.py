@@ -113,7 +113,7 @@ def table2(run: Run) -> Table2:
     for j in range(len(names)):
         worst = min(range(len(rows)), key=lambda i: rows[i].cells[j].ranking.mAP)
         rows[worst].cells[j].worst_in_column = True
-    return Table2(title=run.cfg.experiments.table2_title, epsilon=run.cfg.attack.epsilon, clean_mAP=clean, rows=rows)
+    return Table2(title=run.cfg.experiments.table2_title, epsilon=run.cfg.attack.eps, clean_mAP=clean, rows=rows)
 
 
 def fig3(t2: Table2) -> Fig3:
@@ -135,7 +135,7 @@ def table4(run: Run, t2: Table2) -> Table4:
     rows = []
     for holdout, members in ensembles(run.cfg):
         for method in run.cfg.attack.methods:
-            job = AttackJob(members, "nontargeted", method, run.cfg.attack.epsilon, run.cfg.attack.metric)
+            job = AttackJob(members, "nontargeted", method, run.cfg.attack.eps, run.cfg.attack.metric)
             mean_dist = torch.stack([distances(run, m, "euclidean", adv(run, job, m)) for m in members]).mean(0)
             singles = [
                 c.ranking.mAP for r in t2.rows if r.method == method and r.attacked in members for c in r.cells if c.tested == holdout
@@ -151,7 +151,7 @@ def table4(run: Run, t2: Table2) -> Table4:
                     best_single_transfer_mAP=min(singles) if singles else None,
                 )
             )
-    return Table4(epsilon=run.cfg.attack.epsilon, rows=rows)
+    return Table4(epsilon=run.cfg.attack.eps, rows=rows)
 
 
 def classification(run: Run) -> ClassificationVsMetric:

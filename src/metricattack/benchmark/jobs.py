@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import BenchmarkConfig
+from .config import BenchmarkConfig, learned_metrics
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class AttackJob:
 class Plan:
     jobs: list[AttackJob]
     evaluations: list[tuple[AttackJob, str]]  # (job, tested model)
-    xqda_models: list[str]
+    learned: list[tuple[str, str]]  # (model, learned metric) fitted on the model's training features
     train_features: list[str]
 
     def add(self, job: AttackJob, tested: list[str]) -> AttackJob:
@@ -42,12 +42,17 @@ class Plan:
                 self.evaluations.append((job, name))
         return job
 
+    def learn(self, model: str, metric: str) -> None:
+        """Fit ``metric`` for ``model`` if it is a learned metric."""
+        if metric in learned_metrics() and (model, metric) not in self.learned:
+            self.learned.append((model, metric))
+
 
 def single(
     cfg: BenchmarkConfig, model: str, method: str, mode: str = "nontargeted", epsilon: float | None = None, metric: str | None = None
 ) -> AttackJob:
     """The job attacking one model (defaults: the config's ε and attack metric)."""
-    return AttackJob((model,), mode, method, cfg.attack.epsilon if epsilon is None else epsilon, metric or cfg.attack.metric)
+    return AttackJob((model,), mode, method, cfg.attack.eps if epsilon is None else epsilon, metric or cfg.attack.metric)
 
 
 def ensembles(cfg: BenchmarkConfig) -> list[tuple[str, tuple[str, ...]]]:
@@ -71,9 +76,9 @@ def plan(cfg: BenchmarkConfig) -> Plan:
     if "table4" in selected:
         for _, members in ensembles(cfg):
             for method in methods:
-                p.add(AttackJob(members, "nontargeted", method, cfg.attack.epsilon, cfg.attack.metric), names)
+                p.add(AttackJob(members, "nontargeted", method, cfg.attack.eps, cfg.attack.metric), names)
     if "table5" in selected and cfg.experiments.table5.enabled:
-        method = str(cfg.experiments.table5.settings.get("method", "ifgsm"))
+        method = cfg.experiments.table5.settings.method
         for m in names:
             p.add(single(cfg, m, method), names)
     if "classification" in selected:
@@ -95,14 +100,12 @@ def plan(cfg: BenchmarkConfig) -> Plan:
         m = cfg.chosen_model("fig5")
         f5 = cfg.experiments.fig5
         for metric in f5.metrics:
-            if metric == "xqda" and m not in p.xqda_models:
-                p.xqda_models.append(m)
+            p.learn(m, metric)
             for method in f5.methods:
                 for eps in f5.epsilons:
                     p.add(single(cfg, m, method, epsilon=eps, metric=metric), [m])
-        if "xqda" in f5.metrics and m not in p.xqda_models:
-            p.xqda_models.append(m)
-    if cfg.attack.metric == "xqda":
-        p.xqda_models = list(dict.fromkeys(p.xqda_models + [s for j in p.jobs for s in j.sources]))
-    p.train_features = list(p.xqda_models)
+    for job in p.jobs:
+        for source in job.sources:
+            p.learn(source, job.metric)
+    p.train_features = list(dict.fromkeys(m for m, _ in p.learned))
     return p

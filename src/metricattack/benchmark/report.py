@@ -96,7 +96,7 @@ def render_report(res: Results, figures: dict[str, Path]) -> str:
         title=prov.config.get("name", "benchmark"),
         dataset=res.dataset,
         models=[m.name for m in res.models],
-        epsilon=prov.config.get("attack", {}).get("epsilon"),
+        epsilon=prov.config.get("attack", {}).get("eps"),
         ap=prov.ap_convention,
         version=prov.versions.get("metricattack", "?"),
         created=prov.created,

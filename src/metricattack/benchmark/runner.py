@@ -18,7 +18,7 @@ from ..data.types import ReIDDataset
 from ..errors import MetricAttackError
 from ..io import atomic_write_json, environment_versions
 from . import backend, defence, experiments
-from .config import BenchmarkConfig
+from .config import BenchmarkConfig, learned_metrics
 from .figures import write_figures
 from .findings import compute_findings, compute_further_findings
 from .jobs import AttackJob, Plan, plan, single
@@ -64,9 +64,15 @@ class Run:
         self.fingerprint = backend.fingerprint(self.ds)
         return self.ds
 
+    def check_models(self) -> None:
+        """Check every recipe against the dataset before the first training starts."""
+        assert self.ds is not None
+        for m in self.cfg.models:
+            backend.check_trainable(m, self.cfg.dataset, self.ds, self.dataset_root, self.device)
+
     def train_models(self) -> None:
         for m in progress(self.cfg.models, "base models"):
-            config = {"model": m.model_dump(mode="json"), "settings": backend.train_settings(m), "device": self.device}
+            config = {**m.stage_config(), "device": self.device}
             if m.checkpoint is not None:
                 config["sha256"] = backend.sha256_file(m.checkpoint)
             spec = StageSpec("model", m.name, config, upstream=(self.keys["dataset"],), code=CODE_TRAIN)
@@ -96,39 +102,38 @@ class Run:
             self.clean[name] = backend.load_tensors(self.cache.folder(spec) / "features.safetensors")
             self.keys[f"features:{name}"] = spec.key
 
-    def fit_metrics(self, xqda_models: list[str]) -> None:
+    def fit_metrics(self, learned: list[tuple[str, str]]) -> None:
+        """Fit each (model, learned metric) on the model's training features (a stage each)."""
         assert self.ds is not None
-        for name in progress(xqda_models, "XQDA metrics"):
-            spec = StageSpec("xqda", name, {}, upstream=(self.keys[f"features:{name}"],), code=("metrics",))
-            self.cache.run(spec, lambda folder, name=name: backend.xqda_work(self.clean[name]["train"], self.ds, folder))
-            self.metrics[(name, "xqda")] = backend.load_metric_file(self.cache.folder(spec) / "xqda.safetensors")
-            self.keys[f"xqda:{name}"] = spec.key
+        for name, kind in progress(learned, "learned metrics"):
+            spec = StageSpec(
+                "learned_metric", f"{kind}:{name}", {"kind": kind}, upstream=(self.keys[f"features:{name}"],), code=("metrics",)
+            )
+            self.cache.run(
+                spec, lambda folder, name=name, kind=kind: backend.learned_metric_work(kind, self.clean[name]["train"], self.ds, folder)
+            )
+            self.metrics[(name, kind)] = backend.load_metric_file(self.cache.folder(spec) / "metric.safetensors")
+            self.keys[f"{kind}:{name}"] = spec.key
 
     def metric(self, model: str, name: str) -> Any:
         """The metric ``name`` for ``model``'s features (learned metrics are per model)."""
         if (model, name) not in self.metrics:
-            if name == "xqda":
-                raise MetricAttackError(f"XQDA metric of model {model} was not fitted in this run")
+            if name in learned_metrics():
+                raise MetricAttackError(f"{name} metric of model {model} was not fitted in this run")
             self.metrics[(model, name)] = backend.builtin_metric(name)
         return self.metrics[(model, name)]
 
     def attack_spec(self, job: AttackJob) -> StageSpec:
-        a = self.cfg.attack
         config = {
             "sources": list(job.sources),
             "mode": job.mode,
-            "method": job.method,
-            "epsilon": job.epsilon,
             "metric": job.metric,
-            "alpha": a.alpha,
-            "momentum": a.momentum,
-            "steps": backend.steps_for(job.epsilon, a.steps, job.method),
-            "batch_size": a.batch_size,
-            "seed": self.cfg.seed,
+            "spec": self.cfg.attack.spec(job.method, job.epsilon, self.cfg.seed).resolved(),
+            "batch_size": self.cfg.attack.batch_size,
         }
         upstream = [self.keys["dataset"]] + [self.keys[f"model:{s}"] for s in job.sources]
-        if job.metric == "xqda":
-            upstream += [self.keys[f"xqda:{s}"] for s in job.sources]
+        if job.metric in learned_metrics():
+            upstream += [self.keys[f"{job.metric}:{s}"] for s in job.sources]
         return StageSpec("attack", job.id, config, upstream=tuple(upstream), code=CODE_ATTACK)
 
     def run_attacks(self, jobs: list[AttackJob]) -> None:
@@ -223,7 +228,7 @@ def _model_info(run: Run, name: str) -> ModelInfo:
     ckpt = run.checkpoints[name]
     model = run.models[name]
     spec = model.spec() if hasattr(model, "spec") else {}
-    seed = backend.train_settings(section).get("seed")
+    seed = section.train.seed if section.train is not None else None
     description = section.description if name == base else f"metric-preserving {base} (Table 5)"
     return ModelInfo(
         name=name,
@@ -238,16 +243,16 @@ def _model_info(run: Run, name: str) -> ModelInfo:
 
 def _attack_setting(run: Run, job: AttackJob) -> AttackSetting:
     out = run.attacks[job]
-    a = run.cfg.attack
+    spec = run.cfg.attack.spec(job.method, job.epsilon, run.cfg.seed)
     return AttackSetting(
         id=job.id,
         sources=list(job.sources),
         mode=job.mode,
         method=job.method,
         epsilon=job.epsilon,
-        alpha=a.alpha,
-        momentum=a.momentum,
-        steps=backend.steps_for(job.epsilon, a.steps, job.method),
+        alpha=spec.alpha,
+        momentum=spec.mu,
+        steps=spec.num_steps,
         metric=job.metric,
         seed=run.cfg.seed,
         linf=out.get("linf"),
@@ -263,9 +268,10 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
     run = Run(cfg, out)
     the_plan: Plan = plan(cfg)
     ds = run.prepare_dataset()
+    run.check_models()
     run.train_models()
     run.extract_clean(cfg.model_names(), the_plan.train_features)
-    run.fit_metrics(the_plan.xqda_models)
+    run.fit_metrics(the_plan.learned)
     run.run_attacks(the_plan.jobs)
     run.extract_adversarial(the_plan.evaluations)
     if "table5" in cfg.selected() and cfg.experiments.table5.enabled:
@@ -278,11 +284,15 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
     stage_seconds: dict[str, float] = {}
     for entry in read_stage_log(out)[log_before:]:
         stage_seconds[entry["kind"]] = stage_seconds.get(entry["kind"], 0.0) + entry["seconds"]
-    synth_seed = cfg.dataset.synthetic.get("seed") if cfg.dataset.name == "synthetic" else None
+    synth_seed = cfg.dataset.synthetic.seed if cfg.dataset.synthetic is not None else None
     provenance = Provenance(
         config=cfg.model_dump(mode="json"),
         config_path=str(config_path),
-        seeds={"run": cfg.seed, "dataset": synth_seed, "models": {m.name: backend.train_settings(m).get("seed") for m in cfg.models}},
+        seeds={
+            "run": cfg.seed,
+            "dataset": synth_seed,
+            "models": {m.name: m.train.seed if m.train is not None else None for m in cfg.models},
+        },
         versions=environment_versions(),
         ap_convention=cfg.evaluation.ap,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -169,20 +169,6 @@ class DefenseConfig(StrictModel):
     evaluation: EvaluationSection = EvaluationSection()
 
 
-class DefenseSettings(StrictModel):
-    """The ``experiments.table5.settings`` of a benchmark config (Table 5 in the benchmark).
-
-    ``method`` is the attack of the adversarial galleries Table 5 tests (one per base model,
-    with the benchmark's ε, α, μ); the other sections are those of :class:`DefenseConfig`.
-    """
-
-    method: MethodName = "ifgsm"
-    training_attack: TrainingSetAttack = TrainingSetAttack()
-    retrain: RetrainSection = RetrainSection()
-    adaptive: AdaptiveSection = AdaptiveSection()
-    adaptive_normal: bool = Field(True, description="also attack the normal models white-box, for comparison")
-
-
 def load_defense_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DefenseConfig:
     """Load a defense YAML (relative paths are relative to the working directory) with ``key.sub=value`` overrides (one ConfigError naming every bad field)."""
     return load_config(DefenseConfig, path, overrides)

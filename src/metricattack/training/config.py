@@ -242,10 +242,12 @@ class AugmentSection(StrictModel):
     pad: NonNegativeInt = Field(10, description="zero-pad by this many pixels, then randomly crop back (0 = off)")
 
 
-class TrainConfig(StrictModel):
-    """Everything :func:`~metricattack.training.trainer.train` needs."""
+class TrainRecipe(StrictModel):
+    """How to train, without the data source: what :class:`TrainConfig` holds besides ``data``.
 
-    data: DataSection
+    The benchmark's model entries embed it (their data is the benchmark's dataset).
+    """
+
     model: ModelSection
     loss: LossSection
     optimizer: OptimizerSection = OptimizerSection()
@@ -259,19 +261,25 @@ class TrainConfig(StrictModel):
     progress: bool = True
 
     @model_validator(mode="after")
-    def _triplet_needs_pk(self) -> TrainConfig:
+    def _triplet_needs_pk(self) -> TrainRecipe:
         if self.loss.triplet is not None and self.batch.sampler != "pk":
             raise ValueError("loss.triplet needs batch.sampler: pk (batch-hard mining needs several images per identity)")
         return self
 
     @model_validator(mode="after")
-    def _attention_needs_attention_heads(self) -> TrainConfig:
+    def _attention_needs_attention_heads(self) -> TrainRecipe:
         if self.loss.attention is not None and not ARCHITECTURES.get(self.model.architecture).attention_heads:
             with_heads = ", ".join(n for n in ARCHITECTURES.names() if ARCHITECTURES.get(n).attention_heads)
             raise ValueError(
                 f"loss.attention needs a model with attention heads (model.architecture: {with_heads}), not {self.model.architecture}"
             )
         return self
+
+
+class TrainConfig(TrainRecipe):
+    """Everything :func:`~metricattack.training.trainer.train` needs: a recipe and its training data."""
+
+    data: DataSection
 
     def result_defining(self) -> dict[str, Any]:
         """The config without runtime-only fields and ``schedule.epochs`` (compared when resuming)."""
