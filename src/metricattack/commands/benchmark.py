@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set attack.epsilon=8 (repeatable)",
+        help="override a config value, e.g. --set attack.eps=8 or --set models.B4.train.seed=1 (list entries by index or name; repeatable)",
     )
     parser.set_defaults(func=run)
 
