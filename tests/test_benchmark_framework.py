@@ -160,7 +160,7 @@ def test_recipes_are_checked_against_the_dataset_before_training(tmp_path: Path)
     with pytest.raises(ConfigError, match="model B2 cannot train .* 6 identities per batch, but the training set has only 5"):
         check_trainable(cfg.models[1], cfg.dataset, ds, str(tmp_path), "cpu")
     with pytest.raises(
-        ConfigError, match="model B1 cannot train .*batch_size=32 is larger than one epoch's worth of training images \\(20\\)"
+        ConfigError, match="model B1 cannot train .*batch_size=32 is larger than one epoch's worth of training images \\(20"
     ):
         check_trainable(load_benchmark_config(path).models[0], cfg.dataset, ds, str(tmp_path), "cpu")
 
