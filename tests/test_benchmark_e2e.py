@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from metricattack.benchmark.schema import validate_results
-from metricattack.benchmark.stages import read_stage_log
 from metricattack.cli import main
+from metricattack.stages import read_stage_log
 from test_benchmark_framework import check_report
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,9 +1,8 @@
-"""Benchmark framework without models: stage cache, config, schema doc, tables, findings, report."""
+"""Benchmark framework without models: config, schema doc, tables, findings, report."""
 
 from __future__ import annotations
 
 import base64
-import json
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,55 +12,12 @@ from PIL import Image
 
 from metricattack.benchmark import findings, schema
 from metricattack.benchmark.config import load_benchmark_config
-from metricattack.benchmark.figures import write_figures
-from metricattack.benchmark.report import write_report
-from metricattack.benchmark.stages import StageCache, StageSpec, read_stage_log
-from metricattack.benchmark.tables import write_tables
+from metricattack.benchmark.experiments import EXPERIMENTS
+from metricattack.benchmark.runner import write_outputs
 from metricattack.errors import ConfigError
+from metricattack.stages import StageCache
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# ----------------------------------------------------------------- stages
-def test_stage_runs_once_and_logs(tmp_path: Path) -> None:
-    cache = StageCache(tmp_path)
-    calls = []
-
-    def work(folder: Path) -> dict:
-        calls.append(folder)
-        (folder / "x.txt").write_text("done")
-        return {"value": 3}
-
-    spec = StageSpec("demo", "a", {"n": 1})
-    assert cache.run(spec, work) == {"value": 3}
-    assert StageCache(tmp_path).run(spec, work) == {"value": 3}
-    assert len(calls) == 1
-    assert [e["status"] for e in read_stage_log(tmp_path)] == ["ran", "cached"]
-    marker = json.loads((cache.folder(spec) / "stage.json").read_text())
-    assert marker["config"] == {"n": 1} and "versions" in marker
-
-
-def test_stage_key_depends_on_config_upstream_and_code() -> None:
-    base = StageSpec("demo", "a", {"n": 1}, upstream=("k1",), code=("benchmark",))
-    assert base.key == StageSpec("demo", "other label", {"n": 1}, upstream=("k1",), code=("benchmark",)).key
-    assert base.key != StageSpec("demo", "a", {"n": 2}, upstream=("k1",), code=("benchmark",)).key
-    assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k2",), code=("benchmark",)).key
-    assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k1",), code=("io",)).key
-
-
-def test_interrupted_stage_reruns_in_same_folder(tmp_path: Path) -> None:
-    cache = StageCache(tmp_path)
-    spec = StageSpec("demo", "a", {})
-
-    def crash(folder: Path) -> dict:
-        (folder / "partial.txt").write_text("half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        cache.run(spec, crash)
-    assert not cache.is_done(spec)
-    seen = cache.run(spec, lambda folder: {"resumed_from": (folder / "partial.txt").read_text()})
-    assert seen == {"resumed_from": "half"} and cache.is_done(spec)
 
 
 # ----------------------------------------------------------------- config
@@ -146,7 +102,8 @@ def test_train_config_file_is_read_at_load_with_inline_overrides(tmp_path: Path)
 
 
 def test_recipes_are_checked_against_the_dataset_before_training(tmp_path: Path) -> None:
-    from metricattack.benchmark.backend import check_trainable
+    from metricattack.benchmark.context import RunContext
+    from metricattack.benchmark.resources import check_trainable
     from metricattack.data.types import ImageRecord, ReIDDataset
 
     path = tmp_path / "c.yaml"
@@ -156,13 +113,14 @@ def test_recipes_are_checked_against_the_dataset_before_training(tmp_path: Path)
     cfg = load_benchmark_config(
         path, ["models.B1.train.batch.batch_size=8", "models.B2.train.batch={batch_size: 24, sampler: pk, images_per_id: 4}"]
     )
-    check_trainable(cfg.models[0], cfg.dataset, ds, str(tmp_path), "cpu")
+    ctx = RunContext(cfg, StageCache(tmp_path), "cpu", ds, str(tmp_path), "fingerprint")
+    check_trainable(ctx, cfg.models[0])
     with pytest.raises(ConfigError, match="model B2 cannot train .* 6 identities per batch, but the training set has only 5"):
-        check_trainable(cfg.models[1], cfg.dataset, ds, str(tmp_path), "cpu")
+        check_trainable(ctx, cfg.models[1])
     with pytest.raises(
         ConfigError, match="model B1 cannot train .*batch_size=32 is larger than one epoch's worth of training images \\(20"
     ):
-        check_trainable(load_benchmark_config(path).models[0], cfg.dataset, ds, str(tmp_path), "cpu")
+        check_trainable(ctx, load_benchmark_config(path).models[0])
 
 
 # ----------------------------------------------------------------- schema
@@ -328,14 +286,22 @@ def check_report(html: str, expected_figures: set[str]) -> _Collect:
 
 def test_tables_figures_report(tmp_path: Path) -> None:
     res = make_results(tmp_path, whitebox=0.5, blackbox=30.0)
-    tables = write_tables(res, tmp_path / "tables")
-    assert {t.name for t in tables} == {"table1", "table2", "table5"}
+    written = write_outputs(res, tmp_path)
+    assert {p.stem for p in (tmp_path / "tables").glob("*.md")} == {"table1", "table2", "table5"}
     md = (tmp_path / "tables" / "table2.md").read_text()
     assert "0.500†" in md and sum(line.count("†") for line in md.splitlines()[4:]) == 6  # white-box cells
     assert (tmp_path / "tables" / "table2.csv").read_text().splitlines()[0].startswith("Model,Attack,B1 (80.00)")
-    figures = write_figures(res, tmp_path / "figures")
-    assert set(figures) == {"fig1", "fig3", "fig4", "fig5"}
-    html = write_report(res, figures, tmp_path / "report.html").read_text()
-    check_report(html, {"fig1", "fig3", "fig4", "fig5"})
+    assert {p.stem for p in (tmp_path / "figures").glob("*.png")} == {"fig1", "fig3", "fig4", "fig5"}
+    html = written["report"].read_text()
+    parser = check_report(html, {"fig1", "fig3", "fig4", "fig5"})
     assert "not run: disabled in the config" in html
     assert html.count('data-finding="') == 6
+    # every experiment has a section, in the registry's (paper) order; unselected ones say so
+    assert [s for s in parser.links if s in EXPERIMENTS] == list(EXPERIMENTS)
+    assert html.count("not run in this run (not selected).") == 3  # table4, classification, targeted
+
+
+def test_every_results_section_has_one_experiment() -> None:
+    sections = [n for n, f in schema.Results.model_fields.items() if n not in ("findings", "further_findings") and f.default is None]
+    assert list(EXPERIMENTS) == sections
+    assert all(EXPERIMENTS.get(n).name == n for n in EXPERIMENTS)

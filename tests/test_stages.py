@@ -1,4 +1,4 @@
-"""The package's stage cache: slots (defend's stages), damaged outputs, ranks other than 0."""
+"""The package's stage cache: folders per key (run once, logged, keys, resumption), slots (defend's stages), damaged outputs, ranks other than 0."""
 
 from __future__ import annotations
 
@@ -55,3 +55,44 @@ def test_only_rank_zero_writes_markers_and_the_log(tmp_path: Path, monkeypatch: 
     spec = StageSpec("features", "gallery", {})
     assert cache.run(spec, lambda folder: {"rows": 3}) == {"rows": 3}
     assert not cache.is_done(spec) and read_stage_log(tmp_path) == []
+
+
+def test_stage_runs_once_and_logs(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+    calls = []
+
+    def work(folder: Path) -> dict:
+        calls.append(folder)
+        (folder / "x.txt").write_text("done")
+        return {"value": 3}
+
+    spec = StageSpec("demo", "a", {"n": 1})
+    assert cache.run(spec, work) == {"value": 3}
+    assert StageCache(tmp_path).run(spec, work) == {"value": 3}
+    assert len(calls) == 1
+    assert [e["status"] for e in read_stage_log(tmp_path)] == ["ran", "cached"]
+    marker = json.loads((cache.folder(spec) / "stage.json").read_text())
+    assert marker["config"] == {"n": 1} and "versions" in marker
+
+
+def test_stage_key_depends_on_config_upstream_and_code() -> None:
+    base = StageSpec("demo", "a", {"n": 1}, upstream=("k1",), code=("benchmark",))
+    assert base.key == StageSpec("demo", "other label", {"n": 1}, upstream=("k1",), code=("benchmark",)).key
+    assert base.key != StageSpec("demo", "a", {"n": 2}, upstream=("k1",), code=("benchmark",)).key
+    assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k2",), code=("benchmark",)).key
+    assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k1",), code=("io",)).key
+
+
+def test_interrupted_stage_reruns_in_same_folder(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+    spec = StageSpec("demo", "a", {})
+
+    def crash(folder: Path) -> dict:
+        (folder / "partial.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.run(spec, crash)
+    assert not cache.is_done(spec)
+    seen = cache.run(spec, lambda folder: {"resumed_from": (folder / "partial.txt").read_text()})
+    assert seen == {"resumed_from": "half"} and cache.is_done(spec)

@@ -27,8 +27,8 @@ from ..evaluation.ranking import APConvention
 from ..metrics.distance import parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS
 from ..training.config import RUNTIME_FIELDS, TrainConfig, TrainRecipe
+from .experiments import EXPERIMENTS
 
-EXPERIMENTS = ("table1", "table2", "table4", "table5", "fig1", "fig3", "fig4", "fig5", "classification", "targeted")
 SYNTHETIC = "synthetic"
 
 
@@ -276,7 +276,7 @@ class BenchmarkConfig(StrictModel):
                 )
         for exp in self.experiments.only or []:
             if exp not in EXPERIMENTS:
-                raise ValueError(f"unknown experiment {exp!r} in experiments.only; expected some of {', '.join(EXPERIMENTS)}")
+                raise ValueError(f"experiments.only: unknown experiment {exp!r}; available: {', '.join(EXPERIMENTS)}")
         return self
 
     def model_names(self) -> list[str]:
@@ -322,6 +322,6 @@ def load_benchmark_config(path: str | Path, overrides: Sequence[str] = (), only:
     if only:
         unknown = [o for o in only if o not in EXPERIMENTS]
         if unknown:
-            raise ConfigError(f"--only {','.join(unknown)}: unknown experiment; expected some of {', '.join(EXPERIMENTS)}")
+            raise ConfigError(f"--only {','.join(unknown)}: unknown experiment; available: {', '.join(EXPERIMENTS)}")
         data.setdefault("experiments", {})["only"] = list(only)
     return validate(BenchmarkConfig, data, str(path))

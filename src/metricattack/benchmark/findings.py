@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from statistics import mean
 
-from .schema import Finding, Results, Table2
+from .schema import Finding, Results, Status, Table2
 
 NEAR_ZERO_RATIO = 0.10  # white-box I-FGSM mAP at most 10% of clean mAP
 FAR_ABOVE_FACTOR = 3.0  # mean black-box mAP at least 3x mean white-box mAP
@@ -23,7 +23,7 @@ FURTHER_TITLES = {
     8: "Changing the metric between attack and test helps the defender (Fig. 5)",
     9: "Metric-preserving models keep clean mAP (drop ≤ 10%) and raise mAP on adversarial galleries (Table 5)",
 }
-DEFENCE_CLEAN_DROP = 0.10
+DEFENSE_CLEAN_DROP = 0.10
 
 TITLES = {
     1: "White-box I-FGSM drives mAP near zero",
@@ -39,7 +39,7 @@ def _not_measured(fid: int, why: str) -> Finding:
     return Finding(id=fid, title=TITLES[fid], status="not measured", summary=why)
 
 
-def _verdict(ok: bool) -> str:
+def _verdict(ok: bool) -> Status:
     return "holds" if ok else "does not hold"
 
 
@@ -119,13 +119,13 @@ def finding3(res: Results) -> Finding:
 
 def finding4(res: Results) -> Finding:
     t = res.table4
-    rows = [r for r in (t.rows if t else []) if r.best_single_transfer_mAP is not None]
+    rows = [(r, best) for r in (t.rows if t else []) if (best := r.best_single_transfer_mAP) is not None]
     if not rows:
         return _not_measured(4, "Needs Table 4 (ensembles of ≥ 2 models) and Table 2 for the single-model transfers.")
-    wins = [r for r in rows if r.holdout_mAP < r.best_single_transfer_mAP]
-    numbers = {f"{r.holdout}.{r.method}.ensemble_holdout_mAP": r.holdout_mAP for r in rows}
-    numbers |= {f"{r.holdout}.{r.method}.best_single_mAP": r.best_single_transfer_mAP for r in rows}
-    detail = "; ".join(f"-{r.holdout} {r.method}: {r.holdout_mAP:.2f} vs {r.best_single_transfer_mAP:.2f}" for r in rows)
+    wins = [r for r, best in rows if r.holdout_mAP < best]
+    numbers = {f"{r.holdout}.{r.method}.ensemble_holdout_mAP": r.holdout_mAP for r, _ in rows}
+    numbers |= {f"{r.holdout}.{r.method}.best_single_mAP": best for r, best in rows}
+    detail = "; ".join(f"-{r.holdout} {r.method}: {r.holdout_mAP:.2f} vs {best:.2f}" for r, best in rows)
     return Finding(
         id=4,
         title=TITLES[4],
@@ -241,19 +241,19 @@ def finding9(res: Results) -> Finding:
     adv = [c for c in t.cells if c.gallery != "original"]
     worst_clean = min(c.improvement for c in clean)
     rising = sum(c.improvement > 0 for c in adv)
-    ok = worst_clean >= -DEFENCE_CLEAN_DROP and rising == len(adv)
+    ok = worst_clean >= -DEFENSE_CLEAN_DROP and rising == len(adv)
     numbers = {f"{c.base_model}.{c.gallery}.improvement": c.improvement for c in t.cells}
     return Finding(
         id=9,
         title=FURTHER_TITLES[9],
         status=_verdict(ok),
         numbers=numbers,
-        summary=f"Largest clean-mAP change {100 * worst_clean:+.1f}% (allowed ≥ {-100 * DEFENCE_CLEAN_DROP:.0f}%); "
+        summary=f"Largest clean-mAP change {100 * worst_clean:+.1f}% (allowed ≥ {-100 * DEFENSE_CLEAN_DROP:.0f}%); "
         f"mAP on adversarial galleries rose in {rising} of {len(adv)} cells. These are transfer attacks "
         "made against the normal models; see the adaptive rows for attacks on the defended models themselves.",
     )
 
 
 def compute_further_findings(res: Results) -> list[Finding]:
-    """Checks beyond the six findings: XQDA (issue #5) and the defence (issue #6)."""
+    """Checks beyond the six findings: XQDA (issue #5) and the defense (issue #6)."""
     return [finding7(res), finding8(res), finding9(res)]

@@ -1,25 +1,41 @@
-"""Which adversarial galleries the selected experiments need (the plan of a run).
+"""What experiments need: adversarial galleries (attack jobs) and the models tested on them.
 
-An :class:`AttackJob` is one adversarial gallery: attacked models, mode, method, ε and
-attack metric. :func:`plan` lists every job and every (job, tested model) feature
-extraction the selected experiments read, deduplicated, so each is computed once and
-the runner can show one progress bar (with ETA) per stage group.
+An :class:`AttackJob` is one adversarial gallery: attacked models, attack setting, method, ε
+and attack metric. An experiment states its :class:`Needs` (jobs, (job, tested model)
+evaluations, learned metrics); the runner merges the needs of the selected experiments, so
+each gallery and each feature extraction is computed once, as a cached stage.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .config import BenchmarkConfig, learned_metrics
+from ..metrics.learned import LEARNED_KINDS
+from .schema import Mode
+
+if TYPE_CHECKING:
+    from .config import BenchmarkConfig
+
+# The results' name of each attack setting the benchmark uses (the paper's words).
+MODE_OF_SETTING: dict[str, Mode] = {"gallery": "nontargeted", "targeted": "targeted", "classification": "classification"}
 
 
 @dataclass(frozen=True)
 class AttackJob:
+    """One adversarial gallery: ``setting`` is an attack setting name (``gallery`` = non-targeted)."""
+
     sources: tuple[str, ...]
-    mode: str  # "nontargeted" | "targeted" | "classification"
+    setting: str
     method: str
     epsilon: float
     metric: str
+
+    @property
+    def mode(self) -> Mode:
+        """The setting as results.json names it (``nontargeted``, ``targeted``, ``classification``)."""
+        return MODE_OF_SETTING[self.setting]
 
     @property
     def id(self) -> str:
@@ -27,32 +43,56 @@ class AttackJob:
         return f"{self.mode}-{self.method}-eps{self.epsilon:g}-{self.metric}-{'+'.join(self.sources)}"
 
 
-@dataclass
-class Plan:
-    jobs: list[AttackJob]
-    evaluations: list[tuple[AttackJob, str]]  # (job, tested model)
-    learned: list[tuple[str, str]]  # (model, learned metric) fitted on the model's training features
-    train_features: list[str]
+def is_learned(metric: str) -> bool:
+    """True for a metric the benchmark fits per model on its training features (XQDA, KISSME)."""
+    return metric in LEARNED_KINDS
 
-    def add(self, job: AttackJob, tested: list[str]) -> AttackJob:
+
+@dataclass
+class Needs:
+    """Adversarial galleries, their evaluations and learned metrics, each listed once, in first-use order."""
+
+    jobs: list[AttackJob] = field(default_factory=list)
+    evaluations: list[tuple[AttackJob, str]] = field(default_factory=list)  # (job, tested model)
+    learned: list[tuple[str, str]] = field(default_factory=list)  # (model, learned metric)
+
+    def add(self, job: AttackJob, tested: Iterable[str]) -> AttackJob:
+        """Need ``job`` and its gallery's features for every ``tested`` model (learned metrics of its sources too)."""
         if job not in self.jobs:
             self.jobs.append(job)
         for name in tested:
             if (job, name) not in self.evaluations:
                 self.evaluations.append((job, name))
+        for source in job.sources:
+            self.learn(source, job.metric)
         return job
 
     def learn(self, model: str, metric: str) -> None:
-        """Fit ``metric`` for ``model`` if it is a learned metric."""
-        if metric in learned_metrics() and (model, metric) not in self.learned:
+        """Need ``metric`` for ``model`` (nothing to do unless it is a learned metric)."""
+        if is_learned(metric) and (model, metric) not in self.learned:
             self.learned.append((model, metric))
+
+    def merge(self, other: Needs) -> Needs:
+        """Add everything ``other`` needs; returns self."""
+        for job in other.jobs:
+            self.add(job, [])
+        for job, tested in other.evaluations:
+            self.add(job, [tested])
+        for model, metric in other.learned:
+            self.learn(model, metric)
+        return self
+
+    @property
+    def train_features(self) -> list[str]:
+        """Models whose training-split features are needed (to fit learned metrics)."""
+        return list(dict.fromkeys(model for model, _ in self.learned))
 
 
 def single(
-    cfg: BenchmarkConfig, model: str, method: str, mode: str = "nontargeted", epsilon: float | None = None, metric: str | None = None
+    cfg: BenchmarkConfig, model: str, method: str, setting: str = "gallery", epsilon: float | None = None, metric: str | None = None
 ) -> AttackJob:
     """The job attacking one model (defaults: the config's ε and attack metric)."""
-    return AttackJob((model,), mode, method, cfg.attack.eps if epsilon is None else epsilon, metric or cfg.attack.metric)
+    return AttackJob((model,), setting, method, cfg.attack.eps if epsilon is None else epsilon, metric or cfg.attack.metric)
 
 
 def ensembles(cfg: BenchmarkConfig) -> list[tuple[str, tuple[str, ...]]]:
@@ -61,51 +101,3 @@ def ensembles(cfg: BenchmarkConfig) -> list[tuple[str, tuple[str, ...]]]:
     if len(names) < 3:
         return []
     return [(h, tuple(n for n in names if n != h)) for h in names]
-
-
-def plan(cfg: BenchmarkConfig) -> Plan:
-    """Every job and evaluation needed by ``cfg.selected()`` experiments."""
-    p = Plan([], [], [], [])
-    names = cfg.model_names()
-    selected = set(cfg.selected())
-    methods = cfg.attack.methods
-    if selected & {"table2", "fig3", "table4"}:
-        for m in names:
-            for method in methods:
-                p.add(single(cfg, m, method), names)
-    if "table4" in selected:
-        for _, members in ensembles(cfg):
-            for method in methods:
-                p.add(AttackJob(members, "nontargeted", method, cfg.attack.eps, cfg.attack.metric), names)
-    if "table5" in selected and cfg.experiments.table5.enabled:
-        method = cfg.experiments.table5.settings.method
-        for m in names:
-            p.add(single(cfg, m, method), names)
-    if "classification" in selected:
-        m, method = cfg.chosen_model("classification"), cfg.experiments.classification.method
-        p.add(single(cfg, m, method), [m])
-        p.add(single(cfg, m, method, mode="classification"), [m])
-    if "targeted" in selected:
-        m, method = cfg.chosen_model("targeted"), cfg.experiments.targeted.method
-        p.add(single(cfg, m, method, mode="targeted"), [m])
-    if "fig4" in selected:
-        m, method = cfg.chosen_model("fig4"), cfg.experiments.fig4.method
-        p.add(single(cfg, m, method), [m])
-        p.add(single(cfg, m, method, mode="targeted"), [m])
-    if "fig1" in selected:
-        m = cfg.chosen_model("fig1")
-        p.add(single(cfg, m, "ifgsm"), [m])
-        p.add(single(cfg, m, "ifgsm", mode="targeted"), [m])
-    if "fig5" in selected:
-        m = cfg.chosen_model("fig5")
-        f5 = cfg.experiments.fig5
-        for metric in f5.metrics:
-            p.learn(m, metric)
-            for method in f5.methods:
-                for eps in f5.epsilons:
-                    p.add(single(cfg, m, method, epsilon=eps, metric=metric), [m])
-    for job in p.jobs:
-        for source in job.sources:
-            p.learn(source, job.metric)
-    p.train_features = list(dict.fromkeys(m for m, _ in p.learned))
-    return p

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..io import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 Status = Literal["holds", "does not hold", "not measured"]
+Mode = Literal["nontargeted", "targeted", "classification"]
 
 
 class Record(BaseModel):
@@ -53,7 +54,7 @@ class AttackSetting(Record):
 
     id: str
     sources: list[str]
-    mode: Literal["nontargeted", "targeted", "classification"]
+    mode: Mode
     method: str
     epsilon: float
     alpha: float
@@ -179,7 +180,7 @@ class RankedImage(Record):
 
 
 class RankingList(Record):
-    setting: Literal["clean", "nontargeted", "targeted"]
+    setting: Literal["clean"] | Mode
     attack_id: str | None
     top: list[RankedImage]
 
@@ -264,7 +265,7 @@ class Provenance(Record):
 class Results(Record):
     """Everything one benchmark run measured."""
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="version of this schema")
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="version of this schema")
     provenance: Provenance = Field(description="config, seeds, software versions, AP convention, timings")
     dataset: DatasetInfo = Field(description="dataset name, root, fingerprint and split sizes")
     models: list[ModelInfo] = Field(description="the base models: checkpoint, checksum, spec, training seed")
@@ -272,18 +273,18 @@ class Results(Record):
     table1: list[Table1Row] | None = Field(None, description="Table 1: clean rank-k / mAP of every base model")
     table2: Table2 | None = Field(None, description="Tables 2/3: white-box / black-box mAP matrix, rows = attacked model × method")
     table4: Table4 | None = Field(None, description="Table 4: leave-one-out ensemble attacks (ensemble and hold-out mAP)")
-    table5: Table5 | None = Field(None, description="Table 5: metric-preserving defence (#N, #M, #I), or status 'not run'")
-    fig1: Fig1 | None = Field(None, description="Fig. 1: example images with similarity to the probe before/after")
-    fig3: Fig3 | None = Field(None, description="Fig. 3: adversarial / clean mAP ratio per tested model and setting")
-    fig4: Fig4 | None = Field(None, description="Fig. 4: top-k ranking lists of chosen probes (clean, non-targeted, targeted)")
-    fig5: Fig5 | None = Field(None, description="Fig. 5: mAP against ε per attack-metric / test-metric pair")
     classification: ClassificationVsMetric | None = Field(
         None, description="metric attack vs classification attack, and mean distance to true positives"
     )
     targeted: Targeted | None = Field(None, description="targeted attack: share of images reaching their target's top-1/top-10")
+    table5: Table5 | None = Field(None, description="Table 5: metric-preserving defense (#N, #M, #I), or status 'not run'")
+    fig1: Fig1 | None = Field(None, description="Fig. 1: example images with similarity to the probe before/after")
+    fig3: Fig3 | None = Field(None, description="Fig. 3: adversarial / clean mAP ratio per tested model and setting")
+    fig4: Fig4 | None = Field(None, description="Fig. 4: top-k ranking lists of chosen probes (clean, non-targeted, targeted)")
+    fig5: Fig5 | None = Field(None, description="Fig. 5: mAP against ε per attack-metric / test-metric pair")
     findings: list[Finding] = Field(description="the paper's six findings: holds / does not hold / not measured, with numbers")
     further_findings: list[Finding] = Field(
-        default_factory=list, description="further claims of the paper (XQDA, defence), checked the same way"
+        default_factory=list, description="further claims of the paper (XQDA, defense), checked the same way"
     )
 
 

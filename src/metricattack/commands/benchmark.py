@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..benchmark.config import EXPERIMENTS, BenchmarkConfig, load_benchmark_config
+from ..benchmark.config import BenchmarkConfig, load_benchmark_config
+from ..benchmark.experiments import EXPERIMENTS
 from ..outputs import check_output_folder, claim_output
 
 

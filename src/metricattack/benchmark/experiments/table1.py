@@ -1,0 +1,46 @@
+"""Table 1: clean accuracy of every model (and the chance level of the test split)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..schema import Results, Table1Row
+from ..tables import Table, fmt
+from .base import Experiment
+
+if TYPE_CHECKING:
+    from ..context import RunContext
+
+
+class Table1(Experiment):
+    name = "table1"
+    title = "Table 1 — clean accuracy of the base models"
+
+    def compute(self, ctx: RunContext) -> list[Table1Row]:
+        return [Table1Row(model=m.name, description=m.description, metric="euclidean", clean=ctx.evaluate(m.name)) for m in ctx.cfg.models]
+
+    def tables(self, res: Results) -> list[Table]:
+        if res.table1 is None:
+            return []
+        rows = [[r.model, r.description, fmt(r.clean.rank1), fmt(r.clean.rank5), fmt(r.clean.rank10), fmt(r.clean.mAP)] for r in res.table1]
+        chance = res.dataset.chance
+        if chance is not None:
+            rows.append(
+                ["chance", "a random ranking (expected)", fmt(chance.rank1), fmt(chance.rank5), fmt(chance.rank10), fmt(chance.mAP)]
+            )
+        return [
+            Table(
+                "table1",
+                "Table 1",
+                f"Clean accuracy of the base models on {res.dataset.name} "
+                f"({res.table1[0].metric if res.table1 else ''} distance, AP convention "
+                f"'{res.provenance.ap_convention}').",
+                ["Model", "Backbone / loss", "Rank-1", "Rank-5", "Rank-10", "mAP"],
+                rows,
+                heading=self.title,
+                text_columns=2,
+            )
+        ]
+
+
+EXPERIMENT = Table1()

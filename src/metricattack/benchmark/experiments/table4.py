@@ -1,0 +1,98 @@
+"""Table 4: leave-one-out ensemble attacks, tested on the ensemble (white-box) and the hold-out model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..jobs import AttackJob, Needs, ensembles
+from ..schema import EnsembleRow, Results, Table4
+from ..tables import Table, fmt, method_label
+from .base import Experiment
+from .table2 import matrix, single_model_needs
+
+if TYPE_CHECKING:
+    from ..config import BenchmarkConfig
+    from ..context import RunContext
+
+
+def ensemble_job(cfg: BenchmarkConfig, members: tuple[str, ...], method: str) -> AttackJob:
+    return AttackJob(members, "gallery", method, cfg.attack.eps, cfg.attack.metric)
+
+
+class Table4Experiment(Experiment):
+    name = "table4"
+    title = "Table 4 — multi-model (ensemble) attacks"
+
+    def needs(self, cfg: BenchmarkConfig) -> Needs:
+        needs = single_model_needs(cfg)  # the best single-model transfer comes from Table 2
+        for _, members in ensembles(cfg):
+            for method in cfg.attack.methods:
+                needs.add(ensemble_job(cfg, members, method), cfg.model_names())
+        return needs
+
+    def compute(self, ctx: RunContext) -> Table4:
+        t2 = matrix(ctx)
+        rows = []
+        for holdout, members in ensembles(ctx.cfg):
+            for method in ctx.cfg.attack.methods:
+                job = ensemble_job(ctx.cfg, members, method)
+                mean_dist = torch.stack([ctx.distances(m, ctx.gallery(m, job)) for m in members]).mean(0)
+                singles = [
+                    c.ranking.mAP for r in t2.rows if r.method == method and r.attacked in members for c in r.cells if c.tested == holdout
+                ]
+                rows.append(
+                    EnsembleRow(
+                        holdout=holdout,
+                        ensemble=list(members),
+                        method=method,
+                        attack_id=job.id,
+                        ensemble_mAP=100 * ctx.rank(mean_dist).mAP,
+                        holdout_mAP=ctx.evaluate(holdout, job).mAP,
+                        best_single_transfer_mAP=min(singles) if singles else None,
+                    )
+                )
+        return Table4(epsilon=ctx.cfg.attack.eps, rows=rows)
+
+    def tables(self, res: Results) -> list[Table]:
+        t = res.table4
+        if t is None:
+            return []
+        rows, bold = [], set()
+        for row in t.rows:
+            rows.append(
+                [
+                    f"-{row.holdout}",
+                    method_label(row.method),
+                    "+".join(row.ensemble),
+                    fmt(row.ensemble_mAP),
+                    fmt(row.holdout_mAP),
+                    fmt(row.best_single_transfer_mAP),
+                ]
+            )
+        for col in (3, 4):
+            by_holdout: dict[str, list[tuple[float, int]]] = {}
+            for i, r in enumerate(rows):
+                if r[col] != "–":
+                    by_holdout.setdefault(r[0], []).append((float(r[col]), i))
+            for group in by_holdout.values():
+                bold.add((min(group)[1], col))
+        return [
+            Table(
+                "table4",
+                "Table 4",
+                f"Multi-model attacks on every leave-one-out ensemble (ε = {t.epsilon:g}): mAP of "
+                "the ensemble (white-box; distance = mean of member distances) and of the hold-out model "
+                "(black-box), next to the best single-model transfer to the hold-out model from Table 2. "
+                "Worst per hold-out in bold.",
+                ["Hold-out", "Attack", "Ensemble", "Ensemble mAP", "Hold-out mAP", "Best single-model transfer"],
+                rows,
+                bold=bold,
+                heading=self.title,
+                text_columns=3,
+            )
+        ]
+
+
+EXPERIMENT = Table4Experiment()

@@ -1,0 +1,72 @@
+"""Targeted attack: how many attacked gallery images reach the top of their target probe's ranking."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..jobs import AttackJob, Needs, single
+from ..schema import Results, Targeted
+from ..tables import Table, fmt, method_label
+from .base import Experiment
+
+if TYPE_CHECKING:
+    from ..config import BenchmarkConfig
+    from ..context import RunContext
+
+
+class TargetedExperiment(Experiment):
+    name = "targeted"
+    title = "Targeted attack success"
+
+    def _job(self, cfg: BenchmarkConfig) -> tuple[str, AttackJob]:
+        m = cfg.chosen_model("targeted")
+        return m, single(cfg, m, cfg.experiments.targeted.method, setting="targeted")
+
+    def needs(self, cfg: BenchmarkConfig) -> Needs:
+        m, job = self._job(cfg)
+        needs = Needs()
+        needs.add(job, [m])
+        return needs
+
+    def compute(self, ctx: RunContext) -> Targeted:
+        from ...attacks.runner import targeted_success
+
+        m, job = self._job(ctx.cfg)
+        targets, metric, queries = ctx.targets(), ctx.metric(m, "euclidean"), ctx.clean[m].query
+        after = targeted_success(metric, queries, ctx.gallery(m, job), ctx.dataset, targets)
+        before = targeted_success(metric, queries, ctx.gallery(m), ctx.dataset, targets)
+        return Targeted(
+            model=m,
+            method=job.method,
+            attack_id=job.id,
+            num_images=int(after["num_targets"]),
+            top1_rate=after["top1"],
+            top10_rate=after["top10"],
+            clean_top1_rate=before["top1"],
+            clean_top10_rate=before["top10"],
+            after=ctx.evaluate(m, job),
+        )
+
+    def tables(self, res: Results) -> list[Table]:
+        t = res.targeted
+        if t is None:
+            return []
+        rows = [
+            ["before attack", f"{100 * t.clean_top1_rate:.1f}%", f"{100 * t.clean_top10_rate:.1f}%"],
+            [f"after targeted {method_label(t.method)}", f"{100 * t.top1_rate:.1f}%", f"{100 * t.top10_rate:.1f}%"],
+        ]
+        return [
+            Table(
+                "targeted",
+                "Targeted attack",
+                f"Share of the {t.num_images} attacked gallery images of {t.model} "
+                "that rank in the top-1 / top-10 of their target probe; mAP after the attack "
+                f"{fmt(t.after.mAP)}.",
+                ["Gallery", "Top-1 of target", "Top-10 of target"],
+                rows,
+                heading=self.title,
+            )
+        ]
+
+
+EXPERIMENT = TargetedExperiment()

@@ -1,0 +1,280 @@
+"""The stages that make a run's resources: dataset → models → features → learned metrics →
+adversarial galleries → their features.
+
+Each function runs one group of cached stages (:mod:`.stages`) with one progress bar and
+stores what it made in the :class:`~.context.RunContext`. Stage keys hash the stage's
+config, the keys of the stages it reads and the source of the packages it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..data.types import ImageRecord, ReIDDataset
+from ..errors import ConfigError, MetricAttackError
+from ..io import atomic_path, sha256_file
+from ..stages import MARKER, StageCache, StageSpec
+from .context import AttackOutput, Features, ModelRecord, RunContext
+from .jobs import AttackJob, is_learned
+
+if TYPE_CHECKING:
+    from ..training.config import TrainConfig
+    from .config import BenchmarkConfig, ModelSection
+
+T = TypeVar("T")
+CODE_DATA = ("data",)
+CODE_TRAIN = ("data", "models", "training")
+CODE_FEATURES = ("data", "models", "evaluation")
+CODE_ATTACK = ("data", "models", "metrics", "attacks")
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    """A tqdm bar (with elapsed time and ETA) over one group of stages."""
+    return tqdm(
+        items,
+        desc=desc,
+        total=total,
+        unit="stage",
+        dynamic_ncols=True,
+        leave=True,
+        bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining} ETA",
+    )
+
+
+def stage_seconds(ctx: RunContext, spec: StageSpec) -> float | None:
+    """Seconds the finished stage ``spec`` took when it ran (None if it has not finished)."""
+    marker = ctx.cache.folder(spec) / MARKER
+    return json.loads(marker.read_text(encoding="utf-8")).get("seconds") if marker.is_file() else None
+
+
+# ----------------------------------------------------------------- dataset
+def open_run(cfg: BenchmarkConfig, out: Path) -> RunContext:
+    """Generate (or find) the dataset and start the run's context."""
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available; use device: cpu")
+    from ..data.layouts import dataset_fingerprint, load_dataset
+
+    cache = StageCache(Path(out))
+    section = cfg.dataset
+    spec = StageSpec("dataset", section.name, section.model_dump(mode="json"), code=CODE_DATA)
+
+    def work(folder: Path) -> dict[str, Any]:
+        if section.synthetic is None:
+            return {"root": str(section.root)}
+        from ..data.synthetic import generate
+
+        return {"root": str(Path(generate(folder / "data", section.synthetic)).resolve())}
+
+    root = cache.run(spec, work)["root"]
+    ds = load_dataset(section.layout, root)
+    return RunContext(cfg, cache, cfg.device, ds, root, dataset_fingerprint(ds), keys={"dataset": spec.key})
+
+
+# ----------------------------------------------------------------- models
+def train_config(ctx: RunContext, model: ModelSection) -> TrainConfig:
+    """The TrainConfig of ``model``, training on the run's dataset and device."""
+    if model.train is None:
+        raise ConfigError(f"model {model.name} has no training recipe (it is given as a checkpoint)")
+    return model.train.train_config(ctx.cfg.dataset.layout, ctx.dataset_root, ctx.device, f"model {model.name} training config")
+
+
+def check_trainable(ctx: RunContext, model: ModelSection) -> None:
+    """Fail now, naming the model, if its recipe cannot train on the run's dataset (e.g. the P×K
+    sampler needs more identities than the training split has): the trainer's own batching
+    rules, run on the records without reading an image."""
+    if model.train is None:
+        return
+    from ..training.data import TrainImages, relabel
+    from ..training.trainer import build_loader
+
+    cfg = train_config(ctx, model)
+    try:
+        records, labels, _ = relabel(ctx.dataset.train)
+        build_loader(cfg, TrainImages(records, labels, cfg.model.input_size, cfg.augmentation), labels, 0, 1)
+    except MetricAttackError as exc:
+        raise ConfigError(f"model {model.name} cannot train on dataset {ctx.cfg.dataset.name}: {exc}") from None
+
+
+def add_model(ctx: RunContext, name: str, spec: StageSpec, outputs: dict[str, Any], description: str, train_seed: int | None) -> None:
+    """Register the model a finished stage made (``outputs``: checkpoint, sha256) and load it."""
+    from ..models.checkpoint import load_model
+
+    ctx.keys[f"model:{name}"] = spec.key
+    ctx.records[name] = ModelRecord(outputs["checkpoint"], outputs["sha256"], description, train_seed, stage_seconds(ctx, spec))
+    ctx.models[name] = load_model(Path(outputs["checkpoint"]), device=ctx.device)
+
+
+def train_models(ctx: RunContext) -> None:
+    """Train every base model (or take its checkpoint), after checking every recipe."""
+    for m in ctx.cfg.models:
+        check_trainable(ctx, m)
+    for m in progress(ctx.cfg.models, "base models"):
+        config = {**m.stage_config(), "device": ctx.device}
+        if m.checkpoint is not None:
+            config["sha256"] = sha256_file(m.checkpoint)
+        spec = StageSpec("model", m.name, config, upstream=(ctx.keys["dataset"],), code=CODE_TRAIN)
+
+        def work(folder: Path, m: ModelSection = m) -> dict[str, Any]:
+            if m.checkpoint is not None:
+                return {"checkpoint": str(m.checkpoint), "sha256": sha256_file(m.checkpoint)}
+            from ..training import train
+
+            checkpoint = Path(train(train_config(ctx, m), folder / "train"))
+            return {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)}
+
+        add_model(ctx, m.name, spec, ctx.cache.run(spec, work), m.description, m.train.seed if m.train else None)
+
+
+# ----------------------------------------------------------------- features
+def extract(ctx: RunContext, model: str, records: tuple[ImageRecord, ...] | list[ImageRecord]) -> torch.Tensor:
+    """``model``'s L2-normalised features ``[N, D]`` (float32, CPU) of ``records``."""
+    from ..evaluation.features import extract_features
+
+    features = extract_features(
+        ctx.models[model], list(records), batch_size=ctx.cfg.evaluation.batch_size, device=ctx.device, progress=False
+    )
+    return features.float().cpu()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+def extract_clean(ctx: RunContext, names: list[str], with_train: list[str], desc: str = "clean features") -> None:
+    """Clean query/gallery features (and train, for ``with_train`` models) of each model in ``names``."""
+    for name in progress(names, desc):
+        train = name in with_train
+        spec = StageSpec(
+            "features",
+            name,
+            {"batch_size": ctx.cfg.evaluation.batch_size, "train": train},
+            upstream=(ctx.keys["dataset"], ctx.keys[f"model:{name}"]),
+            code=CODE_FEATURES,
+        )
+
+        def work(folder: Path, name: str = name, train: bool = train) -> dict[str, Any]:
+            splits = ("query", "gallery", "train") if train else ("query", "gallery")
+            save_tensors(folder / "features.safetensors", {s: extract(ctx, name, ctx.dataset.split(s)) for s in splits})
+            return {"file": "features.safetensors"}
+
+        ctx.cache.run(spec, work)
+        tensors = load_file(str(ctx.cache.folder(spec) / "features.safetensors"))
+        ctx.clean[name] = Features(tensors["query"], tensors["gallery"], tensors.get("train"))
+        ctx.keys[f"features:{name}"] = spec.key
+
+
+# ----------------------------------------------------------------- learned metrics
+def fit_metrics(ctx: RunContext, learned: list[tuple[str, str]]) -> None:
+    """Fit each (model, learned metric) on the model's training features (identities only)."""
+    from ..metrics.learned import fit_learned, load_learned_metric, save_learned_metric
+
+    for name, kind in progress(learned, "learned metrics"):
+        spec = StageSpec("learned_metric", f"{kind}:{name}", {"kind": kind}, upstream=(ctx.keys[f"features:{name}"],), code=("metrics",))
+
+        def work(folder: Path, name: str = name, kind: str = kind) -> dict[str, Any]:
+            train = ctx.clean[name].train
+            if train is None:
+                raise MetricAttackError(f"training features of model {name} were not extracted")
+            pids = torch.tensor([r.pid for r in ctx.dataset.train])
+            camids = torch.tensor([r.camid for r in ctx.dataset.train])
+            keep = pids > 0
+            save_learned_metric(fit_learned(kind, train[keep], pids[keep], camids[keep]), folder / "metric.safetensors")
+            return {"file": "metric.safetensors"}
+
+        ctx.cache.run(spec, work)
+        ctx.metrics[(name, kind)] = load_learned_metric(ctx.cache.folder(spec) / "metric.safetensors")
+        ctx.keys[f"{kind}:{name}"] = spec.key
+
+
+# ----------------------------------------------------------------- attacks
+def attack_stage(ctx: RunContext, job: AttackJob) -> StageSpec:
+    """The stage of ``job``'s adversarial gallery."""
+    config = {
+        "sources": list(job.sources),
+        "mode": job.mode,
+        "metric": job.metric,
+        "spec": ctx.cfg.attack.spec(job.method, job.epsilon, ctx.cfg.seed).resolved(),
+        "batch_size": ctx.cfg.attack.batch_size,
+    }
+    upstream = [ctx.keys["dataset"]] + [ctx.keys[f"model:{s}"] for s in job.sources]
+    if is_learned(job.metric):
+        upstream += [ctx.keys[f"{job.metric}:{s}"] for s in job.sources]
+    return StageSpec("attack", job.id, config, upstream=tuple(upstream), code=CODE_ATTACK)
+
+
+def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
+    """Make each job's adversarial gallery (a dataset in the stage folder; the export resumes by itself)."""
+    from ..attacks.export import ModelEntry, export_attack
+
+    for job in progress(jobs, "adversarial sets"):
+        spec = attack_stage(ctx, job)
+
+        def work(folder: Path, job: AttackJob = job) -> dict[str, Any]:
+            entries = [
+                ModelEntry(
+                    ctx.models[s],
+                    ctx.metric(s, job.metric),
+                    {"name": s, "checkpoint": ctx.records[s].checkpoint, "sha256": ctx.records[s].sha256},
+                )
+                for s in job.sources
+            ]
+            out = export_attack(
+                entries,
+                ctx.dataset,
+                folder / "data",
+                ctx.cfg.attack.spec(job.method, job.epsilon, ctx.cfg.seed),
+                job.setting,
+                metric_record={"name": job.metric},
+                batch_size=ctx.cfg.attack.batch_size,
+                device=ctx.device,
+                ap=ctx.cfg.evaluation.ap,
+                progress=False,
+            )
+            return {
+                "dataset_dir": str((folder / "data").resolve()),
+                "linf": out["linf_255"]["max_disk"],
+                "num_attacked": out["num_attacked"],
+            }
+
+        out = ctx.cache.run(spec, work)
+        ctx.attacks[job] = AttackOutput(out["dataset_dir"], out.get("linf"), spec.key)
+
+
+def extract_adversarial(ctx: RunContext, evaluations: list[tuple[AttackJob, str]], desc: str = "adversarial features") -> None:
+    """Features of each (job, tested model): the tested model's view of the job's adversarial gallery
+    (only the images the attack perturbs are extracted again; a Market-like gallery is mostly others)."""
+    for job, tested in progress(evaluations, desc):
+        spec = StageSpec(
+            "adv_features",
+            f"{job.id}@{tested}",
+            {"batch_size": ctx.cfg.evaluation.batch_size},
+            upstream=(ctx.attacks[job].key, ctx.keys[f"model:{tested}"]),
+            code=CODE_FEATURES,
+        )
+
+        def work(folder: Path, job: AttackJob = job, tested: str = tested) -> dict[str, Any]:
+            # the attacked images are read back; the others (written unchanged: distractors, junk,
+            # identities without a query) keep their clean features
+            features = ctx.clean[tested].gallery.clone()
+            attacked = torch.nonzero(ctx.attacked(job.setting)).flatten().tolist()
+            if attacked:
+                records = ctx.adversarial_gallery(job)
+                features[attacked] = extract(ctx, tested, [records[i] for i in attacked])
+            save_tensors(folder / "gallery.safetensors", {"gallery": features})
+            return {"file": "gallery.safetensors"}
+
+        ctx.cache.run(spec, work)
+        ctx.adversarial[(job, tested)] = load_file(str(ctx.cache.folder(spec) / "gallery.safetensors"))["gallery"]
+
+
+def split_counts(ds: ReIDDataset) -> dict[str, int]:
+    """Split sizes of ``ds`` for results.json."""
+    return {"train": len(ds.train), "query": len(ds.query), "gallery": len(ds.gallery), "train_ids": ds.num_train_ids()}
