@@ -45,12 +45,14 @@ class AttackMethod:
 
     Attributes:
         summary: one line naming the method (help texts, reports).
+        label: its name in tables and figures (the paper's ``I-FGSM``); empty: the registry name.
         single_step: one step of size ε from the clean image (FGSM); ``steps`` must be 1 or unset.
         momentum: accumulate per-image L1-normalised gradients with decay μ (MI-FGSM).
         random_start: start from a uniform point of the ε-ball (PGD), unless the spec says ``random_start: false``.
     """
 
     summary: str
+    label: str = ""
     single_step: bool = False
     momentum: bool = False
     random_start: bool = False
@@ -58,10 +60,10 @@ class AttackMethod:
 
 METHODS: Registry[AttackMethod] = Registry("attack method")
 """Attack method name → :class:`AttackMethod`."""
-METHODS.register("fgsm", AttackMethod("FGSM (Eq. 5): one step of size ε", single_step=True))
-METHODS.register("ifgsm", AttackMethod("I-FGSM (Eq. 6): n steps of size α, projected on the ε-ball"))
-METHODS.register("mifgsm", AttackMethod("MI-FGSM (Eq. 7): I-FGSM on momentum-accumulated gradients", momentum=True))
-METHODS.register("pgd", AttackMethod("PGD: I-FGSM from a uniform random start in the ε-ball", random_start=True))
+METHODS.register("fgsm", AttackMethod("FGSM (Eq. 5): one step of size ε", "FGSM", single_step=True))
+METHODS.register("ifgsm", AttackMethod("I-FGSM (Eq. 6): n steps of size α, projected on the ε-ball", "I-FGSM"))
+METHODS.register("mifgsm", AttackMethod("MI-FGSM (Eq. 7): I-FGSM on momentum-accumulated gradients", "MI-FGSM", momentum=True))
+METHODS.register("pgd", AttackMethod("PGD: I-FGSM from a uniform random start in the ε-ball", "PGD", random_start=True))
 
 References = Callable[[ReIDDataset, int], tuple[RefSets, torch.Tensor | None]]
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
-from ..attacks.spec import AttackSpec, MethodName, StepSizes
+from ..attacks.spec import METHODS, AttackSpec, MethodName, StepSizes
 from ..config import StrictModel, apply_overrides, read_yaml, validate
 from ..data.layouts import DATASETS
 from ..data.synthetic import SynthConfig
@@ -32,14 +32,10 @@ from .experiments import EXPERIMENTS
 SYNTHETIC = "synthetic"
 
 
-def learned_metrics() -> tuple[str, ...]:
-    """Metrics the benchmark fits per model on its training features (XQDA, KISSME)."""
-    return LEARNED_METRICS.names()
-
-
 def benchmark_metrics() -> tuple[str, ...]:
-    """Metrics an attack or a test may use: the parameter-free ones and the learned ones."""
-    return (*parameter_free_metrics(), *learned_metrics())
+    """Metrics an attack or a test may use: the parameter-free ones and the learned ones
+    (fitted per model on its training features)."""
+    return (*parameter_free_metrics(), *LEARNED_METRICS)
 
 
 def _known_metric(name: str) -> str:
@@ -177,7 +173,7 @@ class AttackSection(StepSizes):
                 "method": method,
                 "eps": eps,
                 "alpha": min(self.alpha, eps),
-                "steps": None if method == "fgsm" else self.steps,
+                "steps": None if method in METHODS and METHODS.get(method).single_step else self.steps,
                 "mu": self.mu,
                 "seed": seed,
             },

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..attacks.spec import SETTINGS
 from ..data.types import JUNK_PID, ImageRecord, ReIDDataset
 from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
@@ -148,19 +149,14 @@ class RunContext:
 
     def targets(self) -> torch.Tensor:
         """``[G]`` target probe of each gallery image in the targeted attack (−1: not attacked; the attack's seeded rule)."""
-        from ..attacks.objectives import targeted_reference_sets
-
-        _, targets = targeted_reference_sets([r.pid for r in self.dataset.gallery], [r.pid for r in self.dataset.query], self.cfg.seed)
+        _, targets = SETTINGS.get("targeted").references(self.dataset, self.cfg.seed)
+        assert targets is not None  # the targeted setting assigns targets
         return torch.as_tensor(targets)
 
     def attacked(self, setting: str) -> torch.Tensor:
-        """``[G]`` bool: gallery images the attack of ``setting`` perturbs (the attack module's rule)."""
-        if setting == "targeted":
-            return self.targets() >= 0
-        from ..attacks.objectives import gallery_reference_sets
-
-        sets = gallery_reference_sets([r.pid for r in self.dataset.gallery], [r.pid for r in self.dataset.query])
-        return torch.tensor([bool(s) for s in sets], dtype=torch.bool)
+        """``[N]`` bool over the attacked split: the images the attack of ``setting`` perturbs (the attack's own rule)."""
+        references, _ = SETTINGS.get(setting).references(self.dataset, self.cfg.seed)
+        return torch.tensor([bool(r) for r in references], dtype=torch.bool)
 
     # ----------------------------------------------------------------- adversarial images
     def adversarial_gallery(self, job: AttackJob) -> list[ImageRecord]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..metrics.learned import LEARNED_KINDS
+from ..metrics.learned import LEARNED_METRICS
 from .schema import Mode
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class AttackJob:
 
 def is_learned(metric: str) -> bool:
     """True for a metric the benchmark fits per model on its training features (XQDA, KISSME)."""
-    return metric in LEARNED_KINDS
+    return metric in LEARNED_METRICS
 
 
 @dataclass

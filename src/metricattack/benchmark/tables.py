@@ -12,9 +12,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..attacks.spec import METHODS
 from ..io import atomic_write_text
-
-METHOD_NAMES = {"fgsm": "FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM"}
 
 
 @dataclass
@@ -74,5 +73,5 @@ def fmt(value: float | None) -> str:
 
 
 def method_label(method: str) -> str:
-    """The paper's name of an attack method (``ifgsm`` → ``I-FGSM``)."""
-    return METHOD_NAMES.get(method, method)
+    """The paper's name of an attack method (``ifgsm`` → ``I-FGSM``; the registry's label)."""
+    return (METHODS.get(method).label if method in METHODS else "") or method
