@@ -38,8 +38,15 @@ def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
     assert [f.id for f in res.findings] == [1, 2, 3, 4, 5, 6]
     # every white-box cell is the attacked model itself, and the matrix is complete
     names = [r.model for r in res.table1]
-    assert len(res.table2.rows) == len(names) * len(res.provenance.config["attack"]["methods"])
+    attacked = [r.model for r in res.table1 if not r.test_only]
+    assert len(res.table2.rows) == len(attacked) * len(res.provenance.config["attack"]["methods"])
     assert all(c.white_box == (c.tested == r.attacked) for r in res.table2.rows for c in r.cells)
+    # the test-only model is trained, in Table 1, tested in every Table 2 / Table 4 column, never attacked
+    assert res.table2.test_only == ["T1"] and "T1" in names and "T1" not in attacked
+    assert all([c.tested for c in r.cells] == names for r in res.table2.rows)
+    assert all(a.sources != ["T1"] and "T1" not in a.sources for a in res.attacks)
+    assert all(set(r.test_only_mAP) == {"T1"} and "T1" not in r.ensemble and r.holdout != "T1" for r in res.table4.rows)
+    assert res.fig3.test_only == ["T1"] and {p.tested for p in res.fig3.points} == set(names)
     # the saved adversarial images respect the ε bound
     assert all(a.linf is None or a.linf <= a.epsilon + 1e-6 for a in res.attacks)
     # the chance level of the test split is reported, listed in Table 1 and quoted by finding 1
@@ -53,7 +60,7 @@ def test_outputs_tables_figures_report(tiny_run: Path) -> None:
     for name in ("table1", "table2", "table4", "classification", "targeted", "table5"):
         assert (tiny_run / "tables" / f"{name}.md").is_file() and (tiny_run / "tables" / f"{name}.csv").is_file()
     figures = {p.stem for p in (tiny_run / "figures").glob("*.png")}
-    assert figures == {"fig1", "fig3", "fig4", "fig5"}
+    assert figures == {"fig1", "fig3", "fig3_base", "fig4", "fig5"}
     check_report((tiny_run / "report.html").read_text(encoding="utf-8"), figures)
 
 

@@ -63,7 +63,7 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
         ("models.B1.train.loss={triplet: {}}", "loss.triplet needs batch.sampler: pk"),
         ("dataset.synthetic.num_train_id=3", "dataset.synthetic.num_train_id"),
         ("dataset.name=market1502", "unknown dataset 'market1502'"),
-        ("experiments.targeted.model=B9", "experiments.targeted.model 'B9' is not one of the models"),
+        ("experiments.targeted.model=B9", "experiments.targeted.model 'B9' is not one of the attacked"),
     ],
 )
 def test_typos_fail_at_load(tmp_path: Path, override: str, where: str) -> None:
@@ -83,6 +83,18 @@ def test_overrides_reach_list_entries_by_index_or_name(tmp_path: Path) -> None:
     assert cfg.attack.spec("pgd").uses_random_start
     with pytest.raises(ConfigError, match=r"'B3' is not an entry of a list of 2 \(use an index 0..1 or one of the names B1, B2\)"):
         load_benchmark_config(path, ["models.B3.train.seed=1"])
+
+
+def test_test_only_models_are_never_attacked(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL)
+    cfg = load_benchmark_config(path, ["models.B1.test_only=true"])
+    assert (cfg.model_names(), cfg.attacked_models(), cfg.test_only_models()) == (["B1", "B2"], ["B2"], ["B1"])
+    assert cfg.chosen_model("fig1") == "B2" and cfg.defended_models() == ["B2"]
+    with pytest.raises(ConfigError, match="experiments.fig4.model 'B1' is not one of the attacked \\(not test_only\\) models \\['B2'\\]"):
+        load_benchmark_config(path, ["models.B1.test_only=true", "experiments.fig4.model=B1"])
+    with pytest.raises(ConfigError, match="at least one model must be attacked"):
+        load_benchmark_config(path, ["models.0.test_only=true", "models.1.test_only=true"])
 
 
 def test_train_config_file_is_read_at_load_with_inline_overrides(tmp_path: Path) -> None:
@@ -291,14 +303,25 @@ def test_tables_figures_report(tmp_path: Path) -> None:
     md = (tmp_path / "tables" / "table2.md").read_text()
     assert "0.500†" in md and sum(line.count("†") for line in md.splitlines()[4:]) == 6  # white-box cells
     assert (tmp_path / "tables" / "table2.csv").read_text().splitlines()[0].startswith("Model,Attack,B1 (80.00)")
-    assert {p.stem for p in (tmp_path / "figures").glob("*.png")} == {"fig1", "fig3", "fig4", "fig5"}
+    # without test-only models, Fig. 3 is only the extra plot of the base models
+    assert {p.stem for p in (tmp_path / "figures").glob("*.png")} == {"fig1", "fig3_base", "fig4", "fig5"}
     html = written["report"].read_text()
-    parser = check_report(html, {"fig1", "fig3", "fig4", "fig5"})
+    parser = check_report(html, {"fig1", "fig3_base", "fig4", "fig5"})
+    assert "this run has none" in html
     assert "not run: disabled in the config" in html
     assert html.count('data-finding="') == 6
     # every experiment has a section, in the registry's (paper) order; unselected ones say so
-    assert [s for s in parser.links if s in EXPERIMENTS] == list(EXPERIMENTS)
+    assert [s for s in dict.fromkeys(link.split("_")[0] for link in parser.links) if s in EXPERIMENTS] == list(EXPERIMENTS)
     assert html.count("not run in this run (not selected).") == 3  # table4, classification, targeted
+
+
+def test_fig3_is_the_test_only_models_ratio(tmp_path: Path) -> None:
+    res = make_results(tmp_path, whitebox=0.5, blackbox=30.0)
+    assert res.fig3 is not None
+    res = res.model_copy(update={"fig3": res.fig3.model_copy(update={"test_only": ["B1"]})})
+    figures = {f.name: f for f in EXPERIMENTS.get("fig3").figures(res, tmp_path)}
+    assert set(figures) == {"fig3"} and "test-only models (B1" in figures["fig3"].caption  # the base models' ratios: none tested
+    assert all(f.path.is_file() for f in figures.values())
 
 
 def test_every_results_section_has_one_experiment() -> None:

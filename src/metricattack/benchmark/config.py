@@ -106,13 +106,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 class ModelSection(StrictModel):
-    """One base model: trained from ``train`` (a TrainRecipe, inline) and/or ``train_config``
+    """One model: trained from ``train`` (a TrainRecipe, inline) and/or ``train_config``
     (a training YAML read at load time; inline ``train`` keys override it, and its
     ``data.dataset`` / ``data.root`` are replaced by the benchmark's dataset), or taken as
-    is from ``checkpoint``."""
+    is from ``checkpoint``.
+
+    A ``test_only`` model is trained, listed in Table 1 and tested on every adversarial
+    gallery (its column in Tables 2-4, Fig. 3) but never attacked, as the paper uses HACNN
+    and Mancs; the others are the base models (B1-B4) the attacks are made against."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
+    test_only: bool = Field(default=False, description="tested on every adversarial gallery, never attacked (the paper's HACNN, Mancs)")
     train: ModelTraining | None = None
     train_config: Path | None = None
     checkpoint: Path | None = None
@@ -256,13 +261,16 @@ class BenchmarkConfig(StrictModel):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        attacked = self.attacked_models()
+        if not attacked:
+            raise ValueError(f"every model is test_only ({names}); at least one model must be attacked")
         for section in ("fig1", "fig4", "fig5", "classification", "targeted"):
             chosen = getattr(self.experiments, section).model
-            if chosen is not None and chosen not in names:
-                raise ValueError(f"experiments.{section}.model {chosen!r} is not one of the models {names}")
+            if chosen is not None and chosen not in attacked:
+                raise ValueError(f"experiments.{section}.model {chosen!r} is not one of the attacked (not test_only) models {attacked}")
         for chosen in self.experiments.table5.models or []:
-            if chosen not in names:
-                raise ValueError(f"experiments.table5.models: {chosen!r} is not one of the models {names}")
+            if chosen not in attacked:
+                raise ValueError(f"experiments.table5.models: {chosen!r} is not one of the attacked (not test_only) models {attacked}")
         if "table5" in self.selected() and self.experiments.table5.enabled:
             given = [m.name for m in self.models if m.name in self.defended_models() and m.train is None]
             if given:
@@ -276,16 +284,25 @@ class BenchmarkConfig(StrictModel):
         return self
 
     def model_names(self) -> list[str]:
+        """Every model (each is tested on every adversarial gallery), in config order."""
         return [m.name for m in self.models]
 
+    def attacked_models(self) -> list[str]:
+        """The base models: the ones attacks are made against (all but the ``test_only`` ones)."""
+        return [m.name for m in self.models if not m.test_only]
+
+    def test_only_models(self) -> list[str]:
+        """The ``test_only`` models (the paper's HACNN and Mancs)."""
+        return [m.name for m in self.models if m.test_only]
+
     def chosen_model(self, section: str) -> str:
-        """The model an experiment section attacks (its ``model`` or the first model)."""
+        """The model an experiment section attacks (its ``model`` or the first base model)."""
         chosen: str | None = getattr(self.experiments, section).model
-        return chosen or self.models[0].name
+        return chosen or self.attacked_models()[0]
 
     def defended_models(self) -> list[str]:
         """The base models Table 5 defends."""
-        return self.experiments.table5.models or self.model_names()
+        return self.experiments.table5.models or self.attacked_models()
 
     def selected(self) -> list[str]:
         """The experiments this run computes, in paper order."""

@@ -96,8 +96,8 @@ def single(
 
 
 def ensembles(cfg: BenchmarkConfig) -> list[tuple[str, tuple[str, ...]]]:
-    """(hold-out, ensemble) pairs for Table 4; empty with fewer than three models."""
-    names = cfg.model_names()
+    """(hold-out, ensemble) pairs of base models for Table 4; empty with fewer than three base models."""
+    names = cfg.attacked_models()
     if len(names) < 3:
         return []
     return [(h, tuple(n for n in names if n != h)) for h in names]

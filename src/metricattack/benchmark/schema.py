@@ -71,6 +71,7 @@ class Table1Row(Record):
     description: str
     metric: str
     clean: Ranking
+    test_only: bool = Field(default=False, description="tested on every adversarial gallery, never attacked (the paper's HACNN, Mancs)")
 
 
 class MatrixCell(Record):
@@ -94,6 +95,7 @@ class Table2(Record):
     epsilon: float
     clean_mAP: dict[str, float]
     rows: list[MatrixRow]
+    test_only: list[str] = Field(default_factory=list, description="tested models that are never attacked (the paper's HACNN, Mancs)")
 
 
 class EnsembleRow(Record):
@@ -106,6 +108,7 @@ class EnsembleRow(Record):
     best_single_transfer_mAP: float | None = Field(
         None, description="lowest hold-out mAP over single-model attacks on the other models (Table 2, same method)"
     )
+    test_only_mAP: dict[str, float] = Field(default_factory=dict, description="mAP of each test-only model on the ensemble's gallery")
 
 
 class Table4(Record):
@@ -122,7 +125,10 @@ class RatioPoint(Record):
 
 
 class Fig3(Record):
+    """mAP ratios of every tested model on every Table 2 gallery; the paper's figure shows the test-only models."""
+
     points: list[RatioPoint]
+    test_only: list[str] = Field(default_factory=list, description="the test-only models (the paper's Fig. 3: HACNN vs Mancs)")
 
 
 class CurvePoint(Record):

@@ -17,12 +17,25 @@ class Table1(Experiment):
     title = "Table 1 — clean accuracy of the base models"
 
     def compute(self, ctx: RunContext) -> list[Table1Row]:
-        return [Table1Row(model=m.name, description=m.description, metric="euclidean", clean=ctx.evaluate(m.name)) for m in ctx.cfg.models]
+        return [
+            Table1Row(model=m.name, description=m.description, metric="euclidean", clean=ctx.evaluate(m.name), test_only=m.test_only)
+            for m in ctx.cfg.models
+        ]
 
     def tables(self, res: Results) -> list[Table]:
         if res.table1 is None:
             return []
-        rows = [[r.model, r.description, fmt(r.clean.rank1), fmt(r.clean.rank5), fmt(r.clean.rank10), fmt(r.clean.mAP)] for r in res.table1]
+        rows = [
+            [
+                r.model,
+                r.description + (" (test only)" if r.test_only else ""),
+                fmt(r.clean.rank1),
+                fmt(r.clean.rank5),
+                fmt(r.clean.rank10),
+                fmt(r.clean.mAP),
+            ]
+            for r in res.table1
+        ]
         chance = res.dataset.chance
         if chance is not None:
             rows.append(

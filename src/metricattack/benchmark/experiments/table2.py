@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 
 def single_model_needs(cfg: BenchmarkConfig) -> Needs:
-    """Every model attacked alone with every method, tested on every model."""
+    """Every base model attacked alone with every method, tested on every model (test-only ones included)."""
     needs = Needs()
-    for attacked in cfg.model_names():
+    for attacked in cfg.attacked_models():
         for method in cfg.attack.methods:
             needs.add(single(cfg, attacked, method), cfg.model_names())
     return needs
@@ -27,7 +27,7 @@ def matrix(ctx: RunContext) -> Table2:
     """The Table 2 section (also read by Fig. 3 and Table 4)."""
     names = ctx.cfg.model_names()
     rows = []
-    for attacked in names:
+    for attacked in ctx.cfg.attacked_models():
         for method in ctx.cfg.attack.methods:
             job = single(ctx.cfg, attacked, method)
             cells = [MatrixCell(tested=t, ranking=ctx.evaluate(t, job), white_box=t == attacked, worst_in_column=False) for t in names]
@@ -36,7 +36,9 @@ def matrix(ctx: RunContext) -> Table2:
         worst = min(range(len(rows)), key=lambda i: rows[i].cells[j].ranking.mAP)
         rows[worst].cells[j].worst_in_column = True
     clean = {n: ctx.evaluate(n).mAP for n in names}
-    return Table2(title=ctx.cfg.experiments.table2_title, epsilon=ctx.cfg.attack.eps, clean_mAP=clean, rows=rows)
+    return Table2(
+        title=ctx.cfg.experiments.table2_title, epsilon=ctx.cfg.attack.eps, clean_mAP=clean, rows=rows, test_only=ctx.cfg.test_only_models()
+    )
 
 
 class Table2Experiment(Experiment):
@@ -58,7 +60,8 @@ class Table2Experiment(Experiment):
             "table2",
             t.title,
             f"mAP under white-box (†, the attacked model itself) and black-box attacks, "
-            f"ε = {t.epsilon:g}; clean mAP in the header; the worst cell of each column in bold.",
+            f"ε = {t.epsilon:g}; clean mAP in the header; the worst cell of each column in bold"
+            + (f"; test-only models (never attacked): {', '.join(t.test_only)}." if t.test_only else "."),
             ["Model", "Attack"] + [f"{name} ({fmt(t.clean_mAP[name])})" for name in tested],
             [],
             heading=f"{t.title} — white-box and black-box attacks",

@@ -51,6 +51,7 @@ class Table4Experiment(Experiment):
                         ensemble_mAP=100 * ctx.rank(mean_dist).mAP,
                         holdout_mAP=ctx.evaluate(holdout, job).mAP,
                         best_single_transfer_mAP=min(singles) if singles else None,
+                        test_only_mAP={t: ctx.evaluate(t, job).mAP for t in ctx.cfg.test_only_models()},
                     )
                 )
         return Table4(epsilon=ctx.cfg.attack.eps, rows=rows)
@@ -59,6 +60,7 @@ class Table4Experiment(Experiment):
         t = res.table4
         if t is None:
             return []
+        test_only = list(dict.fromkeys(name for row in t.rows for name in row.test_only_mAP))
         rows, bold = [], set()
         for row in t.rows:
             rows.append(
@@ -69,9 +71,10 @@ class Table4Experiment(Experiment):
                     fmt(row.ensemble_mAP),
                     fmt(row.holdout_mAP),
                     fmt(row.best_single_transfer_mAP),
+                    *(fmt(row.test_only_mAP.get(name)) for name in test_only),
                 ]
             )
-        for col in (3, 4):
+        for col in (3, 4, *range(6, 6 + len(test_only))):
             by_holdout: dict[str, list[tuple[float, int]]] = {}
             for i, r in enumerate(rows):
                 if r[col] != "–":
@@ -84,9 +87,18 @@ class Table4Experiment(Experiment):
                 "Table 4",
                 f"Multi-model attacks on every leave-one-out ensemble (ε = {t.epsilon:g}): mAP of "
                 "the ensemble (white-box; distance = mean of member distances) and of the hold-out model "
-                "(black-box), next to the best single-model transfer to the hold-out model from Table 2. "
-                "Worst per hold-out in bold.",
-                ["Hold-out", "Attack", "Ensemble", "Ensemble mAP", "Hold-out mAP", "Best single-model transfer"],
+                "(black-box), next to the best single-model transfer to the hold-out model from Table 2"
+                + (f", and of the test-only models {', '.join(test_only)}" if test_only else "")
+                + ". Worst per hold-out in bold.",
+                [
+                    "Hold-out",
+                    "Attack",
+                    "Ensemble",
+                    "Ensemble mAP",
+                    "Hold-out mAP",
+                    "Best single-model transfer",
+                    *(f"{n} mAP" for n in test_only),
+                ],
                 rows,
                 bold=bold,
                 heading=self.title,

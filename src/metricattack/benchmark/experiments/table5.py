@@ -113,8 +113,8 @@ class Table5Experiment(Experiment):
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         needs = Needs()
         if cfg.experiments.table5.enabled:
-            for attacked in cfg.model_names():
-                needs.add(single(cfg, attacked, cfg.experiments.table5.settings.method), cfg.model_names())
+            for attacked in cfg.attacked_models():
+                needs.add(single(cfg, attacked, cfg.experiments.table5.settings.method), cfg.defended_models())
         return needs
 
     def prepare(self, ctx: RunContext) -> None:
@@ -123,7 +123,7 @@ class Table5Experiment(Experiment):
         defended = train_defended(ctx)
         extract_clean(ctx, defended, [], "defended features")
         method = ctx.cfg.experiments.table5.settings.method
-        extract_adversarial(ctx, [(single(ctx.cfg, m, method), d) for m in ctx.cfg.model_names() for d in defended])
+        extract_adversarial(ctx, [(single(ctx.cfg, m, method), d) for m in ctx.cfg.attacked_models() for d in defended])
 
     def compute(self, ctx: RunContext) -> Table5:
         if not ctx.cfg.experiments.table5.enabled:
@@ -131,7 +131,7 @@ class Table5Experiment(Experiment):
         from ...defense.evaluation import ORIGINAL, adversarial_gallery_name, table5_cells
 
         method = ctx.cfg.experiments.table5.settings.method
-        jobs = {adversarial_gallery_name(a): single(ctx.cfg, a, method) for a in ctx.cfg.model_names()}
+        jobs = {adversarial_gallery_name(a): single(ctx.cfg, a, method) for a in ctx.cfg.attacked_models()}
 
         def mAP(model: str, gallery: str) -> float:
             return ctx.evaluate(model, None if gallery == ORIGINAL else jobs[gallery]).mAP
