@@ -88,16 +88,16 @@ def train_config(ctx: RunContext, model: ModelSection) -> TrainConfig:
 def check_trainable(ctx: RunContext, model: ModelSection) -> None:
     """Fail now, naming the model, if its recipe cannot train on the run's dataset (e.g. the P×K
     sampler needs more identities than the training split has): the trainer's own batching
-    rules, run on the records without reading an image."""
+    rules (:func:`~metricattack.training.trainer.batch_sampler`), on the labels alone."""
     if model.train is None:
         return
-    from ..training.data import TrainImages, relabel
-    from ..training.trainer import build_loader
+    from ..training.data import relabel
+    from ..training.trainer import batch_sampler
 
     cfg = train_config(ctx, model)
     try:
-        records, labels, _ = relabel(ctx.dataset.train)
-        build_loader(cfg, TrainImages(records, labels, cfg.model.input_size, cfg.augmentation), labels, 0, 1)
+        _, labels, _ = relabel(ctx.dataset.train)
+        batch_sampler(cfg, labels, 0, 1)
     except MetricAttackError as exc:
         raise ConfigError(f"model {model.name} cannot train on dataset {ctx.cfg.dataset.name}: {exc}") from None
 
