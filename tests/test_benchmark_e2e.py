@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from metricattack.benchmark.evidence import Bootstrap, load_evidence
+from metricattack.benchmark.findings import compute_findings
 from metricattack.benchmark.schema import validate_results
 from metricattack.cli import main
+from metricattack.io import sha256_file
 from metricattack.stages import read_stage_log
 from test_benchmark_framework import check_report
 
@@ -53,6 +56,14 @@ def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
     assert res.dataset.chance is not None and 0 < res.dataset.chance.mAP < 100
     assert "| chance | a random ranking (expected) |" in (tiny_run / "tables" / "table1.md").read_text()
     assert f"mAP {res.dataset.chance.mAP:.2f}" in res.findings[0].summary
+    # every measured finding reports its numbers with a bootstrap interval over the run's saved per-query APs
+    assert res.evidence is not None and sha256_file(tiny_run / res.evidence.file) == res.evidence.sha256
+    for finding in [*res.findings, *res.further_findings]:
+        if finding.status != "not measured":
+            assert finding.checks and set(finding.intervals) == set(finding.numbers), finding.id
+            assert all(low <= high for low, high in finding.intervals.values())
+    recomputed = compute_findings(res, Bootstrap(load_evidence(tiny_run / res.evidence.file), res.evidence.resamples, res.evidence.seed))
+    assert recomputed == res.findings
 
 
 @pytest.mark.slow

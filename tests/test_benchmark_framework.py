@@ -12,9 +12,10 @@ from PIL import Image
 
 from metricattack.benchmark import findings, schema
 from metricattack.benchmark.config import load_benchmark_config
+from metricattack.benchmark.evidence import Bootstrap, ap_key
 from metricattack.benchmark.experiments import EXPERIMENTS
 from metricattack.benchmark.runner import write_outputs
-from metricattack.errors import ConfigError
+from metricattack.errors import ConfigError, MetricAttackError
 from metricattack.stages import StageCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,8 +160,14 @@ def _png(path: Path, seed: int) -> str:
     return str(path)
 
 
-def make_results(tmp_path: Path, whitebox: float, blackbox: float) -> schema.Results:
-    """Two models, three methods; white-box cells ``whitebox``, black-box cells ``blackbox`` (+ method offsets)."""
+def per_query(mAP: float, spread: float, queries: int = 10) -> np.ndarray:
+    """``queries`` APs in [0, 1] whose mean is ``mAP`` / 100, spread by ± ``spread`` (relative, evenly)."""
+    return mAP / 100 * (1 + spread * np.linspace(-1, 1, queries))
+
+
+def make_results(tmp_path: Path, whitebox: float, blackbox: float, spread: float = 0.1) -> schema.Results:
+    """Two models, three methods; white-box cells ``whitebox``, black-box cells ``blackbox`` (+ method offsets);
+    per-query APs around each cell's mAP (relative ``spread``) as the findings' evidence."""
     names, methods = ["B1", "B2"], ["fgsm", "ifgsm", "mifgsm"]
     offset = {"fgsm": 5.0, "ifgsm": 0.0, "mifgsm": 1.0}
     bb_offset = {"fgsm": 5.0, "ifgsm": 2.0, "mifgsm": 0.0}
@@ -253,7 +260,11 @@ def make_results(tmp_path: Path, whitebox: float, blackbox: float) -> schema.Res
         "findings": [],
     }
     res = schema.validate_results(data)
-    return res.model_copy(update={"findings": findings.compute_findings(res)})
+    evidence = {ap_key(t, None, "euclidean"): per_query(80.0, spread) for t in names}
+    for row in rows:
+        for cell in row["cells"]:
+            evidence[ap_key(cell["tested"], row["attack_id"], "euclidean")] = per_query(cell["ranking"]["mAP"], spread)
+    return res.model_copy(update={"findings": findings.compute_findings(res, Bootstrap(evidence, resamples=500))})
 
 
 def test_findings_follow_the_numbers(tmp_path: Path) -> None:
@@ -262,7 +273,39 @@ def test_findings_follow_the_numbers(tmp_path: Path) -> None:
     assert strong[4].status == strong[5].status == strong[6].status == "not measured"
     weak = {f.id: f for f in make_results(tmp_path, whitebox=40.0, blackbox=30.0).findings}
     assert weak[1].status == "does not hold" and weak[2].status == "does not hold"
-    assert weak[1].numbers["B1.whitebox_ifgsm_mAP"] == 40.0
+    assert weak[1].numbers["B1.whitebox_ifgsm_mAP"] == pytest.approx(40.0)
+    low, high = weak[1].intervals["B1.whitebox_ifgsm_mAP"]
+    assert low < 40.0 < high and "40.00 [" in weak[1].summary
+
+
+def test_a_finding_whose_interval_straddles_its_criterion_is_inconclusive(tmp_path: Path) -> None:
+    # white-box mAP 8 = exactly 10% of the clean 80: with per-query spread the interval straddles the criterion
+    f1 = make_results(tmp_path, whitebox=8.0, blackbox=30.0, spread=0.9).findings[0]
+    assert f1.status == "inconclusive"
+    assert {c.status for c in f1.checks} == {"inconclusive"} and all(c.low < 0 < c.high for c in f1.checks)
+    # the same numbers without spread over queries: every interval is a point, the verdict is clear
+    assert make_results(tmp_path, whitebox=7.0, blackbox=30.0, spread=0.0).findings[0].status == "holds"
+    assert make_results(tmp_path, whitebox=9.0, blackbox=30.0, spread=0.0).findings[0].status == "does not hold"
+
+
+def test_bootstrap_is_seeded_paired_and_exact_on_the_full_sample() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, 200)
+    a[[3, 50]] = np.nan  # queries without a valid match are not units
+    b = np.where(np.isnan(a), np.nan, a + 0.01)
+    boot = Bootstrap({"a": a, "b": b, "c": np.full(200, 0.3)}, resamples=1000, seed=1)
+    assert boot.mAP("a")[0] == pytest.approx(100 * np.nanmean(a))
+    assert boot.mAP("a").shape == (1001,)
+    low, high = boot.interval(boot.mAP("b") - boot.mAP("a"))  # paired: the difference is exactly 1 point in every resample
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    low, high = boot.interval(boot.mAP("a"))
+    assert low < 100 * np.nanmean(a) < high and high - low < 15
+    again = Bootstrap({"a": a}, resamples=1000, seed=1)
+    assert np.array_equal(again.mAP("a"), boot.mAP("a"))
+    assert not np.array_equal(Bootstrap({"a": a}, resamples=1000, seed=2).mAP("a"), boot.mAP("a"))
+    boot.mAP("a")
+    with pytest.raises(MetricAttackError, match="valid entries other than the vectors it is paired with"):
+        boot.mAP("c")
 
 
 class _Collect(HTMLParser):
@@ -325,6 +368,8 @@ def test_fig3_is_the_test_only_models_ratio(tmp_path: Path) -> None:
 
 
 def test_every_results_section_has_one_experiment() -> None:
-    sections = [n for n, f in schema.Results.model_fields.items() if n not in ("findings", "further_findings") and f.default is None]
+    sections = [
+        n for n, f in schema.Results.model_fields.items() if n not in ("findings", "further_findings", "evidence") and f.default is None
+    ]
     assert list(EXPERIMENTS) == sections
     assert all(EXPERIMENTS.get(n).name == n for n in EXPERIMENTS)

@@ -168,23 +168,14 @@ def mean_true_positive_distance(
 
 
 @torch.no_grad()
-def targeted_success(
-    metric: Metric,
-    q_feats: torch.Tensor,
-    g_feats: torch.Tensor,
-    dataset: ReIDDataset,
-    targets: torch.Tensor,
-    ks: Sequence[int] = (1, 10),
-) -> dict[str, float]:
-    """Fraction of attacked gallery images in the top-k of their target probe's ranking.
+def target_ranks(metric: Metric, q_feats: torch.Tensor, g_feats: torch.Tensor, dataset: ReIDDataset, targets: torch.Tensor) -> torch.Tensor:
+    """``[n]`` 0-based rank of each attacked gallery image (``targets >= 0``, in gallery order) in
+    its target probe's ranking.
 
     The ranking of probe ``t`` follows the evaluation protocol: junk images and images of
-    ``t``'s identity and camera are left out; ties are broken by gallery index. Returns
-    ``{"top1": ..., "top10": ..., "mean_rank": ..., "num_targets": n}`` (ranks are 1-based).
+    ``t``'s identity and camera are left out; ties are broken by gallery index.
     """
     attacked = torch.nonzero(targets >= 0).flatten()
-    if attacked.numel() == 0:
-        return {**{f"top{k}": float("nan") for k in ks}, "mean_rank": float("nan"), "num_targets": 0}
     g_pids = torch.tensor([r.pid for r in dataset.gallery])
     g_cams = torch.tensor([r.camid for r in dataset.gallery])
     q_pids = torch.tensor([r.pid for r in dataset.query])
@@ -202,7 +193,25 @@ def targeted_success(
         own = dist.gather(1, gal.unsqueeze(1))
         before = (dist < own) | ((dist == own) & (positions.unsqueeze(0) < gal.unsqueeze(1)))
         ranks[start : start + gal.numel()] = (before & ~ignored).sum(1)
+    return ranks
+
+
+def targeted_success(
+    metric: Metric,
+    q_feats: torch.Tensor,
+    g_feats: torch.Tensor,
+    dataset: ReIDDataset,
+    targets: torch.Tensor,
+    ks: Sequence[int] = (1, 10),
+) -> dict[str, float]:
+    """Fraction of attacked gallery images in the top-k of their target probe's ranking
+    (:func:`target_ranks`). Returns ``{"top1": ..., "top10": ..., "mean_rank": ..., "num_targets": n}``
+    (ranks are 1-based).
+    """
+    ranks = target_ranks(metric, q_feats, g_feats, dataset, targets)
+    if ranks.numel() == 0:
+        return {**{f"top{k}": float("nan") for k in ks}, "mean_rank": float("nan"), "num_targets": 0}
     out: dict[str, float] = {f"top{k}": float((ranks < k).float().mean()) for k in ks}
     out["mean_rank"] = float((ranks + 1).float().mean())
-    out["num_targets"] = int(attacked.numel())
+    out["num_targets"] = int(ranks.numel())
     return out

@@ -246,6 +246,14 @@ class ExperimentsSection(StrictModel):
     table2_title: str = "Table 2"
 
 
+class ConfidenceSection(StrictModel):
+    """The seeded bootstrap over queries behind the findings' intervals (docs/results-schema.md)."""
+
+    resamples: PositiveInt = Field(default=1000, description="bootstrap resamples")
+    level: float = Field(default=0.95, gt=0, lt=1, description="coverage of the percentile interval")
+    seed: int = Field(default=0, description="seeds the resampling (the same run gives the same intervals)")
+
+
 class BenchmarkConfig(StrictModel):
     name: str = "benchmark"
     seed: int = 0
@@ -255,6 +263,7 @@ class BenchmarkConfig(StrictModel):
     evaluation: EvaluationSection = EvaluationSection()
     attack: AttackSection = AttackSection()
     experiments: ExperimentsSection = ExperimentsSection()
+    confidence: ConfidenceSection = ConfidenceSection()
 
     @model_validator(mode="after")
     def _check(self) -> BenchmarkConfig:

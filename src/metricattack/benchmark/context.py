@@ -21,8 +21,9 @@ from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
 from ..evaluation.ranking import RankingResult, evaluate_distances
 from ..metrics.distance import Metric, build_metric
-from ..models.reid import ReIDModel
+from ..models.base import ReIDNet
 from ..stages import StageCache
+from .evidence import ap_key
 from .jobs import AttackJob, is_learned
 from .schema import Ranking
 
@@ -82,12 +83,13 @@ class RunContext:
     dataset_root: str
     fingerprint: str
     keys: dict[str, str] = field(default_factory=dict)  # resource name -> stage key (e.g. "model:B1")
-    models: dict[str, ReIDModel] = field(default_factory=dict)
+    models: dict[str, ReIDNet] = field(default_factory=dict)
     records: dict[str, ModelRecord] = field(default_factory=dict)
     clean: dict[str, Features] = field(default_factory=dict)
     metrics: dict[tuple[str, str], Metric] = field(default_factory=dict)  # (model, metric name)
     attacks: dict[AttackJob, AttackOutput] = field(default_factory=dict)
     adversarial: dict[tuple[AttackJob, str], torch.Tensor] = field(default_factory=dict)  # (job, tested) -> gallery [G, D]
+    evidence: dict[str, np.ndarray] = field(default_factory=dict)  # what the findings bootstrap (see .evidence)
     _results: dict[tuple[AttackJob | None, str, str], RankingResult] = field(default_factory=dict)
     _adv_records: dict[AttackJob, list[ImageRecord]] = field(default_factory=dict)
 
@@ -120,6 +122,7 @@ class RunContext:
         key = (job, tested, metric)
         if key not in self._results:
             self._results[key] = self.rank(self.distances(tested, self.gallery(tested, job), metric))
+            self.evidence[ap_key(tested, None if job is None else job.id, metric)] = self._results[key].per_query_ap
         return self._results[key]
 
     def evaluate(self, tested: str, job: AttackJob | None = None, metric: str = "euclidean") -> Ranking:

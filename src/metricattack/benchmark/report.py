@@ -58,11 +58,21 @@ def build_sections(res: Results, tables: dict[str, list[Table]], figures: dict[s
 def render_report(res: Results, tables: dict[str, list[Table]], figures: dict[str, list[Figure]]) -> str:
     """The HTML text of the report."""
     env = Environment(loader=PackageLoader("metricattack.benchmark", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    counts = {s: sum(1 for f in res.findings if f.status == s) for s in ("holds", "does not hold", "not measured")}
+    counts = {s: sum(1 for f in res.findings if f.status == s) for s in ("holds", "does not hold", "inconclusive", "not measured")}
     summary_line = (
-        f"Of the paper's six findings, {counts['holds']} hold on this run, {counts['does not hold']} do not, "
-        f"and {counts['not measured']} were not measured. Each verdict below is computed from the numbers "
-        "in this run with the stated criterion."
+        f"Of the paper's six findings, on this run: {counts['holds']} hold, {counts['does not hold']} do not hold, "
+        f"{counts['inconclusive']} are inconclusive, {counts['not measured']} were not measured. Each verdict is computed "
+        "from the numbers of this run with the stated criterion."
+    )
+    e = res.evidence
+    method_line = (
+        ""
+        if e is None
+        else f"Numbers in brackets are {100 * e.confidence:g}% intervals from a bootstrap over queries: the queries are "
+        f"resampled with replacement {e.resamples} times (seed {e.seed}) and every compared mAP is recomputed on the same "
+        "resampled queries (the targeted attack's share: over the attacked images). A finding holds when every inequality "
+        "of its criterion holds over its whole interval, does not hold when one is violated over its whole interval, and "
+        "is inconclusive when an interval straddles the criterion."
     )
     prov = res.provenance
     minutes, seconds = divmod(int(prov.wall_seconds), 60)
@@ -79,6 +89,7 @@ def render_report(res: Results, tables: dict[str, list[Table]], figures: dict[st
         findings=res.findings,
         further=res.further_findings,
         summary_line=summary_line,
+        method_line=method_line,
         seeds=prov.seeds,
         versions=", ".join(f"{k} {v}" for k, v in sorted(prov.versions.items())),
     )

@@ -12,17 +12,20 @@ import json
 import time
 from pathlib import Path
 
-from ..io import atomic_write_json, environment_versions
+from ..io import atomic_write_json, environment_versions, sha256_file
 from ..stages import read_stage_log
 from . import resources
 from .config import BenchmarkConfig
 from .context import RunContext
+from .evidence import Bootstrap, save_evidence
 from .experiments import EXPERIMENTS, Figure
 from .findings import compute_findings, compute_further_findings
 from .jobs import AttackJob, Needs
 from .report import write_report
-from .schema import AttackSetting, DatasetInfo, ModelInfo, Provenance, Results
+from .schema import AttackSetting, DatasetInfo, EvidenceInfo, ModelInfo, Provenance, Results
 from .tables import Table
+
+EVIDENCE_FILE = "evidence.safetensors"
 
 
 def _model_info(ctx: RunContext, name: str) -> ModelInfo:
@@ -95,8 +98,14 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
         stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
         wall_seconds=0.0,
     )
+    save_evidence(out / EVIDENCE_FILE, ctx.evidence)
+    c = cfg.confidence
+    evidence = EvidenceInfo(
+        file=EVIDENCE_FILE, sha256=sha256_file(out / EVIDENCE_FILE), resamples=c.resamples, seed=c.seed, confidence=c.level
+    )
     results = Results(
         provenance=provenance,
+        evidence=evidence,
         dataset=DatasetInfo(
             name=cfg.dataset.name,
             root=ctx.dataset_root,
@@ -109,7 +118,10 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
         findings=[],
         **sections,
     )
-    results = results.model_copy(update={"findings": compute_findings(results), "further_findings": compute_further_findings(results)})
+    boot = Bootstrap(ctx.evidence, cfg.confidence.resamples, cfg.confidence.seed, cfg.confidence.level)
+    results = results.model_copy(
+        update={"findings": compute_findings(results, boot), "further_findings": compute_further_findings(results, boot)}
+    )
     results.provenance.wall_seconds = round(time.perf_counter() - start, 3)
     write_outputs(results, out)
     return results

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..io import atomic_write_text
 
 SCHEMA_VERSION: Literal[1] = 1
-Status = Literal["holds", "does not hold", "not measured"]
+Verdict = Literal["holds", "does not hold", "inconclusive"]
+Status = Literal["holds", "does not hold", "inconclusive", "not measured"]
 Mode = Literal["nontargeted", "targeted", "classification"]
 
 
@@ -108,6 +109,7 @@ class EnsembleRow(Record):
     best_single_transfer_mAP: float | None = Field(
         None, description="lowest hold-out mAP over single-model attacks on the other models (Table 2, same method)"
     )
+    single_attack_ids: list[str] = Field(default_factory=list, description="the Table 2 galleries of that comparison")
     test_only_mAP: dict[str, float] = Field(default_factory=dict, description="mAP of each test-only model on the ensemble's gallery")
 
 
@@ -155,6 +157,8 @@ class ClassificationVsMetric(Record):
 
     model: str
     method: str
+    metric_attack_id: str | None = None
+    classification_attack_id: str | None = None
     clean: Ranking
     metric_attack: Ranking
     classification_attack: Ranking | None
@@ -224,6 +228,7 @@ class Fig1(Record):
 class Table5Cell(Record):
     base_model: str
     gallery: str = Field(description="'original' or 'adv(<attacked model>)'")
+    attack_id: str | None = Field(default=None, description="the adversarial gallery (null: the original one)")
     normal_mAP: float
     defended_mAP: float
     improvement: float = Field(description="relative improvement (#M - #N) / #N")
@@ -236,12 +241,40 @@ class Table5(Record):
     adaptive: list[dict[str, Any]] = Field(default_factory=list, description="white-box attacks on defended models")
 
 
+class Check(Record):
+    """One inequality of a finding's criterion with its bootstrap interval.
+
+    ``margin`` is how far the criterion is met (met when ``margin > 0`` if ``strict``, else
+    ``margin ≥ 0``); ``holds`` when the whole interval meets it, ``does not hold`` when none of
+    it does, ``inconclusive`` when the interval straddles the boundary.
+    """
+
+    name: str
+    margin: float
+    low: float
+    high: float
+    strict: bool
+    status: Verdict
+
+
 class Finding(Record):
     id: int
     title: str
-    status: Status
-    summary: str = Field(description="plain-language statement with the numbers behind it")
-    numbers: dict[str, float] = Field(default_factory=dict)
+    status: Status = Field(description="holds / does not hold when every check does / any check does not; else inconclusive")
+    summary: str = Field(description="plain-language statement with the numbers (and their intervals) behind it")
+    numbers: dict[str, float] = Field(default_factory=dict, description="the numbers the finding compares, on the full sample")
+    intervals: dict[str, tuple[float, float]] = Field(default_factory=dict, description="bootstrap interval of each number")
+    checks: list[Check] = Field(default_factory=list, description="the criterion's inequalities, each with its interval")
+
+
+class EvidenceInfo(Record):
+    """Where the per-query APs behind the findings are and how they were bootstrapped."""
+
+    file: str = Field(description="safetensors file beside results.json: per-query APs and per-image targeted hits")
+    sha256: str
+    resamples: int
+    seed: int
+    confidence: float
 
 
 class DatasetInfo(Record):
@@ -288,7 +321,12 @@ class Results(Record):
     fig3: Fig3 | None = Field(None, description="Fig. 3: adversarial / clean mAP ratio per tested model and setting")
     fig4: Fig4 | None = Field(None, description="Fig. 4: top-k ranking lists of chosen probes (clean, non-targeted, targeted)")
     fig5: Fig5 | None = Field(None, description="Fig. 5: mAP against ε per attack-metric / test-metric pair")
-    findings: list[Finding] = Field(description="the paper's six findings: holds / does not hold / not measured, with numbers")
+    evidence: EvidenceInfo | None = Field(
+        default=None, description="the per-query APs behind the findings' intervals (file, bootstrap settings)"
+    )
+    findings: list[Finding] = Field(
+        description="the paper's six findings: holds / does not hold / inconclusive / not measured, with numbers and intervals"
+    )
     further_findings: list[Finding] = Field(
         default_factory=list, description="further claims of the paper (XQDA, defense), checked the same way"
     )
@@ -318,7 +356,27 @@ def schema_markdown() -> str:
         "Market-1501 trapezoidal AP the paper uses, `noninterp` = torchreid/fast-reid AP).",
         "ε, α are in 0..255 pixel units. Sections of experiments that were not selected",
         "(`--only`) are `null`; `findings` always lists the six findings of the paper, each",
-        "`holds`, `does not hold` or `not measured`, computed from the numbers in this file.",
+        "`holds`, `does not hold`, `inconclusive` or `not measured`, computed from the numbers in this file.",
+        "",
+        "## How a verdict is reached",
+        "",
+        "Each finding compares mean APs (mAPs) of evaluations of this run, or, for the targeted",
+        "attack, the share of attacked images that reach their target's top-10. Its criterion is a",
+        "set of inequalities (`checks`, e.g. 'B1's white-box mAP ≤ 10% of its clean mAP'), each",
+        "written as a `margin` that is ≥ 0 (or > 0) when the inequality is met. The uncertainty of",
+        "every number comes from a bootstrap over queries: the valid queries (those with a true",
+        "match) are resampled with replacement `evidence.resamples` times (1,000 by default) with",
+        "a fixed seed (`evidence.seed`), and every mAP a finding compares is recomputed on the same",
+        "resampled queries (paired, so a difference of two mAPs keeps its correlation); the",
+        "targeted attack's share resamples the attacked images the same way. The interval of a",
+        "number or a margin is the percentile interval of its resampled values",
+        "(`evidence.confidence` = 0.95: the 2.5th and 97.5th percentiles). A check `holds` when",
+        "its whole interval meets the inequality, `does not hold` when none of it does, and is",
+        "`inconclusive` when the interval straddles the boundary. A finding holds when all its",
+        "checks hold, does not hold when any check does not hold, and is inconclusive otherwise.",
+        "The per-query APs are saved beside results.json (`evidence.file`), so the verdicts can be",
+        "recomputed; the same config and features give the same intervals. Variation over",
+        "training seeds is not part of the interval (one model is trained per entry).",
         "",
         "## Top-level fields",
         "",

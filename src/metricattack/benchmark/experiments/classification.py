@@ -44,6 +44,8 @@ class ClassificationExperiment(Experiment):
         return ClassificationVsMetric(
             model=m,
             method=method,
+            metric_attack_id=metric_job.id,
+            classification_attack_id=cls_job.id,
             clean=ctx.evaluate(m),
             metric_attack=ctx.evaluate(m, metric_job),
             classification_attack=ctx.evaluate(m, cls_job),

@@ -51,6 +51,7 @@ class Table4Experiment(Experiment):
                         ensemble_mAP=100 * ctx.rank(mean_dist).mAP,
                         holdout_mAP=ctx.evaluate(holdout, job).mAP,
                         best_single_transfer_mAP=min(singles) if singles else None,
+                        single_attack_ids=[r.attack_id for r in t2.rows if r.method == method and r.attacked in members],
                         test_only_mAP={t: ctx.evaluate(t, job).mAP for t in ctx.cfg.test_only_models()},
                     )
                 )

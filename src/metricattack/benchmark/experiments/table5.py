@@ -139,7 +139,8 @@ class Table5Experiment(Experiment):
         bases = ctx.cfg.defended_models()
         cells = table5_cells(bases, [ORIGINAL, *jobs], mAP, lambda b, g: mAP(defended_name(b), g))
         adaptive = adaptive_rows(ctx, [defended_name(n) for n in bases])
-        return Table5(status="ok", cells=[Table5Cell(**c) for c in cells], adaptive=adaptive)
+        attack_ids = {name: job.id for name, job in jobs.items()}
+        return Table5(status="ok", cells=[Table5Cell(**c, attack_id=attack_ids.get(c["gallery"])) for c in cells], adaptive=adaptive)
 
     def not_run(self, res: Results) -> str | None:
         if res.table5 is not None and res.table5.status != "ok":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..evidence import hits_key
 from ..jobs import AttackJob, Needs, single
 from ..schema import Results, Targeted
 from ..tables import Table, fmt, method_label
@@ -12,6 +13,8 @@ from .base import Experiment
 if TYPE_CHECKING:
     from ..config import BenchmarkConfig
     from ..context import RunContext
+
+TOP_K = 10  # the findings' evidence: did each attacked image reach its target's top-10
 
 
 class TargetedExperiment(Experiment):
@@ -29,12 +32,15 @@ class TargetedExperiment(Experiment):
         return needs
 
     def compute(self, ctx: RunContext) -> Targeted:
-        from ...attacks.runner import targeted_success
+        from ...attacks.runner import target_ranks, targeted_success
 
         m, job = self._job(ctx.cfg)
         targets, metric, queries = ctx.targets(), ctx.metric(m, "euclidean"), ctx.clean[m].query
         after = targeted_success(metric, queries, ctx.gallery(m, job), ctx.dataset, targets)
         before = targeted_success(metric, queries, ctx.gallery(m), ctx.dataset, targets)
+        for clean, gallery in ((False, ctx.gallery(m, job)), (True, ctx.gallery(m))):
+            hits = target_ranks(metric, queries, gallery, ctx.dataset, targets) < TOP_K
+            ctx.evidence[hits_key(job.id, clean)] = hits.double().numpy()
         return Targeted(
             model=m,
             method=job.method,
