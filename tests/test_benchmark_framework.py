@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -134,6 +135,31 @@ def test_recipes_are_checked_against_the_dataset_before_training(tmp_path: Path)
         ConfigError, match="model B1 cannot train .*batch_size=32 is larger than one epoch's worth of training images \\(20"
     ):
         check_trainable(ctx, load_benchmark_config(path).models[0])
+
+
+def test_learned_metrics_are_fitted_on_cross_camera_pairs_by_default(tmp_path: Path) -> None:
+    import torch
+
+    from metricattack.benchmark.context import Features, RunContext
+    from metricattack.benchmark.resources import fit_metrics
+    from metricattack.data.types import ImageRecord, ReIDDataset
+
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL)
+    train = tuple(
+        ImageRecord(tmp_path / f"{pid}_{k}.jpg", pid, k % 3) for pid in range(1, 9) for k in range(6)
+    )  # 8 ids x 6 images, 3 cameras
+    ds = ReIDDataset("folder", tmp_path, train, train[:1], train[1:2])
+    features = torch.nn.functional.normalize(
+        torch.randn(len(train), 16, generator=torch.Generator().manual_seed(0)) + torch.arange(8).repeat_interleave(6)[:, None] * 0.3, dim=1
+    )
+    for cross, expected_pairs in ((None, 8 * 12), (False, 8 * 15)):  # 6 images in 3 cameras: 12 cross-camera of 15 pairs
+        cfg = load_benchmark_config(path, [] if cross is None else [f"learned_metrics.cross_camera={str(cross).lower()}"])
+        ctx = RunContext(cfg, StageCache(tmp_path / str(cross)), "cpu", ds, str(tmp_path), "fp", keys={"features:B1": "k"})
+        ctx.clean["B1"] = Features(features[:1], features[:1], features)
+        fit_metrics(ctx, [("B1", "xqda")])
+        sidecar = json.loads(next((tmp_path / str(cross)).rglob("metric.json")).read_text())
+        assert sidecar["meta"]["learned_metric"]["fit"]["num_similar_pairs"] == expected_pairs
 
 
 # ----------------------------------------------------------------- schema

@@ -246,6 +246,16 @@ class ExperimentsSection(StrictModel):
     table2_title: str = "Table 2"
 
 
+class LearnedMetricsSection(StrictModel):
+    """How the learned metrics (XQDA, KISSME) are fitted on each model's training features."""
+
+    cross_camera: bool = Field(
+        default=True,
+        description="fit on pairs of images from different cameras only: XQDA's cross-view pairs (Liao et al., CVPR 2015); "
+        "false: every same-identity pair (benchmarks/RESULTS.md compares both)",
+    )
+
+
 class ConfidenceSection(StrictModel):
     """The seeded bootstrap over queries behind the findings' intervals (docs/results-schema.md)."""
 
@@ -263,6 +273,7 @@ class BenchmarkConfig(StrictModel):
     evaluation: EvaluationSection = EvaluationSection()
     attack: AttackSection = AttackSection()
     experiments: ExperimentsSection = ExperimentsSection()
+    learned_metrics: LearnedMetricsSection = LearnedMetricsSection()
     confidence: ConfidenceSection = ConfidenceSection()
 
     @model_validator(mode="after")

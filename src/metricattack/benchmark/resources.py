@@ -173,11 +173,15 @@ def extract_clean(ctx: RunContext, names: list[str], with_train: list[str], desc
 
 # ----------------------------------------------------------------- learned metrics
 def fit_metrics(ctx: RunContext, learned: list[tuple[str, str]]) -> None:
-    """Fit each (model, learned metric) on the model's training features (identities only)."""
+    """Fit each (model, learned metric) on the model's training features (identities only; pairs
+    across cameras unless ``learned_metrics.cross_camera`` is false)."""
     from ..metrics.learned import fit_learned, load_learned_metric, save_learned_metric
 
+    options = ctx.cfg.learned_metrics.model_dump()
     for name, kind in progress(learned, "learned metrics"):
-        spec = StageSpec("learned_metric", f"{kind}:{name}", {"kind": kind}, upstream=(ctx.keys[f"features:{name}"],), code=("metrics",))
+        spec = StageSpec(
+            "learned_metric", f"{kind}:{name}", {"kind": kind, **options}, upstream=(ctx.keys[f"features:{name}"],), code=("metrics",)
+        )
 
         def work(folder: Path, name: str = name, kind: str = kind) -> dict[str, Any]:
             train = ctx.clean[name].train
@@ -186,7 +190,7 @@ def fit_metrics(ctx: RunContext, learned: list[tuple[str, str]]) -> None:
             pids = torch.tensor([r.pid for r in ctx.dataset.train])
             camids = torch.tensor([r.camid for r in ctx.dataset.train])
             keep = pids > 0
-            save_learned_metric(fit_learned(kind, train[keep], pids[keep], camids[keep]), folder / "metric.safetensors")
+            save_learned_metric(fit_learned(kind, train[keep], pids[keep], camids[keep], **options), folder / "metric.safetensors")
             return {"file": "metric.safetensors"}
 
         ctx.cache.run(spec, work)
