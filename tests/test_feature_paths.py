@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from metricattack.attacks.runner import clean_features
-from metricattack.benchmark import backend
+from metricattack.benchmark.resources import model_features
 from metricattack.cli import main
 from metricattack.data.layouts import load_dataset
 from metricattack.data.loading import read_image
@@ -77,7 +77,7 @@ def test_every_command_computes_the_same_features(setup, tmp_path: Path, monkeyp
     torch.testing.assert_close(attack.gallery, expected["gallery"], **EXACT)
 
     # benchmark's features stage
-    torch.testing.assert_close(backend.extract(model, dataset.gallery, batch_size=16), expected["gallery"], **EXACT)
+    torch.testing.assert_close(model_features(model, dataset.gallery, batch_size=16), expected["gallery"], **EXACT)
 
     # defense: the features its Table 5 cells and adaptive rows are computed from
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []

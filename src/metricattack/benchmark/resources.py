@@ -9,7 +9,7 @@ config, the keys of the stages it reads and the source of the packages it runs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -133,14 +133,16 @@ def train_models(ctx: RunContext) -> None:
 
 
 # ----------------------------------------------------------------- features
-def extract(ctx: RunContext, model: str, records: tuple[ImageRecord, ...] | list[ImageRecord]) -> torch.Tensor:
-    """``model``'s L2-normalised features ``[N, D]`` (float32, CPU) of ``records``."""
+def model_features(model: torch.nn.Module, records: Sequence[ImageRecord], batch_size: int, device: str = "cpu") -> torch.Tensor:
+    """``model``'s L2-normalised features ``[N, D]`` (float32, CPU) of ``records``: the one feature path of every command."""
     from ..evaluation.features import extract_features
 
-    features = extract_features(
-        ctx.models[model], list(records), batch_size=ctx.cfg.evaluation.batch_size, device=ctx.device, progress=False
-    )
-    return features.float().cpu()
+    return extract_features(model, list(records), batch_size=batch_size, device=device, progress=False).float().cpu()
+
+
+def extract(ctx: RunContext, model: str, records: Sequence[ImageRecord]) -> torch.Tensor:
+    """:func:`model_features` of the run's model ``model``."""
+    return model_features(ctx.models[model], records, ctx.cfg.evaluation.batch_size, ctx.device)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
