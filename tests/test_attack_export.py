@@ -238,9 +238,12 @@ def test_mixed_identity_batches_equal_one_identity_at_a_time(entry, data) -> Non
     feats = clean_features([entry.model], data, batch_size=8)
     plan = plan_attack([entry.model], entry.metric, data, "gallery", spec, feats)
     together = {}
-    for batch in attack_batches(plan, spec, batch_size=16):
+    batches, count = attack_batches(plan, spec, batch_size=16), 0
+    for batch in batches:
+        count += 1
         for i, index in enumerate(batch.indices.tolist()):
             together[index] = quantize(batch.adversarial[i : i + 1], batch.clean[i : i + 1], 5)
+    assert count == len(batches)  # the attack bar's total
     for pid in sorted({r.pid for r in data.gallery if r.pid > 0})[:4]:
         ids = torch.tensor([i for i, r in enumerate(data.gallery) if r.pid == pid])
         clean = torch.stack([read_image(data.gallery[i].path) for i in ids])

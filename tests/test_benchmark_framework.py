@@ -162,6 +162,21 @@ def test_learned_metrics_are_fitted_on_cross_camera_pairs_by_default(tmp_path: P
         assert sidecar["meta"]["learned_metric"]["fit"]["num_similar_pairs"] == expected_pairs
 
 
+def test_models_train_with_the_runs_progress_setting(tmp_path: Path) -> None:
+    from metricattack.benchmark.context import RunContext
+    from metricattack.benchmark.resources import train_config
+    from metricattack.data.types import ImageRecord, ReIDDataset
+
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL)
+    train = tuple(ImageRecord(tmp_path / f"{pid}_{k}.jpg", pid, k % 2) for pid in range(1, 5) for k in range(4))
+    ds = ReIDDataset("folder", tmp_path, train, train[:1], train[1:2])
+    for overrides, shown in (([], True), (["progress=false"], False), (["models.B1.train.progress=false"], False)):
+        cfg = load_benchmark_config(path, overrides)
+        ctx = RunContext(cfg, StageCache(tmp_path), "cpu", ds, str(tmp_path), "fp")
+        assert train_config(ctx, cfg.models[0]).progress is shown, overrides
+
+
 # ----------------------------------------------------------------- schema
 def test_schema_doc_is_up_to_date() -> None:
     doc = (REPO / "docs" / "results-schema.md").read_text(encoding="utf-8")

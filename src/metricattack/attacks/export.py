@@ -289,7 +289,17 @@ def _write_batches(
         return (batch_dir / f"{number:06d}.json").is_file()
 
     batches = attack_batches(plan, spec, batch_size=batch_size, device=device, skip=done)
-    for batch in tqdm(batches, desc=f"attack {plan.split}", unit="batch", disable=not (progress and is_main_process()), leave=False):
+    finished = sum(done(number) for number in range(len(batches)))
+    bar = tqdm(
+        batches,
+        desc=f"attack {plan.split}",
+        unit="batch",
+        total=len(batches),
+        initial=finished,
+        disable=not (progress and is_main_process()),
+        leave=False,
+    )
+    for batch in bar:
         pixels = quantize(batch.adversarial, batch.clean, spec.eps).cpu()
         files: dict[str, str] = {}
         for i, index in enumerate(batch.indices.tolist()):

@@ -109,6 +109,36 @@ class AttackedBatch:
     adversarial: torch.Tensor
 
 
+class AttackBatches:
+    """The adversarial batches of a plan, streamed (see :func:`attack_batches`); ``len()`` is the
+    number of batches of this rank, skipped ones included (a progress bar's total)."""
+
+    def __init__(
+        self, plan: AttackPlan, spec: AttackSpec, batch_size: int, device: str | torch.device, skip: Callable[[int], bool]
+    ) -> None:
+        self.plan, self.spec, self.device, self.skip = plan, spec, device, skip
+        self.loader = make_loader(plan.records, batch_size, shard=True)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[AttackedBatch]:
+        plan, dataset, batches = self.plan, self.loader.dataset, self.loader.batch_sampler
+        assert batches is not None  # make_loader always batches with a sampler
+        for number, batch in enumerate(batches):
+            if self.skip(number):
+                continue
+            indices = torch.tensor(batch, dtype=torch.long)
+            clean = torch.stack([dataset[i][0] for i in batch]).to(self.device)
+            active = plan.active[indices]
+            if active.any():
+                plan.objective.prepare(clean, indices)
+                adversarial = perturb(clean, plan.objective, self.spec, indices=indices, active=active, minimise=plan.minimise)
+            else:
+                adversarial = clean.clone()
+            yield AttackedBatch(number, indices, clean, adversarial)
+
+
 def attack_batches(
     plan: AttackPlan,
     spec: AttackSpec,
@@ -116,27 +146,13 @@ def attack_batches(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     skip: Callable[[int], bool] = lambda number: False,
-) -> Iterator[AttackedBatch]:
-    """Stream ``plan.records`` (native sizes, this rank's shard) and yield adversarial batches.
+) -> AttackBatches:
+    """Stream ``plan.records`` (native sizes, this rank's shard) as adversarial batches.
 
     Batch ``number``s follow the loader's deterministic order; ``skip(number)`` True skips
     the batch without reading its images (resuming).
     """
-    loader = make_loader(plan.records, batch_size, shard=True)
-    dataset, batches = loader.dataset, loader.batch_sampler
-    assert batches is not None  # make_loader always batches with a sampler
-    for number, batch in enumerate(batches):
-        if skip(number):
-            continue
-        indices = torch.tensor(batch, dtype=torch.long)
-        clean = torch.stack([dataset[i][0] for i in batch]).to(device)
-        active = plan.active[indices]
-        if active.any():
-            plan.objective.prepare(clean, indices)
-            adversarial = perturb(clean, plan.objective, spec, indices=indices, active=active, minimise=plan.minimise)
-        else:
-            adversarial = clean.clone()
-        yield AttackedBatch(number, indices, clean, adversarial)
+    return AttackBatches(plan, spec, batch_size, device, skip)
 
 
 # ------------------------------------------------------------------ measurements

@@ -268,6 +268,9 @@ class BenchmarkConfig(StrictModel):
     name: str = "benchmark"
     seed: int = 0
     device: str = "cpu"
+    progress: bool = Field(
+        default=True, description="progress bars: stage groups, each model's epochs (with its recipe's progress), each attack's batches"
+    )
     dataset: DatasetSection
     models: list[ModelSection] = Field(min_length=1)
     evaluation: EvaluationSection = EvaluationSection()

@@ -9,7 +9,7 @@ config, the keys of the stages it reads and the source of the packages it runs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,15 +35,15 @@ CODE_FEATURES = ("data", "models", "evaluation")
 CODE_ATTACK = ("data", "models", "metrics", "attacks")
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
-    """A tqdm bar (with elapsed time and ETA) over one group of stages."""
+def progress(ctx: RunContext, items: Sequence[T], desc: str) -> tqdm[T]:
+    """A tqdm bar (elapsed time, ETA) over one group of stages, unless the run's ``progress`` is off."""
     return tqdm(
         items,
         desc=desc,
-        total=total,
         unit="stage",
         dynamic_ncols=True,
         leave=True,
+        disable=not ctx.cfg.progress,
         bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining} ETA",
     )
 
@@ -82,7 +82,8 @@ def train_config(ctx: RunContext, model: ModelSection) -> TrainConfig:
     """The TrainConfig of ``model``, training on the run's dataset and device."""
     if model.train is None:
         raise ConfigError(f"model {model.name} has no training recipe (it is given as a checkpoint)")
-    return model.train.train_config(ctx.cfg.dataset.layout, ctx.dataset_root, ctx.device, f"model {model.name} training config")
+    cfg = model.train.train_config(ctx.cfg.dataset.layout, ctx.dataset_root, ctx.device, f"model {model.name} training config")
+    return cfg.model_copy(update={"progress": cfg.progress and ctx.cfg.progress})  # its epochs under the models bar
 
 
 def check_trainable(ctx: RunContext, model: ModelSection) -> None:
@@ -115,7 +116,9 @@ def train_models(ctx: RunContext) -> None:
     """Train every base model (or take its checkpoint), after checking every recipe."""
     for m in ctx.cfg.models:
         check_trainable(ctx, m)
-    for m in progress(ctx.cfg.models, "base models"):
+    bar = progress(ctx, ctx.cfg.models, "base models")
+    for m in bar:
+        bar.set_description_str(f"base models ({m.name})")
         config = {**m.stage_config(), "device": ctx.device}
         if m.checkpoint is not None:
             config["sha256"] = sha256_file(m.checkpoint)
@@ -152,7 +155,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def extract_clean(ctx: RunContext, names: list[str], with_train: list[str], desc: str = "clean features") -> None:
     """Clean query/gallery features (and train, for ``with_train`` models) of each model in ``names``."""
-    for name in progress(names, desc):
+    for name in progress(ctx, names, desc):
         train = name in with_train
         spec = StageSpec(
             "features",
@@ -180,7 +183,7 @@ def fit_metrics(ctx: RunContext, learned: list[tuple[str, str]]) -> None:
     from ..metrics.learned import fit_learned, load_learned_metric, save_learned_metric
 
     options = ctx.cfg.learned_metrics.model_dump()
-    for name, kind in progress(learned, "learned metrics"):
+    for name, kind in progress(ctx, learned, "learned metrics"):
         spec = StageSpec(
             "learned_metric", f"{kind}:{name}", {"kind": kind, **options}, upstream=(ctx.keys[f"features:{name}"],), code=("metrics",)
         )
@@ -220,7 +223,7 @@ def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
     """Make each job's adversarial gallery (a dataset in the stage folder; the export resumes by itself)."""
     from ..attacks.export import ModelEntry, export_attack
 
-    for job in progress(jobs, "adversarial sets"):
+    for job in progress(ctx, jobs, "adversarial sets"):
         spec = attack_stage(ctx, job)
 
         def work(folder: Path, job: AttackJob = job) -> dict[str, Any]:
@@ -242,7 +245,7 @@ def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
                 batch_size=ctx.cfg.attack.batch_size,
                 device=ctx.device,
                 ap=ctx.cfg.evaluation.ap,
-                progress=False,
+                progress=ctx.cfg.progress,
             )
             return {
                 "dataset_dir": str((folder / "data").resolve()),
@@ -257,7 +260,7 @@ def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
 def extract_adversarial(ctx: RunContext, evaluations: list[tuple[AttackJob, str]], desc: str = "adversarial features") -> None:
     """Features of each (job, tested model): the tested model's view of the job's adversarial gallery
     (only the images the attack perturbs are extracted again; a Market-like gallery is mostly others)."""
-    for job, tested in progress(evaluations, desc):
+    for job, tested in progress(ctx, evaluations, desc):
         spec = StageSpec(
             "adv_features",
             f"{job.id}@{tested}",

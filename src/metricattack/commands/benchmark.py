@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, type=Path, help="benchmark YAML, e.g. configs/quickstart.yaml")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--only", default="", help=f"comma-separated experiments to run: {','.join(EXPERIMENTS)}")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (same as --set progress=false)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark.runner import run_benchmark
 
     only = [o.strip() for o in args.only.split(",") if o.strip()]
-    cfg = load_benchmark_config(args.config, args.overrides, only)
+    cfg = load_benchmark_config(args.config, [*args.overrides, *(["progress=false"] if args.no_progress else [])], only)
     out = args.out or Path("runs") / cfg.name
     check_output_folder("--out", out, command="benchmark", is_previous=_is_benchmark_run, inputs=[args.config], datasets=_sources(cfg))
     with claim_output(out, "benchmark"):

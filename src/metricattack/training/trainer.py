@@ -344,6 +344,7 @@ def _run(
     show = cfg.progress and is_main_process()
     if show and start_epoch:
         log.info("resuming from %s (epoch %d/%d)", latest, start_epoch, cfg.schedule.epochs)
+    epochs = tqdm(total=cfg.schedule.epochs, initial=start_epoch, desc="training", unit="epoch", disable=not show, leave=False)
     for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
         torch.manual_seed(cfg.seed + epoch)
         loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
@@ -354,11 +355,13 @@ def _run(
         with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar:
             stats = _across_ranks(run_epoch(step, batches, optimizer, losses, device, bar, epoch), device)
         history.append({"epoch": epoch, "lr": lr, **stats})
+        epochs.update(1)
         if show:
             log.info("epoch %d/%d: loss %.4f, %.1f images/s", epoch, cfg.schedule.epochs, stats["loss"], stats["images_per_second"])
         if is_main_process() and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.schedule.epochs):
             _save_epoch(model, optimizer, ckpt_dir, epoch, {**base, "epoch": epoch, "history": history})
         barrier()
+    epochs.close()
     if is_main_process():
         save_checkpoint(model.eval(), final, {**base, "epoch": cfg.schedule.epochs, "history": history})
     barrier()

@@ -43,7 +43,7 @@ def train_defended(ctx: RunContext) -> list[str]:
     settings = ctx.cfg.experiments.table5.settings
     names = []
     chosen = ctx.cfg.defended_models()
-    for section in progress([m for m in ctx.cfg.models if m.name in chosen], "defended models"):
+    for section in progress(ctx, [m for m in ctx.cfg.models if m.name in chosen], "defended models"):
         base = section.name
         dcfg = validate(
             DefenseConfig,
