@@ -97,6 +97,17 @@ def test_test_only_models_are_never_attacked(tmp_path: Path) -> None:
         load_benchmark_config(path, ["models.B1.test_only=true", "experiments.fig4.model=B1"])
     with pytest.raises(ConfigError, match="at least one model must be attacked"):
         load_benchmark_config(path, ["models.0.test_only=true", "models.1.test_only=true"])
+    # the CPU-sized HACNN and Mancs recipes fit a quickstart-like config as test-only models
+    sota = f"""
+  - {{name: HACNN, test_only: true, train_config: {REPO}/configs/synthetic/hacnn-cpu.yaml}}
+  - {{name: Mancs, test_only: true, train_config: {REPO}/configs/synthetic/mancs-cpu.yaml}}
+"""
+    path.write_text(MINIMAL + sota)
+    cfg = load_benchmark_config(path)
+    assert cfg.test_only_models() == ["HACNN", "Mancs"] and [m.train.model.architecture for m in cfg.models[2:] if m.train] == [
+        "hacnn",
+        "mancs",
+    ]
 
 
 def test_train_config_file_is_read_at_load_with_inline_overrides(tmp_path: Path) -> None:
