@@ -59,11 +59,14 @@ def render_report(res: Results, tables: dict[str, list[Table]], figures: dict[st
     """The HTML text of the report."""
     env = Environment(loader=PackageLoader("metricattack.benchmark", "templates"), autoescape=select_autoescape(["html", "j2"]))
     counts = {s: sum(1 for f in res.findings if f.status == s) for s in ("holds", "does not hold", "inconclusive", "not measured")}
-    summary_line = (
-        f"Of the paper's six findings, on this run: {counts['holds']} hold, {counts['does not hold']} do not hold, "
-        f"{counts['inconclusive']} are inconclusive, {counts['not measured']} were not measured. Each verdict is computed "
-        "from the numbers of this run with the stated criterion."
-    )
+    verbs = {
+        "holds": ("holds", "hold"),
+        "does not hold": ("does not hold", "do not hold"),
+        "inconclusive": ("is inconclusive", "are inconclusive"),
+    }
+    verbs["not measured"] = ("was not measured", "were not measured")
+    tally = ", ".join(f"{n} {verbs[s][n != 1]}" for s, n in counts.items())
+    summary_line = f"Of the paper's six findings, on this run: {tally}. Each verdict is computed from the numbers of this run with the stated criterion."
     e = res.evidence
     method_line = (
         ""
