@@ -394,7 +394,7 @@ def check_report(html: str, expected_figures: set[str]) -> _Collect:
 def test_tables_figures_report(tmp_path: Path) -> None:
     res = make_results(tmp_path, whitebox=0.5, blackbox=30.0)
     written = write_outputs(res, tmp_path)
-    assert {p.stem for p in (tmp_path / "tables").glob("*.md")} == {"table1", "table2", "table5"}
+    assert {p.stem for p in (tmp_path / "tables").glob("*.md")} == {"table1", "table2", "table2_rank1", "table5"}
     md = (tmp_path / "tables" / "table2.md").read_text()
     assert "0.500†" in md and sum(line.count("†") for line in md.splitlines()[4:]) == 6  # white-box cells
     assert (tmp_path / "tables" / "table2.csv").read_text().splitlines()[0].startswith("Model,Attack,B1 (80.00)")

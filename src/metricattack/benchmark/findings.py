@@ -16,6 +16,7 @@ import numpy as np
 
 from ..attacks.spec import METHODS
 from ..metrics.learned import LEARNED_METRICS
+from ..wording import agree, counted
 from .evidence import Bootstrap, ap_key, hits_key
 from .experiments.table5 import defended_name
 from .schema import Check, Finding, MatrixRow, Results, Status, Verdict
@@ -76,7 +77,7 @@ class Measured:
         status: Status = "does not hold" if "does not hold" in verdicts else "inconclusive" if "inconclusive" in verdicts else "holds"
         held = sum(c.status == "holds" for c in self.checks)
         tally = (
-            f" {held} of {len(self.checks)} checks hold over their whole {100 * self.boot.confidence:g}% interval."
+            f" {held} of {counted(len(self.checks), 'check')} {agree(held, 'holds', 'hold')} over {agree(held, 'its', 'their')} whole {100 * self.boot.confidence:g}% interval."
             if len(self.checks) > 1
             else ""
         )
@@ -148,7 +149,7 @@ def finding2(res: Results, boot: Bootstrap) -> Finding:
     m.check(f"mean black-box mAP ≥ {FAR_ABOVE_FACTOR:g}× mean white-box mAP", mb - FAR_ABOVE_FACTOR * mw, strict=False)
     return m.finding(
         f"Mean black-box mAP {m.text('mean_blackbox_mAP')} vs mean white-box mAP {m.text('mean_whitebox_mAP')}; "
-        f"in {rows_held} of {len(t.rows)} attack rows every black-box cell is above the white-box cell over the whole interval. "
+        f"in {rows_held} of {counted(len(t.rows), 'attack row')} every black-box cell is above the white-box cell over the whole interval. "
         f"Criterion: every row, and mean black-box ≥ {FAR_ABOVE_FACTOR:g}× mean white-box."
     )
 
@@ -227,7 +228,8 @@ def finding6(res: Results, boot: Bootstrap) -> Finding:
     m.check(f"≥ {TARGETED_TOP10:.0%} of the attacked images in their target's top-10", after - TARGETED_TOP10, strict=False)
     m.check("more of them in the top-10 than before the attack", after - before, strict=True)
     return m.finding(
-        f"{m.text('top10_rate', 100, 1)}% of the {t.num_images} targeted images reach the top-10 of their target probe "
+        f"{m.text('top10_rate', 100, 1)}% of the {counted(t.num_images, 'targeted image')} reach the top-10 of "
+        f"{agree(t.num_images, 'its', 'their')} target probe "
         f"({100 * t.top1_rate:.1f}% the top-1), vs {m.text('clean_top10_rate', 100, 1)}% before the attack (intervals: "
         f"bootstrap over the attacked images). Criterion: ≥ {TARGETED_TOP10:.0%} in the top-10, more than before."
     )

@@ -31,6 +31,7 @@ from ..metrics.learned import LEARNED_METRICS, load_for_checkpoint, metric_path
 from ..model_options import add_model_option, add_weights_option, single_model_source
 from ..outputs import check_output_file, check_output_folder, with_sidecars
 from ..stages import StageCache, StageSpec
+from ..wording import counted
 
 AP_NAMES = {
     "market": "official Market-1501 trapezoidal AP",
@@ -237,7 +238,9 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     if not is_main_process():
         return 0
-    print(f"{dataset.name}: {len(dataset.query)} queries, {len(dataset.gallery)} gallery images, model {name}")
+    print(
+        f"{dataset.name}: {counted(len(dataset.query), 'query', 'queries')}, {counted(len(dataset.gallery), 'gallery image')}, model {name}"
+    )
     print(format_table(result, metric_info["name"]))
     chance = dataset_chance(dataset, args.ap)
     print(f"chance level (a random ranking of this gallery): rank-1 {100 * chance.cmc[1]:.2f}  mAP {100 * chance.mAP:.2f}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..models.checkpoint import checkpoint_meta
 from ..training import load_train_config, train
+from ..wording import counted
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     last = checkpoint_meta(final)["meta"]["history"][-1]
     print(
-        f"trained {cfg.model.label} for {cfg.schedule.epochs} epochs: last loss {last['loss']:.4f}, {last['images_per_second']:.1f} images/s -> {final}"
+        f"trained {cfg.model.label} for {counted(cfg.schedule.epochs, 'epoch')}: last loss {last['loss']:.4f}, {last['images_per_second']:.1f} images/s -> {final}"
     )
     return 0

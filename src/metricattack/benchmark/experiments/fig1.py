@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..figures import image, plt, save
+from ..figures import figure, image, save
 from ..jobs import AttackJob, Needs, single
 from ..schema import Fig1, Fig1Example, Results
 from .base import Experiment, Figure
@@ -76,7 +76,7 @@ class Fig1Experiment(Experiment):
         if f is None or not f.examples:
             return []
         n = len(f.examples)
-        fig, axes = plt.subplots(n, 4, figsize=(6.4, 2.6 * n), squeeze=False)
+        fig, axes = figure(6.4, 0.5 + 2.6 * n, n, 4)
         for row, ex in enumerate(f.examples):
             clean, adv = image(ex.gallery_path), image(ex.adversarial_path)
             delta = adv - clean
@@ -91,9 +91,9 @@ class Fig1Experiment(Experiment):
             ]
             for ax, (img, title) in zip(axes[row], panels, strict=True):
                 ax.imshow(img, interpolation="nearest")
-                ax.set_title(title, fontsize=8)
+                ax.set_title(title, fontsize=9)
                 ax.axis("off")
-        fig.suptitle(f"Fig. 1 — adversarial gallery images against {f.model}", fontsize=10)
+        fig.suptitle(f"Fig. 1 — adversarial gallery images against {f.model}")
         caption = (
             "Clean gallery image, the perturbation rescaled to [0, 1] for display, and the adversarial image, with the "
             "cosine similarity to the probe before and after the attack."

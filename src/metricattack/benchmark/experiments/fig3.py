@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.patches import Patch
 
-from ..figures import plt, save
+from ..figures import FULL_WIDTH_IN, figure, save
 from ..jobs import Needs
 from ..schema import Fig3, RatioPoint, Results
 from ..tables import method_label
@@ -68,34 +68,52 @@ class Fig3Experiment(Experiment):
             "white-box (the attacked model itself)."
             + ("" if f.test_only else " The paper's Fig. 3 shows test-only models (HACNN vs Mancs); this run has none.")
         )
-        title = "mAP ratio of the base models per attack setting (extra; hatched = white-box)"
+        title = "Extra: mAP ratio of the base models per attack setting"
         path = _ratio_bars(f.points, base, title, folder / "fig3_base.png")
         figures.append(Figure("fig3_base", path, "Extra — mAP ratio of the base models", caption))
         return figures
 
 
+PANELS_PER_ROW = 4
+
+
 def _ratio_bars(points: list[RatioPoint], tested: list[str], title: str, path: Path) -> Path:
-    """Grouped bars: one group per attack setting (attacked model, method), one bar per model of ``tested``."""
-    settings = list(dict.fromkeys((p.attacked, p.method) for p in points))
+    """One panel per attacked model (up to :data:`PANELS_PER_ROW` a row), one group of bars per
+    method, one bar per model of ``tested`` (hatched when white-box); y from 0 to above the
+    largest ratio, a dotted line at 1 (= unchanged by the attack), the legend above the panels."""
+    attacked = list(dict.fromkeys(p.attacked for p in points))
+    methods = list(dict.fromkeys(p.method for p in points))
     lookup = {(p.attacked, p.method, p.tested): p for p in points}
+    shown = [lookup[k] for k in lookup if k[2] in tested]
+    top = max([1.0, *(p.ratio for p in shown)])
+    cols = min(PANELS_PER_ROW, len(attacked))
+    rows = -(-len(attacked) // cols)
+    fig, axes = figure(FULL_WIDTH_IN, 1.0 + 2.6 * rows, rows, cols, sharey=True)
     width = 0.8 / len(tested)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(settings) * max(2, len(tested))), 3.6))
-    x = np.arange(len(settings))
-    top, handles = 1.0, []
-    for k, name in enumerate(tested):
-        values = [lookup[(a, m, name)].ratio if (a, m, name) in lookup else np.nan for a, m in settings]
-        hatches = ["//" if (a, m, name) in lookup and lookup[(a, m, name)].white_box else "" for a, m in settings]
-        bars = ax.bar(x + (k - (len(tested) - 1) / 2) * width, values, width)
-        for bar, hatch in zip(bars, hatches, strict=True):
-            bar.set_hatch(hatch)
-        handles.append(Patch(facecolor=bars.patches[0].get_facecolor(), label=f"tested on {name}"))
-        top = max(top, float(np.nanmax(values)) if not np.all(np.isnan(values)) else top)
-    ax.set_xticks(x, [f"{a}\n{method_label(m)}" for a, m in settings], fontsize=8)
-    ax.set_ylabel("mAP ratio (adversarial / clean)")
-    ax.set_ylim(0, 1.08 * top)
-    ax.set_title(title, fontsize=10)
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
+    x = np.arange(len(methods))
+    colours = [f"C{k}" for k in range(len(tested))]
+    for ax, source in zip(axes.flat, attacked, strict=False):
+        for k, name in enumerate(tested):
+            cells = [lookup.get((source, m, name)) for m in methods]
+            bars = ax.bar(
+                x + (k - (len(tested) - 1) / 2) * width, [np.nan if c is None else c.ratio for c in cells], width, color=colours[k]
+            )
+            for bar, cell in zip(bars, cells, strict=True):
+                bar.set_hatch("//" if cell is not None and cell.white_box else "")
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+        ax.set_xticks(x, [method_label(m) for m in methods])
+        ax.set_title(f"attacks on {source}")
+        ax.set_ylim(0, 1.1 * top)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("adversarial / clean mAP")
+    for ax in axes.flat[len(attacked) :]:
+        ax.set_visible(False)
+    handles = [Patch(facecolor=colours[k], label=f"tested on {name}") for k, name in enumerate(tested)]
+    if any(p.white_box for p in shown):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="white-box (the attacked model)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+    fig.suptitle(title)
     return save(fig, path)
 
 

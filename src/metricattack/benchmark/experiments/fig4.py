@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..figures import FALSE_COLOUR, TRUE_COLOUR, image, plt, save
+from ..figures import FALSE_COLOUR, FULL_WIDTH_IN, TRUE_COLOUR, figure, image, save
 from ..jobs import AttackJob, Needs, single
 from ..schema import Fig4, ProbeLists, RankedImage, RankingList, Results
 from .base import Experiment, Figure
@@ -41,6 +41,12 @@ def _probe(ctx: RunContext, model: str, qi: int, k: int, jobs: list[AttackJob | 
     return ProbeLists(query_index=qi, path=str(q.path), pid=q.pid, camid=q.camid, lists=[_ranked(ctx, model, qi, k, job) for job in jobs])
 
 
+CELL_WIDTH_IN = 0.85  # one ranked image (81 px), its rank above it
+ROW_HEIGHT_IN = 1.9  # one ranking list
+LABEL_PT = 9.0
+MIN_WIDTH_IN = 7.0  # room for the two-line title
+
+
 class Fig4Experiment(Experiment):
     name = "fig4"
     title = "Fig. 4 — ranking lists"
@@ -73,11 +79,11 @@ class Fig4Experiment(Experiment):
             return []
         rows = [(p, lst) for p in f.probes for lst in p.lists]
         cols = f.top_k + 1
-        fig, axes = plt.subplots(len(rows), cols, figsize=(0.85 * cols, 1.9 * len(rows)), squeeze=False)
+        fig, axes = figure(min(FULL_WIDTH_IN, max(MIN_WIDTH_IN, CELL_WIDTH_IN * cols)), 0.5 + ROW_HEIGHT_IN * len(rows), len(rows), cols)
         for r, (probe, lst) in enumerate(rows):
             ax = axes[r][0]
             ax.imshow(image(probe.path), interpolation="nearest")
-            ax.set_title(f"probe {probe.pid}\n{lst.setting}", fontsize=7)
+            ax.set_title(f"probe {probe.pid}\n{lst.setting}", fontsize=LABEL_PT)
             ax.axis("off")
             for c in range(1, cols):
                 ax = axes[r][c]
@@ -87,17 +93,14 @@ class Fig4Experiment(Experiment):
                 item = lst.top[c - 1]
                 ax.imshow(image(item.path), interpolation="nearest")
                 colour = TRUE_COLOUR if item.correct else FALSE_COLOUR
-                ax.set_title(f"#{item.rank}{' adv' if item.adversarial else ''}", fontsize=7, color=colour)
+                ax.set_title(f"#{item.rank}{' adv' if item.adversarial else ''}", fontsize=LABEL_PT, color=colour)
                 ax.axis("on")
                 ax.set_xticks([])
                 ax.set_yticks([])
                 for spine in ax.spines.values():
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(2.5)
-        fig.suptitle(
-            f"Fig. 4 — top-{f.top_k} ranking lists on {f.model} (blue = true match, red = wrong match; 'adv' = adversarial image)",
-            fontsize=9,
-        )
+        fig.suptitle(f"Fig. 4 — top-{f.top_k} ranking lists on {f.model}\nblue = true match, red = wrong match, adv = adversarial image")
         caption = (
             "Ranking lists of chosen probes on the clean gallery, after the non-targeted and after the targeted attack; "
             "rank positions above each image; blue = true match, red = wrong match."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..figures import plt, save
+from ..figures import FULL_WIDTH_IN, figure, save
 from ..jobs import Needs, single
 from ..schema import Curve, CurvePoint, Fig5, Results
 from ..tables import method_label
@@ -51,19 +51,37 @@ class Fig5Experiment(Experiment):
         if f is None or not f.curves:
             return []
         methods = list(dict.fromkeys(c.method for c in f.curves))
-        fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.3), squeeze=False)
+        wide = len(methods) > 1
+        fig, axes = figure(FULL_WIDTH_IN if wide else 6.5, 4.2, 1, len(methods), sharey=True)
+        top = 0.0
         for ax, method in zip(axes[0], methods, strict=True):
-            for curve in (c for c in f.curves if c.method == method):
+            for k, curve in enumerate(c for c in f.curves if c.method == method):
                 pts = sorted(curve.points, key=lambda p: p.epsilon)
-                ax.plot([p.epsilon for p in pts], [p.mAP for p in pts], marker="o", label=f"{curve.attack_metric}/{curve.test_metric}")
+                top = max(top, *(p.mAP for p in pts))
+                ax.plot(
+                    [p.epsilon for p in pts],
+                    [p.mAP for p in pts],
+                    marker="o",
+                    color=f"C{k}",
+                    label=f"{curve.attack_metric} / {curve.test_metric}",
+                )
             if res.dataset.chance is not None:
-                ax.axhline(res.dataset.chance.mAP, color="grey", linestyle="--", linewidth=1, label="chance (random ranking)")
-            ax.set_title(f"{method_label(method)} on {f.model}", fontsize=10)
+                ax.axhline(res.dataset.chance.mAP, color="grey", linestyle="--", linewidth=1, label="chance (a random ranking)")
+            ax.set_title(f"({chr(ord('a') + methods.index(method))}) {method_label(method)} on {f.model}")
             ax.set_xlabel("ε (0..255 pixel units)")
-            ax.set_ylabel("mAP (%)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, title="attack / test metric", title_fontsize=7)
-        fig.suptitle("Fig. 5 — mAP against ε", fontsize=10)
+        axes[0][0].set_ylabel("mAP (%)")
+        axes[0][0].set_ylim(0, 1.05 * top)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncols=min(len(labels), 3 if wide else 2),
+            title="attack metric / test metric",
+            frameon=False,
+        )
+        fig.suptitle("Fig. 5 — mAP against ε")
         caption = "mAP against the perturbation bound ε; the legend reads attack metric / test metric; the dashed line is the chance level (a random ranking)."
         return [Figure("fig5", save(fig, folder / "fig5.png"), self.title, caption)]
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..jobs import AttackJob, Needs, ensembles
+from ..paper_numbers import BASE_MODELS, paper_model, paper_values, table4
 from ..schema import EnsembleRow, Results, Table4
 from ..tables import Table, fmt, method_label
 from .base import Experiment
@@ -82,30 +83,45 @@ class Table4Experiment(Experiment):
                     by_holdout.setdefault(r[0], []).append((float(r[col]), i))
             for group in by_holdout.values():
                 bold.add((min(group)[1], col))
-        return [
-            Table(
-                "table4",
-                "Table 4",
-                f"Multi-model attacks on every leave-one-out ensemble (ε = {t.epsilon:g}): mAP of "
-                "the ensemble (white-box; distance = mean of member distances) and of the hold-out model "
-                "(black-box), next to the best single-model transfer to the hold-out model from Table 2"
-                + (f", and of the test-only models {', '.join(test_only)}" if test_only else "")
-                + ". Worst per hold-out in bold.",
-                [
-                    "Hold-out",
-                    "Attack",
-                    "Ensemble",
-                    "Ensemble mAP",
-                    "Hold-out mAP",
-                    "Best single-model transfer",
-                    *(f"{n} mAP" for n in test_only),
-                ],
-                rows,
-                bold=bold,
-                heading=self.title,
-                text_columns=3,
-            )
-        ]
+        table = Table(
+            "table4",
+            "Table 4",
+            f"Multi-model attacks on every leave-one-out ensemble (ε = {t.epsilon:g}): mAP of "
+            "the ensemble (white-box; distance = mean of member distances) and of the hold-out model "
+            "(black-box), next to the best single-model transfer to the hold-out model from Table 2"
+            + (f", and of the test-only models {', '.join(test_only)}" if test_only else "")
+            + ". White-box cells shaded and marked †; the worst per hold-out model in bold.",
+            [
+                "Hold-out",
+                "Attack",
+                "Ensemble",
+                "Ensemble mAP",
+                "Hold-out mAP",
+                "Best single-model transfer",
+                *(f"{n} mAP" for n in test_only),
+            ],
+            rows,
+            bold=bold,
+            white_box={(i, 3) for i in range(len(rows))},
+            heading=self.title,
+            text_columns=3,
+        )
+        values = paper_values(res.dataset.name, res.provenance.ap_convention, res.provenance.config.get("attack", {}))
+        if values is not None:
+            table.add_paper(values, "Table 4", _paper_cells(t, test_only, table4(values.dataset)))
+        return [table]
+
+
+def _paper_cells(t: Table4, test_only: list[str], paper: dict[tuple[str, str], dict[str, float]]) -> dict[tuple[int, int], float | str]:
+    """The paper's Table 4 cells of our rows whose ensemble is the paper's (the three other base models B1-B4)."""
+    columns = {3: "ensemble", 4: "holdout"} | {6 + k: m for k, name in enumerate(test_only) if (m := paper_model(name)) is not None}
+    cells: dict[tuple[int, int], float | str] = {}
+    for i, row in enumerate(t.rows):
+        holdout = paper_model(row.holdout)
+        same_ensemble = holdout in BASE_MODELS and sorted(map(str, map(paper_model, row.ensemble))) == sorted(set(BASE_MODELS) - {holdout})
+        if same_ensemble and (key := (str(holdout), row.method)) in paper:
+            cells |= {(i, j): paper[key][name] for j, name in columns.items() if name in paper[key]}
+    return cells
 
 
 EXPERIMENT = Table4Experiment()

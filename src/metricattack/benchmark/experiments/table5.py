@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ...config import validate
 from ...stages import StageSpec
 from ..jobs import Needs, single
+from ..paper_numbers import MARKET, paper_model, paper_values, table5
 from ..resources import add_model, extract_adversarial, extract_clean, progress, train_config
 from ..schema import Results, Table5, Table5Cell
 from ..tables import Table, fmt, method_label
@@ -157,9 +158,9 @@ class Table5Experiment(Experiment):
                     "table5", "Table 5", f"Metric-preserving defense: not run ({t.reason}).", ["Status"], [["not run"]], heading=self.title
                 )
             ]
-        return [self._cells(t), *([self._adaptive(t)] if t.adaptive else [])]
+        return [self._cells(res, t), *([self._adaptive(t)] if t.adaptive else [])]
 
-    def _cells(self, t: Table5) -> Table:
+    def _cells(self, res: Results, t: Table5) -> Table:
         bases = list(dict.fromkeys(c.base_model for c in t.cells))
         galleries = list(dict.fromkeys(c.gallery for c in t.cells))
         lookup = {(c.base_model, c.gallery): c for c in t.cells}
@@ -170,14 +171,32 @@ class Table5Experiment(Experiment):
                 c = lookup.get((b, g))
                 row += ["–"] * 3 if c is None else [fmt(c.normal_mAP), fmt(c.defended_mAP), f"{100 * c.improvement:+.3g}%"]
             rows.append(row)
-        return Table(
+        table = Table(
             "table5",
             "Table 5",
-            "mAP of normally trained (#N) and metric-preserving (#M) models; #I = relative improvement.",
+            "mAP of normally trained (#N) and metric-preserving (#M) models on the clean gallery and on the adversarial "
+            "galleries made against each normal model; #I = relative improvement (#M − #N) / #N.",
             ["Gallery"] + [f"{b} {s}" for b in bases for s in ("#N", "#M", "#I")],
             rows,
             heading=self.title,
         )
+        config = res.provenance.config
+        attack = config.get("attack", {})
+        method = config.get("experiments", {}).get("table5", {}).get("settings", {}).get("method", "ifgsm")
+        values = paper_values(res.dataset.name, res.provenance.ap_convention, attack)
+        if values is not None and values.dataset == MARKET and method == "ifgsm":  # the paper: Market-1501, I-FGSM galleries
+            paper = table5()
+            cells: dict[tuple[int, int], float | str] = {}
+            for i, g in enumerate(galleries):
+                for k, b in enumerate(bases):
+                    model = paper_model(b)
+                    attacked = paper_model(g[4:-1]) if g.startswith("adv(") else None
+                    key = (g if attacked is None else f"adv({attacked})", str(model))
+                    if key in paper:
+                        normal, defended, improvement = paper[key]
+                        cells |= {(i, 1 + 3 * k): normal, (i, 2 + 3 * k): defended, (i, 3 + 3 * k): improvement}
+            table.add_paper(values, "Table 5", cells)
+        return table
 
     def _adaptive(self, t: Table5) -> Table:
         rows = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...wording import agree, counted
 from ..evidence import hits_key
 from ..jobs import AttackJob, Needs, single
 from ..schema import Results, Targeted
@@ -65,8 +66,9 @@ class TargetedExperiment(Experiment):
             Table(
                 "targeted",
                 "Targeted attack",
-                f"Share of the {t.num_images} attacked gallery images of {t.model} "
-                "that rank in the top-1 / top-10 of their target probe; mAP after the attack "
+                f"Share of the {counted(t.num_images, 'attacked gallery image')} of {t.model} "
+                f"that {agree(t.num_images, 'ranks', 'rank')} in the top-1 / top-10 of {agree(t.num_images, 'its', 'their')} "
+                "target probe; mAP after the attack "
                 f"{fmt(t.after.mAP)}.",
                 ["Gallery", "Top-1 of target", "Top-10 of target"],
                 rows,
