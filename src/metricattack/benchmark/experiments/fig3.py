@@ -57,7 +57,8 @@ class Fig3Experiment(Experiment):
         if f.test_only:
             caption = (
                 f"The paper's Fig. 3: ratio of adversarial to clean mAP of the test-only models ({', '.join(f.test_only)}; "
-                "the paper compares HACNN and Mancs) on every single-model attack of Table 2 (a large ratio = robust)."
+                "the paper compares HACNN and Mancs, on DukeMTMC-reID) on every single-model attack of Table 2 (a large ratio = "
+                "robust; the dotted line at 1 = unchanged by the attack)."
             )
             path = _ratio_bars(f.points, f.test_only, "Fig. 3 — mAP ratio of the test-only models per attack setting", folder / "fig3.png")
             figures.append(Figure("fig3", path, "Fig. 3 — mAP ratio of the test-only models", caption))
@@ -65,7 +66,7 @@ class Fig3Experiment(Experiment):
             return figures
         caption = (
             "Extra (not in the paper): the same ratio for the base models, per attacked model and method; hatched bars are "
-            "white-box (the attacked model itself)."
+            "white-box (the attacked model itself); the dotted line at 1 = unchanged by the attack."
             + ("" if f.test_only else " The paper's Fig. 3 shows test-only models (HACNN vs Mancs); this run has none.")
         )
         title = "Extra: mAP ratio of the base models per attack setting"
