@@ -113,7 +113,7 @@ def _ratio_bars(points: list[RatioPoint], tested: list[str], title: str, path: P
     handles = [Patch(facecolor=colours[k], label=f"tested on {name}") for k, name in enumerate(tested)]
     if any(p.white_box for p in shown):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="white-box (the attacked model)"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
     fig.suptitle(title)
     return save(fig, path)
 
