@@ -87,7 +87,7 @@ def paper_like_results(dataset: str = "market1501", eps: float = 5, ap: str = "m
             "versions": {"metricattack": "0"},
             "ap_convention": ap,
             "created": "now",
-            "experiments": ["table1", "table2", "fig3"],
+            "experiments": ["table1", "table2", "table4", "table5", "fig3"],
             "wall_seconds": 1.0,
         },
         "dataset": {"name": dataset, "root": "/x", "fingerprint": "f", "counts": {"query": 1, "gallery": 20, "train": 40}},
@@ -98,6 +98,43 @@ def paper_like_results(dataset: str = "market1501", eps: float = 5, ap: str = "m
         ],
         "table2": {"title": "Table 2", "epsilon": eps, "clean_mAP": clean, "rows": rows, "test_only": MODELS[4:]},
         "fig3": {"points": points, "test_only": MODELS[4:]},
+        "table4": {
+            "epsilon": eps,
+            "rows": [  # -B1: the paper's ensemble (B2+B3+B4); -B2: a two-model ensemble the paper does not have
+                {
+                    "holdout": "B1",
+                    "ensemble": ["B2", "B3", "B4"],
+                    "method": "ifgsm",
+                    "attack_id": "e1",
+                    "ensemble_mAP": 1.5,
+                    "holdout_mAP": 7.5,
+                    "test_only_mAP": {"HACNN": 17.5, "Mancs": 13.5},
+                },
+                {
+                    "holdout": "B2",
+                    "ensemble": ["B1", "B3"],
+                    "method": "ifgsm",
+                    "attack_id": "e2",
+                    "ensemble_mAP": 2.5,
+                    "holdout_mAP": 8.5,
+                    "test_only_mAP": {"HACNN": 18.5, "Mancs": 14.5},
+                },
+            ],
+        },
+        "table5": {
+            "status": "ok",
+            "cells": [
+                {"base_model": "B1", "gallery": "original", "normal_mAP": 38.76, "defended_mAP": 37.0, "improvement": -0.045},
+                {
+                    "base_model": "B1",
+                    "gallery": "adv(B3)",
+                    "attack_id": "a3",
+                    "normal_mAP": 12.36,
+                    "defended_mAP": 35.0,
+                    "improvement": 1.83,
+                },
+            ],
+        },
         "findings": [],
     }
     return schema.validate_results(data)
@@ -258,6 +295,23 @@ def _last_digit(printed: str) -> float:
     mantissa, _, exponent = printed.strip("+-%").partition("e")
     decimals = len(mantissa.partition(".")[2])
     return 10.0 ** (int(exponent or 0) - decimals)
+
+
+def test_paper_numbers_of_tables_4_and_5_only_for_the_paper_s_galleries() -> None:
+    _, tables, _ = render(paper_like_results())
+    header, minus_b1, minus_b2 = tables["table4"]
+    assert [text for _, _, text in header][3:] == ["Ensemble mAP", "Hold-out mAP", "Best single-model transfer", "HACNN mAP", "Mancs mAP"]
+    assert [text for _, _, text in minus_b1][3:] == [
+        "1.500† paper 3.839",
+        "7.500 paper 14.55",
+        "–",
+        "17.50 paper 35.62",
+        "13.50 paper 26.35",
+    ]
+    assert "paper" not in " ".join(text for _, _, text in minus_b2)  # B1+B3 is not the paper's ensemble
+    header, original, adv_b3 = tables["table5"]
+    assert [text for _, _, text in original] == ["original", "38.76 paper 77.52", "37.00 paper 76.69", "-4.5% paper -1.07%"]
+    assert [text for _, _, text in adv_b3] == ["adv(B3)", "12.36 paper 24.72", "35.00 paper 70.46", "+183% paper +185%"]
 
 
 def test_paper_numbers_are_complete_and_consistent() -> None:
