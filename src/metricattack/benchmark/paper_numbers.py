@@ -201,8 +201,8 @@ class PaperValues:
         return DATASET_TITLES[self.dataset]
 
     def note(self, source: str) -> str:
-        """The sentence above a table saying where the grey "paper" values come from."""
-        where = f"Grey values marked “paper” are the paper's {source} on {self.dataset_title}"
+        """The sentence above a table saying where the values marked "paper" come from."""
+        where = f"Values marked “paper” are the paper's {source} on {self.dataset_title}"
         if self.reference:
             return f"{where}, a reference for scale only, not the same measurement as ours: {'; '.join(self.differences)}."
         return f"{where}, measured in the same setting as this run."
