@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from metricattack.attacks.spec import make_spec
@@ -277,10 +278,15 @@ def test_16_bit_png_is_read_at_its_value_not_white(tmp_path) -> None:
 
 def test_no_cross_camera_match_is_an_error_not_zero(tiny_model_checkpoint, tmp_path, capsys) -> None:
     data = handmade_dataset(tmp_path / "data", query=[(1, 1), (2, 2)], gallery=[(1, 1), (2, 2), (3, 1)])
-    for argv in (evaluate_args(tiny_model_checkpoint, data), attack_args(tiny_model_checkpoint, data, tmp_path / "adv")):
+    config = tmp_path / "bench.yaml"
+    recipe = yaml.safe_load(BENCHMARK_RECIPE.read_text())
+    config.write_text(yaml.safe_dump({**recipe, "dataset": {"name": "folder", "root": str(data)}}))
+    bench = ["benchmark", "--config", config, "--out", tmp_path / "run"]
+    for argv in (evaluate_args(tiny_model_checkpoint, data), attack_args(tiny_model_checkpoint, data, tmp_path / "adv"), bench):
         code, err = run(capsys, *argv)
         assert code == 2 and "none of the 2 queries has a valid match" in one_message(err)
     assert not (tmp_path / "adv").exists()
+    assert not list((tmp_path / "run").rglob("*.safetensors"))  # the benchmark stopped before training
 
 
 def test_json_writer_refuses_nan_and_names_it(tmp_path) -> None:

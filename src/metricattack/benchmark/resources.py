@@ -60,6 +60,7 @@ def open_run(cfg: BenchmarkConfig, out: Path) -> RunContext:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available; use device: cpu")
     from ..data.layouts import dataset_fingerprint, load_dataset
+    from ..evaluation.checks import check_test_set
 
     cache = StageCache(Path(out))
     section = cfg.dataset
@@ -74,6 +75,7 @@ def open_run(cfg: BenchmarkConfig, out: Path) -> RunContext:
 
     root = cache.run(spec, work)["root"]
     ds = load_dataset(section.layout, root)
+    check_test_set(ds)  # no valid match = an error; duplicates warn: before any training
     return RunContext(cfg, cache, cfg.device, ds, root, dataset_fingerprint(ds), keys={"dataset": spec.key})
 
 
