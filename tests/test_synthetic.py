@@ -107,6 +107,48 @@ def test_texture_changes_only_people_and_is_deterministic(tmp_path: Path) -> Non
     assert json.loads((textured / MANIFEST).read_text())["config"]["texture"] == 16
 
 
+def _pixel_digest(root: Path) -> str:
+    """SHA-256 over every image's name and decoded pixels (independent of the PNG encoder's bytes)."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.jpg")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(np.asarray(Image.open(p)).tobytes())
+    return h.hexdigest()
+
+
+def test_default_options_keep_the_version_3_pixels(tmp_path: Path) -> None:
+    """Options added after version 3 (texture, outfits) leave the default dataset's pixels as they were
+    (digest computed with the generator before ``outfits`` existed): configs and caches stay valid."""
+    assert _pixel_digest(generate(tmp_path / "v3", SynthConfig(**SMALL))) == (
+        "57d3762a3d84f177bfbddb8b2f3f3279fb9efded5a5effc735ce0944b01e137f"
+    )
+
+
+def test_outfits_dress_people_alike_and_are_deterministic(tmp_path: Path) -> None:
+    from metricattack.data.synthetic.appearance import OUTFIT_STYLE
+    from metricattack.data.synthetic.writer import _DISTRACTOR, _IDENTITY, _identity
+
+    plain = _digest(generate(tmp_path / "plain", SynthConfig(**SMALL)))
+    cfg = SynthConfig(**{**SMALL, "outfits": 1})
+    dressed = generate(tmp_path / "o1", cfg)
+    assert _digest(dressed) == _digest(generate(tmp_path / "o2", cfg, workers=2))
+    files = _digest(dressed)
+    junk = [k for k in files if Path(k).name.startswith("-1_")]
+    assert junk and all(files[k] == plain[k] for k in junk) and all(files[k] != plain[k] for k in files if k not in junk)
+    # one outfit: everyone's clothes agree up to each wearer's ±8 jitter; bodies, hair and bags stay their own
+    people = [_identity(cfg, _IDENTITY, pid) for pid in range(1, 8)] + [_identity(cfg, _DISTRACTOR, i) for i in range(2)]
+    for name in OUTFIT_STYLE:
+        assert len({getattr(p, name) for p in people}) == 1
+    for name in ("top", "bottom", "shoes"):
+        colours = np.array([getattr(p, name) for p in people])
+        assert (colours.max(0) - colours.min(0)).max() <= 16
+    assert len({(p.shoulder, p.hair, p.bag_colour) for p in people}) == len(people)
+    many = SynthConfig(**{**SMALL, "outfits": 50})
+    assert len({_identity(many, _IDENTITY, pid).top_pattern + str(_identity(many, _IDENTITY, pid).bottom) for pid in range(1, 8)}) > 1
+    assert "outfits" not in json.loads((tmp_path / "plain" / MANIFEST).read_text())["config"]
+    assert json.loads((dressed / MANIFEST).read_text())["config"]["outfits"] == 1
+
+
 def test_cached_regenerate_and_refusals(tmp_path: Path) -> None:
     cfg = SynthConfig(**SMALL)
     out = generate(tmp_path / "ds", cfg)
@@ -157,6 +199,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pyte
         {"num_junk": -1},
         {"colour": 1},
         {"texture": -1},
+        {"outfits": 0},
     ],
 )
 def test_invalid_config_rejected(bad: dict) -> None:

@@ -39,6 +39,7 @@ _OPTIONS = {
     "width": "width",
     "difficulty": "difficulty",
     "texture": "texture",
+    "outfits": "outfits",
 }
 
 
@@ -68,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--difficulty", type=float, default=1.0, help="strength of camera changes, 0..2")
     parser.add_argument("--texture", type=float, default=0.0, help="amplitude (0..255) of each person's fine cloth texture; 0 = none")
+    parser.add_argument(
+        "--outfits", type=int, default=None, help="distinct outfits everyone shares, so people dress alike (default: each their own)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="rendering processes (does not change the bytes)")
     parser.set_defaults(func=run)
 

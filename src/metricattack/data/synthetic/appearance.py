@@ -6,7 +6,7 @@ height on screen, so one identity can be drawn at any scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -113,6 +113,30 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         bag_colour=jitter_colour(rng, _pick(rng, CLOTHES), 14),
         bag_size=float(rng.uniform(0.8, 1.2)),
         bag_side=int(rng.choice((-1, 1))),
+    )
+
+
+#: What an outfit is: the fields of :class:`Identity` a person takes from the outfit they wear.
+OUTFIT_COLOURS = ("top", "top2", "bottom", "shoes")
+OUTFIT_STYLE = ("top_pattern", "stripe", "logo", "long_sleeves", "bottom_type")
+
+
+def wear(person: Identity, outfit: Identity, rng: np.random.Generator, jitter: float = 8.0) -> Identity:
+    """``person`` dressed in ``outfit``'s clothes (:data:`OUTFIT_COLOURS`, :data:`OUTFIT_STYLE`), each
+    colour with ±``jitter`` of the wearer's own (two people in one outfit are alike, not identical);
+    body, skin, hair, cap and bag stay the person's own."""
+    top, top2, bottom, shoes = (jitter_colour(rng, getattr(outfit, name), jitter) for name in OUTFIT_COLOURS)
+    return replace(
+        person,
+        top=top,
+        top2=top2,
+        bottom=bottom,
+        shoes=shoes,
+        top_pattern=outfit.top_pattern,
+        stripe=outfit.stripe,
+        logo=outfit.logo,
+        long_sleeves=outfit.long_sleeves,
+        bottom_type=outfit.bottom_type,
     )
 
 

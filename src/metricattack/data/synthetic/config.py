@@ -42,6 +42,12 @@ class SynthConfig(StrictModel):
         0.0, ge=0.0, le=64.0, description="amplitude (0..255 units) of each identity's fine cloth texture on the top; 0 = none"
     )
     difficulty: float = Field(1.0, ge=0.0, le=2.0, description="scales camera changes (illumination, blur, occlusion, clutter); 0 = none")
+    outfits: int | None = Field(
+        None,
+        ge=1,
+        description="distinct outfits in the world (top colours and pattern, bottom, shoes): every person wears one of them, "
+        "so people dress alike, and keeps their own body, skin, hair, cap and bag; None = everyone's own outfit",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SynthConfig:
@@ -63,9 +69,9 @@ class SynthConfig(StrictModel):
         return self
 
     def record(self) -> dict[str, object]:
-        """The config as recorded in ``synth.json``; unset total counts and texture 0 are left out, so
-        datasets made before those options existed are recognised as the same."""
-        unset = {name for name in ("train_images", "query_images", "gallery_images") if getattr(self, name) is None}
+        """The config as recorded in ``synth.json``; unset total counts and outfits, and texture 0, are
+        left out, so datasets made before those options existed are recognised as the same."""
+        unset = {name for name in ("train_images", "query_images", "gallery_images", "outfits") if getattr(self, name) is None}
         if self.texture == 0:
             unset.add("texture")
         return self.model_dump(mode="json", exclude=unset)

@@ -27,19 +27,19 @@ from tqdm import tqdm
 from ...errors import MetricAttackError
 from ...io import atomic_dir, atomic_write_json, environment_versions, remove_leftovers
 from ...outputs import check_writable
-from .appearance import Camera, Fabric, Identity, sample_camera, sample_fabric, sample_identity
+from .appearance import Camera, Fabric, Identity, sample_camera, sample_fabric, sample_identity, wear
 from .config import SynthConfig
 from .render import render_background, render_image, render_junk
 
 MANIFEST = "synth.json"
 #: Bumped whenever the drawing code changes the bytes or names produced for a given config.
 #: 3: files are named ``.jpg`` like Market-1501's (content still lossless PNG).
-#: (``texture`` > 0 draws new images; texture 0 keeps the bytes of version 3.)
+#: (``texture`` > 0 and ``outfits`` draw new images; without them the bytes of version 3 are kept.)
 GENERATOR_VERSION = 3
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 # Stream kinds: the second entry of every seed tuple, so streams never collide.
-_IDENTITY, _CAMERA, _IMAGE, _DISTRACTOR, _SUBSET, _JUNK, _FRAMES, _PIDS, _BACKGROUND, _COUNTS, _FABRIC = range(1, 12)
+_IDENTITY, _CAMERA, _IMAGE, _DISTRACTOR, _SUBSET, _JUNK, _FRAMES, _PIDS, _BACKGROUND, _COUNTS, _FABRIC, _OUTFIT, _WEARS = range(1, 14)
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,14 @@ def _camera(cfg: SynthConfig, cam: int) -> tuple[Camera, Image.Image]:
 
 @lru_cache(maxsize=4096)
 def _identity(cfg: SynthConfig, kind: int, index: int) -> Identity:
-    return sample_identity(_rng(cfg, kind, index))
+    """Identity ``(kind, index)``: its own draw, dressed in one of ``cfg.outfits`` shared outfits when set
+    (the outfit is drawn from its own streams, so without outfits every other draw is as before)."""
+    person = sample_identity(_rng(cfg, kind, index))
+    if cfg.outfits is None:
+        return person
+    rng = _rng(cfg, _WEARS, kind, index)
+    outfit = sample_identity(_rng(cfg, _OUTFIT, int(rng.integers(cfg.outfits))))
+    return wear(person, outfit, rng)
 
 
 @lru_cache(maxsize=4096)
