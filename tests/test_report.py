@@ -234,14 +234,26 @@ def test_unreadable_figures_are_refused() -> None:
 
 # ----------------------------------------------------------------- tables
 def test_table2_marks_white_box_cells_and_aligns_headers_like_cells() -> None:
-    _, tables, _ = render(paper_like_results())
+    html, tables, _ = render(paper_like_results())
     header, *rows = tables["table2"]
-    assert [cls for _, cls, _ in header[:3]] == ["text", "text", ""]  # text headers left, numbers right (CSS)
-    assert all(cell[1].endswith("text") for row in rows for cell in row[:2])
-    assert all(cell[1].endswith("num") for row in rows for cell in row[2:])
+    assert [cls.split() for _, cls, _ in header[:3]] == [["text", "word"], ["text", "word"], []]  # text left, numbers right (CSS)
+    assert all("text" in cell[1].split() for row in rows for cell in row[:2])
+    assert all(cell[1].split()[-1] == "num" for row in rows for cell in row[2:])
+    # one-word cells never break at their hyphen (MI-FGSM), and a table wider than the column scrolls
+    assert all("word" in cell[1].split() for row in rows for cell in row[:2])
+    assert html.count('<div class="scroll"><table data-table=') == html.count("<table data-table=") > 1
     white = [cell for row in rows for cell in row if "white-box" in cell[1]]
     assert len(white) == 12 and all("†" in text for _, _, text in white)  # the caption's † is rendered
     assert sum("†" in text for row in rows for _, _, text in row) == 12
+
+
+def test_table1_says_test_only_once() -> None:
+    res = paper_like_results()
+    res.table1[4].description = "HACNN (test only, as in the paper)"
+    _, tables, _ = render(res)
+    descriptions = {row[0][2]: row[1][2] for row in tables["table1"][1:]}
+    assert descriptions["HACNN"] == "HACNN (test only, as in the paper)" and descriptions["Mancs"] == "d (test only)"
+    assert descriptions["B1"] == "d"
 
 
 def test_rank1_table_beside_table2() -> None:

@@ -81,7 +81,7 @@ PANELS_PER_ROW = 4
 def _ratio_bars(points: list[RatioPoint], tested: list[str], title: str, path: Path) -> Path:
     """One panel per attacked model (up to :data:`PANELS_PER_ROW` a row), one group of bars per
     method, one bar per model of ``tested`` (hatched when white-box); y from 0 to above the
-    largest ratio, a dotted line at 1 (= unchanged by the attack), the legend above the panels."""
+    largest ratio, a dotted line at 1 (= unchanged by the attack), the legend below the panels."""
     attacked = list(dict.fromkeys(p.attacked for p in points))
     methods = list(dict.fromkeys(p.method for p in points))
     lookup = {(p.attacked, p.method, p.tested): p for p in points}

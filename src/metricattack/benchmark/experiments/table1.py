@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from ..paper_numbers import paper_model, paper_values, table1
@@ -29,7 +30,7 @@ class Table1(Experiment):
         rows = [
             [
                 r.model,
-                r.description + (" (test only)" if r.test_only else ""),
+                r.description + (" (test only)" if r.test_only and not _says_test_only(r.description) else ""),
                 fmt(r.clean.rank1),
                 fmt(r.clean.rank5),
                 fmt(r.clean.rank10),
@@ -67,6 +68,11 @@ class Table1(Experiment):
                     cells |= {(i, 2): paper[m]["rank1"], (i, 5): paper[m]["mAP"]}
         table.add_paper(values, "Table 1", cells)
         return [table]
+
+
+def _says_test_only(description: str) -> bool:
+    """Whether a model's description already says it is test-only (then the table does not repeat it)."""
+    return re.search(r"test[ -]only", description, re.IGNORECASE) is not None
 
 
 EXPERIMENT = Table1()
