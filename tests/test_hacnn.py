@@ -77,6 +77,21 @@ def test_both_branches_learn_on_a_fixed_batch() -> None:
     assert all(level.attention.hard.fc.weight.grad.abs().sum() > 0 for level in model.levels)
 
 
+def test_retrieval_features_are_global_and_local_before_their_classifiers() -> None:
+    """The HACNN paper retrieves with global ⊕ local: the activations each branch's classifier reads
+    (the paper's "before the loss layer"), each L2-normalised, together scaled to unit norm."""
+    model = _small().eval()
+    x = torch.rand(3, 3, 80, 32)
+    with torch.no_grad():
+        features, outputs = model(x), model.forward_train(x)
+    global_feat, local_feat = outputs.embedding.split(model.branch_dim, dim=1)
+    torch.testing.assert_close(model.global_classifier(global_feat), outputs.logits[0])
+    torch.testing.assert_close(model.local_classifier(local_feat), outputs.logits[1])
+    expected = torch.cat([torch.nn.functional.normalize(global_feat, dim=1), torch.nn.functional.normalize(local_feat, dim=1)], dim=1)
+    torch.testing.assert_close(features, expected / math.sqrt(2.0))
+    assert features.shape == (3, model.feature_dim) == (3, 2 * model.branch_dim) and model.spec()["feature_space"] == "global+local"
+
+
 # --------------------------------------------------------------------------- torchreid format
 
 
