@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 import metricattack as ma
 from metricattack.cli import build_parser, main
 from metricattack.data.loading import read_image
 from metricattack.errors import MetricAttackError
+from metricattack.io import sha256_file
 from metricattack.model_options import model_sources
 
 USER_MODULE = '''
@@ -93,6 +95,37 @@ def test_metric_attack_equals_the_cli_image_for_image(cli_attack, tiny_dataset_r
             changed += not torch.equal(mine, clean.mul(255).round().to(torch.uint8))
     assert compared == len(data.gallery) == results["num_images"]
     assert changed == results["num_attacked"]
+
+
+def test_ensemble_of_a_checkpoint_and_a_user_model_with_weights(
+    user_module, tiny_dataset_root: Path, tiny_model_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``attack --checkpoint C --model python:... --weights W --eval-model python:...``: the weights
+    reach the attacked model (its clean ranking is not the untrained module's), both models are
+    attacked together, the module without weights is the black-box evaluation."""
+    trained = ma.load_model(SPEC)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    weights = tmp_path / "user_trained.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(weights))
+    out = tmp_path / "ens"
+    argv = ["attack", "--checkpoint", str(tiny_model_checkpoint), "--model", SPEC, "--weights", str(weights), "--eval-model", SPEC]
+    argv += ["--data-root", str(tiny_dataset_root), "--dataset", "folder", "--out", str(out), "--method", "fgsm", "--eps", "4"]
+    assert main([*argv, "--batch-size", "32", "--no-progress"]) == 0
+    results = json.loads((out / "attack_results.json").read_text(encoding="utf-8"))
+    ckpt, user = results["models"]
+    assert ckpt["checkpoint"] == str(tiny_model_checkpoint)
+    assert user["label"] == f"{SPEC} (user_trained.safetensors)" and user["weights"] == str(weights)
+    assert user["sha256"] == sha256_file(weights)
+    white = [e for e in results["evaluations"] if e["white_box"]]
+    (black,) = [e for e in results["evaluations"] if not e["white_box"]]
+    assert [e["model"]["label"] for e in white] == [ckpt["label"], user["label"]]
+    assert black["model"]["label"] == SPEC and "weights" not in black["model"]
+    assert white[1]["clean"]["mAP"] != black["clean"]["mAP"]  # the same module, with and without the weights
+    assert all(e["adversarial_disk"]["mAP"] < e["clean"]["mAP"] for e in white)
+    assert results["linf_255"]["max_disk"] <= 4
 
 
 def test_user_model_fit_metric_and_evaluate(user_module, tiny_dataset_root: Path, tmp_path: Path, capsys) -> None:

@@ -22,10 +22,11 @@ from ..config import StrictModel, apply_overrides, read_yaml, validate
 from ..data.layouts import DATASETS
 from ..data.synthetic import SynthConfig
 from ..defense.config import AdaptiveSection, RetrainSection, TrainingSetAttack
-from ..errors import ConfigError
+from ..errors import ConfigError, MetricAttackError
 from ..evaluation.ranking import APConvention
 from ..metrics.distance import parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS
+from ..models.sources import ModelSource
 from ..training.config import RUNTIME_FIELDS, TrainConfig, TrainRecipe
 from .experiments import EXPERIMENTS
 
@@ -108,8 +109,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 class ModelSection(StrictModel):
     """One model: trained from ``train`` (a TrainRecipe, inline) and/or ``train_config``
     (a training YAML read at load time; inline ``train`` keys override it, and its
-    ``data.dataset`` / ``data.root`` are replaced by the benchmark's dataset), or taken as
-    is from ``checkpoint``.
+    ``data.dataset`` / ``data.root`` are replaced by the benchmark's dataset), taken as
+    is from ``checkpoint``, or a model from elsewhere: ``model`` (``python:MODULE:FUNCTION``
+    or another project's format such as ``torchreid:resnet50``) with ``weights``, as the
+    commands' ``--model`` / ``--weights`` (:mod:`metricattack.models.sources`).
 
     A ``test_only`` model is trained, listed in Table 1 and tested on every adversarial
     gallery (its column in Tables 2-4, Fig. 3) but never attacked, as the paper uses HACNN
@@ -121,6 +124,10 @@ class ModelSection(StrictModel):
     train: ModelTraining | None = None
     train_config: Path | None = None
     checkpoint: Path | None = None
+    model: str | None = Field(
+        default=None, description="a model from elsewhere, as --model: python:MODULE:FUNCTION or a format (torchreid:resnet50, ...)"
+    )
+    weights: Path | None = Field(default=None, description="state dict for `model`, as --weights (required for a format)")
 
     @model_validator(mode="before")
     @classmethod
@@ -136,15 +143,31 @@ class ModelSection(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
-        if (self.train is None) == (self.checkpoint is None):
-            given = [n for n in ("train", "train_config", "checkpoint") if getattr(self, n) is not None]
-            raise ValueError(f"model {self.name!r} needs exactly one of train / train_config / checkpoint, got {given or 'none'}")
+        given = [n for n in ("train", "train_config", "checkpoint", "model") if getattr(self, n) is not None]
+        if len([n for n in given if n != "train_config"]) != 1:
+            raise ValueError(f"model {self.name!r} needs exactly one of train / train_config / checkpoint / model, got {given or 'none'}")
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise ValueError(f"model {self.name!r}: checkpoint {self.checkpoint} does not exist")
+        if self.weights is not None and self.model is None:
+            raise ValueError(f"model {self.name!r}: weights go with model (a model from elsewhere); a checkpoint holds its own")
+        self.source()
         return self
+
+    def source(self) -> ModelSource | None:
+        """Where the model comes from when it is not trained here (checked: format name, spec, files)."""
+        if self.train is not None:
+            return None
+        try:
+            if self.model is not None:
+                return ModelSource(model=self.model, weights=self.weights).check_files()
+            return ModelSource(checkpoint=self.checkpoint)
+        except MetricAttackError as exc:
+            raise ValueError(f"model {self.name!r}: {exc}") from None
 
     def stage_config(self) -> dict[str, Any]:
         """What identifies the model's training stage (the recipe, without runtime-only fields)."""
+        if self.model is not None:
+            return {"model": self.model, "weights": None if self.weights is None else str(self.weights)}
         if self.train is None:
             return {"checkpoint": str(self.checkpoint)}
         recipe = self.train.model_dump(mode="json")
@@ -298,7 +321,7 @@ class BenchmarkConfig(StrictModel):
             given = [m.name for m in self.models if m.name in self.defended_models() and m.train is None]
             if given:
                 raise ValueError(
-                    f"Table 5 retrains its models with their recipe, but {given} are given as checkpoints; "
+                    f"Table 5 retrains its models with their recipe, but {given} are given as checkpoints or models from elsewhere; "
                     "list the others in experiments.table5.models or disable it (experiments.table5.enabled: false)"
                 )
         for exp in self.experiments.only or []:
@@ -340,7 +363,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         dataset["root"] = str((base / dataset["root"]).resolve())
     for model in data.get("models") or []:
         if isinstance(model, dict):
-            for key in ("train_config", "checkpoint"):
+            for key in ("train_config", "checkpoint", "weights"):
                 if isinstance(model.get(key), str):
                     model[key] = str((base / model[key]).resolve())
     return data

@@ -10,10 +10,11 @@ in percent.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..attacks.spec import SETTINGS
 from ..data.types import JUNK_PID, ImageRecord, ReIDDataset
@@ -21,7 +22,6 @@ from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
 from ..evaluation.ranking import RankingResult, evaluate_distances
 from ..metrics.distance import Metric, build_metric
-from ..models.base import ReIDNet
 from ..stages import StageCache
 from .evidence import ap_key
 from .jobs import AttackJob, is_learned
@@ -33,13 +33,22 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """A model of the run: its checkpoint (path, SHA-256), how it was described and trained."""
+    """A model of the run: its checkpoint (path, SHA-256), how it was described and trained; a model
+    from elsewhere has no checkpoint but its ``source`` (the :class:`~metricattack.models.sources.LoadedModel`
+    record: spec, weights, module file) and the SHA-256 of its weights (or module file)."""
 
-    checkpoint: str
-    sha256: str
+    checkpoint: str | None
+    sha256: str | None
     description: str
     train_seed: int | None
     train_seconds: float | None
+    source: dict[str, Any] | None = None
+
+    def attack_record(self, name: str) -> dict[str, Any]:
+        """How the attacks' records (``attack_results.json``) name the model."""
+        if self.source is not None:
+            return {"name": name, **self.source}
+        return {"name": name, "checkpoint": self.checkpoint, "sha256": self.sha256}
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class RunContext:
     dataset_root: str
     fingerprint: str
     keys: dict[str, str] = field(default_factory=dict)  # resource name -> stage key (e.g. "model:B1")
-    models: dict[str, ReIDNet] = field(default_factory=dict)
+    models: dict[str, nn.Module] = field(default_factory=dict)  # ReIDNet, or a model from elsewhere
     records: dict[str, ModelRecord] = field(default_factory=dict)
     clean: dict[str, Features] = field(default_factory=dict)
     metrics: dict[tuple[str, str], Metric] = field(default_factory=dict)  # (model, metric name)

@@ -114,13 +114,34 @@ def add_model(ctx: RunContext, name: str, spec: StageSpec, outputs: dict[str, An
     ctx.models[name] = load_model(Path(outputs["checkpoint"]), device=ctx.device)
 
 
+def add_model_from_elsewhere(ctx: RunContext, m: ModelSection) -> None:
+    """Load and register ``m``'s ``model`` / ``weights`` (python:MODULE:FUNCTION or another project's format).
+
+    Its stage does no work; its key follows the spec, the weights file's and the module file's
+    SHA-256, so the features and attacks made from it are redone when either file changes."""
+    source = m.source()
+    assert source is not None and source.model is not None  # a model section with `model:` (checked at load)
+    loaded = source.load(ctx.device)
+    module_file = loaded.record.get("module_file")
+    config = {**m.stage_config(), "device": ctx.device, "sha256": loaded.record["sha256"]}
+    config["module_sha256"] = sha256_file(Path(module_file)) if module_file else None
+    spec = StageSpec("model", m.name, config, upstream=(ctx.keys["dataset"],), code=CODE_TRAIN)
+    ctx.cache.run(spec, lambda _folder: {"source": loaded.record})
+    ctx.keys[f"model:{m.name}"] = spec.key
+    ctx.records[m.name] = ModelRecord(None, loaded.record["sha256"], m.description, None, None, source=loaded.record)
+    ctx.models[m.name] = loaded.model
+
+
 def train_models(ctx: RunContext) -> None:
-    """Train every base model (or take its checkpoint), after checking every recipe."""
+    """Train every base model (or take its checkpoint, or load it from elsewhere), after checking every recipe."""
     for m in ctx.cfg.models:
         check_trainable(ctx, m)
     bar = progress(ctx, ctx.cfg.models, "base models")
     for m in bar:
         bar.set_description_str(f"base models ({m.name})")
+        if m.model is not None:
+            add_model_from_elsewhere(ctx, m)
+            continue
         config = {**m.stage_config(), "device": ctx.device}
         if m.checkpoint is not None:
             config["sha256"] = sha256_file(m.checkpoint)
@@ -224,7 +245,14 @@ def attack_stage(ctx: RunContext, job: AttackJob) -> StageSpec:
 def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
     """Make each job's adversarial gallery (a dataset in the stage folder; the export resumes by itself)."""
     from ..attacks.export import ModelEntry, export_attack
+    from ..attacks.spec import SETTINGS
 
+    for job in jobs:
+        without = [
+            s for s in job.sources if SETTINGS.get(job.setting).classification and not callable(getattr(ctx.models[s], "classify", None))
+        ]
+        if without:
+            raise ConfigError(f"the {job.setting} attack ({job.id}) needs a classifier (classify()), which model {without[0]} has not")
     for job in progress(ctx, jobs, "adversarial sets"):
         spec = attack_stage(ctx, job)
 
@@ -233,7 +261,7 @@ def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
                 ModelEntry(
                     ctx.models[s],
                     ctx.metric(s, job.metric),
-                    {"name": s, "checkpoint": ctx.records[s].checkpoint, "sha256": ctx.records[s].sha256},
+                    ctx.records[s].attack_record(s),
                 )
                 for s in job.sources
             ]

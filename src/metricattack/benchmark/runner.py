@@ -30,12 +30,14 @@ EVIDENCE_FILE = "evidence.safetensors"
 
 def _model_info(ctx: RunContext, name: str) -> ModelInfo:
     record = ctx.records[name]
-    spec = ctx.models[name].spec()
+    spec_of = getattr(ctx.models[name], "spec", None)
+    spec = spec_of() if callable(spec_of) else {}  # a python: model has none
     return ModelInfo(
         name=name,
         description=record.description,
         checkpoint=record.checkpoint,
         checkpoint_sha256=record.sha256,
+        source=record.source,
         spec=json.loads(json.dumps(spec, default=str)),
         train_seed=record.train_seed,
         train_seconds=record.train_seconds,

@@ -43,9 +43,12 @@ class Ranking(Record):
 class ModelInfo(Record):
     name: str
     description: str
-    checkpoint: str
-    checkpoint_sha256: str
-    spec: dict[str, Any] = Field(description="ReIDModel.spec() of the checkpoint")
+    checkpoint: str | None = Field(description="the checkpoint trained or given; null for a model from elsewhere (see source)")
+    checkpoint_sha256: str | None = Field(description="SHA-256 of the checkpoint, or of a model from elsewhere's weights (or module file)")
+    source: dict[str, Any] | None = Field(
+        None, description="a model from elsewhere (config model: / weights:): label, model spec, weights, module_file, preprocessing"
+    )
+    spec: dict[str, Any] = Field(description="spec() of the model ({} for a python: model without one)")
     train_seed: int | None = None
     train_seconds: float | None = None
 
