@@ -43,11 +43,20 @@ def test_attack_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, t
     assert json.loads((tmp_path / "sharded" / "manifest.json").read_text())["world_size"] == 2
 
 
-def test_single_process_commands_refuse_torchrun(tmp_path: Path) -> None:
-    done = torchrun("synth", "--out", str(tmp_path / "d"), "--train-ids", "2", "--test-ids", "2", cwd=tmp_path)
-    assert done.returncode != 0
-    assert "'synth' runs in one process; start it without torchrun" in done.stderr
-    assert not (tmp_path / "d").exists()
+@pytest.mark.parametrize(
+    "command, options",
+    [("synth", ["--train-ids", "2", "--test-ids", "2"]), ("defend", ["--config", "d.yaml"]), ("benchmark", ["--config", "b.yaml"])],
+)
+def test_single_process_commands_refuse_torchrun(
+    command: str, options: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """What a rank of ``torchrun --nproc_per_node 2`` sees (its environment), in this process: the
+    command stops before any work instead of repeating it on every rank (real launches: above and below)."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    assert main([command, *options, "--out", str(tmp_path / "out")]) == 2
+    assert f"'{command}' runs in one process; start it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
