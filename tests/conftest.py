@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,24 @@ def fixture_train_config(root: Path, backbone: str, *overrides: str) -> TrainCon
     return load_train_config(FIXTURE_RECIPE, [f"data.root={root}", f"model.backbone={backbone}", *overrides])
 
 
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Path]) -> Path:
+    """``make(folder)`` (returns the path it made) once per test run, also when pytest-xdist
+    (``-n 2``) runs the tests in several worker processes: the first worker to need it makes
+    it under a lock in the run's shared temporary folder, the others wait and reuse it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / name  # pytest-N/, shared by the run's workers
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / "made.json"
+        if done.is_file():
+            return Path(json.loads(done.read_text(encoding="utf-8"))["path"])
+        made = make(root / "work")
+        done.write_text(json.dumps({"path": str(made)}), encoding="utf-8")
+        return made
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything() -> None:
     random.seed(0)
@@ -42,9 +64,7 @@ def _seed_everything() -> None:
 @pytest.fixture(scope="session")
 def tiny_dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic dataset in the Market-1501 layout (6 distractors), generated once per session."""
-    out = tmp_path_factory.mktemp("synth") / "tiny"
-    generate(out, tiny_synth_config(num_distractors=6))
-    return out
+    return once_per_run(tmp_path_factory, "tiny_dataset", lambda folder: generate(folder / "tiny", tiny_synth_config(num_distractors=6)))
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +74,7 @@ def tiny_model_checkpoint(tiny_dataset_root: Path, tmp_path_factory: pytest.Temp
     Trained once per session with cross-entropy + batch-hard triplet (~12 s on one thread); its
     rank-1 on the tiny test split is checked in ``tests/test_training.py``.
     """
-    return train(fixture_train_config(tiny_dataset_root, "resnet18"), tmp_path_factory.mktemp("tiny_model"))
+    return once_per_run(tmp_path_factory, "tiny_model", lambda folder: train(fixture_train_config(tiny_dataset_root, "resnet18"), folder))
 
 
 @pytest.fixture(scope="session")
@@ -65,9 +85,9 @@ def market_like_dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the 12 test identities 316 gallery images, so a random ranking scores mAP 0.021 instead of
     0.077 (:mod:`metricattack.evaluation.chance`) and a 90 % cut is no longer below chance level.
     """
-    out = tmp_path_factory.mktemp("synth") / "market_like"
-    generate(out, tiny_synth_config(num_distractors=240))
-    return out
+    return once_per_run(
+        tmp_path_factory, "market_like_dataset", lambda folder: generate(folder / "market_like", tiny_synth_config(num_distractors=240))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -76,4 +96,5 @@ def resnet50_checkpoint(market_like_dataset_root: Path, tmp_path_factory: pytest
     8 epochs with cross-entropy + triplet on ``market_like_dataset_root`` in batches of 32 (half the
     Adam steps of the recipe's 16: 17 s of CPU instead of 24 s, the same attack cut; measurements
     in ``benchmarks/RESULTS.md``, "ResNet-50 test fixture")."""
-    return train(fixture_train_config(market_like_dataset_root, "resnet50", "batch.batch_size=32"), tmp_path_factory.mktemp("resnet50"))
+    recipe = fixture_train_config(market_like_dataset_root, "resnet50", "batch.batch_size=32")
+    return once_per_run(tmp_path_factory, "resnet50", lambda folder: train(recipe, folder))
