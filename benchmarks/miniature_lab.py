@@ -7,6 +7,8 @@ quickstart's B1 recipe with dotted overrides). For each cell the script trains t
 * clean rank-1 / mAP and the chance mAP of the gallery (Market AP, squared Euclidean);
 * white-box non-targeted FGSM and I-FGSM at ε = 5 (α = 1, 6 steps), images quantised to the
   1/255 grid as when saved: mAP after the attack and the cut ``1 − adv / clean``;
+* white-box targeted I-FGSM at ε = 5 (every attacked gallery image pulled toward one random probe of
+  another identity, the benchmark's ``targeted`` setting): the share of them in their probe's top-10;
 * ``reach``: the first-order distance an ε = 5 L∞ budget can move a gallery feature along a
   random unit direction ``u`` of feature space, ``ε/255 · ‖∇ₓ⟨u, f(x)⟩‖₁``, mean over images,
   divided by the mean distance between features of different identities (‖f(x) − f(y)‖):
@@ -19,7 +21,9 @@ Run (one thread; cells of a sweep run one after the other, results print as Mark
 
 ``--sweep`` names a list of cells defined in :data:`SWEEPS`; ``--seeds`` repeats every cell
 with other training seeds; ``--set`` adds overrides to every cell (``data.height=128``,
-``train.model.backbone=resnet50``).
+``train.model.backbone=resnet50``, ``eval.feature_space=pooled``: retrieve with another feature space
+of the same trained model). Sweeps named ``qs-*`` start from the quickstart after issue #11's first
+step (300 distractors, 10 junk: :data:`QS_GALLERY`) instead of the old quickstart's data.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from metricattack.attacks.runner import (
     clean_features,
     mean_true_positive_distance,
     plan_attack,
+    targeted_success,
     true_positive_pairs,
 )
 from metricattack.attacks.spec import AttackSpec
@@ -94,6 +99,24 @@ class Cell:
 PRETRAIN_DATA: dict[str, Any] = {**BASE_DATA, "seed": 1000, "num_train_ids": 400, "num_test_ids": 2, "num_distractors": 0, "num_junk": 0}
 
 
+#: The quickstart's gallery after issue #11's first step: 300 distractors and 10 junk beside the test identities.
+QS_GALLERY: dict[str, Any] = {"data.num_distractors": 300, "data.num_junk": 10}
+
+
+def _qs(label: str, **overrides: Any) -> Cell:
+    """A cell on the quickstart's gallery (:data:`QS_GALLERY`) plus ``overrides`` (``data__x`` = ``data.x``)."""
+    return Cell(label, {**QS_GALLERY, **{k.replace("__", "."): v for k, v in overrides.items()}})
+
+
+#: Cross-entropy (label smoothing 0.1) plus batch-hard triplet, and the P×K batches the triplet needs.
+_CE_TRIPLET = {"cross_entropy": {"label_smoothing": 0.1}, "triplet": {"margin": 0.3}}
+_PK = {"batch_size": 32, "sampler": "pk", "images_per_id": 4}
+
+
+#: 240 training images whatever the images per camera (the 40 training identities keep 2 per camera).
+_TRAIN_240 = {"data__train_images": 240}
+
+
 def _size(h: int, w: int) -> dict[str, Any]:
     """Data rendered at h×w, model input h×w, padding scaled with the size (4 px at 64×32)."""
     return {"data.height": h, "data.width": w, "train.model.input_size": [h, w], "train.augmentation.pad": max(1, h // 16)}
@@ -129,6 +152,29 @@ SWEEPS: dict[str, list[Cell]] = {
         Cell(f"{d} distractors, {k} per camera", {"data.num_distractors": d, "data.images_per_camera": k})
         for k, d in ((2, 10), (2, 100), (2, 300), (1, 300))
     ],
+    # --- on the quickstart's gallery (300 distractors): what shrinks the margins toward Market-1501's
+    "qs-outfits": [_qs("own outfits")] + [_qs(f"{n} outfits", data__outfits=n) for n in (20, 5)],
+    "qs-identities": [_qs(f"{n} test ids, 1 per camera", data__num_test_ids=n, data__images_per_camera=1, **_TRAIN_240) for n in (30, 100)],
+    "qs-difficulty": [_qs(f"difficulty {d:g}", data__difficulty=d) for d in (1.5, 2.0)],
+    "qs-distractors": [_qs(f"{d} distractors", data__num_distractors=d) for d in (1200, 3000)],
+    "qs-geometry": [
+        _qs("BN neck, pooled features", eval__feature_space="pooled"),
+        _qs("no BN neck (pooled features)", train__model__neck="none"),
+    ],
+    "qs-recipe": [
+        _qs("CE + triplet (P×K 8×4)", train__loss=_CE_TRIPLET, train__batch=_PK),
+        _qs("no label smoothing", train__loss__cross_entropy__label_smoothing=0.0),
+        _qs("6 epochs", train__schedule__epochs=6, train__schedule__lr_steps=[5]),
+        _qs("ResNet-50", train__model__backbone="resnet50"),
+    ],
+    "qs-dimension": [_qs(f"features reduced to {d}-d", train__model__reduce_dim=d) for d in (16, 32)],
+    # the quickstart's four base models (B1-B4 recipes); add the data change under test with --set
+    "qs-models": [
+        _qs("B1 ResNet-18 CE"),
+        _qs("B2 ResNet-34 CE", train__model__backbone="resnet34"),
+        _qs("B3 DenseNet-121 CE", train__model={"backbone": "densenet121", "input_size": [64, 32]}),
+        _qs("B4 ResNet-18 triplet", train__loss={"triplet": {"margin": 0.3}}, train__batch=_PK),
+    ],
 }
 
 
@@ -139,22 +185,24 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def resolve(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(synth config, train config, pre-training)`` dicts of the base settings plus ``overrides``.
+def resolve(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(synth config, train config, pre-training, evaluation)`` dicts of the base settings plus ``overrides``.
 
     ``pretrain.epochs`` > 0 pre-trains the same recipe on :data:`PRETRAIN_DATA` (rendered at the
     cell's size; ``pretrain.data.*`` overrides it) and starts the cell's training from that trunk.
+    ``eval.feature_space`` retrieves (and attacks) with another feature space of the trained model.
     """
     data, recipe = copy.deepcopy(BASE_DATA), copy.deepcopy(BASE_TRAIN)
     pre: dict[str, Any] = {"epochs": 0, "data": copy.deepcopy(PRETRAIN_DATA)}
+    evaluation: dict[str, Any] = {}
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
-        if head in ("data", "train", "pretrain"):
-            _set({"data": data, "train": recipe, "pretrain": pre}[head], rest, value)
+        if head in ("data", "train", "pretrain", "eval"):
+            _set({"data": data, "train": recipe, "pretrain": pre, "eval": evaluation}[head], rest, value)
         else:
-            raise SystemExit(f"override {key!r} must start with data., train. or pretrain.")
+            raise SystemExit(f"override {key!r} must start with data., train., pretrain. or eval.")
     pre["data"].update(height=data["height"], width=data["width"])
-    return data, recipe, pre
+    return data, recipe, pre, evaluation
 
 
 def trunk_weights(out: Path, recipe: dict[str, Any], pre: dict[str, Any]) -> Path:
@@ -224,6 +272,21 @@ def white_box(model: torch.nn.Module, ds: ReIDDataset, method: str, eps: float =
     return out, time.process_time() - start
 
 
+def targeted_top10(
+    model: torch.nn.Module, ds: ReIDDataset, q: torch.Tensor, g: torch.Tensor, eps: float = 5.0, batch_size: int = 64
+) -> float:
+    """Share of attacked gallery images in their target probe's top-10 after white-box targeted I-FGSM (quantised)."""
+    spec = AttackSpec(method="ifgsm", eps=eps)
+    feats = clean_features([model], ds, batch_size=batch_size)
+    plan = plan_attack([model], EuclideanMetric(), ds, "targeted", spec, feats)
+    assert plan.targets is not None
+    out = g.clone()
+    with torch.no_grad():
+        for batch in attack_batches(plan, spec, batch_size=batch_size):
+            out[batch.indices] = model(quantize(batch.adversarial, batch.clean, eps).float() / 255.0).float()
+    return targeted_success(EuclideanMetric(), q, out, ds, plan.targets)["top10"]
+
+
 def reach(model: torch.nn.Module, ds: ReIDDataset, feats_g: torch.Tensor, eps: float = 5.0, seed: int = 0) -> float:
     """First-order ε-reach along a random feature direction / mean inter-identity feature distance."""
     from metricattack.data.loading import make_loader
@@ -258,12 +321,14 @@ def negative_distances(ds: ReIDDataset, q: torch.Tensor, g: torch.Tensor) -> tup
 
 def measure(out: Path, cell: Cell, extra: dict[str, Any], seed: int) -> dict[str, Any]:
     """Train (cached) and attack one cell; returns the row's numbers."""
-    synth, recipe, pre = resolve({**cell.overrides, **extra, "train.seed": seed})
+    synth, recipe, pre, evaluation = resolve({**cell.overrides, **extra, "train.seed": seed})
     if pre["epochs"]:
         recipe["model"]["pretrained"] = str(trunk_weights(out, recipe, pre))
     root = dataset(out, synth)
     ckpt, train_cpu = trained(out, root, recipe)
     model = load_model(ckpt).eval()
+    if "feature_space" in evaluation:
+        model.feature_space = evaluation["feature_space"]
     ds = load_dataset("folder", root)
     feats = clean_features([model], ds, batch_size=64)[0]
     r1, clean = _map(ds, feats.query, feats.gallery)
@@ -282,6 +347,7 @@ def measure(out: Path, cell: Cell, extra: dict[str, Any], seed: int) -> dict[str
         "chance_mAP": 100 * dataset_chance(ds, "market").mAP,
         "fgsm_mAP": _map(ds, feats.query, fgsm)[1],
         "ifgsm_mAP": _map(ds, feats.query, ifgsm)[1],
+        "targeted_top10": targeted_top10(model, ds, feats.query, feats.gallery),
         "reach": reach(model, ds, feats.gallery),
         "train_cpu": train_cpu,
         "attack_cpu": attack_cpu,
@@ -291,8 +357,8 @@ def measure(out: Path, cell: Cell, extra: dict[str, Any], seed: int) -> dict[str
 
 
 HEADER = (
-    "| cell | seed | rank-1 | clean mAP | chance mAP | FGSM mAP | I-FGSM mAP | I-FGSM cut | TP dist clean → I-FGSM | negative dist (mean / nearest) | reach | train CPU s | attack CPU s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| cell | seed | rank-1 | clean mAP | chance mAP | FGSM mAP | I-FGSM mAP | I-FGSM cut | targeted top-10 | TP dist clean → I-FGSM | negative dist (mean / nearest) | reach | train CPU s | attack CPU s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -300,7 +366,7 @@ def row(r: dict[str, Any]) -> str:
     cut = 1 - r["ifgsm_mAP"] / r["clean_mAP"] if r["clean_mAP"] else float("nan")
     return (
         f"| {r['cell']} | {r['seed']} | {r['rank1']:.1f} | {r['clean_mAP']:.1f} | {r['chance_mAP']:.2f} | {r['fgsm_mAP']:.1f} | "
-        f"{r['ifgsm_mAP']:.1f} | {cut:.0%} | {r['tp_clean']:.2f} → {r['tp_ifgsm']:.2f} | {r['negative']:.2f} / {r.get('nearest_negative', float('nan')):.2f} | {r['reach']:.3f} | {r['train_cpu']:.0f} | {r['attack_cpu']:.0f} |"
+        f"{r['ifgsm_mAP']:.1f} | {cut:.0%} | {100 * r.get('targeted_top10', float('nan')):.1f}% | {r['tp_clean']:.2f} → {r['tp_ifgsm']:.2f} | {r['negative']:.2f} / {r.get('nearest_negative', float('nan')):.2f} | {r['reach']:.3f} | {r['train_cpu']:.0f} | {r['attack_cpu']:.0f} |"
     )
 
 
