@@ -79,11 +79,13 @@ def test_batch_independent(net: TinyNet, batch) -> None:
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
 
 
-def test_learned_metric_object(net: TinyNet, batch) -> None:
+@pytest.mark.filterwarnings("ignore::metricattack.metrics.distance.NonPSDMatrixWarning")  # KISSME on random features
+@pytest.mark.parametrize("kind", ["xqda", "kissme"])
+def test_learned_metric_object(kind: str, net: TinyNet, batch) -> None:
     images, refs = batch
     torch.manual_seed(1)
     feats, pids = torch.randn(60, 8), torch.arange(12).repeat_interleave(5)
-    fit = ma.fit_learned("xqda", feats, pids)
+    fit = ma.fit_learned(kind, feats, pids)
     atk = ma.MetricAttack(net, metric=fit, eps=4)
     assert atk.metric is fit.metric
     adv = atk(images, refs)
