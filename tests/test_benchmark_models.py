@@ -87,6 +87,7 @@ def test_config_takes_models_from_elsewhere_and_checks_them_at_load(files: Path)
         ("models.H.model=torchreid:osnet", r"model 'H': unknown model format 'torchreid:osnet'; available: torchreid:resnet50"),
         ("models.H.weights=null", r"model 'H': --model torchreid:hacnn needs --weights FILE"),
         ("models.U.model=python:user-bench:build", r"model 'U': --model 'python:user-bench:build': expected python:MODULE:FUNCTION"),
+        ("models.U.model=python:no_such_user_module:build", r"model 'U': --model .*: cannot find module 'no_such_user_module'.*PYTHONPATH"),
         ("models.U.checkpoint=user.safetensors", r"model 'U' needs exactly one of train / train_config / checkpoint / model"),
     ]:
         with pytest.raises(ConfigError, match=message):

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ class ModelSource:
             )
         if self.weights is not None and not self.weights.is_file():
             raise CheckpointError(f"--weights {self.weights} (for --model {self.model}) does not exist")
+        if self.model is not None and self.model.startswith(PYTHON_PREFIX):
+            _find_module(self.model)
         return self
 
     @property
@@ -157,6 +160,18 @@ def _split_python_spec(spec: str) -> tuple[str, str]:
             "e.g. python:mynets.reid:build_model"
         )
     return parts[0], parts[1]
+
+
+def _find_module(spec: str) -> None:
+    """MetricAttackError unless the module of ``python:MODULE:FUNCTION`` can be found (the module
+    itself is not run; a dotted name's parent packages are imported, as ``import`` would)."""
+    module_name, _ = _split_python_spec(spec)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except ImportError:
+        found = None
+    if found is None:
+        raise MetricAttackError(f"--model {spec}: cannot find module {module_name!r}; install it or put its folder on PYTHONPATH")
 
 
 def _load_python(spec: str, weights: Path | None) -> tuple[nn.Module, str | None]:
