@@ -20,13 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..attacks.spec import METHODS
+
 MARKET = "market1501"
 DUKE = "dukemtmc"
 DATASET_TITLES = {MARKET: "Market-1501", DUKE: "DukeMTMC-reID"}
 MODELS = ("B1", "B2", "B3", "B4", "HACNN", "Mancs")
 BASE_MODELS = MODELS[:4]
-METHODS = ("fgsm", "ifgsm", "mifgsm")
-_METHOD_OF_LABEL = {"FGSM": "fgsm", "I-FGSM": "ifgsm", "MI-FGSM": "mifgsm"}
+#: A method's label in the paper's tables -> its registered name (labels from the METHODS registry).
+_METHOD_OF_LABEL = {METHODS.get(name).label: name for name in METHODS}
+#: The methods of the paper's Tables 2-4, as they label them.
+PAPER_METHODS = tuple(_METHOD_OF_LABEL[label] for label in ("FGSM", "I-FGSM", "MI-FGSM"))
 _MODEL_OF_REF = {"[12]": "HACNN", "[50]": "Mancs"}
 
 # Table 1: "Performance of the four base models and two state-of-the-art methods implemented in
