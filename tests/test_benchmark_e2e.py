@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from metricattack.benchmark.compare import results_differences
 from metricattack.benchmark.evidence import Bootstrap, load_evidence
 from metricattack.benchmark.findings import compute_findings
 from metricattack.benchmark.schema import validate_results
@@ -78,10 +80,15 @@ def test_outputs_tables_figures_report(tiny_run: Path) -> None:
 @pytest.mark.slow
 def test_rerun_does_no_work_and_only_selects(tiny_run: Path) -> None:
     before = len(read_stage_log(tiny_run))
+    first = json.loads((tiny_run / "results.json").read_text())
     assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tiny_run)]) == 0
     rerun = read_stage_log(tiny_run)[before:]
     assert rerun and {e["kind"] for e in rerun} <= HEAVY
     assert [e for e in rerun if e["status"] != "cached"] == []
+    # the re-run gives the same results.json, timings aside (and records the thread counts it ran with)
+    second = json.loads((tiny_run / "results.json").read_text())
+    assert results_differences(first, second) == [] and first["provenance"]["stage_seconds"] != second["provenance"]["stage_seconds"]
+    assert second["provenance"]["threads"]["torch"] == torch.get_num_threads()
     assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tiny_run), "--only", "table1"]) == 0
     res = validate_results(json.loads((tiny_run / "results.json").read_text()))
     assert res.table1 is not None and res.table2 is None

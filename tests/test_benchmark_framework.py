@@ -27,6 +27,9 @@ def test_shipped_configs_validate() -> None:
     for path in ["configs/quickstart.yaml", "configs/tiny.yaml", "configs/paper/market1501.yaml", "configs/paper/dukemtmc.yaml"]:
         cfg = load_benchmark_config(REPO / path)
         assert cfg.models, path
+        # the paper's HACNN and Mancs are test-only models of the demo and of the paper's benchmarks
+        if path != "configs/tiny.yaml":
+            assert cfg.test_only_models() == ["HACNN", "Mancs"], path
 
 
 MINIMAL = """
@@ -194,6 +197,28 @@ def test_schema_doc_is_up_to_date() -> None:
     assert doc == schema.schema_markdown(), "regenerate with python -m metricattack.benchmark.schema docs/results-schema.md"
 
 
+def test_results_comparison_ignores_timings_and_the_run_folder_only() -> None:
+    from metricattack.benchmark.compare import results_differences
+
+    def run(folder: str, mAP: float, seconds: float) -> dict:
+        return {
+            "provenance": {"created": f"2026-11-30T{seconds}", "wall_seconds": seconds, "stage_seconds": {"model": seconds}},
+            "dataset": {"root": f"{folder}/cache/dataset/x", "counts": {"query": 30}},
+            "models": [{"name": "B1", "train_seconds": seconds, "checkpoint": f"{folder}/cache/model/a.safetensors"}],
+            "table1": [{"model": "B1", "mAP": mAP}],
+        }
+
+    folders = ("/tmp/A", "/tmp/B")
+    assert results_differences(run("/tmp/A", 63.05, 1.0), run("/tmp/B", 63.05, 9.5), folders) == []
+    assert results_differences(run("/tmp/A", 63.05, 1.0), run("/tmp/B", 63.0500001, 1.0), folders) == ["table1.0.mAP: 63.05 != 63.0500001"]
+    # a path outside the run's own folder, a missing key and a shorter list are differences too
+    assert results_differences(run("/tmp/A", 1.0, 1.0), run("/tmp/AB", 1.0, 1.0), folders) == [
+        "dataset.root: '<run>/cache/dataset/x' != '/tmp/AB/cache/dataset/x'",
+        "models.0.checkpoint: '<run>/cache/model/a.safetensors' != '/tmp/AB/cache/model/a.safetensors'",
+    ]
+    assert results_differences({"a": [1, 2], "b": 0}, {"a": [1]}) == ["(top level).b: only in the first run", "a: 2 entries != 1 entries"]
+
+
 # ----------------------------------------------------------------- a hand-built results object
 def _rank(m: float) -> dict:
     return {
@@ -248,6 +273,7 @@ def make_results(tmp_path: Path, whitebox: float, blackbox: float, spread: float
             "config_path": "x.yaml",
             "seeds": {"run": 0},
             "versions": {"metricattack": "0"},
+            "threads": {"torch": 2, "torch_interop": 2, "env": {"OMP_NUM_THREADS": "2"}},
             "ap_convention": "market",
             "created": "now",
             "experiments": ["table1", "table2", "fig3"],

@@ -212,6 +212,24 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_settings() -> dict[str, Any]:
+    """The CPU thread counts a run computes with (they change its numbers, not its load).
+
+    ``{"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
+    "env": {"OMP_NUM_THREADS": "2" | None, ...}}``; ``None`` = the variable was not set.
+    """
+    import torch
+
+    return {
+        "torch": torch.get_num_threads(),
+        "torch_interop": torch.get_num_interop_threads(),
+        "env": {name: os.environ.get(name) for name in THREAD_ENV_VARS},
+    }
+
+
 def environment_versions() -> dict[str, str]:
     """Versions of the software that made an artifact (for provenance records)."""
     versions = {

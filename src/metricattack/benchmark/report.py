@@ -238,6 +238,8 @@ def render_report(res: Results, tables: dict[str, list[Table]], figures: dict[st
         setup=attack_setup(res),
         seeds=seeds_text(res),
         versions=", ".join(f"{k} {v}" for k, v in sorted(prov.versions.items())),
+        threads=f"torch {prov.threads.torch} (interop {prov.threads.torch_interop}); "
+        + ", ".join(f"{k}={v if v is not None else 'unset'}" for k, v in sorted(prov.threads.env.items())),
     )
 
 

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from ..io import atomic_write_json, environment_versions, sha256_file
+from ..io import atomic_write_json, environment_versions, sha256_file, thread_settings
 from ..stages import read_stage_log
 from . import resources
 from .config import BenchmarkConfig
@@ -22,7 +22,7 @@ from .experiments import EXPERIMENTS, Figure
 from .findings import compute_findings, compute_further_findings
 from .jobs import AttackJob, Needs
 from .report import write_report
-from .schema import AttackSetting, DatasetInfo, EvidenceInfo, ModelInfo, Provenance, Results
+from .schema import AttackSetting, DatasetInfo, EvidenceInfo, ModelInfo, Provenance, Results, Threads
 from .tables import Table
 
 EVIDENCE_FILE = "evidence.safetensors"
@@ -94,6 +94,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
             "models": {m.name: m.train.seed if m.train is not None else None for m in cfg.models},
         },
         versions=environment_versions(),
+        threads=Threads.model_validate(thread_settings()),
         ap_convention=cfg.evaluation.ap,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         experiments=cfg.selected(),

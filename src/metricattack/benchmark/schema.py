@@ -292,11 +292,22 @@ class DatasetInfo(Record):
     )
 
 
+class Threads(Record):
+    """The CPU thread counts of the run: the numbers depend on them (not on the machine's load)."""
+
+    torch: int = Field(ge=1, description="torch.get_num_threads() (intra-op threads of the CPU kernels)")
+    torch_interop: int = Field(ge=1, description="torch.get_num_interop_threads()")
+    env: dict[str, str | None] = Field(
+        description="OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS as set for the run (null = not set)"
+    )
+
+
 class Provenance(Record):
     config: dict[str, Any]
     config_path: str
     seeds: dict[str, Any]
     versions: dict[str, str]
+    threads: Threads = Field(description="CPU thread counts of this run (results depend on them)")
     ap_convention: Literal["market", "noninterp"]
     created: str
     experiments: list[str]
@@ -360,6 +371,13 @@ def schema_markdown() -> str:
         "ε, α are in 0..255 pixel units. Sections of experiments that were not selected",
         "(`--only`) are `null`; `findings` always lists the six findings of the paper, each",
         "`holds`, `does not hold`, `inconclusive` or `not measured`, computed from the numbers in this file.",
+        "",
+        "Reproducibility: two runs of the same config and seeds with the same code and CPU thread",
+        "counts (`provenance.threads`: the order in which the kernels add up depends on them, the",
+        "machine's load does not) give the same file except the timing fields `provenance.created`,",
+        "`provenance.wall_seconds`, `provenance.stage_seconds`, `models[].train_seconds` and paths",
+        "inside the run folder; `python benchmarks/compare_results.py RUN_A RUN_B` lists any other",
+        "difference (`metricattack.benchmark.compare`).",
         "",
         "## How a verdict is reached",
         "",
