@@ -23,7 +23,7 @@ from ..wording import agree, counted
 from .experiments import EXPERIMENTS, Figure
 from .figures import DISPLAY_WIDTH_PX, png_size
 from .jobs import MODE_OF_SETTING
-from .schema import Finding, Results
+from .schema import Finding, Results, Threads
 from .tables import Table
 
 
@@ -197,6 +197,14 @@ def seeds_text(res: Results) -> str:
     return "; ".join(parts) + "."
 
 
+def threads_text(threads: Threads | None) -> str:
+    """``torch 2 (interop 2); MKL_NUM_THREADS=2, OMP_NUM_THREADS=2, OPENBLAS_NUM_THREADS=unset``."""
+    if threads is None:
+        return "not recorded"
+    env = ", ".join(f"{k}={v if v is not None else 'unset'}" for k, v in sorted(threads.env.items()))
+    return f"torch {threads.torch} (interop {threads.torch_interop}); {env}"
+
+
 def render_report(res: Results, tables: dict[str, list[Table]], figures: dict[str, list[Figure]]) -> str:
     """The HTML text of the report."""
     env = Environment(loader=PackageLoader("metricattack.benchmark", "templates"), autoescape=select_autoescape(["html", "j2"]))
@@ -238,8 +246,7 @@ def render_report(res: Results, tables: dict[str, list[Table]], figures: dict[st
         setup=attack_setup(res),
         seeds=seeds_text(res),
         versions=", ".join(f"{k} {v}" for k, v in sorted(prov.versions.items())),
-        threads=f"torch {prov.threads.torch} (interop {prov.threads.torch_interop}); "
-        + ", ".join(f"{k}={v if v is not None else 'unset'}" for k, v in sorted(prov.threads.env.items())),
+        threads=threads_text(prov.threads),
     )
 
 

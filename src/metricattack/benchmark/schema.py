@@ -307,7 +307,9 @@ class Provenance(Record):
     config_path: str
     seeds: dict[str, Any]
     versions: dict[str, str]
-    threads: Threads = Field(description="CPU thread counts of this run (results depend on them)")
+    threads: Threads | None = Field(
+        None, description="CPU thread counts of this run (results depend on them); null in files written before they were recorded"
+    )
     ap_convention: Literal["market", "noninterp"]
     created: str
     experiments: list[str]
