@@ -67,6 +67,14 @@ class Needs:
             self.learn(source, job.metric)
         return job
 
+    @classmethod
+    def tested_on(cls, model: str, *jobs: AttackJob) -> Needs:
+        """Needs of an experiment that evaluates each of ``jobs`` on one ``model`` only (single-model experiments)."""
+        needs = cls()
+        for job in jobs:
+            needs.add(job, [model])
+        return needs
+
     def learn(self, model: str, metric: str) -> None:
         """Need ``metric`` for ``model`` (nothing to do unless it is a learned metric)."""
         if is_learned(metric) and (model, metric) not in self.learned:

@@ -35,10 +35,7 @@ class ClassificationExperiment(Experiment):
 
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         m, _, metric_job, cls_job = self._jobs(cfg)
-        needs = Needs()
-        needs.add(metric_job, [m])
-        needs.add(cls_job, [m])
-        return needs
+        return Needs.tested_on(m, metric_job, cls_job)
 
     def compute(self, ctx: RunContext) -> ClassificationVsMetric:
         m, method, metric_job, cls_job = self._jobs(ctx.cfg)

@@ -35,10 +35,7 @@ class Fig1Experiment(Experiment):
 
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         m, nontargeted, targeted = self._jobs(cfg)
-        needs = Needs()
-        needs.add(nontargeted, [m])
-        needs.add(targeted, [m])
-        return needs
+        return Needs.tested_on(m, nontargeted, targeted)
 
     def compute(self, ctx: RunContext) -> Fig1:
         from ...data.loading import read_image

@@ -57,10 +57,7 @@ class Fig4Experiment(Experiment):
 
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         m, nontargeted, targeted = self._jobs(cfg)
-        needs = Needs()
-        needs.add(nontargeted, [m])
-        needs.add(targeted, [m])
-        return needs
+        return Needs.tested_on(m, nontargeted, targeted)
 
     def compute(self, ctx: RunContext) -> Fig4:
         m, nontargeted, targeted = self._jobs(ctx.cfg)

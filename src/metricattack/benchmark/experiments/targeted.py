@@ -28,9 +28,7 @@ class TargetedExperiment(Experiment):
 
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         m, job = self._job(cfg)
-        needs = Needs()
-        needs.add(job, [m])
-        return needs
+        return Needs.tested_on(m, job)
 
     def compute(self, ctx: RunContext) -> Targeted:
         from ...attacks.runner import target_ranks, targeted_success
