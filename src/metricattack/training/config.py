@@ -21,12 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, NonNegativeInt, PositiveFloat, PositiveInt, Tag, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, NonNegativeInt, PositiveFloat, PositiveInt, Tag, field_validator, model_validator
 
 from ..config import StrictModel, load_config
 from ..data.layouts import DATASETS
 from ..models.backbones import BACKBONES
 from ..models.base import ARCHITECTURES
+
+#: A name registered in :data:`~metricattack.models.backbones.BACKBONES` (checked when a config loads).
+BackboneName = Annotated[str, AfterValidator(BACKBONES.check)]
 
 # Fields that change how fast or where a run executes but not what it computes; a resumed
 # run may differ in these (and in ``schedule.epochs``, to extend a finished run).
@@ -50,7 +53,7 @@ class ReIDModelSection(StrictModel):
     """A :class:`~metricattack.models.reid.ReIDModel` (backbone + BN neck; the paper's B1–B4)."""
 
     architecture: Literal["reid"] = "reid"
-    backbone: str
+    backbone: BackboneName
     pretrained: bool | str = Field(False, description="true: torchvision ImageNet weights; a path: local weights file")
     input_size: tuple[PositiveInt, PositiveInt] = (256, 128)
     last_stride: Literal[1, 2] = 1
@@ -61,11 +64,6 @@ class ReIDModelSection(StrictModel):
         description="retrieval features: 'neck' (BN-neck output), 'pooled' (pooled trunk features), or 'auto': "
         "'pooled' for a triplet-only model (the space its loss trains), 'neck' when cross-entropy is used",
     )
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, name: str) -> str:
-        return BACKBONES.check(name)
 
     @property
     def label(self) -> str:
@@ -109,16 +107,11 @@ class MancsSection(StrictModel):
     """A :class:`~metricattack.models.mancs.Mancs` (defaults = the Mancs paper's ResNet-50 network at 256×128)."""
 
     architecture: Literal["mancs"]
-    backbone: str = Field("resnet50", description="a ResNet of the backbone registry (resnet18/34/50, resnext50_32x4d)")
+    backbone: BackboneName = Field("resnet50", description="a ResNet of the backbone registry (resnet18/34/50, resnext50_32x4d)")
     pretrained: bool | str = Field(False, description="true: torchvision ImageNet weights; a path: local weights file")
     input_size: tuple[PositiveInt, PositiveInt] = (256, 128)
     last_stride: Literal[1, 2] = 1
     fab_reduction: PositiveInt = Field(16, description="channel reduction inside each fully attentional block")
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, name: str) -> str:
-        return BACKBONES.check(name)
 
     @property
     def label(self) -> str:
