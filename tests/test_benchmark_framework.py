@@ -69,6 +69,7 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
         ("dataset.synthetic.num_train_id=3", "dataset.synthetic.num_train_id"),
         ("dataset.name=market1502", "unknown dataset 'market1502'"),
         ("experiments.targeted.model=B9", "experiments.targeted.model 'B9' is not one of the attacked"),
+        ("experiments.table4.methods=[pgd]", "experiments.table4.methods: ['pgd'] are not in attack.methods ['fgsm', 'ifgsm', 'mifgsm']"),
     ],
 )
 def test_typos_fail_at_load(tmp_path: Path, override: str, where: str) -> None:
@@ -88,6 +89,22 @@ def test_overrides_reach_list_entries_by_index_or_name(tmp_path: Path) -> None:
     assert cfg.attack.spec("pgd").uses_random_start
     with pytest.raises(ConfigError, match=r"'B3' is not an entry of a list of 2 \(use an index 0..1 or one of the names B1, B2\)"):
         load_benchmark_config(path, ["models.B3.train.seed=1"])
+
+
+def test_table4_ensembles_use_its_methods_or_every_attack_method(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL + "  - {name: B3, train: *r}\n")
+    ensembles = {(j.sources, j.method) for j in EXPERIMENTS.get("table4").needs(load_benchmark_config(path)).jobs if len(j.sources) > 1}
+    assert ensembles == {(m, method) for m in [("B2", "B3"), ("B1", "B3"), ("B1", "B2")] for method in ("fgsm", "ifgsm", "mifgsm")}
+    cfg = load_benchmark_config(path, ["experiments.table4.methods=[mifgsm]"])
+    needs = EXPERIMENTS.get("table4").needs(cfg)
+    assert {(j.sources, j.method) for j in needs.jobs if len(j.sources) > 1} == {
+        (("B2", "B3"), "mifgsm"),
+        (("B1", "B3"), "mifgsm"),
+        (("B1", "B2"), "mifgsm"),
+    }
+    # the single-model transfers Table 4 compares with still come from Table 2, every method of it
+    assert {j.method for j in needs.jobs if len(j.sources) == 1} == {"fgsm", "ifgsm", "mifgsm"}
 
 
 def test_test_only_models_are_never_attacked(tmp_path: Path) -> None:

@@ -233,6 +233,16 @@ class SingleModelSection(StrictModel):
     method: MethodName = "ifgsm"
 
 
+class Table4Section(StrictModel):
+    """Table 4 (leave-one-out ensemble attacks)."""
+
+    methods: list[MethodName] | None = Field(
+        default=None,
+        description="attack methods of the ensemble attacks, a subset of attack.methods (each row is compared with Table 2's "
+        "single-model transfers of the same method); default: every one of attack.methods",
+    )
+
+
 class Table5Settings(StrictModel):
     """How Table 5's metric-preserving models are made and attacked.
 
@@ -265,6 +275,7 @@ class ExperimentsSection(StrictModel):
     fig5: Fig5Section = Fig5Section()
     classification: SingleModelSection = SingleModelSection()
     targeted: SingleModelSection = SingleModelSection()
+    table4: Table4Section = Table4Section()
     table5: Table5Section = Table5Section()
     table2_title: str = "Table 2"
 
@@ -314,6 +325,12 @@ class BenchmarkConfig(StrictModel):
             chosen = getattr(self.experiments, section).model
             if chosen is not None and chosen not in attacked:
                 raise ValueError(f"experiments.{section}.model {chosen!r} is not one of the attacked (not test_only) models {attacked}")
+        outside = [m for m in self.experiments.table4.methods or [] if m not in self.attack.methods]
+        if outside:
+            raise ValueError(
+                f"experiments.table4.methods: {outside} are not in attack.methods {self.attack.methods} "
+                "(Table 4 compares each ensemble row with Table 2's single-model transfers of the same method)"
+            )
         for chosen in self.experiments.table5.models or []:
             if chosen not in attacked:
                 raise ValueError(f"experiments.table5.models: {chosen!r} is not one of the attacked (not test_only) models {attacked}")
@@ -349,6 +366,10 @@ class BenchmarkConfig(StrictModel):
     def defended_models(self) -> list[str]:
         """The base models Table 5 defends."""
         return self.experiments.table5.models or self.attacked_models()
+
+    def ensemble_methods(self) -> list[str]:
+        """The attack methods of Table 4's ensemble attacks (``experiments.table4.methods`` or every one)."""
+        return self.experiments.table4.methods or self.attack.methods
 
     def selected(self) -> list[str]:
         """The experiments this run computes, in paper order."""

@@ -29,7 +29,7 @@ class Table4Experiment(Experiment):
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         needs = single_model_needs(cfg)  # the best single-model transfer comes from Table 2
         for _, members in ensembles(cfg):
-            for method in cfg.attack.methods:
+            for method in cfg.ensemble_methods():
                 needs.add(ensemble_job(cfg, members, method), cfg.model_names())
         return needs
 
@@ -37,7 +37,7 @@ class Table4Experiment(Experiment):
         t2 = matrix(ctx)
         rows = []
         for holdout, members in ensembles(ctx.cfg):
-            for method in ctx.cfg.attack.methods:
+            for method in ctx.cfg.ensemble_methods():
                 job = ensemble_job(ctx.cfg, members, method)
                 mean_dist = torch.stack([ctx.distances(m, ctx.gallery(m, job)) for m in members]).mean(0)
                 singles = [
