@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from metricattack import stages as stages_module
 from metricattack.errors import ConfigError
@@ -81,6 +82,26 @@ def test_stage_key_depends_on_config_upstream_and_code() -> None:
     assert base.key != StageSpec("demo", "a", {"n": 2}, upstream=("k1",), code=("benchmark",)).key
     assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k2",), code=("benchmark",)).key
     assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k1",), code=("io",)).key
+    # results depend on the CPU thread count: a stage made with another count is another stage
+    assert base.threads == torch.get_num_threads()
+    assert base.key != StageSpec("demo", "a", {"n": 1}, upstream=("k1",), code=("benchmark",), threads=base.threads + 1).key
+
+
+def test_a_run_resumed_with_another_thread_count_recomputes(tmp_path: Path) -> None:
+    calls: list[int] = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 1, 2):
+            torch.set_num_threads(threads)
+            StageCache(tmp_path).run(StageSpec("train", "B1", {"epochs": 2}), lambda folder, t=threads: calls.append(t) or {})
+        assert calls == [1, 2]
+        torch.set_num_threads(1)
+        StageCache(tmp_path).run_slot(StageSpec("base", "base", {}), dict)
+        torch.set_num_threads(2)
+        with pytest.raises(ConfigError, match=r"stage 'base' was made with other settings \(with 1 CPU thread, this run has 2\)"):
+            StageCache(tmp_path).run_slot(StageSpec("base", "base", {}), dict)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_interrupted_stage_reruns_in_same_folder(tmp_path: Path) -> None:

@@ -2,8 +2,11 @@
 
 A stage is a named piece of work (train one model, attack one gallery, extract one split's
 features, ...) identified by a :class:`StageSpec`: its kind, config, the keys of the stages it
-reads from, and a hash of the source code of the packages it runs (so editing the attack code
-invalidates attacks, not training). The key is the SHA-256 of those.
+reads from, a hash of the source code of the packages it runs (so editing the attack code
+invalidates attacks, not training) and the number of intra-op CPU threads (the summation order
+of PyTorch's CPU kernels, hence a trained model's bytes, depends on it: benchmarks/RESULTS.md,
+"Reproducible numbers"; a run resumed with another thread count recomputes instead of mixing
+results of two thread counts). The key is the SHA-256 of those.
 
 :class:`StageCache` keeps stages under ``root`` in one of two places:
 
@@ -27,13 +30,16 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import torch
 
 from .distributed import is_main_process
 from .errors import ConfigError
 from .io import atomic_write_json, environment_versions, sha256_json
+from .wording import counted
 
 MARKER = "stage.json"
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -59,13 +65,15 @@ def code_version(*packages: str) -> str:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What identifies a stage: its kind, a readable label, config, upstream keys, code packages."""
+    """What identifies a stage: its kind, a readable label, config, upstream keys, code packages
+    and the intra-op thread count it runs with (default: the process's, when the spec is made)."""
 
     kind: str
     label: str
     config: Mapping[str, Any]
     upstream: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
+    threads: int = field(default_factory=torch.get_num_threads)
 
     @property
     def key(self) -> str:
@@ -75,6 +83,7 @@ class StageSpec:
             "config": dict(self.config),
             "upstream": list(self.upstream),
             "code": code_version(*self.code) if self.code else "",
+            "threads": self.threads,
         }
         return sha256_json(payload)[:24]
 
@@ -130,7 +139,13 @@ class StageCache:
                 self._log(spec, "cached", 0.0)
                 return dict(record["outputs"])
             if on_change == "refuse":
-                raise ConfigError(f"{self.root}: stage {spec.kind!r} was made with other settings; use another output folder or remove it")
+                threads = record.get("threads")
+                other = (
+                    f" (with {counted(threads, 'CPU thread')}, this run has {spec.threads})" if threads not in (None, spec.threads) else ""
+                )
+                raise ConfigError(
+                    f"{self.root}: stage {spec.kind!r} was made with other settings{other}; use another output folder or remove it"
+                )
         return self._work(spec, marker, work)
 
     def _outputs(self, marker: Path) -> Outputs:
@@ -152,6 +167,7 @@ class StageCache:
                     "config": dict(spec.config),
                     "upstream": list(spec.upstream),
                     "code": {"packages": list(spec.code), "version": code_version(*spec.code) if spec.code else ""},
+                    "threads": spec.threads,
                     "versions": environment_versions(),
                     "seconds": round(seconds, 3),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
