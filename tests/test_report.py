@@ -326,6 +326,18 @@ def test_paper_numbers_of_tables_4_and_5_only_for_the_paper_s_galleries() -> Non
     assert [text for _, _, text in adv_b3] == ["adv(B3)", "12.36 paper 24.72", "35.00 paper 70.46", "+183% paper +185%"]
 
 
+def test_table4_bolds_the_worst_attack_per_hold_out_only_when_it_has_several() -> None:
+    res = paper_like_results()
+    (one_method,) = EXPERIMENTS.get("table4").tables(res)
+    assert one_method.bold == set() and "in bold" not in one_method.caption  # one row per hold-out model: nothing to rank
+    second = res.table4.rows[0].model_copy(update={"method": "mifgsm", "attack_id": "e3", "ensemble_mAP": 0.5, "holdout_mAP": 9.5})
+    res.table4.rows.insert(1, second)
+    (two_methods,) = EXPERIMENTS.get("table4").tables(res)
+    assert "the worst attack per hold-out model in bold" in two_methods.caption
+    # -B1 has I-FGSM (row 0) and MI-FGSM (row 1): MI-FGSM's ensemble mAP is lower, I-FGSM's hold-out mAP; -B2 has one row
+    assert {(0, 4), (1, 3)} <= two_methods.bold and not any(row == 2 for row, _ in two_methods.bold)
+
+
 def test_paper_numbers_are_complete_and_consistent() -> None:
     for dataset in (paper.MARKET, paper.DUKE):
         assert set(paper.table1(dataset)) == set(paper.MODELS)

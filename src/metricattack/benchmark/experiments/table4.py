@@ -82,7 +82,8 @@ class Table4Experiment(Experiment):
                 if r[col] != "–":
                     by_holdout.setdefault(r[0], []).append((float(r[col]), i))
             for group in by_holdout.values():
-                bold.add((min(group)[1], col))
+                if len(group) > 1:  # one method per hold-out model: no worst to mark
+                    bold.add((min(group)[1], col))
         table = Table(
             "table4",
             "Table 4",
@@ -90,7 +91,8 @@ class Table4Experiment(Experiment):
             "the ensemble (white-box; distance = mean of member distances) and of the hold-out model "
             "(black-box), next to the best single-model transfer to the hold-out model from Table 2"
             + (f", and of the test-only models {', '.join(test_only)}" if test_only else "")
-            + ". White-box cells shaded and marked †; the worst per hold-out model in bold.",
+            + ". White-box cells shaded and marked †"
+            + ("; the worst attack per hold-out model in bold." if len({r.method for r in t.rows}) > 1 else "."),
             [
                 "Hold-out",
                 "Attack",
