@@ -74,7 +74,9 @@ def test_outputs_tables_figures_report(tiny_run: Path) -> None:
         assert (tiny_run / "tables" / f"{name}.md").is_file() and (tiny_run / "tables" / f"{name}.csv").is_file()
     figures = {p.stem for p in (tiny_run / "figures").glob("*.png")}
     assert figures == {"fig1", "fig3", "fig3_base", "fig4", "fig5"}
-    check_report((tiny_run / "report.html").read_text(encoding="utf-8"), figures)
+    html = (tiny_run / "report.html").read_text(encoding="utf-8")
+    check_report(html, figures)
+    assert "The intervals cover the choice of queries, not training" in html  # and say what they do not cover
 
 
 @pytest.mark.slow

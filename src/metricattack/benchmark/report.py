@@ -216,7 +216,10 @@ def render_report(res: Results, tables: dict[str, list[Table]], figures: dict[st
         f"resampled with replacement {e.resamples} times (seed {e.seed}) and every compared mAP is recomputed on the same "
         "resampled queries (the targeted attack's share: over the attacked images). A finding holds when every inequality "
         "of its criterion holds over its whole interval, does not hold when one is violated over its whole interval, and "
-        "is inconclusive when an interval straddles the criterion."
+        "is inconclusive when an interval straddles the criterion. The intervals cover the choice of queries, not "
+        'training: each model was trained once (its seed is under "How this run was made"), and another training '
+        "seed gives other models, whose verdicts can differ where a margin is small (benchmarks/RESULTS.md measures "
+        "the demo's over three seeds)."
     )
     prov = res.provenance
     minutes, seconds = divmod(int(prov.wall_seconds), 60)
