@@ -70,6 +70,10 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
         ("dataset.name=market1502", "unknown dataset 'market1502'"),
         ("experiments.targeted.model=B9", "experiments.targeted.model 'B9' is not one of the attacked"),
         ("experiments.table4.methods=[pgd]", "experiments.table4.methods: ['pgd'] are not in attack.methods ['fgsm', 'ifgsm', 'mifgsm']"),
+        ("experiments.table4.methods=[]", "experiments.table4.methods: List should have at least 1 item"),
+        ("experiments.table4.methods=[mifgsm,mifgsm]", "experiments.table4.methods lists mifgsm more than once"),
+        ("attack.methods=[ifgsm,fgsm,ifgsm]", "attack.methods lists ifgsm more than once"),
+        ("experiments.fig5.epsilons=[2,5,2]", "experiments.fig5.epsilons lists 2.0 more than once"),
     ],
 )
 def test_typos_fail_at_load(tmp_path: Path, override: str, where: str) -> None:

@@ -238,6 +238,7 @@ class Table4Section(StrictModel):
 
     methods: list[MethodName] | None = Field(
         default=None,
+        min_length=1,
         description="attack methods of the ensemble attacks, a subset of attack.methods (each row is compared with Table 2's "
         "single-model transfers of the same method); default: every one of attack.methods",
     )
@@ -325,6 +326,17 @@ class BenchmarkConfig(StrictModel):
             chosen = getattr(self.experiments, section).model
             if chosen is not None and chosen not in attacked:
                 raise ValueError(f"experiments.{section}.model {chosen!r} is not one of the attacked (not test_only) models {attacked}")
+        lists = {
+            "attack.methods": self.attack.methods,
+            "experiments.table4.methods": self.experiments.table4.methods or [],
+            "experiments.fig5.methods": self.experiments.fig5.methods,
+            "experiments.fig5.metrics": self.experiments.fig5.metrics,
+            "experiments.fig5.epsilons": self.experiments.fig5.epsilons,
+        }
+        for where, values in lists.items():
+            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{where} lists {', '.join(repeated)} more than once (each would be attacked and reported twice)")
         outside = [m for m in self.experiments.table4.methods or [] if m not in self.attack.methods]
         if outside:
             raise ValueError(
