@@ -326,7 +326,7 @@ class BenchmarkConfig(StrictModel):
             chosen = getattr(self.experiments, section).model
             if chosen is not None and chosen not in attacked:
                 raise ValueError(f"experiments.{section}.model {chosen!r} is not one of the attacked (not test_only) models {attacked}")
-        lists = {
+        lists: dict[str, Sequence[str | float]] = {
             "attack.methods": self.attack.methods,
             "experiments.table4.methods": self.experiments.table4.methods or [],
             "experiments.fig5.methods": self.experiments.fig5.methods,
