@@ -92,7 +92,7 @@ class Table4Experiment(Experiment):
             "(black-box), next to the best single-model transfer to the hold-out model from Table 2"
             + (f", and of the test-only models {', '.join(test_only)}" if test_only else "")
             + ". White-box cells shaded and marked †"
-            + ("; the worst attack per hold-out model in bold." if len({r.method for r in t.rows}) > 1 else "."),
+            + ("; the worst attack per hold-out model in bold." if bold else "."),
             [
                 "Hold-out",
                 "Attack",
