@@ -1,14 +1,24 @@
 """Speed of the ranking evaluator on a Market-1501-size problem (3,368 × 15,913, 751 ids, 6 cams).
 
-Times :func:`evaluate_distances` (fast path) against :func:`evaluate_distances_reference`
-(per-query stable argsort) on the same float32 distance matrices, measured in the same run:
+Times :func:`evaluate_distances` (fast path) under both tie rules against
+:func:`evaluate_distances_reference` (per-query stable argsort) on the same float32 distance
+matrices, measured in the same run:
 
 * ``realistic``: squared Euclidean distances between synthetic features (identity centre +
   camera shift + noise) tuned so the mAP is about 0.7: true matches mostly near the top;
-* ``random``: uniformly random distances (the worst case: positives anywhere in the row).
+* ``random``: uniformly random distances (the worst case: positives anywhere in the row);
+* ``quantised``: ``realistic`` rounded to 1/64 (about 20 distinct values per row: large tie groups);
+* ``constant``: every distance equal (a constant model: one tie group per query; the
+  expectation equals the chance level of :mod:`metricattack.evaluation.chance`).
 
-Asserts that both evaluators give the same CMC / mAP / mINP (to 1e-6; the matrices are
-tie-free) and prints times and ratios. Run: ``nice -n 10 .venv/bin/python benchmarks/bench_ranking.py``.
+``gallery-order`` (ties by gallery index) is the evaluator of metricattack before tie-aware
+ranking, line for line plus the tie-group bookkeeping; ``expected`` is the default. Asserts that
+the fast path and the reference agree (CMC / mAP / mINP to 1e-6) under each rule and that
+``constant`` scores chance; prints times, ratios and how much the rules differ (float32
+distances of real size hold a few exact ties even without quantisation).
+The reference is timed once per case (``--reference-queries`` limits it to the first queries on
+the tie-heavy cases, where its exact-integer binomials are slow). Run:
+``nice -n 10 .venv/bin/python benchmarks/bench_ranking.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from metricattack.evaluation.chance import chance_ranking
 from metricattack.evaluation.ranking import RankingResult, evaluate_distances, evaluate_distances_reference
 
 NUM_QUERY, NUM_GALLERY, NUM_IDS, NUM_CAMS = 3368, 15913, 751, 6
@@ -79,21 +90,46 @@ def same(a: RankingResult, b: RankingResult) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="fast-path repetitions (best time is reported)")
+    parser.add_argument("--reference-queries", type=int, default=300, help="queries the reference evaluates on tie-heavy cases")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
     rng = np.random.default_rng(args.seed)
     labels = market_like_labels(rng)
-    cases = {"realistic": realistic_distances(*labels, rng), "random": rng.random((NUM_QUERY, NUM_GALLERY), dtype=np.float32)}
+    realistic = realistic_distances(*labels, rng)
+    cases = {
+        "realistic": realistic,
+        "random": rng.random((NUM_QUERY, NUM_GALLERY), dtype=np.float32),
+        "quantised": np.round(realistic * 64) / 64,
+        "constant": np.full((NUM_QUERY, NUM_GALLERY), 0.5, dtype=np.float32),
+    }
     print(f"Market-1501 size: {NUM_QUERY} x {NUM_GALLERY}, {NUM_IDS} ids, {NUM_CAMS} cams, float32")
     for name, dist in cases.items():
+        tied = name in ("quantised", "constant")
+        subset = args.reference_queries if tied else NUM_QUERY
         for ap in ("market", "noninterp"):
-            t_fast, fast = timed(evaluate_distances, dist, *labels, ap=ap, repeat=args.repeat)
-            t_ref, ref = timed(evaluate_distances_reference, dist, *labels, ap=ap, repeat=1)
-            same(fast, ref)
+            times, results = {}, {}
+            for ties in ("expected", "gallery-order"):
+                times[ties], results[ties] = timed(evaluate_distances, dist, *labels, ap=ap, ties=ties, repeat=args.repeat)
+                t_ref, ref = timed(
+                    evaluate_distances_reference, dist[:subset], labels[0][:subset], labels[1], labels[2][:subset], labels[3],
+                    ap=ap, ties=ties, repeat=1,
+                )  # fmt: skip
+                fast_subset = evaluate_distances(
+                    dist[:subset], labels[0][:subset], labels[1], labels[2][:subset], labels[3], ap=ap, ties=ties
+                )
+                same(fast_subset, ref)
+                times[f"reference {ties}"] = t_ref * NUM_QUERY / subset
+            if name == "constant":
+                same(results["expected"], chance_ranking(*labels, ap=ap))
+            fast = results["expected"]
             print(
-                f"{name:9s} ap={ap:9s} fast {t_fast:6.3f} s  reference {t_ref:6.3f} s  speed-up x{t_ref / t_fast:6.1f}  "
-                f"| rank-1 {fast.cmc[1]:.4f} mAP {fast.mAP:.4f} mINP {fast.mINP:.4f} (identical to reference)"
+                f"{name:9s} ap={ap:9s} expected {times['expected']:6.3f} s  gallery-order {times['gallery-order']:6.3f} s  "
+                f"(x{times['expected'] / times['gallery-order']:4.2f})  reference {times['reference expected']:7.2f} s"
+                f"{' (extrapolated)' if tied else ''}  speed-up x{times['reference expected'] / times['expected']:6.1f}  "
+                f"| expected rank-1 {fast.cmc[1]:.4f} mAP {fast.mAP:.4f} mINP {fast.mINP:.4f}; "
+                f"gallery-order - expected: mAP {results['gallery-order'].mAP - fast.mAP:+.2e} "
+                f"mINP {results['gallery-order'].mINP - fast.mINP:+.2e} rank-1 {results['gallery-order'].cmc[1] - fast.cmc[1]:+.2e}"
             )
 
 

@@ -24,7 +24,7 @@ from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
 from ..evaluation.checks import check_test_set
 from ..evaluation.features import evaluate_split_features, extract_features
-from ..evaluation.ranking import AP_CONVENTIONS, RankingResult
+from ..evaluation.ranking import AP_CONVENTIONS, TIE_RULES, RankingResult
 from ..io import atomic_path, atomic_write_json, environment_versions, remove_leftovers, sha256_file
 from ..metrics.distance import Metric, build_metric, load_metric, parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS, load_for_checkpoint, metric_path
@@ -66,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint or --weights file by `metricattack fit-metric`), or the path of a metric .safetensors file",
     )
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default: market, as in the paper)")
+    parser.add_argument(
+        "--ties",
+        choices=list(TIE_RULES),
+        default="expected",
+        help="equal distances: expected = the expectation over their orders (default; a constant model scores chance), "
+        "gallery-order = ranked by gallery index (torchreid / fast-reid parity on tie-free distances)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
     parser.add_argument("--chunk-size", type=int, default=1024, help="queries per distance chunk (bounds memory)")
     parser.add_argument("--device", default="cpu", help="torch device for feature extraction (cpu, cuda, cuda:1, ...)")
@@ -234,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
             ),
             len(records),
         )
-    result = evaluate_split_features(feats["query"], feats["gallery"], dataset, metric, ap=args.ap, chunk_size=args.chunk_size)
+    result = evaluate_split_features(
+        feats["query"], feats["gallery"], dataset, metric, ap=args.ap, chunk_size=args.chunk_size, ties=args.ties
+    )
     seconds = time.perf_counter() - start
     if not is_main_process():
         return 0
@@ -267,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
                 },
                 "options": {
                     "ap": args.ap,
+                    "ties": args.ties,
                     "batch_size": args.batch_size,
                     "chunk_size": args.chunk_size,
                     "device": args.device,

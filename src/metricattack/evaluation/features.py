@@ -20,7 +20,7 @@ from ..data.types import ImageRecord, ReIDDataset
 from ..distributed import gather_rows, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
-from .ranking import DEFAULT_RANKS, APConvention, RankingResult, evaluate_distance_blocks
+from .ranking import DEFAULT_RANKS, APConvention, RankingResult, TieRule, evaluate_distance_blocks
 
 
 @torch.no_grad()
@@ -80,12 +80,14 @@ def evaluate_features(
     ap: APConvention = "market",
     ranks: Sequence[int] = DEFAULT_RANKS,
     chunk_size: int = 1024,
+    ties: TieRule = "expected",
 ) -> RankingResult:
     """CMC / mAP / mINP of ``q_feats [Q, D]`` against ``g_feats [G, D]`` under ``metric``.
 
     The gallery is embedded once; distances are computed ``chunk_size`` queries at a time
     (peak extra memory ≈ ``chunk_size · G · 4`` bytes) and ranked as they come, so the
-    result equals :func:`~metricattack.evaluation.ranking.evaluate_distances` on the full matrix.
+    result equals :func:`~metricattack.evaluation.ranking.evaluate_distances` on the full matrix
+    (``ties``: its tie rule, default the expectation over the orders of equal distances).
     """
     if chunk_size < 1:
         raise MetricAttackError(f"chunk_size must be a positive integer, got {chunk_size}")
@@ -96,7 +98,7 @@ def evaluate_features(
     q_emb = metric.embed(q_feats.float())
     g_emb = metric.embed(g_feats.float())
     return evaluate_distance_blocks(
-        _distance_chunks(q_emb, g_emb, metric, chunk_size), q_pids, g_pids, q_camids, g_camids, ap=ap, ranks=ranks
+        _distance_chunks(q_emb, g_emb, metric, chunk_size), q_pids, g_pids, q_camids, g_camids, ap=ap, ranks=ranks, ties=ties
     )
 
 
@@ -110,11 +112,12 @@ def evaluate_model(
     device: str | torch.device = "cpu",
     chunk_size: int = 1024,
     progress: bool = True,
+    ties: TieRule = "expected",
 ) -> RankingResult:
     """Extract query and gallery features of ``dataset`` with ``model`` and evaluate them under ``metric``."""
     q = extract_features(model, dataset.query, batch_size=batch_size, device=device, progress=progress)
     g = extract_features(model, dataset.gallery, batch_size=batch_size, device=device, progress=progress)
-    return evaluate_split_features(q, g, dataset, metric, ap=ap, chunk_size=chunk_size)
+    return evaluate_split_features(q, g, dataset, metric, ap=ap, chunk_size=chunk_size, ties=ties)
 
 
 def evaluate_split_features(
@@ -125,6 +128,7 @@ def evaluate_split_features(
     *,
     ap: APConvention = "market",
     chunk_size: int = 1024,
+    ties: TieRule = "expected",
 ) -> RankingResult:
     """:func:`evaluate_features` with identities and cameras taken from ``dataset``'s query / gallery."""
     return evaluate_features(
@@ -137,4 +141,5 @@ def evaluate_split_features(
         metric,
         ap=ap,
         chunk_size=chunk_size,
+        ties=ties,
     )
