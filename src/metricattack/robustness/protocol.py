@@ -1,0 +1,110 @@
+"""The robustness protocol, versioned: every parameter fixed, named and recorded.
+
+Threat model: L∞ perturbations of the *query* images in [0,1] pixel space, the gallery clean
+and known to the attacker; headline ε = 8/255, and the paper's ε = 5/255 where the version
+says so. The attacks run as a cascade (:mod:`.cascade`): each runs only on the queries whose AP
+is still above their chance AP, and a query's robust AP is the lowest AP any attack reached
+(or its clean AP: δ = 0 is in the threat model).
+
+The cascade, in order (:class:`AttackStep`):
+
+1. ``apgd-metric``: APGD on the paper's metric loss (mean distance to the true matches), 100
+   iterations, ``restarts`` random starts;
+2. ``apgd-margin-t``: APGD on the targeted ranking margin toward each of the ``targets``
+   hardest negative identities (one run per target);
+3. ``apgd-self``: APGD pushing each query's features away from its own clean features (no
+   gallery knowledge), from a random start;
+4. ``square``: Square attack on the ranking margin, forward passes only.
+
+Versions: ``standard`` (2 restarts, 3 target identities, 5,000 Square queries, ε 8 and 5) and
+``fast`` (1 restart, 1 target identity, 1,000 Square queries, ε 8: the demo and CI). The checks
+of :mod:`.flags` use the reference attacks (I-FGSM, MI-FGSM, PGD with the paper's step rule), an
+ε sweep of ``apgd-metric`` and one extra restart of every APGD attack (the convergence check).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..config import StrictModel
+from ..registry import Registry
+
+Objective = Literal["metric", "margin-targeted", "self", "margin"]
+
+
+class AttackStep(StrictModel):
+    """One attack of the cascade.
+
+    Attributes:
+        name: its name in tables (``apgd-metric``, ...).
+        method: ``apgd`` or ``square``.
+        objective: ``metric`` (mean distance to the true matches), ``margin-targeted`` (ranking margin
+            toward a hard negative identity), ``self`` (distance to the query's own clean features),
+            ``margin`` (ranking margin to every non-match).
+        steps: APGD iterations, or Square's iterations (queries after the first).
+        runs: random starts (APGD), or target identities (``margin-targeted``); 1 for Square.
+    """
+
+    name: str
+    method: Literal["apgd", "square"]
+    objective: Objective
+    steps: int = Field(ge=1)
+    runs: int = Field(default=1, ge=1)
+
+
+class Protocol(StrictModel):
+    """A version of the protocol (see the module docstring); ε in 0..255 units."""
+
+    version: str
+    epsilons: list[float] = Field(description="robust mAP is measured at each; the first is the headline")
+    cascade: list[AttackStep]
+    reference_methods: list[str] = Field(description="attacks robust mAP must not be weaker than (never-weaker check)")
+    sweep_epsilons: list[float] = Field(description="ε of the sweep check (apgd-metric, sweep_steps iterations, one start)")
+    sweep_steps: int = Field(ge=1)
+    eot: int = Field(ge=1, description="gradient samples per APGD step when the model's features are random")
+    seed: int = 0
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+
+    def step(self, name: str) -> AttackStep:
+        """The cascade step called ``name``."""
+        return next(s for s in self.cascade if s.name == name)
+
+
+def _cascade(restarts: int, targets: int, square_queries: int) -> list[AttackStep]:
+    return [
+        AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=100, runs=restarts),
+        AttackStep(name="apgd-margin-t", method="apgd", objective="margin-targeted", steps=100, runs=targets),
+        AttackStep(name="apgd-self", method="apgd", objective="self", steps=100, runs=1),
+        AttackStep(name="square", method="square", objective="margin", steps=square_queries, runs=1),
+    ]
+
+
+VERSIONS: Registry[Protocol] = Registry("robustness protocol version")
+"""Version name → :class:`Protocol`."""
+VERSIONS.register(
+    "standard",
+    Protocol(
+        version="standard",
+        epsilons=[8, 5],
+        cascade=_cascade(restarts=2, targets=3, square_queries=5000),
+        reference_methods=["ifgsm", "mifgsm", "pgd"],
+        sweep_epsilons=[2, 4, 8, 16, 32, 64],
+        sweep_steps=100,
+        eot=20,
+    ),
+)
+VERSIONS.register(
+    "fast",
+    Protocol(
+        version="fast",
+        epsilons=[8],
+        cascade=_cascade(restarts=1, targets=1, square_queries=1000),
+        reference_methods=["ifgsm", "mifgsm", "pgd"],
+        sweep_epsilons=[2, 8, 32, 64],
+        sweep_steps=25,
+        eot=20,
+    ),
+)

@@ -1,0 +1,127 @@
+"""Models built to trip the robustness checks: a re-ID model behind an input transform that masks gradients.
+
+Wrapping a model's forward with a non-differentiable input transform is a classic way to look
+robust without being robust (Athalye et al., ICML 2018): a gradient attack sees a zero gradient
+and does not move, while the model is as easy to fool as before. :class:`Preprocessed` wraps any
+model ``f`` as ``f(T(x))`` with one of the :data:`TRANSFORMS`:
+
+* ``jpeg``: JPEG compression at ``quality`` (PIL, 8-bit), no gradient through it;
+* ``quantize``: 8-bit quantisation, rounding to ``levels`` (256) values per channel (``torch.round``: zero gradient);
+* ``resize``: a resize chain, down to ``scale`` of the size and back (bilinear) with 8-bit
+  rounding after each resize, as an image pipeline of uint8 images does: zero gradient;
+* ``noise``: Gaussian noise of ``sigma`` (0..255 units) drawn anew at every forward pass: the
+  features change between two passes of the same image.
+
+Each has its counterpart that restores a useful gradient: BPDA (Backward Pass Differentiable
+Approximation) for the deterministic ones, ``T(x)`` in the forward pass and the identity in the
+backward pass (``T(x).detach() + (x − x.detach())``: the same features, the gradient of ``f`` at ``T(x)``); EOT
+(Expectation over Transformation) for ``noise``, gradients averaged over several passes (the
+attack's ``eot`` option), the model unchanged. :func:`counterpart` says which.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..errors import MetricAttackError
+from ..registry import Registry
+
+
+def _to_uint8_levels(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to the 1/255 grid (as an 8-bit image would hold it), zero gradient."""
+    return torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+def jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
+    """JPEG round trip of each image of ``x [B,3,H,W]`` (no gradient flows through it)."""
+    out = []
+    for image in x.detach().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+        buffer.seek(0)
+        out.append(torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy()))
+    decoded = torch.stack(out).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255.0
+    return decoded + 0.0 * x  # in the graph, with a zero gradient (as a rounding step gives)
+
+
+def quantize(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """``round(x·(levels−1)) / (levels−1)``: ``levels`` grey levels per channel, zero gradient."""
+    return torch.round(x.clamp(0.0, 1.0) * (levels - 1)) / (levels - 1)
+
+
+def resize_chain(x: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
+    """Down to ``scale`` of the size and back up (bilinear, antialiased down), 8-bit rounding after each."""
+    h, w = x.shape[-2:]
+    small = (max(1, round(h * scale)), max(1, round(w * scale)))
+    down = _to_uint8_levels(F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True))
+    return _to_uint8_levels(F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False))
+
+
+def noise(x: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
+    """``x + N(0, (σ/255)²)`` drawn anew at every call (global torch RNG), clipped to [0,1]."""
+    return (x + torch.randn_like(x) * (sigma / 255.0)).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """An input transform of :data:`TRANSFORMS`: ``apply(x, **options)``, and the attack that sees
+    through it: ``"bpda"`` (a straight-through backward pass) or ``"eot"`` (average gradients)."""
+
+    apply: Callable[..., torch.Tensor]
+    counterpart: Literal["bpda", "eot"]
+    summary: str
+
+
+TRANSFORMS: Registry[Transform] = Registry("input transform")
+"""Input transform name → :class:`Transform` (the trap models of the robustness checks)."""
+TRANSFORMS.register("jpeg", Transform(jpeg, "bpda", "JPEG compression (quality 75), no gradient"))
+TRANSFORMS.register("quantize", Transform(quantize, "bpda", "8-bit quantisation (256 levels per channel), zero gradient"))
+TRANSFORMS.register("resize", Transform(resize_chain, "bpda", "resize to half size and back with 8-bit rounding, zero gradient"))
+TRANSFORMS.register("noise", Transform(noise, "eot", "Gaussian noise (σ = 8/255) drawn at every forward pass"))
+
+
+def counterpart(transform: str) -> Literal["bpda", "eot"]:
+    """How an attack sees through ``transform``: ``"bpda"`` (wrap with ``bpda=True``) or ``"eot"`` (the attack's ``eot`` option)."""
+    return TRANSFORMS.get(transform).counterpart
+
+
+class Preprocessed(nn.Module):
+    """``model(T(x))`` for a :data:`TRANSFORMS` name; ``bpda=True`` gives the same features with the
+    identity as ``T``'s backward pass. Carries the wrapped model's ``feature_dim`` and ``input_size``.
+
+    Args:
+        model: images ``[B,3,H,W]`` in [0,1] → features ``[B, D]``.
+        transform: a :data:`TRANSFORMS` name.
+        bpda: straight-through backward pass (for the deterministic transforms only).
+        options: the transform's options (``quality``, ``levels``, ``scale``, ``sigma``).
+    """
+
+    def __init__(self, model: nn.Module, transform: str, *, bpda: bool = False, **options: Any) -> None:
+        super().__init__()
+        rule = TRANSFORMS.get(transform)
+        if bpda and rule.counterpart != "bpda":
+            raise MetricAttackError(f"the {transform} transform is random: attack it with EOT (eot > 1), not BPDA")
+        self.model, self.transform, self.bpda, self.options = model, transform, bpda, dict(options)
+        self.transform_fn = rule.apply
+        for name in ("feature_dim", "input_size", "num_classes"):
+            if hasattr(model, name):
+                setattr(self, name, getattr(model, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.transform_fn(x, **self.options)
+        if self.bpda:
+            t = t.detach() + (x - x.detach())  # the values of T(x), the gradient of the identity
+        return self.model(t)
+
+    def extra_repr(self) -> str:
+        options = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"transform={self.transform!r}, bpda={self.bpda}" + (f", {options}" if options else "")

@@ -1,0 +1,153 @@
+"""The robustness protocol's parts on hand-made inputs: the cascade's bookkeeping, the flags, the
+trap models and their BPDA counterparts, and the result's intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metricattack.errors import MetricAttackError
+from metricattack.robustness import flags
+from metricattack.robustness.cascade import CLEAN, RunOutcome, run_cascade, standing
+from metricattack.robustness.protocol import VERSIONS
+from metricattack.robustness.result import RobustnessResult, epsilon_result, schema_markdown
+from metricattack.robustness.traps import TRANSFORMS, Preprocessed, counterpart
+
+
+def fake_run(values: dict[int, float], hits: dict[int, float] | None = None, calls: list | None = None):
+    """A run that sets query q's AP to values[q] (unchanged queries keep a high AP)."""
+
+    def run(queries: np.ndarray) -> RunOutcome:
+        if calls is not None:
+            calls.append(queries.tolist())
+        ap = np.array([values.get(int(q), 1.0) for q in queries])
+        hit = np.array([(hits or {}).get(int(q), 1.0) for q in queries])
+        return RunOutcome(queries, ap, hit, forwards=10 * len(queries), backwards=5 * len(queries), zero_gradient=0)
+
+    return run
+
+
+def test_cascade_attacks_only_standing_queries_and_keeps_the_worst() -> None:
+    clean = np.array([0.8, 0.6, np.nan, 0.05, 0.9])
+    chance = np.array([0.1, 0.1, np.nan, 0.1, 0.1])
+    hits = np.array([1.0, 1.0, np.nan, 0.0, 1.0])
+    calls: list = []
+    result = run_cascade(
+        [
+            ("a", fake_run({0: 0.05, 1: 0.7, 4: 0.5}, {0: 0.0}, calls)),
+            ("a", fake_run({1: 0.3, 4: 0.6}, calls=calls)),
+            ("b", fake_run({4: 0.2}, {4: 0.0}, calls)),
+        ],
+        clean,
+        hits,
+        chance,
+    )
+    # query 2 has no match, query 3 starts below chance: never attacked; query 0 falls below chance after the first run
+    assert calls == [[0, 1, 4], [1, 4], [1, 4]]
+    assert np.allclose(result.ap[[0, 1, 3, 4]], [0.05, 0.3, 0.05, 0.2]) and np.isnan(result.ap[2])
+    assert result.hit.tolist()[:2] == [0.0, 1.0] and result.hit[4] == 0.0
+    assert result.decisive.tolist() == [0, 1, CLEAN, CLEAN, 2]
+    assert result.decisive_counts() == {"a": 2, "b": 1, "clean": 1}
+    assert [(e.attack, e.run, e.attacked, e.lowered) for e in result.log] == [("a", 0, 3, 2), ("a", 1, 2, 1), ("b", 0, 2, 1)]
+    assert result.log[-1].mAP_after == pytest.approx(100 * np.mean([0.05, 0.3, 0.05, 0.2]))
+    assert result.mAP == pytest.approx(result.log[-1].mAP_after)
+    assert standing(result.ap, chance).tolist() == [1, 4]
+
+
+def test_cascade_refuses_a_run_that_answers_for_other_queries() -> None:
+    def bad(queries: np.ndarray) -> RunOutcome:
+        return RunOutcome(queries[:1], np.zeros(1), np.zeros(1), 0, 0)
+
+    with pytest.raises(MetricAttackError, match="other queries"):
+        run_cascade([("x", bad)], np.array([0.9, 0.9]), np.ones(2), np.array([0.1, 0.1]))
+
+
+def test_epsilon_result_intervals_from_the_protocol_bootstrap() -> None:
+    protocol = VERSIONS.get("fast")
+    clean = np.array([0.9, 0.8, 0.7, np.nan, 0.6])
+    result = run_cascade(
+        [("apgd-metric", fake_run({0: 0.1, 1: 0.2}, {0: 0.0, 1: 0.0}))], clean, np.array([1, 1, 1, np.nan, 1.0]), np.full(5, 0.05)
+    )
+    row = epsilon_result(8, result, protocol)
+    assert row.mAP.value == pytest.approx(100 * np.mean([0.1, 0.2, 0.7, 0.6]))
+    assert row.mAP.low <= row.mAP.value <= row.mAP.high and row.mAP.high - row.mAP.low > 0
+    assert row.rank1.value == pytest.approx(50.0)
+    assert row.attacks[0].method == "apgd" and row.attacks[0].forwards == 40 and row.decisive == {"apgd-metric": 2, "clean": 2}
+    assert epsilon_result(8, result, protocol) == row  # seeded
+
+
+def test_flags_on_hand_made_numbers() -> None:
+    assert flags.never_weaker(10.0, {"ifgsm": 12.0, "pgd": 11.0}).status == "ok"
+    weaker = flags.never_weaker(10.0, {"ifgsm": 9.0, "pgd": 11.0})
+    assert weaker.status == "flagged" and weaker.value == pytest.approx(1.0) and "ifgsm" in weaker.summary
+    assert flags.never_weaker(10.0, {}).status == "not measured"
+
+    assert flags.eps_sweep({2: 50.0, 8: 20.0, 64: 2.0}, clean_map=70.0, chance_map=1.5).status == "ok"
+    rising = flags.eps_sweep({2: 50.0, 8: 51.0, 64: 2.0}, clean_map=70.0, chance_map=1.5)
+    assert rising.status == "flagged" and "from ε 2 to 8" in rising.summary
+    stuck = flags.eps_sweep({2: 50.0, 64: 40.0}, clean_map=70.0, chance_map=1.5)
+    assert stuck.status == "flagged" and stuck.threshold == pytest.approx(1.5 + 0.1 * 68.5)
+
+    assert flags.convergence(10.0, 9.6).status == "ok" and flags.convergence(10.0, 9.5).status == "flagged"
+    assert flags.black_box(10.0, 9.7).status == "ok" and flags.black_box(10.0, 4.0).status == "flagged"
+    assert flags.zero_gradient(0, 90).status == "ok" and flags.zero_gradient(3, 90).value == pytest.approx(3 / 90)
+    assert flags.zero_gradient(0, 0).status == "not measured"
+    same = torch.randn(4, 8)
+    assert flags.feature_change(same, same.clone()) == 0.0
+    assert flags.randomness(flags.feature_change(same, same + 0.1 * torch.randn(4, 8)), eot=20).status == "flagged"
+
+
+class Linear(nn.Module):
+    feature_dim = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3 * 8 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("name", [n for n in TRANSFORMS if counterpart(n) == "bpda"])
+def test_deterministic_traps_mask_the_gradient_and_bpda_restores_it(name: str) -> None:
+    x = torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(0))
+    plain, bpda, model = Preprocessed(Linear(), name), Preprocessed(Linear(), name, bpda=True), Linear()
+    assert plain.feature_dim == 3
+    assert torch.equal(plain(x), bpda(x))  # same features
+    assert not torch.equal(plain(x), model(x))  # the transform changes the input
+    grads = []
+    for m in (plain, bpda, model):
+        leaf = x.clone().requires_grad_(True)
+        m(leaf).sum().backward()
+        grads.append(leaf.grad)
+    assert grads[0].abs().sum() == 0  # masked
+    assert torch.allclose(grads[1], grads[2])  # straight-through: the linear model's own gradient
+
+
+def test_noise_trap_is_random_and_refuses_bpda() -> None:
+    x = torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(0))
+    noisy = Preprocessed(Linear(), "noise")
+    assert flags.feature_change(noisy(x), noisy(x)) > flags.RANDOM_TOLERANCE
+    assert counterpart("noise") == "eot"
+    with pytest.raises(MetricAttackError, match="EOT"):
+        Preprocessed(Linear(), "noise", bpda=True)
+
+
+def test_protocol_versions_and_schema() -> None:
+    standard, fast = VERSIONS.get("standard"), VERSIONS.get("fast")
+    assert [s.name for s in standard.cascade] == ["apgd-metric", "apgd-margin-t", "apgd-self", "square"]
+    assert standard.step("square").steps == 5000 and fast.step("square").steps == 1000
+    assert standard.step("apgd-metric").runs > 1 and fast.step("apgd-metric").runs == 1
+    assert standard.epsilons[0] == fast.epsilons[0] == 8 and 5 in standard.epsilons
+    assert "- `robust`: one per ε of the protocol" in schema_markdown()
+    assert {"robust", "flags", "cost", "protocol"} <= set(RobustnessResult.model_fields)
+
+
+def test_schema_document_is_up_to_date() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "robustness-schema.md").read_text(encoding="utf-8")
+    assert doc == schema_markdown(), "regenerate with python -m metricattack.robustness.result docs/robustness-schema.md"
