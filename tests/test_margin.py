@@ -90,3 +90,13 @@ def test_probes_without_a_match_are_refused() -> None:
     assert not s.has_match().any() and np.isnan(s.chance_ap()).all()
     with pytest.raises(MetricAttackError, match="true match"):
         RankingMargin(Identity(), s)(torch.zeros(1, 2), torch.tensor([0]))
+
+
+def test_first_hit_counts_ties_as_the_evaluator_does() -> None:
+    # probe 2 (pid 2, cam 0) at the origin: its match (gallery 2) and a distractor (gallery 3) both at distance 1
+    g = torch.tensor([[5.0, 0.0], [5.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [9.0, 9.0], [9.0, 0.0], [0.0, 9.0]])
+    s = QueryGallery(EuclideanMetric(), g, Q_PIDS, Q_CAMS, G_PIDS, G_CAMS)
+    dist = s.distances(torch.zeros(3, 2))
+    hit = s.first_hit(dist, torch.arange(3))
+    assert hit[2] == 0.5  # its match (1,0) and a distractor (-1,0) tie at distance 1
+    assert hit[2] == pytest.approx(evaluate_distances(dist[2:], Q_PIDS[2:], G_PIDS, Q_CAMS[2:], G_CAMS).cmc[1])

@@ -16,7 +16,8 @@ image is an identity of its own), like APGD-T's target classes.
 
 :class:`QueryGallery` holds the fixed side (embedded gallery, identities, cameras); it also gives a
 batch's distances, per-query APs and rank-1 hits (:meth:`QueryGallery.ap`, :meth:`QueryGallery.first_hit`)
-by the evaluation protocol, which the robustness cascade and Square's stopping rule use.
+by the evaluation protocol (ties counted as the evaluator's default, an expectation over their
+orders), which the robustness cascade and Square's stopping rule use.
 """
 
 from __future__ import annotations
@@ -103,12 +104,13 @@ class QueryGallery:
 
     @torch.no_grad()
     def first_hit(self, distances: torch.Tensor, indices: torch.Tensor) -> np.ndarray:
-        """``[B]`` 1.0 when the probe's first valid gallery item is a true match, else 0.0 (NaN without a
-        match); ties go to the lower gallery index, as in the evaluator."""
+        """``[B]`` chance that the probe's first valid gallery item is a true match (1.0 or 0.0
+        without ties; the share of true matches among the items tied at the smallest distance, as the
+        evaluator's default tie rule counts rank-1), NaN without a match."""
         matches, non_matches = self.masks(indices.cpu())
-        valid = (matches | non_matches).to(distances.device)
-        first = distances.detach().masked_fill(~valid, float("inf")).argmin(1).cpu()
-        hit = matches.gather(1, first.unsqueeze(1)).squeeze(1).double().numpy()
+        dist = distances.detach().float().cpu().masked_fill(~(matches | non_matches), float("inf"))
+        first = dist == dist.amin(1, keepdim=True)
+        hit = ((first & matches).sum(1) / first.sum(1).clamp_min(1)).double().numpy()
         hit[~matches.any(1).numpy()] = np.nan
         return hit
 
