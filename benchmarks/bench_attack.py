@@ -3,7 +3,7 @@
 1. Speed: the same model on the same batches, side by side in one process, rounds interleaved:
    * baseline: ``steps`` × (forward + backward to the input pixels) per batch -- the least
      any gradient attack with ``steps`` iterations can cost;
-   * attack: :func:`metricattack.attacks.methods.perturb` (I-FGSM / MI-FGSM) with the metric
+   * attack: :func:`metricattack.attacks.perturb.perturb` (I-FGSM / MI-FGSM) with the metric
      objective (:class:`~metricattack.attacks.objectives.MetricLoss`).
    Reports the median ratio attack / baseline (target ≤ 1.10).
 2. Memory: a child process per gallery size streams :func:`~metricattack.attacks.runner.attack_batches`
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metricattack.attacks.methods import input_gradient, perturb
 from metricattack.attacks.objectives import MetricLoss, ReferenceTargets
+from metricattack.attacks.perturb import perturb
 from metricattack.attacks.spec import AttackSpec
 from metricattack.metrics.distance import EuclideanMetric
 from metricattack.models.reid import ReIDModel
@@ -52,11 +52,13 @@ def speed(args: argparse.Namespace) -> dict:
     loss = MetricLoss(model, metric, targets)
     indices = torch.arange(args.batch_size)
     spec = AttackSpec(method=args.method, eps=args.eps)
+    steps = spec.resolved()["options"]["steps"]
 
     def bare() -> None:
         for x in batches:
-            for _ in range(spec.num_steps):
-                input_gradient(lambda z, idx: model(z).sum(1), x, indices)
+            for _ in range(steps):
+                z = x.detach().requires_grad_(True)
+                torch.autograd.grad(model(z).sum(), z)
 
     def attack() -> None:
         for x in batches:
@@ -76,7 +78,7 @@ def speed(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "batches": args.batches,
         "method": args.method,
-        "steps": spec.num_steps,
+        "steps": steps,
         "rounds": args.rounds,
         "bare_seconds": times["bare"],
         "attack_seconds": times["attack"],

@@ -48,7 +48,7 @@ PROBES: dict[str, str] = {
         digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
     """,
     "attack": """
-        from metricattack.attacks.methods import quantize
+        from metricattack.attacks.ops import quantize
         from metricattack.attacks.runner import attack_batches, clean_features, plan_attack
         from metricattack.attacks.spec import AttackSpec
         from metricattack.data.layouts import load_dataset

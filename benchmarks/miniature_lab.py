@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from metricattack.attacks.methods import quantize
+from metricattack.attacks.ops import quantize
 from metricattack.attacks.runner import (
     attack_batches,
     clean_features,

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from metricattack.attacks.export import ModelEntry, export_attack
-from metricattack.attacks.methods import quantize
+from metricattack.attacks.ops import quantize
 from metricattack.attacks.runner import attack_batches, clean_features, plan_attack
 from metricattack.attacks.spec import AttackSpec
 from metricattack.cli import main
@@ -38,8 +38,8 @@ def entry(tiny_model_checkpoint: Path) -> ModelEntry:
     return ModelEntry(load_model(ckpt), EuclideanMetric(), {"label": "tiny", "checkpoint": str(ckpt), "sha256": sha256_file(ckpt)})
 
 
-def export(entries, data, out: Path, setting: str = "gallery", file_names: str = "source", **spec) -> dict:
-    return export_attack(entries, data, out, AttackSpec(**spec), setting, batch_size=8, file_names=file_names, progress=False)
+def export(entries, data, out: Path, threat: str = "gallery", file_names: str = "source", **spec) -> dict:
+    return export_attack(entries, data, out, AttackSpec(**spec), threat, batch_size=8, file_names=file_names, progress=False)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -71,7 +71,7 @@ def test_white_box_ifgsm_eps5_cuts_map_by_more_than_90_percent(
     clean, disk, memory = row["clean"]["mAP"], row["adversarial_disk"]["mAP"], row["adversarial_memory"]["mAP"]
     assert clean > 4 * results["chance"]["mAP"]  # a model that retrieves well above chance ...
     assert disk < 0.1 * clean and memory < 0.1 * clean  # ... loses more than 90 % of its mAP
-    assert results["attack"]["steps"] == 6 and results["linf_255"]["max_disk"] == 5
+    assert results["attack"]["options"]["steps"] == 6 and results["linf_255"]["max_disk"] == 5
     assert row["adversarial_disk"]["mean_true_positive_distance"] > 1.5 * row["clean"]["mean_true_positive_distance"]
 
 
@@ -87,7 +87,7 @@ def test_white_box_ifgsm_eps5_on_resnet18(white_box) -> None:
     assert row["adversarial_memory"]["mAP"] < 0.75 * clean
     assert abs(row["adversarial_disk"]["mAP"] - row["adversarial_memory"]["mAP"]) < 0.05
     assert row["adversarial_disk"]["mean_true_positive_distance"] > 1.3 * row["clean"]["mean_true_positive_distance"]
-    assert results["attack"]["steps"] == 6 and results["linf_255"]["max_disk"] == 5
+    assert results["attack"]["options"]["steps"] == 6 and results["linf_255"]["max_disk"] == 5
     assert 0 < results["chance"]["mAP"] < row["adversarial_disk"]["mAP"]
 
 
@@ -247,9 +247,9 @@ def test_mixed_identity_batches_equal_one_identity_at_a_time(entry, data) -> Non
     for pid in sorted({r.pid for r in data.gallery if r.pid > 0})[:4]:
         ids = torch.tensor([i for i, r in enumerate(data.gallery) if r.pid == pid])
         clean = torch.stack([read_image(data.gallery[i].path) for i in ids])
-        from metricattack.attacks.methods import perturb
+        from metricattack.attacks.perturb import perturb
 
-        alone = perturb(clean, plan.objective, spec, indices=ids, active=plan.active[ids])
+        alone = perturb(clean, plan.objective, spec, indices=ids, active=plan.active[ids]).images
         for k, index in enumerate(ids.tolist()):
             assert torch.equal(quantize(alone[k : k + 1], clean[k : k + 1], 5), together[index])
 
@@ -302,7 +302,10 @@ def test_cli_attack_and_its_errors(tiny_model_checkpoint, tiny_dataset_root, tmp
     for extra, message in [
         (["--eps", "0"], "eps"),
         (["--eps", "300"], "eps"),
-        (["--eps", "2", "--alpha", "3"], "alpha"),
+        (["--eps", "2", "--method-option", "alpha=3"], "alpha (step size 3) must not exceed eps (2)"),
+        (["--method-option", "mu=0.5"], "ifgsm has no option 'mu' (its options: alpha, steps)"),
+        (["--method-option", "steps"], "expected KEY=VALUE"),
+        (["--method-option", "eps=3"], "eps is not a method option; use --eps"),
         (["--metric", "mahalanobis-typo"], "unknown --metric"),
         (["--out", str(tiny_dataset_root / "inside")], "inside the source"),
     ]:

@@ -1,4 +1,4 @@
-"""Attack steppers and objectives on hand-made torch modules (no dataset, no checkpoint)."""
+"""Attack methods and objectives on hand-made torch modules (no dataset, no checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metricattack.attacks.methods import linf_255, per_image_l1_normalise, perturb, quantize
-from metricattack.attacks.objectives import (
-    ClassificationLoss,
-    EnsembleLoss,
-    MetricLoss,
-    ReferenceTargets,
-    gallery_reference_sets,
-    metrics_per_model,
-    query_reference_sets,
-    targeted_reference_sets,
-)
-from metricattack.attacks.spec import METHODS, SETTINGS, AttackMethod, AttackSpec, make_spec, paper_steps
+from metricattack.attacks import perturb as perturb_module
+from metricattack.attacks.methods import METHODS, paper_steps
+from metricattack.attacks.methods.mifgsm import MIFGSM
+from metricattack.attacks.methods.pgd import PGD, PGDOptions
+from metricattack.attacks.objectives import ClassificationLoss, EnsembleLoss, MetricLoss, ReferenceTargets, metrics_per_model
+from metricattack.attacks.ops import linf_255, per_image_l1_normalise, quantize
+from metricattack.attacks.spec import AttackSpec, make_spec
+from metricattack.attacks.threats import THREATS
+from metricattack.attacks.threats.gallery import gallery_reference_sets
+from metricattack.attacks.threats.query import query_reference_sets
+from metricattack.attacks.threats.targeted import targeted_reference_sets
 from metricattack.errors import MetricAttackError
 from metricattack.metrics.distance import CosineMetric, EuclideanMetric, MahalanobisMetric
 
@@ -53,6 +52,11 @@ def images(n: int = 6, h: int = 20, w: int = 10, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, h, w), generator=g).float() / 255
 
 
+def perturb(images: torch.Tensor, objective, spec: AttackSpec, **kwargs) -> torch.Tensor:
+    """The adversarial images of :func:`metricattack.attacks.perturb.perturb`."""
+    return perturb_module.perturb(images, objective, spec, **kwargs).images
+
+
 def metric_loss(model: nn.Module, metric, refs_imgs: torch.Tensor, ref_sets) -> MetricLoss:
     with torch.no_grad():
         feats = model.eval()(refs_imgs)
@@ -62,10 +66,23 @@ def metric_loss(model: nn.Module, metric, refs_imgs: torch.Tensor, ref_sets) -> 
 # ---------------------------------------------------------------- spec
 def test_paper_steps_and_spec_defaults() -> None:
     assert [paper_steps(e) for e in (1, 2, 4, 5, 8, 10, 16, 20)] == [1, 2, 5, 6, 10, 12, 20, 24]
-    assert AttackSpec().num_steps == 6 and AttackSpec(eps=10).num_steps == 12
-    assert AttackSpec(method="fgsm", eps=8).num_steps == 1
-    assert AttackSpec(method="pgd").uses_random_start and not AttackSpec(method="ifgsm").uses_random_start
-    assert not AttackSpec(method="pgd", random_start=False).uses_random_start
+    assert AttackSpec().options.model_dump() == {"alpha": 1.0, "steps": 6}
+    assert AttackSpec(eps=10).resolved()["options"] == {"alpha": 1.0, "steps": 12}
+    assert AttackSpec(eps=0.5).resolved()["options"] == {"alpha": 0.5, "steps": 1}  # alpha = min(1, eps)
+    assert AttackSpec(method="fgsm", eps=8).resolved() == {"method": "fgsm", "eps": 8.0, "seed": 0, "objective": None, "options": {}}
+    assert AttackSpec(method="mifgsm").resolved()["options"] == {"alpha": 1.0, "steps": 6, "mu": 1.0}
+    assert AttackSpec(method="pgd").build().first_gradient_at_clean is False
+    assert AttackSpec(method="pgd", random_start=False).build().first_gradient_at_clean
+    assert AttackSpec(method="ifgsm").build().first_gradient_at_clean
+
+
+def test_options_beside_or_under_options_are_one_spec_and_records_round_trip() -> None:
+    flat = make_spec(method="mifgsm", eps=4, mu=0.5, steps=3)
+    nested = AttackSpec.model_validate({"method": "mifgsm", "eps": 4, "options": {"mu": 0.5, "steps": 3}})
+    assert flat == nested and flat.resolved() == AttackSpec.model_validate(flat.resolved()).resolved()
+    assert flat.options_text() == "alpha=1 steps=3 mu=0.5"
+    with pytest.raises(MetricAttackError, match="'mu' is given both"):
+        make_spec(method="mifgsm", mu=1, options={"mu": 0.5})
 
 
 @pytest.mark.parametrize(
@@ -76,8 +93,9 @@ def test_paper_steps_and_spec_defaults() -> None:
         ({"eps": 256}, "eps"),
         ({"eps": 2, "alpha": 3}, "alpha"),
         ({"method": "cw"}, "method"),
-        ({"method": "fgsm", "steps": 3}, "fgsm"),
-        ({"method": "ifgsm", "random_start": True}, "random_start"),
+        ({"method": "fgsm", "steps": 3}, "fgsm has no option 'steps'"),
+        ({"method": "ifgsm", "random_start": True}, r"ifgsm has no option 'random_start' \(its options: alpha, steps\)"),
+        ({"method": "mifgsm", "mu": -1}, "mifgsm option mu"),
         ({"epsilon": 5}, "epsilon"),
     ],
 )
@@ -87,15 +105,29 @@ def test_spec_rejects_bad_values(values: dict, culprit: str) -> None:
 
 
 def test_unknown_method_lists_the_registered_ones() -> None:
-    with pytest.raises(MetricAttackError, match=r"unknown attack method 'cw'; available: fgsm, ifgsm, mifgsm, pgd"):
+    assert {"fgsm", "ifgsm", "mifgsm", "pgd"} <= set(METHODS.names())
+    with pytest.raises(MetricAttackError, match=f"unknown attack method 'cw'; available: {', '.join(METHODS.names())}"):
         make_spec(method="cw")
 
 
-def test_a_registered_method_is_accepted_and_steps_by_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+class MomentumPGDOptions(PGDOptions):
+    mu: float = 1.0
+
+
+class MomentumPGD(MIFGSM):
+    """MI-FGSM from PGD's random start: a method made of two others' parts."""
+
+    summary = "MI-FGSM from a random start"
+    Options = MomentumPGDOptions
+    start = PGD.start  # type: ignore[assignment]
+    first_gradient_at_clean = PGD.first_gradient_at_clean
+
+
+def test_a_registered_method_is_accepted_with_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
     """A method registered in METHODS (here: MI-FGSM from PGD's random start) is accepted by the spec and perturb."""
-    monkeypatch.setitem(METHODS._items, "mipgd", AttackMethod("MI-FGSM from a random start", momentum=True, random_start=True))
+    monkeypatch.setitem(METHODS._items, "mipgd", MomentumPGD)
     spec = make_spec(method="mipgd", eps=4, seed=3)
-    assert spec.uses_random_start and spec.num_steps == paper_steps(4)
+    assert spec.resolved()["options"] == {"alpha": 1.0, "steps": paper_steps(4), "random_start": True, "mu": 1.0}
     x = images(3)
 
     def objective(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # gradient signs flip within the ε-ball
@@ -105,14 +137,16 @@ def test_a_registered_method_is_accepted_and_steps_by_its_flags(monkeypatch: pyt
     assert (adv - x).abs().max() <= 4 / 255 + 1e-6
     for other in ("mifgsm", "pgd"):  # both flags act: neither the momentum nor the random start alone gives it
         assert not torch.equal(adv, perturb(x, objective, make_spec(method=other, eps=4, seed=3), indices=torch.arange(3)))
-    with pytest.raises(MetricAttackError, match="available: fgsm, ifgsm, mifgsm, pgd, mipgd"):
+    with pytest.raises(MetricAttackError, match=f"available: {', '.join(METHODS.names())}$"):
         make_spec(method="bim")
 
 
-def test_settings_registry_names_the_paper_settings() -> None:
-    assert SETTINGS.names() == ("gallery", "targeted", "query", "classification")
-    assert [SETTINGS.get(n).split for n in SETTINGS] == ["gallery", "gallery", "query", "gallery"]
-    assert SETTINGS.get("targeted").minimise and SETTINGS.get("classification").classification
+def test_threat_registry_holds_the_paper_settings() -> None:
+    paper = {"gallery": ("gallery", "nontargeted"), "targeted": ("gallery", "targeted"), "query": ("query", "query")}
+    paper["classification"] = ("gallery", "classification")
+    assert set(paper) <= set(THREATS.names())
+    assert {n: (THREATS.get(n).split, THREATS.get(n).mode) for n in paper} == paper
+    assert THREATS.get("targeted").minimise and THREATS.get("classification").needs_classifier
 
 
 # ---------------------------------------------------------------- methods
@@ -310,3 +344,85 @@ def test_reference_sets() -> None:
     assert torch.equal(targeted_reference_sets(g_pids, q_pids, seed=0)[1], targets)
     draws = {tuple(targeted_reference_sets([1] * 30, [1, 2, 3, 4], seed=s)[1].tolist()) for s in range(3)}
     assert len(draws) == 3
+
+
+# ---------------------------------------------------------------- the paper's four methods, pinned
+def legacy_perturb(x: torch.Tensor, objective, method: str, eps: float, seed: int, indices, active, minimise: bool) -> torch.Tensor:
+    """The four methods as metricattack computed them before methods became objects (commit 185298d's
+    ``attacks/methods.py``, written out): the redesign must give the same images bit for bit."""
+    original, mask = x.detach(), active.to(x.dtype).view(-1, 1, 1, 1)
+    eps_, alpha, direction = eps / 255.0, 1.0 / 255.0, -1.0 if minimise else 1.0
+    steps = 1 if method == "fgsm" else max(1, int(min(eps + 4.0, 1.25 * eps)))
+    z = original.clone()
+    if method == "pgd":
+        rows = []
+        for index in indices.tolist():
+            gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (1 << 62))
+            rows.append(torch.rand(original.shape[1:], generator=gen, dtype=torch.float32))
+        z = (original + mask * ((torch.stack(rows) * 2.0 - 1.0) * eps_)).clamp_(0.0, 1.0)
+    momentum = torch.zeros_like(original)
+    for _ in range(steps):
+        z = z.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(z, indices).sum(), z)
+        if method == "fgsm":
+            return (original + (direction * eps_) * mask * grad.sign()).clamp_(0.0, 1.0)
+        if method == "mifgsm":
+            momentum = 1.0 * momentum + grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-30)
+            grad = momentum
+        z = torch.minimum(torch.maximum(z + (direction * alpha) * mask * grad.sign(), original - eps_), original + eps_).clamp_(0.0, 1.0)
+    return z.detach()
+
+
+@pytest.mark.parametrize("method", ["fgsm", "ifgsm", "mifgsm", "pgd"])
+@pytest.mark.parametrize("minimise", [False, True])
+def test_paper_methods_equal_their_formulas_before_the_redesign_bit_for_bit(method: str, minimise: bool) -> None:
+    model = TinyNet().eval()
+    loss = metric_loss(model, EuclideanMetric(), images(3, seed=5), [(0,), (1, 2), (), (2,), (0, 1, 2)])
+    x, indices, active = images(5), torch.arange(10, 15), torch.tensor([True, True, False, True, True])
+    shifted = lambda z, idx: loss(z, idx - 10)  # noqa: E731 - positions 10..14 of a split, references of rows 0..4
+    for eps in (2.0, 5.0, 8.0):
+        got = perturb(x, shifted, make_spec(method=method, eps=eps, seed=7), indices=indices, active=active, minimise=minimise)
+        assert torch.equal(got, legacy_perturb(x, shifted, method, eps, 7, indices, active, minimise))
+
+
+# ---------------------------------------------------------------- what a method cannot get wrong
+def test_zero_gradients_are_counted_per_image_and_calls_per_image() -> None:
+    x = images(3)
+
+    def objective(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # image 1's loss is constant: zero gradient
+        return (z * torch.tensor([1.0, 0.0, 2.0]).view(3, 1, 1, 1)[: len(z)]).flatten(1).sum(1)
+
+    result = perturb_module.perturb(x, objective, make_spec(method="ifgsm", eps=4), indices=torch.arange(3))
+    assert result.counts.zero_gradient.tolist() == [0, 5, 0]
+    assert result.counts.forward.tolist() == result.counts.backward.tolist() == [5, 5, 5]
+    assert torch.equal(result.images[1], x[1])
+
+
+def test_non_finite_losses_are_refused_naming_the_image() -> None:
+    x = images(3)
+
+    def objective(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return z.flatten(1).sum(1) * torch.tensor([1.0, float("nan"), 1.0])
+
+    with pytest.raises(MetricAttackError, match=r"not finite \(nan\) on image 21 \(position 1 of its batch"):
+        perturb(x, objective, make_spec(eps=4), indices=torch.arange(20, 23))
+
+
+def test_the_caller_enforces_the_ball_inactive_images_and_gradient_free_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metricattack.attacks.methods import AttackMethod, MethodOptions
+
+    class Wild(AttackMethod[MethodOptions]):
+        summary = "jumps far outside the ball and, when it must not, takes a gradient"
+        uses_gradient = False
+
+        def run(self, problem):
+            if problem.seed == 1:
+                problem.gradient(problem.images)
+            return problem.images + 0.5
+
+    monkeypatch.setitem(METHODS._items, "wild", Wild)
+    x, active = images(3), torch.tensor([True, False, True])
+    adv = perturb(x, lambda z, idx: z.flatten(1).sum(1), make_spec(method="wild", eps=3), indices=torch.arange(3), active=active)
+    assert torch.equal(adv[1], x[1]) and float(linf_255(adv, x).max()) <= 3 + 1e-4 and adv.max() <= 1
+    with pytest.raises(RuntimeError, match="uses_gradient = False but took an input gradient"):
+        perturb(x, lambda z, idx: z.flatten(1).sum(1), make_spec(method="wild", eps=3, seed=1), indices=torch.arange(3))

@@ -311,7 +311,7 @@ def test_byte_identical_query_in_the_gallery_warns(tiny_model_checkpoint, tmp_pa
 def test_eps_nan_and_small_eps(tiny_model_checkpoint, tiny_dataset_root, tmp_path, capsys) -> None:
     with pytest.raises(ConfigError, match="eps: Input should be a finite number"):
         make_spec(eps=float("nan"))
-    assert make_spec(eps=0.5).alpha == 0.5 and make_spec(eps=5).alpha == 1.0  # alpha = min(1, eps) by default
+    assert make_spec(eps=0.5).resolved()["options"]["alpha"] == 0.5 and make_spec(eps=5).resolved()["options"]["alpha"] == 1.0
     base = attack_args(tiny_model_checkpoint, tiny_dataset_root, tmp_path / "adv")
     code, err = run(capsys, *base, "--eps", "nan")
     assert code == 2 and "finite number" in one_message(err)

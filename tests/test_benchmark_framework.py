@@ -73,6 +73,9 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
         ("experiments.table4.methods=[]", "experiments.table4.methods: List should have at least 1 item"),
         ("experiments.table4.methods=[mifgsm,mifgsm]", "experiments.table4.methods lists mifgsm more than once"),
         ("attack.methods=[ifgsm,fgsm,ifgsm]", "attack.methods lists ifgsm more than once"),
+        ("attack.alpha=2", "attack.alpha: method options are given per method now, under attack.options.<method>"),
+        ("attack.options={ifgsm: {mu: 2}}", "attack.options: Value error, ifgsm has no option 'mu' (its options: alpha, steps)"),
+        ("attack.options={fgsn: {}}", "unknown attack method 'fgsn'"),
         ("experiments.fig5.epsilons=[2,5,2]", "experiments.fig5.epsilons lists 2.0 more than once"),
     ],
 )

@@ -133,7 +133,10 @@ def test_benchmark_evaluates_and_attacks_models_from_elsewhere(files: Path) -> N
 
 def test_classification_attack_needs_a_classifier(files: Path) -> None:
     path = write_config(files, experiments={"only": ["classification"]})
-    with pytest.raises(ConfigError, match=r"classification attack .* needs a classifier \(classify\(\)\), which model U has not"):
+    with pytest.raises(
+        ConfigError,
+        match=r"attack classification-.* \(models U\): the classification threat model attacks a classifier, and model 0 \(.*\) has none",
+    ):
         from metricattack.benchmark.runner import run_benchmark
 
         run_benchmark(load_benchmark_config(path), files / "run")

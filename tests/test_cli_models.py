@@ -61,7 +61,7 @@ def cli_attack(user_module, tiny_dataset_root: Path, tiny_model_checkpoint: Path
     """``metricattack attack --model python:... --eval-checkpoint <trained ResNet-18>``: I-FGSM, ε = 4, 3 steps."""
     out = tmp_path_factory.mktemp("cli_attack") / "adv"
     argv = ["attack", "--model", SPEC, "--eval-checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root)]
-    argv += ["--dataset", "folder", "--out", str(out), "--eps", "4", "--steps", "3", "--batch-size", "16", "--no-progress"]
+    argv += ["--dataset", "folder", "--out", str(out), "--eps", "4", "--method-option", "steps=3", "--batch-size", "16", "--no-progress"]
     assert main(argv) == 0
     return out, json.loads((out / "attack_results.json").read_text(encoding="utf-8"))
 

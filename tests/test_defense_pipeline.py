@@ -233,7 +233,7 @@ def test_guides_push_from_same_identity_and_pull_toward_another() -> None:
 def test_online_adversarial_training_improves_white_box_robustness(defended_run, figures: Path, tmp_path: Path) -> None:
     _, summary = defended_run
     cfg = TrainConfig.model_validate(_train_section(figures))
-    online = OnlineSection(method="ifgsm", eps=8, alpha=3, steps=3, guides=["push", "pull"])
+    online = OnlineSection(attack=AttackSpec(method="ifgsm", eps=8, alpha=3, steps=3), guides=["push", "pull"])
     robust = load_model(train_defended(cfg, tmp_path / "online", online=online))
     normal = load_model(Path(summary["base"]["checkpoint"]))  # same recipe and seed, clean batches only
     data = load_dataset("folder", figures)
@@ -247,7 +247,9 @@ def test_online_adversarial_training_improves_white_box_robustness(defended_run,
     # with 1 thread, 0.663 vs 0.654: too close to call on this tiny data, so it is not asserted.)
     assert rows[("online", 4.0)]["adversarial_mAP"] > rows[("normal", 4.0)]["adversarial_mAP"] + 5, rows
     meta = checkpoint_meta(tmp_path / "online" / "model.safetensors")["meta"]
-    assert meta["variant"]["online"]["eps"] == 8 and meta["history"][0]["images"] % 24 == 0  # [clean; adversarial] batches of 2 x 12
+    assert (
+        meta["variant"]["online"]["attack"]["eps"] == 8 and meta["history"][0]["images"] % 24 == 0
+    )  # [clean; adversarial] batches of 2 x 12
 
 
 # ------------------------------------------------------------------ config errors
@@ -256,7 +258,10 @@ def test_online_adversarial_training_improves_white_box_robustness(defended_run,
 @pytest.mark.parametrize(
     "override, field",
     [
-        ("online.alpha=5", "online: .*alpha"),
+        ("online.attack.alpha=5", r"online.attack: .*alpha \(step size 5\) must not exceed eps \(2\)"),
+        ("online.alpha=5", "online.alpha: the online attack is an attack spec now, online.attack"),
+        ("evaluation.adaptive.alpha=1", "adaptive.alpha: method options are given per method now"),
+        ("evaluation.adaptive.options={ifgsm: {mu: 1}}", "ifgsm has no option 'mu'"),
         ("evaluation.adaptive.epsilons=[0]", "evaluation.adaptive: .*epsilons"),
         ("strategy=magic", "strategy"),
         ("training_attack.attack.eps=300", "training_attack.attack.eps"),

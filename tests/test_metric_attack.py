@@ -112,33 +112,37 @@ def test_wrong_inputs_are_one_clear_error(net: TinyNet, batch) -> None:
         atk(images, torch.randn(4, 2, 6))
     with pytest.raises(MetricAttackError, match="must be fitted first"):
         ma.MetricAttack(net, metric="xqda")
-    with pytest.raises(MetricAttackError, match="alpha"):
-        ma.MetricAttack(net, eps=0.5)
+    with pytest.raises(MetricAttackError, match=r"alpha \(step size 1\) must not exceed eps \(0.5\)"):
+        ma.MetricAttack(net, eps=0.5, alpha=1)
+    with pytest.raises(MetricAttackError, match="fgsm has no option 'alpha'"):
+        ma.MetricAttack(net, method="fgsm", alpha=1)
     with pytest.raises(MetricAttackError, match="method"):
         ma.MetricAttack(net, method="cw")
 
 
 def test_repr_shows_the_resolved_attack(net: TinyNet) -> None:
     assert repr(ma.MetricAttack(net, eps=5)) == (
-        "MetricAttack(model=TinyNet, metric='euclidean', method='ifgsm', eps=5, alpha=1, steps=6, mu=1, targeted=False, seed=0)"
+        "MetricAttack(model=TinyNet, metric='euclidean', method='ifgsm', eps=5, targeted=False, seed=0, alpha=1, steps=6)"
     )
+    assert repr(ma.MetricAttack(net, method="mifgsm", eps=8, mu=0.5)).endswith("seed=0, alpha=1, steps=10, mu=0.5)")
 
 
 def test_the_engine_refuses_a_slice_without_its_indices(net: TinyNet, batch) -> None:
     """The trap of the old API: ``perturb(images[2:], loss, spec)`` used the references of images 0 and 1."""
-    from metricattack.attacks.methods import perturb
     from metricattack.attacks.objectives import MetricLoss, ReferenceTargets
     from metricattack.metrics.distance import EuclideanMetric
 
     images, refs = batch
     metric = EuclideanMetric()
     targets = ReferenceTargets.build(metric, refs.reshape(12, 8), [tuple(range(3 * i, 3 * i + 3)) for i in range(4)])
+    from metricattack.attacks.perturb import perturb
+
     loss, spec = MetricLoss(net.eval(), metric, targets), ma.AttackSpec(eps=4, steps=2)
     with pytest.raises(TypeError, match="indices"):
         perturb(images[2:], loss, spec)  # type: ignore[call-arg]
     with pytest.raises(MetricAttackError, match=r"indices 2..5 are outside the 4 images"):
         perturb(images, loss, spec, indices=torch.arange(2, 6))
-    sliced = perturb(images[2:], loss, spec, indices=torch.arange(2, 4))
+    sliced = perturb(images[2:], loss, spec, indices=torch.arange(2, 4)).images
     assert torch.equal(sliced, ma.MetricAttack(net, eps=4, steps=2)(images, refs)[2:])
 
 

@@ -63,12 +63,11 @@ def paper_like_results(dataset: str = "market1501", eps: float = 5, ap: str = "m
         {
             "id": r["attack_id"],
             "sources": [r["attacked"]],
+            "threat_model": "gallery",
             "mode": "nontargeted",
             "method": r["method"],
             "epsilon": eps,
-            "alpha": 1.0,
-            "momentum": 1.0,
-            "steps": 1 if r["method"] == "fgsm" else 6,
+            "options": {} if r["method"] == "fgsm" else {"alpha": 1.0, "steps": 6, **({"mu": 1.0} if r["method"] == "mifgsm" else {})},
             "metric": "euclidean",
             "seed": 0,
             "linf": eps,
@@ -80,7 +79,7 @@ def paper_like_results(dataset: str = "market1501", eps: float = 5, ap: str = "m
         "provenance": {
             "config": {
                 "name": "paper-like",
-                "attack": {"eps": eps, "alpha": 1.0, "mu": 1.0, "steps": None, "methods": METHODS, "metric": "euclidean"},
+                "attack": {"eps": eps, "methods": METHODS, "options": {"mifgsm": {"alpha": 1.0, "mu": 1.0}}, "metric": "euclidean"},
             },
             "config_path": "x.yaml",
             "seeds": {"run": 0, "dataset": None, "models": {m: 0 for m in MODELS}},
@@ -359,6 +358,12 @@ def test_paper_numbers_are_complete_and_consistent() -> None:
 
 
 # ----------------------------------------------------------------- words
+def test_paper_values_name_a_method_option_that_differs_from_the_paper() -> None:
+    attack = {"eps": 5, "metric": "euclidean", "options": {"mifgsm": {"mu": 0.5}, "ifgsm": {"alpha": 1}}}
+    values = paper.paper_values("market1501", "market", attack)
+    assert values is not None and values.differences == ("this run attacks with μ = 0.5 for mifgsm (the paper: 1)",)
+
+
 def test_the_page_states_the_attack_parameters_and_seeds() -> None:
     res = paper_like_results()
     setup = dict(attack_setup(res))
@@ -366,6 +371,8 @@ def test_the_page_states_the_attack_parameters_and_seeds() -> None:
     assert setup["α (step size)"].startswith("1 per iteration")
     assert setup["μ (momentum decay)"].startswith("1 for MI-FGSM")
     assert "min(ε + 4, 1.25 ε)" in setup["n (iterations)"] and "6 at ε = 5" in setup["n (iterations)"]
+    assert "FGSM (Eq. 5): one step of size ε" in setup["n (iterations)"] and "other method options" not in setup
+    assert setup["threat models"].startswith("non-targeted: push gallery images away")
     assert setup["attacked side"].startswith("the gallery images")
     assert setup["metric"].startswith("attacks and tests use Euclidean")
     assert "official Market-1501" in setup["evaluation"]

@@ -13,7 +13,7 @@ import torch
 
 from metricattack.cli import main
 
-ATTACK = ["--method", "ifgsm", "--eps", "4", "--steps", "2", "--batch-size", "8", "--no-progress"]
+ATTACK = ["--method", "ifgsm", "--eps", "4", "--method-option", "steps=2", "--batch-size", "8", "--no-progress"]
 
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -10,7 +10,8 @@ Data, features and evaluation: :func:`load_dataset`, :func:`extract_features`,
 :func:`evaluate_model`, :func:`evaluate_features`; metrics: :func:`build_metric`,
 :func:`load_metric`, :func:`fit_learned` (XQDA / KISSME); registries of everything named
 (:data:`ARCHITECTURES`, :data:`BACKBONES`, :data:`DATASETS`, :data:`METRICS`, :data:`LEARNED_METRICS`, :data:`METHODS`,
-:data:`SETTINGS`, :data:`FORMATS`): register your own with ``REGISTRY.register(name, obj)``.
+:data:`THREATS`, :data:`FORMATS`): register your own with ``REGISTRY.register(name, obj)`` (attack
+methods and threat models: :func:`register_method`, :func:`register_threat`).
 The names are imported on first use, so ``import metricattack`` stays light. The library
 logs through :mod:`logging` (logger ``"metricattack"``) and never prints.
 """
@@ -32,7 +33,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # public name -> module defining it
 _PUBLIC = {
     "MetricAttack": "attacks.api",
-    "quantize": "attacks.methods",
+    "quantize": "attacks.ops",
     "AttackSpec": "attacks.spec",
     "load_dataset": "data.layouts",
     "MetricAttackError": "errors",
@@ -52,8 +53,10 @@ _PUBLIC = {
     "DATASETS": "data.layouts",
     "METRICS": "metrics.distance",
     "LEARNED_METRICS": "metrics.learned",
-    "METHODS": "attacks.spec",
-    "SETTINGS": "attacks.spec",
+    "METHODS": "attacks.methods",
+    "register_method": "attacks.methods",
+    "THREATS": "attacks.threats",
+    "register_threat": "attacks.threats",
     "read_image": "data.loading",
     "save_checkpoint": "models.checkpoint",
     "FORMATS": "models.foreign",
@@ -71,7 +74,7 @@ __all__ = [
     "LEARNED_METRICS",
     "METHODS",
     "METRICS",
-    "SETTINGS",
+    "THREATS",
     "read_image",
     "AttackSpec",
     "FORMATS",
@@ -91,6 +94,8 @@ __all__ = [
     "load_model",
     "quantize",
     "register_backbone",
+    "register_method",
+    "register_threat",
     "save_checkpoint",
     "save_metric",
 ]
@@ -110,8 +115,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .attacks.api import MetricAttack
-    from .attacks.methods import quantize
-    from .attacks.spec import METHODS, SETTINGS, AttackSpec
+    from .attacks.methods import METHODS, register_method
+    from .attacks.ops import quantize
+    from .attacks.spec import AttackSpec
+    from .attacks.threats import THREATS, register_threat
     from .data.layouts import DATASETS, load_dataset
     from .data.loading import read_image
     from .errors import MetricAttackError

@@ -46,7 +46,9 @@ def registered_names() -> str:
     Names registered by user code (``register_backbone``, ``FORMATS.register``, ...) appear once
     that code is imported, e.g. by a ``--model python:...`` module or a checkpoint that records it.
     """
-    from .attacks.spec import METHODS, SETTINGS
+    from .attack_options import methods_help
+    from .attacks.methods import METHODS
+    from .attacks.threats import THREATS
     from .data.layouts import DATASETS
     from .metrics.distance import METRICS
     from .metrics.learned import LEARNED_METRICS
@@ -61,10 +63,16 @@ def registered_names() -> str:
         "metrics": METRICS,
         "learned metrics": LEARNED_METRICS,
         "attack methods": METHODS,
-        "attack settings": SETTINGS,
+        "threat models (--threat)": THREATS,
         "model formats (--model)": FORMATS,
     }
-    return "registered:\n" + "\n".join(f"{kind}: {', '.join(registry.names())}" for kind, registry in kinds.items())
+    lines = [f"{kind}: {', '.join(registry.names())}" for kind, registry in kinds.items()]
+    return (
+        "registered:\n"
+        + "\n".join(lines)
+        + "\n\nattack methods and their options (an attack: section or --method-option KEY=VALUE):\n"
+        + methods_help()
+    )
 
 
 class _LineFormatter(argparse.HelpFormatter):

@@ -1,6 +1,6 @@
 """One registry class for every kind of named, pluggable thing.
 
-Backbones, model architectures, dataset layouts, metrics, attack methods, attack settings
+Backbones, model architectures, dataset layouts, metrics, attack methods, threat models
 and benchmark experiments are each listed in one :class:`Registry`; code elsewhere takes
 the names from there (``registry.names()``), never from a copied tuple. A registry is
 filled by decorator or by call, refuses a duplicate name, and turns an unknown name into a
@@ -19,8 +19,8 @@ Example::
     BackboneName = Annotated[str, AfterValidator(BACKBONES.check)]   # a pydantic field type
 
 Where the registries live: ``models.backbones.BACKBONES``, ``data.layouts.DATASETS``,
-``metrics.distance.METRICS``, ``metrics.learned.LEARNED_METRICS``, ``attacks.spec.METHODS``
-and ``attacks.spec.SETTINGS`` (DEVELOPERS.md lists them all).
+``metrics.distance.METRICS``, ``metrics.learned.LEARNED_METRICS``, ``attacks.methods.METHODS``
+and ``attacks.threats.THREATS`` (DEVELOPERS.md lists them all).
 """
 
 from __future__ import annotations

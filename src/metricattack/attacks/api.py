@@ -1,7 +1,7 @@
 """``MetricAttack``: the adversarial metric attack of one batch, in one call.
 
 The same engine as ``metricattack attack``, the defense and the benchmark
-(:func:`~metricattack.attacks.methods.perturb` over a
+(:func:`~metricattack.attacks.perturb.perturb` over a
 :class:`~metricattack.attacks.objectives.MetricLoss`), for images and reference features
 held in memory: each image is pushed away from (``targeted=True``: pulled toward) its own
 reference features under the chosen metric, inside the L∞ ball of radius ε and in [0,1].
@@ -24,8 +24,9 @@ from torch import nn
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric, build_metric
 from ..metrics.learned import LEARNED_METRICS
-from .methods import perturb
 from .objectives import MetricLoss, ReferenceTargets
+from .perturb import perturb
+from .problem import ModelInfo
 from .spec import AttackSpec, make_spec
 
 References = torch.Tensor | Sequence[torch.Tensor]
@@ -59,13 +60,13 @@ class MetricAttack:
             :class:`~metricattack.metrics.distance.Metric` (e.g. a loaded XQDA file) or a fitted
             XQDA / KISSME result.
         method: ``"fgsm"`` (Eq. 5), ``"ifgsm"`` (Eq. 6), ``"mifgsm"`` (Eq. 7), ``"pgd"``, or
-            another registered attack method.
+            another registered attack method (``metricattack.METHODS``).
         eps: L∞ radius ε in 0..255 pixel units.
-        alpha: step size α in 0..255 units (iterative methods).
-        steps: iterations; ``None`` gives the paper's ``min(ε + 4, 1.25 ε)``.
-        mu: MI-FGSM's momentum decay.
         targeted: pull each image toward its references (Eq. 8) instead of pushing it away.
-        seed: seeds PGD's random start; image ``i`` of a batch draws its noise from ``(seed, i)``.
+        seed: seeds the per-image randomness (PGD's random start); image ``i`` of a batch draws
+            from ``(seed, i)``.
+        **options: the method's options, by name (``alpha``, ``steps``, ``mu``, ``random_start``, ...:
+            ``METHODS.get(method).Options``; defaults: the paper's α = 1, n = min(ε + 4, 1.25 ε), μ = 1).
 
     Calling ``atk(images, references)``:
 
@@ -75,7 +76,7 @@ class MetricAttack:
       maximises (targeted: minimises) the mean metric distance to its ``R_i`` references.
 
     Returns a new tensor ``[B,3,H,W]`` in [0,1] with ``|adv − images| ≤ ε/255``; the inputs
-    are not modified. Round to the 1/255 grid with :func:`~metricattack.attacks.methods.quantize`
+    are not modified. Round to the 1/255 grid with :func:`~metricattack.attacks.ops.quantize`
     before saving 8-bit images. The attack of an image depends on that image and its
     references only (and, for PGD, on its position in the batch), so FGSM, I-FGSM and
     MI-FGSM give the same images for any batching.
@@ -98,24 +99,23 @@ class MetricAttack:
         metric: Any = "euclidean",
         method: str = "ifgsm",
         eps: float = 5,
-        alpha: float = 1,
-        steps: int | None = None,
-        mu: float = 1,
         targeted: bool = False,
         seed: int = 0,
+        **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise MetricAttackError(f"MetricAttack needs an nn.Module mapping images to features, got {type(model).__name__}")
         self.model = model
         self.metric = as_metric(metric)
-        self.spec: AttackSpec = make_spec("MetricAttack", method=method, eps=eps, alpha=alpha, steps=steps, mu=mu, seed=seed)
+        self.spec: AttackSpec = make_spec("MetricAttack", method=method, eps=eps, seed=seed, **options)
         self.targeted = bool(targeted)
 
     def __repr__(self) -> str:
         s = self.spec
+        options = "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v!r}" for k, v in s.options.model_dump().items())
         return (
             f"MetricAttack(model={type(self.model).__name__}, metric={self.metric.name!r}, method={s.method!r}, "
-            f"eps={s.eps:g}, alpha={s.alpha:g}, steps={s.num_steps}, mu={s.mu:g}, targeted={self.targeted}, seed={s.seed})"
+            f"eps={s.eps:g}, targeted={self.targeted}, seed={s.seed}{options})"
         )
 
     def __call__(self, images: torch.Tensor, references: References) -> torch.Tensor:
@@ -134,7 +134,8 @@ class MetricAttack:
                 indices=torch.arange(images.shape[0]),
                 active=targets.active,
                 minimise=self.targeted,
-            )
+                models=(ModelInfo.of(self.model),),
+            ).images
         finally:
             self.model.train(was_training)
 

@@ -4,18 +4,20 @@ Layout of ``out`` (readable by ``load_dataset("folder", out)`` and any Market-15
 
 * the attacked split, every image as a lossless PNG at native resolution and the same relative
   path; pixels on the 1/255 grid, within ⌊ε⌋/255 of the original and inside [0,1] (see
-  :func:`~.methods.quantize`); images that are not attacked (junk, distractors, ...) are
+  :func:`~.ops.quantize`); images that are not attacked (junk, distractors, ...) are
   written unchanged as PNG too. File names (``file_names``): ``"source"`` (default) keeps every
   name *with its extension*, so ``0002_c1s1_000451_03.jpg`` holds PNG data — the usual
   Market-1501 readers list ``*.jpg`` and decode by content (PIL, OpenCV, torchvision), so they
   load the attacked copy unchanged; ``"png"`` renames to ``0002_c1s1_000451_03.png``;
 * the other splits copied with their original names (copies, never hard links: changing the
   adversarial dataset must not change the source; reflinks where the file system has them);
-* ``manifest.json``: attack spec, setting, metric, models (checkpoint SHA-256), seed, software
+* ``manifest.json``: attack spec (method options resolved), threat model, metric, models (checkpoint SHA-256), seed, software
   versions, source dataset fingerprint, and per file ``source → output`` name and SHA-256;
 * ``attack_results.json``: clean vs adversarial CMC/mAP (images reloaded from disk *and* the
   in-memory float images), mean true-positive distance, targeted success, measured L∞, and
-  the chance level (expected CMC/mAP of a random ranking, :mod:`~metricattack.evaluation.chance`);
+  the chance level (expected CMC/mAP of a random ranking, :mod:`~metricattack.evaluation.chance`),
+  and per attacked image the method's cost (forward / backward passes) and zero gradients
+  (``calls``; images whose gradient was zero are also logged as a warning);
 * ``.attack/``: the run identity and per-batch completion records (resumption);
 * ``.metricattack.lock``: the lock one run at a time holds (:mod:`metricattack.outputs`).
 
@@ -31,6 +33,7 @@ with the first one's pid, host and start time.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,23 +56,28 @@ from ..evaluation.ranking import APConvention
 from ..io import atomic_path, atomic_write_json, copy_file, environment_versions, sha256_file, sha256_json
 from ..metrics.distance import Metric
 from ..outputs import check_output_folder, claim_output
-from .methods import linf_255, quantize
+from ..wording import counted
 from .objectives import metrics_per_model
+from .ops import linf_255, quantize
 from .runner import (
-    SplitFeatures,
     attack_batches,
+    check_attack,
     clean_features,
     mean_true_positive_distance,
     plan_attack,
     targeted_success,
     true_positive_pairs,
 )
-from .spec import SETTINGS, AttackSpec, check_savable
+from .spec import AttackSpec, check_savable
+from .threats import SplitFeatures
 
-MANIFEST_FORMAT = "metricattack.adversarial-dataset/1"
-RESULTS_FORMAT = "metricattack.attack-results/1"
+MANIFEST_FORMAT = "metricattack.adversarial-dataset/2"
+RESULTS_FORMAT = "metricattack.attack-results/2"
+COUNTS = ("forward", "backward", "zero_gradient")
 STATE_DIR = ".attack"
 FILE_NAMES = ("source", "png")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,10 +150,28 @@ def _batch_dir(out: Path) -> Path:
     return out / STATE_DIR / "batches" / f"rank{rank}-of{world}"
 
 
-def _gather_batch_records(out: Path, count: int, num_eval: int) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, str]]:
-    """In-memory adversarial features per eval model ``[count, D]``, in-memory L∞ ``[count]`` and file checksums."""
+@dataclass(frozen=True)
+class BatchRecords:
+    """What the batch records of a finished run hold, in split order.
+
+    Attributes:
+        features: per evaluated model, in-memory adversarial features ``[N, D]``.
+        linf_memory: ``[N]`` in-memory L∞ (0..255 units).
+        counts: ``forward`` / ``backward`` / ``zero_gradient`` → ``[N]`` per-image call counts.
+        checksums: output file → SHA-256.
+    """
+
+    features: list[torch.Tensor]
+    linf_memory: torch.Tensor
+    counts: dict[str, torch.Tensor]
+    checksums: dict[str, str]
+
+
+def _gather_batch_records(out: Path, count: int, num_eval: int) -> BatchRecords:
+    """The batch records of ``out`` (:class:`BatchRecords`) for a split of ``count`` images."""
     feats: list[dict[int, torch.Tensor]] = [{} for _ in range(num_eval)]
     linf: dict[int, float] = {}
+    counts: dict[str, dict[int, int]] = {name: {} for name in COUNTS}
     checksums: dict[str, str] = {}
     for record in sorted((out / STATE_DIR / "batches").glob("*/*.json")):
         info = json.loads(record.read_text(encoding="utf-8"))
@@ -154,10 +180,18 @@ def _gather_batch_records(out: Path, count: int, num_eval: int) -> tuple[list[to
         for m in range(num_eval):
             feats[m].update(zip(indices, tensors[f"features.{m}"], strict=True))
         linf.update(zip(indices, tensors["linf_memory"].tolist(), strict=True))
+        for name in COUNTS:
+            counts[name].update(zip(indices, tensors[f"calls.{name}"].tolist(), strict=True))
         checksums.update(info["files"])
     if len(linf) != count:
         raise MetricAttackError(f"{out}: batch records cover {len(linf)} of {count} images; re-run the attack to finish it")
-    return [torch.stack([f[i] for i in range(count)]) for f in feats], torch.tensor([linf[i] for i in range(count)]), checksums
+    order = range(count)
+    return BatchRecords(
+        [torch.stack([f[i] for i in order]) for f in feats],
+        torch.tensor([linf[i] for i in order]),
+        {name: torch.tensor([c[i] for i in order], dtype=torch.long) for name, c in counts.items()},
+        checksums,
+    )
 
 
 def measured_linf(original: Sequence[ImageRecord], adversarial: Sequence[ImageRecord]) -> torch.Tensor:
@@ -173,7 +207,7 @@ def export_attack(
     dataset: ReIDDataset,
     out: str | Path,
     spec: AttackSpec,
-    setting: str = "gallery",
+    threat: str = "gallery",
     *,
     eval_models: Sequence[ModelEntry] = (),
     metric_record: dict[str, Any] | None = None,
@@ -189,6 +223,8 @@ def export_attack(
     Args:
         attack_models: one entry per model of the (ensemble) attack; each model's metric is
             used for its loss and its white-box evaluation.
+        threat: a :data:`~.threats.THREATS` name (the method × threat model pair, the models and
+            the data are checked before the output folder is claimed).
         eval_models: further (black-box) models evaluated on the result.
         metric_record: provenance of the metric option (name, file, checksum).
         file_names: ``"source"`` (keep each name and extension) or ``"png"`` (``.png`` extension).
@@ -200,10 +236,11 @@ def export_attack(
     if file_names not in FILE_NAMES:
         raise MetricAttackError(f"unknown file_names {file_names!r}; expected one of {', '.join(FILE_NAMES)}")
     check_savable(spec, "eps")
-    SETTINGS.get(setting)  # an unknown setting fails before any work
-    require_valid_matches(dataset)
-    check_output_location(out, dataset.root)
     models = [e.model for e in attack_models]
+    rule = check_attack(models, threat, spec)
+    require_valid_matches(dataset)
+    rule.select(dataset, spec.seed)  # labels only: a threat model that cannot attack this data fails here
+    check_output_location(out, dataset.root)
     metrics_per_model(models, [e.metric for e in attack_models])
     everyone = [*attack_models, *eval_models]
     metrics_per_model([e.model for e in everyone], [e.metric for e in everyone])
@@ -211,7 +248,7 @@ def export_attack(
     fingerprint = dataset_fingerprint(dataset)
     identity_fields = {
         "attack": spec.resolved(),
-        "setting": setting,
+        "threat_model": threat,
         "metric": metric_record or {},
         "models": [e.record for e in attack_models],
         "dataset_fingerprint": fingerprint,
@@ -228,7 +265,7 @@ def export_attack(
             for e in everyone:
                 e.model.eval()
             features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device)
-            plan = plan_attack(models, [e.metric for e in attack_models], dataset, setting, spec, features[: len(models)])
+            plan = plan_attack(models, [e.metric for e in attack_models], dataset, threat, spec, features[: len(models)])
             _write_batches(
                 plan,
                 spec,
@@ -248,7 +285,6 @@ def export_attack(
                 dataset,
                 plan,
                 spec,
-                setting,
                 everyone,
                 len(attack_models),
                 features,
@@ -307,6 +343,7 @@ def _write_batches(
             save_png(pixels[i].float() / 255.0, out / rel)
             files[rel.as_posix()] = sha256_file(out / rel)
         tensors = {"indices": batch.indices.clone(), "linf_memory": linf_255(batch.adversarial, batch.clean).cpu().contiguous()}
+        tensors.update({f"calls.{name}": getattr(batch.counts, name).clone() for name in COUNTS})
         # images the attack leaves alone keep their pixels, hence their clean features (not recomputed:
         # distractors and junk are most of a Market-like gallery)
         active = plan.active[batch.indices]
@@ -329,7 +366,6 @@ def _finish(
     dataset: ReIDDataset,
     plan,
     spec: AttackSpec,
-    setting: str,
     everyone: Sequence[ModelEntry],
     num_attack: int,
     features: Sequence[SplitFeatures],
@@ -340,7 +376,8 @@ def _finish(
     device,
     ap: APConvention,
 ) -> dict[str, Any]:
-    memory_feats, linf_memory, checksums = _gather_batch_records(out, len(plan.records), len(everyone))
+    records = _gather_batch_records(out, len(plan.records), len(everyone))
+    memory_feats, linf_memory, checksums = records.features, records.linf_memory, records.checksums
     files = []
     for split in SPLITS:
         attacked = split == plan.split
@@ -363,7 +400,7 @@ def _finish(
         "encoding": "png",
         "file_names": identity["file_names"],
         "attack": identity["attack"],
-        "setting": setting,
+        "threat_model": identity["threat_model"],
         "seed": spec.seed,
         "metric": identity["metric"],
         "models": identity["models"],
@@ -389,7 +426,8 @@ def _finish(
     active = plan.active
     results = {
         "format": RESULTS_FORMAT,
-        "setting": setting,
+        "threat_model": identity["threat_model"],
+        "mode": plan.threat.mode,
         "attacked_split": plan.split,
         "attack": identity["attack"],
         "metric": identity["metric"],
@@ -404,6 +442,7 @@ def _finish(
             "max_memory": float(linf_memory.max()),
             "max_disk_unattacked": float(disk_linf[~active].max()) if (~active).any() else 0.0,
         },
+        "calls": call_summary(records.counts, active, linf_memory),
         "evaluations": evaluations,
         "chance": dataset_chance(dataset, ap).to_dict(),
         "dataset": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint},
@@ -414,6 +453,40 @@ def _finish(
     if is_main_process():
         atomic_write_json(out / "attack_results.json", results)
     return results
+
+
+def call_summary(counts: dict[str, torch.Tensor], active: torch.Tensor, linf_memory: torch.Tensor, examples: int = 10) -> dict[str, Any]:
+    """What the method did to the attacked images (``active [N]``): mean and max forward / backward
+    passes per image, the images whose input gradient was exactly zero at some step and those that
+    did not move at all (in memory), each with a count and the first ``examples`` split positions.
+    Logs a warning for each of the last two when it is not empty (a zero gradient is never silent)."""
+    attacked = torch.nonzero(active).flatten()
+    summary: dict[str, Any] = {}
+    for name in ("forward", "backward"):
+        values = counts[name][attacked].double()
+        summary[name] = {"mean": float(values.mean()) if attacked.numel() else 0.0, "max": int(values.max()) if attacked.numel() else 0}
+    flagged = {
+        "zero_gradient": attacked[counts["zero_gradient"][attacked] > 0],
+        "unmoved": attacked[linf_memory[attacked] == 0],
+    }
+    for name, where in flagged.items():
+        summary[name] = {"images": int(where.numel()), "examples": where[:examples].tolist()}
+    if flagged["zero_gradient"].numel():
+        logger.warning(
+            "the attack's input gradient was exactly zero at some step on %s (split positions %s%s); "
+            "those steps did not move them (attack_results.json: calls.zero_gradient)",
+            counted(int(flagged["zero_gradient"].numel()), "attacked image"),
+            ", ".join(map(str, summary["zero_gradient"]["examples"])),
+            ", ..." if flagged["zero_gradient"].numel() > examples else "",
+        )
+    if flagged["unmoved"].numel():
+        logger.warning(
+            "%s left unchanged by the attack (split positions %s%s; attack_results.json: calls.unmoved)",
+            counted(int(flagged["unmoved"].numel()), "attacked image"),
+            ", ".join(map(str, summary["unmoved"]["examples"])),
+            ", ..." if flagged["unmoved"].numel() > examples else "",
+        )
+    return summary
 
 
 def _evaluate_model(

@@ -13,15 +13,8 @@ images are the same, and the mean is a readable distance. Every ``Metric`` is
 so each image needs one centroid and one constant (:class:`ReferenceTargets`), computed once
 per model from detached reference features: cost and memory do not grow with ``|R(x)|``.
 
-**Reference sets** (pure functions of identities, cameras and a seed):
-
-* :func:`gallery_reference_sets` -- gallery image of identity k ↦ every query image of k
-  (non-targeted gallery attack; junk, distractors and identities without query: empty).
-* :func:`query_reference_sets` -- probe ↦ its true gallery matches (same identity, other camera).
-* :func:`targeted_reference_sets` -- gallery image ↦ one probe of another identity, drawn
-  uniformly with a seeded generator, identity by identity in ascending order of identity.
-
-Images with an empty reference set are not attacked.
+**Reference sets** (which probes each image is measured against) are chosen by the threat
+models (:mod:`metricattack.attacks.threats`); images with an empty reference set are not attacked.
 
 **Classification baseline** (:class:`ClassificationLoss`): cross-entropy of the model's own
 classifier w.r.t. the class it predicts on the clean image (test identities are not classes
@@ -36,95 +29,36 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.types import DISTRACTOR_PID, JUNK_PID, ReIDDataset
+from ..data.types import DISTRACTOR_PID, JUNK_PID
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
 
 RefSets = list[tuple[int, ...]]
 
 
-def _as_list(values: Sequence[int] | torch.Tensor) -> list[int]:
+def as_list(values: Sequence[int] | torch.Tensor) -> list[int]:
+    """Identity labels as a list of ints."""
     return values.tolist() if isinstance(values, torch.Tensor) else [int(v) for v in values]
 
 
-def _is_identity(pid: int) -> bool:
+def is_identity(pid: int) -> bool:
+    """True for a real identity (not junk −1, not distractor 0)."""
     return pid not in (JUNK_PID, DISTRACTOR_PID)
 
 
-def gallery_reference_sets(gallery_pids: Sequence[int] | torch.Tensor, query_pids: Sequence[int] | torch.Tensor) -> RefSets:
-    """Per gallery image: indices of the query images of its identity (empty for junk/distractors)."""
-    by_pid: dict[int, list[int]] = {}
-    for q, pid in enumerate(_as_list(query_pids)):
-        by_pid.setdefault(pid, []).append(q)
-    return [tuple(by_pid.get(pid, ())) if _is_identity(pid) else () for pid in _as_list(gallery_pids)]
+class LossPart(Protocol):
+    """One model's per-image loss: ``prepare(clean, indices)`` once per batch on the clean images
+    (e.g. the classifier's predictions), then ``part(images, indices) -> [B]``."""
 
+    def prepare(self, clean: torch.Tensor, indices: torch.Tensor) -> None: ...
 
-def query_reference_sets(
-    query_pids: Sequence[int] | torch.Tensor,
-    query_camids: Sequence[int] | torch.Tensor,
-    gallery_pids: Sequence[int] | torch.Tensor,
-    gallery_camids: Sequence[int] | torch.Tensor,
-) -> RefSets:
-    """Per probe: indices of its true gallery matches (same identity, different camera)."""
-    by_pid: dict[int, list[tuple[int, int]]] = {}
-    for g, (pid, cam) in enumerate(zip(_as_list(gallery_pids), _as_list(gallery_camids), strict=True)):
-        by_pid.setdefault(pid, []).append((g, cam))
-    out: RefSets = []
-    for pid, cam in zip(_as_list(query_pids), _as_list(query_camids), strict=True):
-        matches = by_pid.get(pid, []) if _is_identity(pid) else []
-        out.append(tuple(g for g, g_cam in matches if g_cam != cam))
-    return out
-
-
-def targeted_reference_sets(
-    gallery_pids: Sequence[int] | torch.Tensor, query_pids: Sequence[int] | torch.Tensor, seed: int
-) -> tuple[RefSets, torch.Tensor]:
-    """Per gallery image of a queried identity: one target probe of another identity.
-
-    Returns ``(sets, targets [G] long)`` with ``targets[g] = −1`` for images not attacked (junk,
-    distractors, identities without query). Targets are drawn uniformly among the probes whose
-    identity differs, with ``torch.Generator().manual_seed(seed)``, identity by identity in
-    ascending identity order (within an identity: gallery order).
-    """
-    g_pids, q_pids = _as_list(gallery_pids), _as_list(query_pids)
-    queried = {p for p in q_pids if _is_identity(p)}
-    gen = torch.Generator().manual_seed(int(seed))
-    targets = torch.full((len(g_pids),), -1, dtype=torch.long)
-    q_tensor = torch.tensor(q_pids, dtype=torch.long)
-    members_of: dict[int, list[int]] = {}
-    for g, pid in enumerate(g_pids):
-        members_of.setdefault(pid, []).append(g)
-    for pid in sorted(queried):
-        members = members_of.get(pid, [])
-        if not members:
-            continue
-        candidates = torch.nonzero((q_tensor != pid) & (q_tensor != JUNK_PID), as_tuple=False).flatten()
-        if candidates.numel() == 0:
-            raise MetricAttackError(f"targeted attack: identity {pid} has no probe of another identity to be pulled toward")
-        draws = torch.randint(candidates.numel(), (len(members),), generator=gen)
-        targets[members] = candidates[draws]
-    return [(int(t),) if t >= 0 else () for t in targets.tolist()], targets
-
-
-def gallery_references(dataset: ReIDDataset, seed: int) -> tuple[RefSets, None]:
-    """:func:`gallery_reference_sets` of ``dataset`` (the ``gallery`` and ``classification`` settings)."""
-    return gallery_reference_sets([r.pid for r in dataset.gallery], [r.pid for r in dataset.query]), None
-
-
-def query_references(dataset: ReIDDataset, seed: int) -> tuple[RefSets, None]:
-    """:func:`query_reference_sets` of ``dataset`` (the ``query`` setting)."""
-    q, g = dataset.query, dataset.gallery
-    return query_reference_sets([r.pid for r in q], [r.camid for r in q], [r.pid for r in g], [r.camid for r in g]), None
-
-
-def targeted_references(dataset: ReIDDataset, seed: int) -> tuple[RefSets, torch.Tensor]:
-    """:func:`targeted_reference_sets` of ``dataset`` with ``seed`` (the ``targeted`` setting)."""
-    return targeted_reference_sets([r.pid for r in dataset.gallery], [r.pid for r in dataset.query], seed)
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -226,7 +160,7 @@ class ClassificationLoss:
 class EnsembleLoss:
     """Mean of per-model losses (paper Sec. 3.4.3); one part is just that part's loss."""
 
-    def __init__(self, parts: Sequence[MetricLoss | ClassificationLoss]) -> None:
+    def __init__(self, parts: Sequence[LossPart]) -> None:
         if not parts:
             raise MetricAttackError("an attack needs at least one model")
         self.parts = list(parts)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..wording import counted
+from .spec import describe
+
 
 def _pct(value: float | None) -> str:
     return "   n/a" if value is None else f"{100 * value:6.2f}"
@@ -16,14 +19,16 @@ def _model_label(row: dict[str, Any], index: int) -> str:
 
 
 def format_summary(results: dict[str, Any]) -> str:
-    """Rank-1 / mAP clean → adversarial (disk and memory), true-positive distances, L∞, targeted success."""
-    attack = results["attack"]
+    """The attack (method options resolved), rank-1 / mAP clean → adversarial (disk and memory), true-positive
+    distances, L∞, cost and zero gradients, targeted success."""
+    calls = results["calls"]
     lines = [
-        f"{attack['method']} eps={attack['eps']} alpha={attack['alpha']} steps={attack['steps']} mu={attack['mu']} "
-        f"seed={attack['seed']} | setting={results['setting']} ({results['attacked_split']} attacked: "
+        f"{describe(results['attack'])} | threat model={results['threat_model']} ({results['attacked_split']} attacked: "
         f"{results['num_attacked']}/{results['num_images']} images) | AP: {results['ap_convention']}",
         f"L-inf (0..255): max on disk {results['linf_255']['max_disk']:.0f}, in memory {results['linf_255']['max_memory']:.3f} "
         f"(bound {results['linf_255']['bound']})",
+        f"cost per attacked image: {calls['forward']['mean']:.4g} forward + {calls['backward']['mean']:.4g} backward passes; "
+        f"zero gradient on {counted(calls['zero_gradient']['images'], 'image')}, unmoved: {calls['unmoved']['images']}",
         "",
         f"{'model':<40} {'metric':<12} {'mAP clean':>9} {'mAP disk':>9} {'mAP mem':>9} {'R1 clean':>9} {'R1 disk':>9} {'R1 mem':>9} {'d(tp) clean→disk':>18}",
     ]

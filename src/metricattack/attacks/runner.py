@@ -1,8 +1,8 @@
 """Attack a dataset split batch by batch, and measure what the attack did.
 
-:func:`plan_attack` fixes everything before the first batch: which split is attacked, which
-images are active, each image's references (from clean features computed once per model,
-detached) and the objective. :func:`attack_batches` then streams the split at native image
+:func:`plan_attack` fixes everything before the first batch: the threat model (which split is
+perturbed, which images are active, each image's references, from clean features computed once
+per model, detached) and the objective. :func:`attack_batches` then streams the split at native image
 size (``make_loader`` buckets, sharded under ``torchrun``) and yields one
 :class:`AttackedBatch` at a time, so memory is bounded by the batch size, not the split.
 
@@ -24,17 +24,11 @@ from ..data.types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
 from ..errors import MetricAttackError
 from ..evaluation.features import extract_features
 from ..metrics.distance import Metric
-from .methods import perturb
-from .objectives import ClassificationLoss, EnsembleLoss, MetricLoss, ReferenceTargets, metrics_per_model
-from .spec import SETTINGS, AttackSpec
-
-
-@dataclass(frozen=True)
-class SplitFeatures:
-    """Clean features of one model: ``query [Q, D]`` and ``gallery [G, D]``."""
-
-    query: torch.Tensor
-    gallery: torch.Tensor
+from .objectives import EnsembleLoss, metrics_per_model
+from .perturb import perturb
+from .problem import CallCounts, ModelInfo
+from .spec import AttackSpec
+from .threats import THREATS, Selection, SplitFeatures, ThreatModel
 
 
 def clean_features(
@@ -55,58 +49,76 @@ class AttackPlan:
     """Everything fixed before the first batch.
 
     Attributes:
-        setting: ``gallery``, ``targeted``, ``query`` or ``classification``.
-        split: the attacked split (``gallery`` or ``query``).
-        records: that split's records.
-        active: ``[N]`` bool, images that are perturbed (others are written unchanged).
-        targets: ``[N]`` target probe per image (targeted setting, −1 when inactive) or None.
-        objective: per-image loss over all attack models.
-        minimise: True for the targeted attack (Eq. 8).
+        threat: the threat model (a :data:`~.threats.THREATS` entry).
+        records: the perturbed split's records.
+        selection: which images are perturbed (``active [N]``), their references and targets.
+        objective: per-image loss over all attacked models.
+        models: what the method may know of each attacked model (input sizes).
     """
 
-    setting: str
-    split: str
+    threat: ThreatModel
     records: tuple[ImageRecord, ...]
-    active: torch.Tensor
-    targets: torch.Tensor | None
+    selection: Selection
     objective: EnsembleLoss
-    minimise: bool
+    models: tuple[ModelInfo, ...]
+
+    @property
+    def split(self) -> str:
+        """The perturbed split (``gallery`` or ``query``)."""
+        return self.threat.split
+
+    @property
+    def active(self) -> torch.Tensor:
+        """``[N]`` bool: the images that are perturbed (others are left unchanged)."""
+        return self.selection.active
+
+    @property
+    def targets(self) -> torch.Tensor | None:
+        """``[N]`` target probe per image (targeted threat models, −1 when inactive) or None."""
+        return self.selection.targets
+
+
+def check_attack(models: Sequence[nn.Module], threat: str, spec: AttackSpec) -> ThreatModel:
+    """The threat model ``threat``, after refusing (ConfigError with the reason) a method, objective or
+    model it cannot attack with; labels only, so it runs before any output is claimed."""
+    model = THREATS.get(threat)
+    model.check(spec.build(), spec.objective, models)
+    return model
 
 
 def plan_attack(
     models: Sequence[nn.Module],
     metrics: Metric | Sequence[Metric],
     dataset: ReIDDataset,
-    setting: str,
+    threat: str,
     spec: AttackSpec,
     features: Sequence[SplitFeatures],
 ) -> AttackPlan:
-    """Build the objective of ``setting`` (a :data:`~.spec.SETTINGS` name) from each model's clean ``features``."""
-    rule = SETTINGS.get(setting)
+    """Build the objective of ``threat`` (a :data:`~.threats.THREATS` name) from each model's clean ``features``."""
+    rule = check_attack(models, threat, spec)
     if len(features) != len(models):
         raise MetricAttackError(f"got clean features of {len(features)} models for {len(models)} models")
     per_model = metrics_per_model(models, metrics)
-    ref_sets, targets = rule.references(dataset, spec.seed)
-    active = torch.tensor([bool(s) for s in ref_sets], dtype=torch.bool)
-    parts: list[MetricLoss | ClassificationLoss] = []
+    selection = rule.select(dataset, spec.seed)
+    objective = rule.objective_name(spec.objective)
+    parts = []
     for model, metric, feats in zip(models, per_model, features, strict=True):
         model.eval()
-        if rule.classification:
-            parts.append(ClassificationLoss(model))
-        else:
-            refs = feats.gallery if rule.split == "query" else feats.query
-            parts.append(MetricLoss(model, metric, ReferenceTargets.build(metric, refs, ref_sets)))
-    return AttackPlan(setting, rule.split, dataset.split(rule.split), active, targets, EnsembleLoss(parts), rule.minimise)
+        parts.append(rule.part(model, metric, feats, selection, objective))
+    infos = tuple(ModelInfo.of(model) for model in models)
+    return AttackPlan(rule, dataset.split(rule.split), selection, EnsembleLoss(parts), infos)
 
 
 @dataclass(frozen=True)
 class AttackedBatch:
-    """One attacked batch: ``number`` (this rank's batch order), ``indices [B]`` into the split, images ``[B,3,H,W]``."""
+    """One attacked batch: ``number`` (this rank's batch order), ``indices [B]`` into the split, images
+    ``[B,3,H,W]`` and the per-image call counts (:class:`~.problem.CallCounts`)."""
 
     number: int
     indices: torch.Tensor
     clean: torch.Tensor
     adversarial: torch.Tensor
+    counts: CallCounts
 
 
 class AttackBatches:
@@ -133,10 +145,12 @@ class AttackBatches:
             active = plan.active[indices]
             if active.any():
                 plan.objective.prepare(clean, indices)
-                adversarial = perturb(clean, plan.objective, self.spec, indices=indices, active=active, minimise=plan.minimise)
+                result = perturb(
+                    clean, plan.objective, self.spec, indices=indices, active=active, minimise=plan.threat.minimise, models=plan.models
+                )
+                yield AttackedBatch(number, indices, clean, result.images, result.counts)
             else:
-                adversarial = clean.clone()
-            yield AttackedBatch(number, indices, clean, adversarial)
+                yield AttackedBatch(number, indices, clean, clean.clone(), CallCounts.zeros(len(batch)))
 
 
 def attack_batches(

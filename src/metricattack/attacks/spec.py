@@ -1,194 +1,173 @@
-"""What an attack is: the method and its step sizes (:class:`AttackSpec`) and the setting.
+"""What an attack is: :class:`AttackSpec` = the common fields + the method's own options.
 
-ε and α are in 0..255 pixel units on images in [0,1] (the code divides by 255). Paper
-defaults (Sec. 5): α = 1, μ = 1, n = ⌊min(ε + 4, 1.25 ε)⌋ iterations (Kurakin et al.), at
-least 1. FGSM is always one step of size ε; PGD is I-FGSM from a uniform random start in
-the ε-ball.
+Common fields: ``method`` (a :data:`~.methods.METHODS` name), ``eps`` (L∞ radius in 0..255
+pixel units), ``seed`` (per-image randomness and the targeted threat model's targets) and
+``objective`` (which of the threat model's objectives is attacked; None: its first). Every
+other key is an option of the method, validated against that method's ``Options`` schema and
+resolved against ε (the paper's defaults filled in: α = min(1, ε), n = ⌊min(ε + 4, 1.25 ε)⌋,
+μ = 1, PGD's random start on). In YAML, options sit beside the common fields or under
+``options:``::
 
-Settings (paper Sec. 3.4, plus two extensions):
+    attack: {method: mifgsm, eps: 5, mu: 0.5}
+    attack: {method: mifgsm, eps: 5, options: {mu: 0.5}}     # the same spec
 
-* ``gallery`` -- non-targeted: each gallery image of identity k is pushed away from all
-  query images of identity k (maximise the metric); junk, distractors and identities
-  without a query stay untouched.
-* ``targeted`` -- each such gallery image is pulled toward one seeded probe of another
-  identity (Eq. 8: minimise the metric).
-* ``query`` -- each probe is pushed away from its true gallery matches (same identity,
-  other camera: the matches the evaluation counts).
-* ``classification`` -- baseline: maximise the cross-entropy of each model's own classifier
-  w.r.t. the class it predicts for the clean image (test identities are not among the
-  classifier's classes); same images attacked as in ``gallery``.
-
-Methods and settings are listed in the registries :data:`METHODS` and :data:`SETTINGS`; a
-method or setting registered there is accepted everywhere a name is (configs, ``--method``,
-``--setting``), and errors list the registered names.
+``spec.resolved()`` (``{"method", "eps", "seed", "objective", "options": {...}}``, every
+default filled) is what stage keys, manifests, ``attack_results.json``, results.json and the
+printed summaries record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import torch
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, SerializeAsAny, ValidationError, model_validator
 
 from ..config import StrictModel, validate
-from ..data.types import ReIDDataset
 from ..errors import ConfigError
-from ..registry import Registry
-from .objectives import RefSets, gallery_references, query_references, targeted_references
-
-
-@dataclass(frozen=True)
-class AttackMethod:
-    """How an attack method steps; :func:`~metricattack.attacks.methods.perturb` follows these flags.
-
-    Attributes:
-        summary: one line naming the method (help texts, reports).
-        label: its name in tables and figures (the paper's ``I-FGSM``); empty: the registry name.
-        single_step: one step of size ε from the clean image (FGSM); ``steps`` must be 1 or unset.
-        momentum: accumulate per-image L1-normalised gradients with decay μ (MI-FGSM).
-        random_start: start from a uniform point of the ε-ball (PGD), unless the spec says ``random_start: false``.
-    """
-
-    summary: str
-    label: str = ""
-    single_step: bool = False
-    momentum: bool = False
-    random_start: bool = False
-
-
-METHODS: Registry[AttackMethod] = Registry("attack method")
-"""Attack method name → :class:`AttackMethod`."""
-METHODS.register("fgsm", AttackMethod("FGSM (Eq. 5): one step of size ε", "FGSM", single_step=True))
-METHODS.register("ifgsm", AttackMethod("I-FGSM (Eq. 6): n steps of size α, projected on the ε-ball", "I-FGSM"))
-METHODS.register("mifgsm", AttackMethod("MI-FGSM (Eq. 7): I-FGSM on momentum-accumulated gradients", "MI-FGSM", momentum=True))
-METHODS.register("pgd", AttackMethod("PGD: I-FGSM from a uniform random start in the ε-ball", "PGD", random_start=True))
-
-References = Callable[[ReIDDataset, int], tuple[RefSets, torch.Tensor | None]]
-
-
-@dataclass(frozen=True)
-class AttackSetting:
-    """What an attack setting attacks and toward what.
-
-    Attributes:
-        summary: one line describing the setting.
-        split: the attacked split, ``gallery`` or ``query``; reference features come from the other split.
-        references: ``(dataset, seed) -> (reference sets, targets)``: per image of ``split``, the
-            indices of the other split's images its loss is measured against (empty: not attacked),
-            and for a targeted setting ``targets [N]`` (−1 when not attacked), else None.
-        minimise: descend the metric loss (pull toward the references) instead of ascending it.
-        classification: attack each model's classifier instead of the metric (same images attacked).
-    """
-
-    summary: str
-    split: Literal["gallery", "query"]
-    references: References
-    minimise: bool = False
-    classification: bool = False
-
-
-SETTINGS: Registry[AttackSetting] = Registry("attack setting")
-"""Attack setting name → :class:`AttackSetting`."""
-SETTINGS.register(
-    "gallery", AttackSetting("non-targeted: push gallery images away from their identity's probes", "gallery", gallery_references)
-)
-SETTINGS.register(
-    "targeted",
-    AttackSetting("pull gallery images toward one probe of another identity (Eq. 8)", "gallery", targeted_references, minimise=True),
-)
-SETTINGS.register("query", AttackSetting("push probes away from their true gallery matches", "query", query_references))
-SETTINGS.register(
-    "classification",
-    AttackSetting("baseline: attack each model's classifier on the gallery's images", "gallery", gallery_references, classification=True),
-)
+from .methods import METHODS, AttackMethod, MethodOptions
 
 MethodName = Annotated[str, AfterValidator(METHODS.check)]
 """A pydantic field type: the name of a registered attack method."""
-SettingName = Annotated[str, AfterValidator(SETTINGS.check)]
-"""A pydantic field type: the name of a registered attack setting."""
 
 
-def paper_steps(eps: float) -> int:
-    """The paper's iteration count ``max(1, int(min(ε + 4, 1.25 ε)))`` (ε in 0..255 units)."""
-    return max(1, int(min(eps + 4.0, 1.25 * eps)))
+def method_options(method: str, values: dict[str, Any] | MethodOptions | None = None, eps: float | None = None) -> MethodOptions:
+    """``values`` validated against ``method``'s options schema (resolved when ``eps`` is given).
 
-
-class StepSizes(StrictModel):
-    """The size of an attack, in 0..255 pixel units: shared by :class:`AttackSpec` and the
-    benchmark's attack section (which applies them to several methods and ε).
-
-    Attributes:
-        eps: L∞ radius ε, ``0 < ε ≤ 255``.
-        alpha: step size α of the iterative methods, ``0 < α ≤ ε`` (ignored by FGSM); by default
-            the paper's 1, or ε when ε < 1.
-        steps: iterations n; ``None`` → :func:`paper_steps` (FGSM: always 1).
-        mu: momentum decay μ of MI-FGSM.
+    Raises ValueError naming every bad option (unknown ones with the method's option names).
     """
+    schema = METHODS.get(method).Options
+    if isinstance(values, MethodOptions):
+        values = values.model_dump(exclude_unset=True)
+    try:
+        options = schema.model_validate(values or {})
+    except ValidationError as exc:
+        names = ", ".join(schema.model_fields) or "none"
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{method} has no option {key!r} (its options: {names})")
+            else:
+                problems.append(f"{method} option {key}: {err['msg']}")
+        raise ValueError("; ".join(problems)) from None
+    return options if eps is None else options.resolve(eps)
 
-    eps: float = Field(default=5.0, gt=0, le=255, allow_inf_nan=False)
-    alpha: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    steps: int | None = Field(default=None, ge=1)
-    mu: float = Field(default=1.0, ge=0, allow_inf_nan=False)
 
-
-class AttackSpec(StepSizes):
-    """One attack method with its parameters (all pixel quantities in 0..255 units; ε, α, n, μ
-    as in :class:`StepSizes`).
+class AttackSpec(StrictModel):
+    """One attack: common fields + the method's resolved options (module docstring).
 
     Attributes:
         method: a :data:`METHODS` name: ``fgsm`` (Eq. 5), ``ifgsm`` (Eq. 6), ``mifgsm`` (Eq. 7), ``pgd``, ...
-        random_start: PGD's uniform start in the ε-ball (``None`` → on for PGD only).
-        seed: seeds PGD's random start (per image, so batching does not change it) and the
-            targeted setting's target assignment.
+        eps: L∞ radius ε in 0..255 units, ``0 < ε ≤ 255``.
+        seed: seeds the per-image randomness (PGD's start, ...) and the targeted threat model's targets.
+        objective: the threat model's objective to attack (None: its default, the first it lists).
+        options: the method's options, resolved against ε (an instance of ``METHODS.get(method).Options``).
     """
 
     method: MethodName = "ifgsm"
-    random_start: bool | None = None
+    eps: float = Field(default=5.0, gt=0, le=255, allow_inf_nan=False)
     seed: int = 0
+    objective: str | None = None
+    options: SerializeAsAny[MethodOptions] = MethodOptions()
 
     @model_validator(mode="before")
     @classmethod
-    def _default_alpha(cls, data: Any) -> Any:
-        """α = min(1, ε) when not given: the paper's α = 1 cannot step inside a ball of ε < 1."""
-        if isinstance(data, dict) and data.get("alpha") is None:
-            eps = data.get("eps", 5.0)
-            if isinstance(eps, int | float) and not isinstance(eps, bool) and 0 < eps < 1:
-                data = {**data, "alpha": float(eps)}
-        return data
+    def _gather_options(cls, data: Any) -> Any:
+        """Move the keys that are not common fields into ``options`` and validate them against the method."""
+        if not isinstance(data, dict):
+            return data
+        common = {k: v for k, v in data.items() if k in cls.model_fields and k != "options"}
+        loose = {k: v for k, v in data.items() if k not in cls.model_fields}
+        nested = data.get("options") or {}
+        if isinstance(nested, MethodOptions):
+            nested = nested.model_dump(exclude_unset=True)
+        if not isinstance(nested, dict):
+            raise ValueError(f"options must be a mapping of the method's options, got {type(nested).__name__}")
+        twice = sorted(set(loose) & set(nested))
+        if twice:
+            raise ValueError(f"option {twice[0]!r} is given both beside the common fields and under options")
+        method = common.get("method", cls.model_fields["method"].default)
+        if not isinstance(method, str) or method not in METHODS:
+            return common  # the method field reports the unknown name
+        return {**common, "options": method_options(method, {**nested, **loose})}
 
     @model_validator(mode="after")
-    def _check(self) -> AttackSpec:
-        if self.alpha > self.eps:
-            raise ValueError(f"alpha (step size {self.alpha}) must not exceed eps ({self.eps}); both are in 0..255 units")
-        if self.rule.single_step and self.steps not in (None, 1):
-            raise ValueError(f"{self.method} takes exactly one step of size eps; got steps={self.steps}")
-        if self.random_start and not self.rule.random_start:
-            starts = ", ".join(name for name in METHODS if METHODS.get(name).random_start)
-            raise ValueError(f"random_start applies to {starts} only, not to {self.method}")
+    def _resolve(self) -> AttackSpec:
+        """Fill the options' ε-dependent defaults (α, steps) and check them against the validated ε."""
+        if not isinstance(self.options, METHODS.get(self.method).Options):
+            raise ValueError(f"options of {self.method} must be its own options ({METHODS.get(self.method).Options.__name__})")
+        object.__setattr__(self, "options", self.options.resolve(self.eps))  # frozen model: set once, while validating
         return self
 
-    @property
-    def rule(self) -> AttackMethod:
-        """The registered :class:`AttackMethod` of ``method``."""
-        return METHODS.get(self.method)
+    def build(self) -> AttackMethod[Any]:
+        """The method object that runs this spec."""
+        return METHODS.get(self.method)(self.options)
 
     @property
-    def num_steps(self) -> int:
-        """Iterations actually run."""
-        if self.rule.single_step:
-            return 1
-        return self.steps if self.steps is not None else paper_steps(self.eps)
-
-    @property
-    def uses_random_start(self) -> bool:
-        """True when the attack starts from a uniform random point of the ε-ball."""
-        return self.rule.random_start and self.random_start is not False
+    def label(self) -> str:
+        """The method's name in tables (``I-FGSM``; the registry name when it has none)."""
+        return METHODS.get(self.method).label or self.method
 
     def resolved(self) -> dict[str, Any]:
-        """JSON-able record of the spec with the defaults resolved (for manifests)."""
-        return {**self.model_dump(), "steps": self.num_steps, "random_start": self.uses_random_start}
+        """JSON-able record with every default filled (stage keys, manifests, results)."""
+        return self.model_dump(mode="json")
+
+    def options_text(self) -> str:
+        """``alpha=1 steps=6`` (the resolved options, for summaries); ``(no options)`` when there are none."""
+        values = self.options.model_dump(mode="json")
+        return " ".join(f"{k}={_short(v)}" for k, v in values.items()) or "(no options)"
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for a recorded spec (:meth:`AttackSpec.resolved`): ``ifgsm eps=5 seed=0 alpha=1 steps=6``."""
+    options = " ".join(f"{k}={_short(v)}" for k, v in (record.get("options") or {}).items())
+    objective = f" objective={record['objective']}" if record.get("objective") else ""
+    return f"{record['method']} eps={_short(record['eps'])} seed={record['seed']}{objective} {options}".rstrip()
+
+
+def check_option_table(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Validate per-method options ``{method: {option: value}}`` (configs that attack with several
+    methods and ε); ε-dependent checks wait for :func:`spec_from_table`. ValueError naming the culprit."""
+    for method, values in table.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"options of {method} must be a mapping of its options, got {type(values).__name__}")
+        method_options(method, values)
+    return table
+
+
+MethodOptionTable = Annotated[dict[MethodName, dict[str, Any]], AfterValidator(check_option_table)]
+"""A pydantic field type: ``{method name: {option: value}}``, each checked against that method's schema."""
+
+MOVED_OPTIONS = ("alpha", "steps", "mu", "random_start")
+
+
+def refuse_moved_options(data: Any, where: str) -> Any:
+    """A before-validator's check: method options written beside a list of methods (the schema before
+    per-method options) are refused with where they go now."""
+    if isinstance(data, dict):
+        moved = [k for k in MOVED_OPTIONS if k in data]
+        if moved:
+            raise ValueError(
+                f"{where}.{moved[0]}: method options are given per method now, under {where}.options.<method> "
+                f"(e.g. options: {{mifgsm: {{{moved[0]}: {data[moved[0]]}}}}}); the defaults are the paper's (alpha = 1, mu = 1, "
+                "steps = min(eps + 4, 1.25 eps))"
+            )
+    return data
+
+
+def spec_from_table(
+    method: str, eps: float, seed: int, table: dict[str, dict[str, Any]], *, cap_alpha: bool = False, source: str = ""
+) -> AttackSpec:
+    """The :class:`AttackSpec` of ``method`` at ``eps`` with ``table[method]``'s options (``cap_alpha``:
+    an ``alpha`` above ``eps`` becomes ``eps``, for configs that apply one α to several ε)."""
+    options = dict(table.get(method, {}))
+    if cap_alpha and isinstance(options.get("alpha"), int | float) and options["alpha"] > eps:
+        options["alpha"] = eps
+    return validate(AttackSpec, {"method": method, "eps": eps, "seed": seed, **options}, source or f"attack {method} at eps {eps:g}")
 
 
 def check_savable(spec: AttackSpec, option: str = "--eps") -> None:
@@ -201,5 +180,6 @@ def check_savable(spec: AttackSpec, option: str = "--eps") -> None:
 
 
 def make_spec(source: str = "attack options", **values: Any) -> AttackSpec:
-    """Build an :class:`AttackSpec`; invalid values raise one ConfigError naming ``source`` and the field."""
+    """Build an :class:`AttackSpec` from common fields and method options (None values are left out);
+    invalid values raise one ConfigError naming ``source`` and the field."""
     return validate(AttackSpec, {k: v for k, v in values.items() if v is not None}, source)

@@ -3,7 +3,7 @@
 Loaded with :func:`load_benchmark_config` (YAML + ``a.b=value`` overrides, list entries by
 index or name: ``models.B4.train.seed=1``). Every section is typed with the models the
 commands use (:class:`~metricattack.data.synthetic.SynthConfig`,
-:class:`~metricattack.training.config.TrainRecipe`, :class:`~metricattack.attacks.spec.StepSizes`,
+:class:`~metricattack.training.config.TrainRecipe`, :class:`~metricattack.attacks.spec.AttackSpec`'s options,
 the defense's sections), so a typo fails at load, before any work. Paths in the file are
 resolved relative to the file's folder. See ``configs/quickstart.yaml`` for a commented
 example and ``configs/paper/market1501.yaml`` for the paper's settings.
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
-from ..attacks.spec import METHODS, AttackSpec, MethodName, StepSizes
+from ..attacks.spec import AttackSpec, MethodName, MethodOptionTable, refuse_moved_options, spec_from_table
 from ..config import StrictModel, apply_overrides, read_yaml, validate
 from ..data.layouts import DATASETS
 from ..data.synthetic import SynthConfig
@@ -182,31 +182,26 @@ class EvaluationSection(StrictModel):
     batch_size: PositiveInt = 64
 
 
-class AttackSection(StepSizes):
-    """Shared attack settings: ε (``eps``), α, n (``steps``), μ (``mu``) as in
-    :class:`~metricattack.attacks.spec.AttackSpec` (paper defaults: ε = 5, α = 1, μ = 1,
-    n = min(ε + 4, 1.25 ε)), applied to every method of ``methods``; α is capped at each
-    attack's ε."""
+class AttackSection(StrictModel):
+    """The attacks: ε (``eps``, 0..255 units, the paper's 5), the ``methods`` of Tables 2 and 4, and
+    per-method options under ``options.<method>`` (any registered method, also one an experiment
+    uses outside ``methods``; defaults: the paper's α = 1, μ = 1, n = min(ε + 4, 1.25 ε)). An
+    ``alpha`` above an attack's ε is capped at that ε (Fig. 5 sweeps ε)."""
 
+    eps: float = Field(default=5.0, gt=0, le=255, allow_inf_nan=False)
     methods: list[MethodName] = Field(default_factory=lambda: ["fgsm", "ifgsm", "mifgsm"], min_length=1)
+    options: MethodOptionTable = Field(default_factory=dict, description="per-method options, e.g. {mifgsm: {mu: 0.5}}")
     metric: MetricName = "euclidean"
     batch_size: PositiveInt = 32
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return refuse_moved_options(data, "attack")
+
     def spec(self, method: str, eps: float | None = None, seed: int = 0) -> AttackSpec:
-        """The AttackSpec of ``method`` at ``eps`` (default: this section's ε)."""
-        eps = self.eps if eps is None else eps
-        return validate(
-            AttackSpec,
-            {
-                "method": method,
-                "eps": eps,
-                "alpha": min(self.alpha, eps),
-                "steps": None if method in METHODS and METHODS.get(method).single_step else self.steps,
-                "mu": self.mu,
-                "seed": seed,
-            },
-            f"attack {method} at eps {eps:g}",
-        )
+        """The AttackSpec of ``method`` at ``eps`` (default: this section's ε) with its options."""
+        return spec_from_table(method, self.eps if eps is None else eps, seed, self.options, cap_alpha=True)
 
 
 class Fig1Section(StrictModel):

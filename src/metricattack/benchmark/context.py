@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attacks.spec import SETTINGS
+from ..attacks.threats import THREATS
 from ..data.types import JUNK_PID, ImageRecord, ReIDDataset
 from ..errors import MetricAttackError
 from ..evaluation.chance import dataset_chance
@@ -161,14 +161,13 @@ class RunContext:
 
     def targets(self) -> torch.Tensor:
         """``[G]`` target probe of each gallery image in the targeted attack (−1: not attacked; the attack's seeded rule)."""
-        _, targets = SETTINGS.get("targeted").references(self.dataset, self.cfg.seed)
-        assert targets is not None  # the targeted setting assigns targets
+        targets = THREATS.get("targeted").select(self.dataset, self.cfg.seed).targets
+        assert targets is not None  # the targeted threat model assigns targets
         return torch.as_tensor(targets)
 
-    def attacked(self, setting: str) -> torch.Tensor:
-        """``[N]`` bool over the attacked split: the images the attack of ``setting`` perturbs (the attack's own rule)."""
-        references, _ = SETTINGS.get(setting).references(self.dataset, self.cfg.seed)
-        return torch.tensor([bool(r) for r in references], dtype=torch.bool)
+    def attacked(self, threat: str) -> torch.Tensor:
+        """``[N]`` bool over the attacked split: the images the threat model ``threat`` perturbs (its own rule)."""
+        return THREATS.get(threat).select(self.dataset, self.cfg.seed).active
 
     # ----------------------------------------------------------------- adversarial images
     def adversarial_gallery(self, job: AttackJob) -> list[ImageRecord]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..attacks.spec import METHODS
+from ..attacks.methods import METHODS
 from ..metrics.learned import LEARNED_METRICS
 from ..wording import agree, counted
 from .evidence import Bootstrap, ap_key, hits_key

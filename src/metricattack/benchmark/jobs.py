@@ -1,6 +1,6 @@
 """What experiments need: adversarial galleries (attack jobs) and the models tested on them.
 
-An :class:`AttackJob` is one adversarial gallery: attacked models, attack setting, method, ε
+An :class:`AttackJob` is one adversarial gallery: attacked models, threat model, method, ε
 and attack metric. An experiment states its :class:`Needs` (jobs, (job, tested model)
 evaluations, learned metrics); the runner merges the needs of the selected experiments, so
 each gallery and each feature extraction is computed once, as a cached stage.
@@ -12,30 +12,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..attacks.threats import THREATS
 from ..metrics.learned import LEARNED_METRICS
-from .schema import Mode
 
 if TYPE_CHECKING:
     from .config import BenchmarkConfig
 
-# The results' name of each attack setting the benchmark uses (the paper's words).
-MODE_OF_SETTING: dict[str, Mode] = {"gallery": "nontargeted", "targeted": "targeted", "classification": "classification"}
-
 
 @dataclass(frozen=True)
 class AttackJob:
-    """One adversarial gallery: ``setting`` is an attack setting name (``gallery`` = non-targeted)."""
+    """One adversarial gallery: ``threat`` is a threat model name (``gallery`` = non-targeted)."""
 
     sources: tuple[str, ...]
-    setting: str
+    threat: str
     method: str
     epsilon: float
     metric: str
 
     @property
-    def mode(self) -> Mode:
-        """The setting as results.json names it (``nontargeted``, ``targeted``, ``classification``)."""
-        return MODE_OF_SETTING[self.setting]
+    def mode(self) -> str:
+        """The threat model as results.json names it (its ``mode``: ``nontargeted``, ``targeted``, ``classification``, ...)."""
+        return THREATS.get(self.threat).mode
 
     @property
     def id(self) -> str:
@@ -97,10 +94,10 @@ class Needs:
 
 
 def single(
-    cfg: BenchmarkConfig, model: str, method: str, setting: str = "gallery", epsilon: float | None = None, metric: str | None = None
+    cfg: BenchmarkConfig, model: str, method: str, threat: str = "gallery", epsilon: float | None = None, metric: str | None = None
 ) -> AttackJob:
     """The job attacking one model (defaults: the config's ε and attack metric)."""
-    return AttackJob((model,), setting, method, cfg.attack.eps if epsilon is None else epsilon, metric or cfg.attack.metric)
+    return AttackJob((model,), threat, method, cfg.attack.eps if epsilon is None else epsilon, metric or cfg.attack.metric)
 
 
 def ensembles(cfg: BenchmarkConfig) -> list[tuple[str, tuple[str, ...]]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..attacks.spec import METHODS
+from ..attacks.methods import METHODS
 
 MARKET = "market1501"
 DUKE = "dukemtmc"
@@ -173,8 +173,10 @@ def paper_model(name: str) -> str | None:
     return next((m for m in MODELS if m.lower() == name.lower()), None)
 
 
-PAPER_ATTACK = {"eps": 5.0, "alpha": 1.0, "mu": 1.0, "steps": None, "metric": "euclidean"}
-"""The paper's attack (Sec. 5, Experimental Design), in our config's keys; ``steps: None`` = its rule."""
+PAPER_ATTACK = {"eps": 5.0, "metric": "euclidean"}
+"""The paper's attack (Sec. 5, Experimental Design), in our config's keys."""
+PAPER_OPTIONS = {"alpha": 1.0, "mu": 1.0, "steps": None}
+"""The paper's method options (``attack.options.<method>``); ``steps: None`` = its rule."""
 _ATTACK_SYMBOLS = {"eps": "ε", "alpha": "α", "mu": "μ", "steps": "n", "metric": "the metric"}
 
 
@@ -233,4 +235,10 @@ def paper_values(dataset: str, ap: str, attack: dict[str, Any] | None = None) ->
         ours = (attack or {}).get(key, value)
         if attack is not None and ours != value:
             differences.append(f"this run attacks with {_ATTACK_SYMBOLS[key]} = {_show(ours)} (the paper: {_show(value)})")
+    for method, options in ((attack or {}).get("options") or {}).items():
+        for key, value in PAPER_OPTIONS.items():
+            if key in options and options[key] != value:
+                differences.append(
+                    f"this run attacks with {_ATTACK_SYMBOLS[key]} = {_show(options[key])} for {method} (the paper: {_show(value)})"
+                )
     return PaperValues(paper_dataset, tuple(differences))

@@ -14,17 +14,18 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..attacks.spec import METHODS, SETTINGS, paper_steps
+from ..attacks.methods import METHODS, paper_steps
+from ..attacks.threats import THREATS
 from ..io import atomic_write_text
 from ..wording import agree, counted
 from .experiments import EXPERIMENTS, Figure
 from .figures import DISPLAY_WIDTH_PX, png_size
-from .jobs import MODE_OF_SETTING
 from .schema import Finding, Results, Threads
-from .tables import Table
+from .tables import Table, method_label
 
 
 @dataclass
@@ -121,29 +122,43 @@ def attack_setup(res: Results) -> list[tuple[str, str]]:
     if linf:
         rows.append(("measured L∞", f"largest |x_adv − x| over every saved adversarial image: {_number(max(linf))} (0..255 units)"))
     rows.append(("methods", "; ".join(METHODS.get(m).summary if m in METHODS else m for m in methods)))
-    alphas = sorted({a.alpha for a in attacks if not _single_step(a.method)})
-    rows.append(("α (step size)", f"{', '.join(map(_number, alphas or [cfg.get('alpha', 1.0)]))} per iteration, at most ε (the paper: 1)"))
-    mus = sorted({a.momentum for a in attacks if _momentum(a.method)})
-    if mus or any(map(_momentum, methods)):
-        rows.append(("μ (momentum decay)", f"{', '.join(map(_number, mus or [cfg.get('mu', 1.0)]))} for MI-FGSM (the paper: 1)"))
-    steps = {a.epsilon: a.steps for a in attacks if not _single_step(a.method)}
-    if cfg.get("steps") is None:
+    table = cfg.get("options") or {}
+    alphas = sorted({a.options["alpha"] for a in attacks if "alpha" in a.options})
+    if alphas or any(_has_option(m, "alpha") for m in methods):
+        rows.append(("α (step size)", f"{', '.join(map(_number, alphas or [1.0]))} per iteration, at most ε (the paper: 1)"))
+    mus = sorted({a.options["mu"] for a in attacks if "mu" in a.options})
+    if mus or any(_has_option(m, "mu") for m in methods):
+        rows.append(("μ (momentum decay)", f"{', '.join(map(_number, mus or [1.0]))} for MI-FGSM (the paper: 1)"))
+    steps = {a.epsilon: a.options["steps"] for a in attacks if "steps" in a.options}
+    given = sorted({o["steps"] for o in table.values() if o.get("steps") is not None})
+    if not given:
         by_eps = ", ".join(f"{steps.get(e, paper_steps(e))} at ε = {_number(e)}" for e in epsilons)
         text = f"min(ε + 4, 1.25 ε) rounded down, the paper's rule (after Kurakin et al.): {by_eps}"
     else:
-        text = f"{cfg['steps']} (set in the config; the paper's rule min(ε + 4, 1.25 ε) gives {paper_steps(eps)} at ε = {_number(eps)})"
-    if any(map(_single_step, methods)):
-        text += "; FGSM takes one step of size ε"
+        text = (
+            f"{', '.join(map(str, given))} (set in the config; the paper's rule min(ε + 4, 1.25 ε) gives {paper_steps(eps)} at "
+            f"ε = {_number(eps)})"
+        )
+    for m in methods:
+        if m in METHODS and not _has_option(m, "steps"):
+            text += f"; {METHODS.get(m).summary}"
     rows.append(("n (iterations)", text))
-    settings = list(dict.fromkeys(setting for a in attacks for setting, mode in MODE_OF_SETTING.items() if mode == a.mode))
-    sides = list(dict.fromkeys(SETTINGS.get(s).split for s in settings if s in SETTINGS))
+    extra = [
+        f"{method_label(a.method)}: " + ", ".join(f"{k} = {_option(v)}" for k, v in a.options.items() if k not in PAPER_OPTIONS)
+        for a in attacks
+        if any(k not in PAPER_OPTIONS for k in a.options)
+    ]
+    if extra:
+        rows.append(("other method options", "; ".join(dict.fromkeys(extra))))
+    threats = list(dict.fromkeys(a.threat_model for a in attacks))
+    sides = list(dict.fromkeys(THREATS.get(t).split for t in threats if t in THREATS))
     side_text = " and ".join(f"the {side} images" for side in sides) or "–"
     if sides == ["gallery"]:
         side_text += " (an adversarial copy of the gallery, as in the paper; the queries stay clean)"
     elif "query" in sides:
         side_text += " (query-side setting: the probes are perturbed)"
     rows.append(("attacked side", side_text))
-    rows.append(("attack settings", "; ".join(SETTINGS.get(s).summary for s in settings if s in SETTINGS) or "–"))
+    rows.append(("threat models", "; ".join(THREATS.get(t).summary for t in threats if t in THREATS) or "–"))
     metric = cfg.get("metric", "euclidean")
     attack_metrics = list(dict.fromkeys([metric, *(a.metric for a in attacks)]))
     rows.append(
@@ -167,12 +182,16 @@ def attack_setup(res: Results) -> list[tuple[str, str]]:
     return rows
 
 
-def _single_step(method: str) -> bool:
-    return method in METHODS and METHODS.get(method).single_step
+PAPER_OPTIONS = ("alpha", "mu", "steps")
+"""The method options the paper's attacks have (the report's α, μ and n rows); others get a row of their own."""
 
 
-def _momentum(method: str) -> bool:
-    return method in METHODS and METHODS.get(method).momentum
+def _has_option(method: str, option: str) -> bool:
+    return method in METHODS and option in METHODS.get(method).Options.model_fields
+
+
+def _option(value: Any) -> str:
+    return _number(value) if isinstance(value, float) and not isinstance(value, bool) else str(value)
 
 
 def seeds_text(res: Results) -> str:

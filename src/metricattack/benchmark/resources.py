@@ -245,14 +245,13 @@ def attack_stage(ctx: RunContext, job: AttackJob) -> StageSpec:
 def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
     """Make each job's adversarial gallery (a dataset in the stage folder; the export resumes by itself)."""
     from ..attacks.export import ModelEntry, export_attack
-    from ..attacks.spec import SETTINGS
+    from ..attacks.runner import check_attack
 
-    for job in jobs:
-        without = [
-            s for s in job.sources if SETTINGS.get(job.setting).classification and not callable(getattr(ctx.models[s], "classify", None))
-        ]
-        if without:
-            raise ConfigError(f"the {job.setting} attack ({job.id}) needs a classifier (classify()), which model {without[0]} has not")
+    for job in jobs:  # every job's method x threat model x models, before any attack runs
+        try:
+            check_attack([ctx.models[s] for s in job.sources], job.threat, ctx.cfg.attack.spec(job.method, job.epsilon, ctx.cfg.seed))
+        except MetricAttackError as exc:
+            raise ConfigError(f"attack {job.id} (models {', '.join(job.sources)}): {exc}") from None
     for job in progress(ctx, jobs, "adversarial sets"):
         spec = attack_stage(ctx, job)
 
@@ -270,7 +269,7 @@ def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
                 ctx.dataset,
                 folder / "data",
                 ctx.cfg.attack.spec(job.method, job.epsilon, ctx.cfg.seed),
-                job.setting,
+                job.threat,
                 metric_record={"name": job.metric},
                 batch_size=ctx.cfg.attack.batch_size,
                 device=ctx.device,
@@ -303,7 +302,7 @@ def extract_adversarial(ctx: RunContext, evaluations: list[tuple[AttackJob, str]
             # the attacked images are read back; the others (written unchanged: distractors, junk,
             # identities without a query) keep their clean features
             features = ctx.clean[tested].gallery.clone()
-            attacked = torch.nonzero(ctx.attacked(job.setting)).flatten().tolist()
+            attacked = torch.nonzero(ctx.attacked(job.threat)).flatten().tolist()
             if attacked:
                 records = ctx.adversarial_gallery(job)
                 features[attacked] = extract(ctx, tested, [records[i] for i in attacked])

@@ -11,16 +11,30 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from ..attacks.threats import modes
 from ..io import atomic_write_text
 
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2
 Verdict = Literal["holds", "does not hold", "inconclusive"]
 Status = Literal["holds", "does not hold", "inconclusive", "not measured"]
-Mode = Literal["nontargeted", "targeted", "classification"]
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in modes():
+        raise ValueError(f"unknown attack mode {mode!r}; the threat models' modes are: {', '.join(modes())}")
+    return mode
+
+
+def _mode_enum(schema: dict[str, Any]) -> None:
+    schema["enum"] = list(modes())
+
+
+Mode = Annotated[str, AfterValidator(_check_mode), Field(json_schema_extra=_mode_enum)]
+"""An attack's label in results: the ``mode`` of a registered threat model (``nontargeted``, ``targeted``, ...)."""
 
 
 class Record(BaseModel):
@@ -58,12 +72,11 @@ class AttackSetting(Record):
 
     id: str
     sources: list[str]
+    threat_model: str = Field(description="the threat model attacked (a registered name: gallery, targeted, ...)")
     mode: Mode
     method: str
     epsilon: float
-    alpha: float
-    momentum: float
-    steps: int
+    options: dict[str, Any] = Field(description="the method's options, resolved (defaults filled: alpha, steps, mu, ...)")
     metric: str
     seed: int
     linf: float | None = Field(None, description="measured max |x_adv - x| over saved images, 0..255 units")
@@ -320,7 +333,7 @@ class Provenance(Record):
 class Results(Record):
     """Everything one benchmark run measured."""
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="version of this schema")
+    schema_version: Literal[2] = Field(default=SCHEMA_VERSION, description="version of this schema")
     provenance: Provenance = Field(description="config, seeds, software versions, AP convention, timings")
     dataset: DatasetInfo = Field(description="dataset name, root, fingerprint and split sizes")
     models: list[ModelInfo] = Field(description="the base models: checkpoint, checksum, spec, training seed")

@@ -14,7 +14,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..attacks.spec import METHODS
+from ..attacks.methods import METHODS
 from ..io import atomic_write_text
 from .paper_numbers import PaperValues
 

@@ -5,6 +5,10 @@ Example (paper defaults: I-FGSM, ε = 5, α = 1, n = min(ε + 4, 1.25 ε), Eucli
     metricattack attack --checkpoint runs/b1/model.safetensors --data-root data/Market-1501 \\
         --dataset market1501 --out runs/market-adv-b1 --method ifgsm --eps 5
 
+The attack options (``--method``, ``--eps``, ``--method-option KEY=VALUE``, ``--objective``,
+``--seed``, ``--threat``) are those of :mod:`metricattack.attack_options`; the method × threat
+model pair, the models and the data are checked before the output folder is claimed.
+
 Several ``--checkpoint`` / ``--model`` options attack their ensemble (mean of the per-model
 metric losses); ``--model python:MODULE:FUNCTION`` or ``--model torchreid:resnet50 --weights FILE``
 attack models from elsewhere (see :mod:`metricattack.model_options`).
@@ -21,9 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..attack_options import add_attack_options, attack_spec
 from ..attacks.export import FILE_NAMES, ModelEntry, check_output_location, export_attack
 from ..attacks.report import format_summary
-from ..attacks.spec import METHODS, SETTINGS, check_savable, make_spec
+from ..attacks.runner import check_attack
+from ..attacks.spec import check_savable
 from ..data.layouts import DATASETS
 from ..distributed import is_main_process
 from ..errors import MetricAttackError
@@ -56,19 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (new or a previous run of the same attack, outside the source)"
     )
-    parser.add_argument("--method", choices=METHODS, default="ifgsm", help="attack method (default ifgsm)")
-    parser.add_argument("--eps", type=float, default=5.0, help="L-inf radius in 0..255 pixel units (default 5)")
-    parser.add_argument("--alpha", type=float, default=None, help="step size in 0..255 units (default 1, or eps when eps < 1)")
-    parser.add_argument("--steps", type=int, default=None, help="iterations (default min(eps+4, 1.25 eps))")
-    parser.add_argument("--mu", type=float, default=None, help="MI-FGSM momentum decay (default 1)")
-    parser.add_argument("--no-random-start", action="store_true", help="PGD without its random start")
+    add_attack_options(parser)
     parser.add_argument(
         "--metric",
         default="euclidean",
         help="euclidean, cosine, xqda / kissme (fitted beside each checkpoint), a metric .safetensors file, or a .npy PSD matrix [D, D]",
     )
-    parser.add_argument("--setting", choices=SETTINGS, default="gallery", help="attack setting (default gallery: non-targeted)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds PGD's start and the targeted setting's targets")
     parser.add_argument("--batch-size", type=int, default=32, help="images per attack batch (bounds memory)")
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market, as the paper)")
     parser.add_argument(
@@ -119,16 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise MetricAttackError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    spec = make_spec(
-        "attack options",
-        method=args.method,
-        eps=args.eps,
-        alpha=args.alpha,
-        steps=args.steps,
-        mu=args.mu,
-        random_start=False if args.no_random_start else None,
-        seed=args.seed,
-    )
+    spec = attack_spec(args)
+    check_attack([], args.threat, spec)  # the method x threat model pair, before loading anything (models: in export_attack)
     attack_sources = model_sources(args.checkpoint, args.model)
     if not attack_sources:
         raise MetricAttackError("give the model(s) to attack: --checkpoint FILE and/or --model SPEC (repeatable)")
@@ -144,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         dataset,
         args.out,
         spec,
-        args.setting,
+        args.threat,
         eval_models=eval_entries,
         metric_record={"option": args.metric, "per_model": [e.record["metric"] for e in attack_entries]},
         batch_size=args.batch_size,

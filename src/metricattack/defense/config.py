@@ -7,8 +7,11 @@ Example (``configs/defense/quickstart.yaml``)::
     strategy: metric_preserving      # or: online
     training_attack: {attack: {method: ifgsm, eps: 5}, metric: euclidean, batch_size: 32}
     retrain: {init: scratch}         # or: finetune (start from F's weights)
-    online: {method: ifgsm, eps: 2, alpha: 1, steps: 2, guides: [push, pull]}
-    evaluation: {transfer: {method: ifgsm, eps: 5}, adaptive: {methods: [ifgsm, mifgsm, pgd], epsilons: [2, 5]}}
+    online: {attack: {method: ifgsm, eps: 2, steps: 2}, guides: [push, pull]}
+    evaluation: {transfer: {attack: {method: ifgsm, eps: 5}}, adaptive: {methods: [ifgsm, mifgsm, pgd], epsilons: [2, 5]}}
+
+Attacks are :class:`~metricattack.attacks.spec.AttackSpec` s (method options beside ``method`` and
+``eps``); the adaptive evaluation's per-method options go under ``adaptive.options.<method>``.
 
 ε and α are in 0..255 pixel units, like everywhere in metricattack.
 """
@@ -16,11 +19,11 @@ Example (``configs/defense/quickstart.yaml``)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from ..attacks.spec import METHODS, AttackSpec, MethodName, check_savable
+from ..attacks.spec import AttackSpec, MethodName, MethodOptionTable, check_savable, refuse_moved_options, spec_from_table
 from ..config import StrictModel, load_config
 from ..errors import ConfigError
 from ..evaluation.ranking import APConvention
@@ -79,35 +82,28 @@ class OnlineSection(StrictModel):
     (its own clean feature when it has none) and ``f_other`` the clean feature of one image of
     another identity of the batch, drawn with a seeded generator (Bouniot et al., CVPRW 2020
     use push and pull guides in the same spirit). The loss is the recipe's loss on the
-    batch ``[clean; adversarial]`` (labels repeated).
+    batch ``[clean; adversarial]`` (labels repeated). ``attack.seed`` also seeds the pull guides.
     """
 
-    method: MethodName = "ifgsm"
-    eps: float = Field(2.0, gt=0, le=255)
-    alpha: float = Field(1.0, gt=0)
-    steps: PositiveInt = 2
+    attack: AttackSpec = AttackSpec.model_validate({"method": "ifgsm", "eps": 2.0, "steps": 2})
     guides: list[Guide] = Field(default_factory=lambda: list(GUIDES), min_length=1)
-    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [k for k in ("method", "eps", "alpha", "steps", "seed") if k in data]
+            if moved:
+                raise ValueError(
+                    f"online.{moved[0]}: the online attack is an attack spec now, online.attack (e.g. attack: {{method: ifgsm, eps: 2, steps: 2}})"
+                )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> OnlineSection:
-        if self.alpha > self.eps:
-            raise ValueError(f"alpha ({self.alpha}) must not exceed eps ({self.eps}); both are in 0..255 units")
-        if METHODS.get(self.method).single_step and self.steps != 1:
-            raise ValueError(f"{self.method} takes exactly one step; set steps: 1")
         if len(set(self.guides)) != len(self.guides):
             raise ValueError(f"guides must not repeat, got {self.guides}")
         return self
-
-    def spec(self) -> AttackSpec:
-        """The per-batch attack as an :class:`AttackSpec`."""
-        return AttackSpec(
-            method=self.method,
-            eps=self.eps,
-            alpha=self.alpha,
-            steps=None if METHODS.get(self.method).single_step else self.steps,
-            seed=self.seed,
-        )
 
 
 class TransferSection(StrictModel):
@@ -123,13 +119,20 @@ class TransferSection(StrictModel):
 
 
 class AdaptiveSection(StrictModel):
-    """White-box attacks made against each model itself (the honest robustness numbers)."""
+    """White-box attacks made against each model itself (the honest robustness numbers): every method
+    of ``methods`` at every ε of ``epsilons``, with its options from ``options.<method>`` (an
+    ``alpha`` above an ε is capped at that ε)."""
 
     methods: list[MethodName] = Field(default_factory=lambda: ["ifgsm", "mifgsm", "pgd"], min_length=1)
     epsilons: list[float] = Field(default_factory=lambda: [2.0, 5.0], min_length=1)
-    alpha: float = Field(1.0, gt=0, description="step size (capped at each ε)")
+    options: MethodOptionTable = Field(default_factory=dict, description="per-method options, e.g. {mifgsm: {mu: 0.5}}")
     seed: int = 0
     batch_size: PositiveInt = 32
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return refuse_moved_options(data, "adaptive")
 
     @model_validator(mode="after")
     def _eps_range(self) -> AdaptiveSection:
@@ -143,7 +146,7 @@ class AdaptiveSection(StrictModel):
 
     def specs(self) -> list[AttackSpec]:
         """One spec per (method, ε), in config order."""
-        return [AttackSpec(method=m, eps=e, alpha=min(self.alpha, e), seed=self.seed) for m in self.methods for e in self.epsilons]
+        return [spec_from_table(m, e, self.seed, self.options, cap_alpha=True) for m in self.methods for e in self.epsilons]
 
 
 class EvaluationSection(StrictModel):

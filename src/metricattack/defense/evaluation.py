@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.methods import quantize
-from ..attacks.runner import SplitFeatures, attack_batches, clean_features, plan_attack
+from ..attacks.ops import quantize
+from ..attacks.runner import attack_batches, clean_features, plan_attack
 from ..attacks.spec import AttackSpec
+from ..attacks.threats import SplitFeatures
 from ..data.types import ImageRecord, ReIDDataset
 from ..distributed import rank_and_world
 from ..errors import MetricAttackError

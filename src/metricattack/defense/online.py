@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.methods import perturb
+from ..attacks.perturb import perturb
+from ..attacks.problem import ModelInfo
 from ..distributed import rank_and_world, resolve_device
 from ..errors import ConfigError
 from ..models.checkpoint import checkpoint_meta
@@ -76,7 +77,7 @@ def adversarial_batch(
             f = model(x)
             return use_push * (f - push).pow(2).sum(1) - use_pull * (f - pull).pow(2).sum(1)
 
-        return perturb(images, objective, settings.spec(), indices=indices)
+        return perturb(images, objective, settings.attack, indices=indices, models=(ModelInfo.of(model),)).images
     finally:
         model.train(was_training)
 
@@ -94,7 +95,7 @@ class AdversarialBatches:
         for number, (images, labels) in enumerate(self.loader):
             images, labels = images.to(self.device), labels.to(self.device)
             first = (self.epoch * 100_000 + number) * images.shape[0]
-            generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + self.epoch * 10_007 + number)
+            generator = torch.Generator().manual_seed(self.settings.attack.seed * 1_000_003 + self.epoch * 10_007 + number)
             adv = adversarial_batch(
                 self.model, images, labels, self.settings, indices=torch.arange(first, first + images.shape[0]), generator=generator
             )

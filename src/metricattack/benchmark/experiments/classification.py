@@ -31,7 +31,7 @@ class ClassificationExperiment(Experiment):
 
     def _jobs(self, cfg: BenchmarkConfig) -> tuple[str, str, AttackJob, AttackJob]:
         m, method = cfg.chosen_model("classification"), cfg.experiments.classification.method
-        return m, method, single(cfg, m, method), single(cfg, m, method, setting="classification")
+        return m, method, single(cfg, m, method), single(cfg, m, method, threat="classification")
 
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         m, _, metric_job, cls_job = self._jobs(cfg)

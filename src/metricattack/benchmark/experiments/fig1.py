@@ -31,7 +31,7 @@ class Fig1Experiment(Experiment):
 
     def _jobs(self, cfg: BenchmarkConfig) -> tuple[str, AttackJob, AttackJob]:
         m = cfg.chosen_model("fig1")
-        return m, single(cfg, m, METHOD), single(cfg, m, METHOD, setting="targeted")
+        return m, single(cfg, m, METHOD), single(cfg, m, METHOD, threat="targeted")
 
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         m, nontargeted, targeted = self._jobs(cfg)

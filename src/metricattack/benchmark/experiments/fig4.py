@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def _ranked(ctx: RunContext, model: str, q_index: int, k: int, job: AttackJob | None) -> RankingList:
     records = ctx.dataset.gallery if job is None else ctx.adversarial_gallery(job)
-    attacked = None if job is None else ctx.attacked(job.setting)
+    attacked = None if job is None else ctx.attacked(job.threat)
     q_pid = ctx.dataset.query[q_index].pid
     top = []
     for rank, g in enumerate(ctx.top(model, ctx.gallery(model, job), q_index, k), start=1):
@@ -53,7 +53,7 @@ class Fig4Experiment(Experiment):
 
     def _jobs(self, cfg: BenchmarkConfig) -> tuple[str, AttackJob, AttackJob]:
         m, method = cfg.chosen_model("fig4"), cfg.experiments.fig4.method
-        return m, single(cfg, m, method), single(cfg, m, method, setting="targeted")
+        return m, single(cfg, m, method), single(cfg, m, method, threat="targeted")
 
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         m, nontargeted, targeted = self._jobs(cfg)

@@ -24,7 +24,7 @@ class TargetedExperiment(Experiment):
 
     def _job(self, cfg: BenchmarkConfig) -> tuple[str, AttackJob]:
         m = cfg.chosen_model("targeted")
-        return m, single(cfg, m, cfg.experiments.targeted.method, setting="targeted")
+        return m, single(cfg, m, cfg.experiments.targeted.method, threat="targeted")
 
     def needs(self, cfg: BenchmarkConfig) -> Needs:
         m, job = self._job(cfg)

@@ -1,0 +1,103 @@
+"""The method interface: :class:`AttackMethod` (an algorithm) with its :class:`MethodOptions` (a schema).
+
+A method is a class registered in :data:`METHODS` by :func:`register_method`, one module per
+method in this package (every module here is imported when the package is, so a new file is
+all it takes). It declares:
+
+* ``Options``: a :class:`MethodOptions` subclass (pydantic, unknown keys refused) with every
+  option, its default and a ``description`` (shown by ``--help``); :meth:`MethodOptions.resolve`
+  fills the defaults that depend on ε (0..255 units) and checks options against ε;
+* ``label`` (tables), ``summary`` (one line for help texts and reports);
+* ``uses_gradient``: False for a method that only evaluates losses (never a backward pass;
+  the caller checks it);
+* ``quick_options``: options for a quick run on tiny data (the contract tests use them);
+* :attr:`AttackMethod.first_gradient_at_clean`: True when its first gradient is taken at the
+  clean images (no random start), so a threat model whose objective has a zero gradient there
+  is refused before any work (:meth:`~metricattack.attacks.threats.base.ThreatModel.refusal`);
+* :meth:`AttackMethod.run`: ``problem -> adversarial images [B,3,H,W]``, an *ascent* of the
+  problem's signed loss through :class:`~metricattack.attacks.problem.AttackProblem` (which
+  counts calls and zero gradients, and gives per-image generators). The caller
+  (:func:`~metricattack.attacks.perturb.perturb`) projects the result into the ε-ball and
+  [0,1] and restores inactive images, so a method cannot break that contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+
+from ...config import StrictModel
+from ...registry import Registry
+from ..problem import AttackProblem
+
+_O = TypeVar("_O", bound="MethodOptions")
+
+
+class MethodOptions(StrictModel):
+    """Base of every method's options schema (no options: this class itself)."""
+
+    def resolve(self: _O, eps: float) -> _O:
+        """These options with the defaults that depend on ``eps`` (0..255 units) filled in;
+        ValueError when an option contradicts ``eps``. Default: unchanged."""
+        return self
+
+
+OptionsT = TypeVar("OptionsT", bound=MethodOptions)
+
+
+class AttackMethod(Generic[OptionsT]):
+    """One attack algorithm with its resolved options (see the module docstring)."""
+
+    name: ClassVar[str] = ""  # set by register_method
+    label: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    uses_gradient: ClassVar[bool] = True
+    quick_options: ClassVar[dict[str, Any]] = {}
+    """Options that keep a run on a few tiny images quick (e.g. a small query budget): the contract
+    tests (``tests/test_attack_contract.py``) attack every method with them; empty: the defaults."""
+
+    def __init__(self, options: OptionsT) -> None:
+        self.options = options
+
+    @property
+    def first_gradient_at_clean(self) -> bool:
+        """True when the first gradient is taken at the clean images (no random start)."""
+        return self.uses_gradient
+
+    def run(self, problem: AttackProblem) -> torch.Tensor:
+        """Adversarial images ``[B,3,H,W]`` for ``problem`` (an ascent of its signed loss)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"
+
+
+METHODS: Registry[type[AttackMethod[Any]]] = Registry("attack method")
+"""Attack method name → :class:`AttackMethod` subclass."""
+
+MethodT = TypeVar("MethodT", bound=type[AttackMethod[Any]])
+
+
+def register_method(name: str) -> Callable[[MethodT], MethodT]:
+    """Class decorator: register an :class:`AttackMethod` subclass as ``name`` (its ``name`` attribute is set)."""
+
+    def add(cls: MethodT) -> MethodT:
+        if not cls.summary:
+            raise ValueError(f"attack method {name!r} needs a one-line summary")
+        cls.name = name
+        METHODS.register(name, cls)
+        return cls
+
+    return add
+
+
+def option_lines(cls: type[AttackMethod[Any]]) -> list[str]:
+    """``name: description`` per option of ``cls`` (help texts; the description states the default)."""
+    lines = []
+    for key, info in cls.Options.model_fields.items():
+        default = "" if info.default is None or info.is_required() else f" (default {info.default!r})"
+        lines.append(f"{key}: {info.description or ''}{default}")
+    return lines
