@@ -93,7 +93,7 @@ def test_overrides_reach_list_entries_by_index_or_name(tmp_path: Path) -> None:
     cfg = load_benchmark_config(path, ["models.1.train.seed=3", "models.B1.train.schedule.epochs=7", "attack.methods=[pgd]"])
     assert [m.train.seed for m in cfg.models if m.train] == [0, 3]
     assert cfg.models[0].train is not None and cfg.models[0].train.schedule.epochs == 7
-    assert cfg.attack.spec("pgd").uses_random_start
+    assert cfg.attack.spec("pgd").resolved()["options"]["random_start"]
     with pytest.raises(ConfigError, match=r"'B3' is not an entry of a list of 2 \(use an index 0..1 or one of the names B1, B2\)"):
         load_benchmark_config(path, ["models.B3.train.seed=1"])
 

@@ -258,7 +258,7 @@ def test_online_adversarial_training_improves_white_box_robustness(defended_run,
 @pytest.mark.parametrize(
     "override, field",
     [
-        ("online.attack.alpha=5", r"online.attack: .*alpha \(step size 5\) must not exceed eps \(2\)"),
+        ("online.attack={eps: 2, alpha: 5}", r"online.attack: .*alpha \(step size 5\) must not exceed eps \(2\)"),
         ("online.alpha=5", "online.alpha: the online attack is an attack spec now, online.attack"),
         ("evaluation.adaptive.alpha=1", "adaptive.alpha: method options are given per method now"),
         ("evaluation.adaptive.options={ifgsm: {mu: 1}}", "ifgsm has no option 'mu'"),
