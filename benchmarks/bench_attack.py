@@ -6,7 +6,7 @@
    * attack: :func:`metricattack.attacks.perturb.perturb` (I-FGSM / MI-FGSM) with the metric
      objective (:class:`~metricattack.attacks.objectives.MetricLoss`).
    Reports the median ratio attack / baseline (target ≤ 1.10).
-2. Memory: a child process per gallery size streams :func:`~metricattack.attacks.runner.attack_batches`
+2. Memory: a child process per gallery size streams :func:`~metricattack.attacks.engine.attack_batches`
    over a synthetic Market-layout gallery written to a temp folder and reports its peak RSS
    (``ru_maxrss``); with a fixed batch size it should not grow with the gallery.
 
@@ -103,7 +103,7 @@ def write_gallery(root: Path, size: int, height: int, width: int) -> None:
 
 def memory_child(args: argparse.Namespace) -> None:
     """Runs in a child process: stream the attack over a gallery of ``args.gallery`` images."""
-    from metricattack.attacks.runner import attack_batches, clean_features, plan_attack
+    from metricattack.attacks.engine import attack_batches, clean_features, plan_attack
     from metricattack.data.layouts import load_dataset
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,7 +49,7 @@ PROBES: dict[str, str] = {
     """,
     "attack": """
         from metricattack.attacks.ops import quantize
-        from metricattack.attacks.runner import attack_batches, clean_features, plan_attack
+        from metricattack.attacks.engine import attack_batches, clean_features, plan_attack
         from metricattack.attacks.spec import AttackSpec
         from metricattack.data.layouts import load_dataset
         from metricattack.metrics.distance import EuclideanMetric

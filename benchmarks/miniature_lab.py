@@ -38,15 +38,9 @@ from typing import Any
 
 import torch
 
+from metricattack.attacks.engine import attack_batches, clean_features, plan_attack
+from metricattack.attacks.evaluation import mean_true_positive_distance, targeted_success, true_positive_pairs
 from metricattack.attacks.ops import quantize
-from metricattack.attacks.runner import (
-    attack_batches,
-    clean_features,
-    mean_true_positive_distance,
-    plan_attack,
-    targeted_success,
-    true_positive_pairs,
-)
 from metricattack.attacks.spec import AttackSpec
 from metricattack.config import validate
 from metricattack.data.layouts import load_dataset

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metricattack.attacks.engine import attack_batches, clean_features, plan_attack
 from metricattack.attacks.export import ModelEntry, export_attack
 from metricattack.attacks.methods import METHODS
 from metricattack.attacks.objectives import LossPart, MetricLoss, ReferenceTargets
 from metricattack.attacks.report import format_summary
-from metricattack.attacks.runner import attack_batches, clean_features, plan_attack
 from metricattack.attacks.spec import AttackSpec
 from metricattack.attacks.threats import THREATS, Selection, SplitFeatures, ThreatModel
 from metricattack.data.layouts import load_dataset

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from metricattack.attacks.engine import attack_batches, clean_features, plan_attack
 from metricattack.attacks.export import ModelEntry, export_attack
 from metricattack.attacks.ops import quantize
-from metricattack.attacks.runner import attack_batches, clean_features, plan_attack
 from metricattack.attacks.spec import AttackSpec
 from metricattack.cli import main
 from metricattack.data.layouts import load_dataset

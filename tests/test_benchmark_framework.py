@@ -475,3 +475,22 @@ def test_every_results_section_has_one_experiment() -> None:
     ]
     assert list(EXPERIMENTS) == sections
     assert all(EXPERIMENTS.get(n).name == n for n in EXPERIMENTS)
+
+
+def test_a_method_a_threat_model_refuses_stops_the_run_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from metricattack.attacks.threats import THREATS, ThreatModel
+    from metricattack.benchmark.jobs import AttackJob
+    from metricattack.benchmark.resources import check_jobs
+
+    class Frozen(ThreatModel):  # a loss whose gradient vanishes at the clean image, as "self" has
+        name = mode = "frozen"
+        summary = "test only"
+        zero_gradient_at_clean = True
+
+    monkeypatch.setitem(THREATS._items, "frozen", Frozen())
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL)
+    cfg = load_benchmark_config(path)
+    check_jobs(cfg, [AttackJob(("B1",), "frozen", "pgd", 5.0, "euclidean")])  # a random start moves it
+    with pytest.raises(ConfigError, match=r"attack frozen-ifgsm-eps5-euclidean-B1: attack method ifgsm cannot move any image"):
+        check_jobs(cfg, [AttackJob(("B1",), "gallery", "ifgsm", 5.0, "euclidean"), AttackJob(("B1",), "frozen", "ifgsm", 5.0, "euclidean")])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from metricattack.attacks.runner import clean_features
+from metricattack.attacks.engine import clean_features
 from metricattack.benchmark.resources import model_features
 from metricattack.cli import main
 from metricattack.data.layouts import load_dataset

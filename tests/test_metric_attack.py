@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import metricattack as ma
-from metricattack.errors import MetricAttackError
+from metricattack.errors import MetricAttackError, MetricAttackWarning
 
 
 class TinyNet(nn.Module):
@@ -152,3 +152,88 @@ def test_public_names_resolve() -> None:
     with pytest.raises(AttributeError):
         ma.no_such_name  # noqa: B018
     assert set(ma.__all__) == {"__version__", *ma._PUBLIC}
+
+
+# ----------------------------------------------------------------------------- inputs the API refuses or keeps (issue 19)
+def test_non_finite_images_references_and_outputs_name_the_image(net: TinyNet, batch) -> None:
+    images, refs = batch
+    atk = ma.MetricAttack(net, eps=4, steps=2)
+    bad = images.clone()
+    bad[2, 0, 3, 3] = float("nan")
+    with pytest.raises(MetricAttackError, match=r"images \[2\] contain NaN or inf"):
+        atk(bad, refs)
+    bad_refs = refs.clone()
+    bad_refs[1, 2, 0] = float("inf")
+    with pytest.raises(MetricAttackError, match="references of image 1 contain NaN or inf"):
+        atk(images, bad_refs)
+
+    class NaNOnThird(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = net(x)
+            return torch.where((x.flatten(1)[:, :1] == images[3].flatten()[0]), torch.full_like(out, float("nan")), out)
+
+    with pytest.raises(MetricAttackError, match=r"not finite \(nan\) on image 3"):
+        ma.MetricAttack(NaNOnThird(), eps=4, steps=2)(images, refs)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"targeted": "no"}, "targeted must be True or False, got 'no'"), ({"targeted": 1}, "got 1")])
+def test_flags_take_only_real_bools(net: TinyNet, kwargs: dict, message: str) -> None:
+    with pytest.raises(MetricAttackError, match=message):
+        ma.MetricAttack(net, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eps": True}, "eps must be a number, got True"),
+        ({"steps": True}, "steps must be a number, got True"),
+        ({"method": "pgd", "random_start": "no"}, "random_start must be true or false, got 'no'"),
+    ],
+)
+def test_numbers_are_never_bools(net: TinyNet, kwargs: dict, message: str) -> None:
+    with pytest.raises(MetricAttackError, match=message):
+        ma.MetricAttack(net, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_the_output_keeps_its_dtype_within_eps_exactly(net: TinyNet, batch, dtype: torch.dtype) -> None:
+    images, refs = batch
+    x = images.to(dtype)
+    adv = ma.MetricAttack(net, eps=5, steps=3)(x, refs)
+    assert adv.dtype == dtype and adv.shape == x.shape
+    assert float((adv.double() - x.double()).abs().max()) <= 5 / 255 and float(adv.min()) >= 0 and float(adv.max()) <= 1
+    assert not torch.equal(adv, x)
+
+
+def test_in_dtype_steps_back_what_rounding_pushed_out_of_the_ball() -> None:
+    from metricattack.attacks.api import in_dtype
+
+    x = torch.linspace(0, 0.98, 500).to(torch.float16)
+    radius = 5 / 255
+    pushed = x.float() + radius  # at the edge of the ball; in float16 the edge rounds outward for some pixels
+    outward = (pushed.to(torch.float16).double() - x.double()).abs() > radius
+    assert 0 < int(outward.sum()) < len(x)  # the cast alone breaks the bound for some
+    fitted = in_dtype(pushed, x, radius)
+    assert fitted.dtype == torch.float16 and float((fitted.double() - x.double()).abs().max()) <= radius and float(fitted.max()) <= 1
+    assert torch.equal(fitted[~outward], pushed.to(torch.float16)[~outward])  # the others are the plain cast
+
+
+def test_an_empty_batch_gives_an_empty_result(net: TinyNet) -> None:
+    empty = torch.empty(0, 3, 24, 12, dtype=torch.float16)
+    out = ma.MetricAttack(net, eps=4)(empty, torch.empty(0, 3, 8))
+    assert out.shape == (0, 3, 24, 12) and out.dtype == torch.float16
+    assert ma.MetricAttack(net, eps=4)(empty, []).shape == (0, 3, 24, 12)
+
+
+def test_images_a_zero_gradient_leaves_unchanged_are_named(batch) -> None:
+    images, refs = batch
+
+    class Blind(nn.Module):  # ignores images 1 and 3 (their features are constants): zero input gradient
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            keep = (x.flatten(1)[:, :1] != images[1].flatten()[0]) & (x.flatten(1)[:, :1] != images[3].flatten()[0])
+            return x.mean((2, 3)).repeat(1, 3)[:, :8] * keep.float()
+
+    atk = ma.MetricAttack(Blind(), eps=4, steps=2)
+    with pytest.warns(MetricAttackWarning, match=r"images \[1, 3\] were left unchanged"):
+        adv = atk(images, refs)
+    assert torch.equal(adv[1], images[1]) and atk.counts is not None and atk.counts.zero_gradient.tolist() == [0, 2, 0, 2]

@@ -131,19 +131,19 @@ def test_train_under_torchrun_uses_distributed_data_parallel(tiny_dataset_root: 
 
 
 def _claim_with_a_late_rank(rank: int, world: int, init_file: str, out: str) -> None:
-    """Rank 1 reaches ``_claim_run`` a second after rank 0, then both meet in one more barrier."""
+    """Rank 1 reaches ``claim_run`` a second after rank 0, then both meet in one more barrier."""
     import datetime
     import time
 
     import torch.distributed as dist
 
-    from metricattack.attacks.export import _claim_run
+    from metricattack.attacks.writer import claim_run
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
     try:
         if rank == 1:
             time.sleep(1.0)
-        _claim_run(Path(out), {"key": "k"})
+        claim_run(Path(out), {"key": "k"})
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -15,18 +15,19 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import MetricAttackError
+from ..errors import MetricAttackError, MetricAttackWarning
 from ..metrics.distance import Metric, build_metric
 from ..metrics.learned import LEARNED_METRICS
 from .objectives import MetricLoss, ReferenceTargets
 from .perturb import perturb
-from .problem import ModelInfo
+from .problem import CallCounts, ModelInfo
 from .spec import AttackSpec, make_spec
 
 References = torch.Tensor | Sequence[torch.Tensor]
@@ -75,11 +76,18 @@ class MetricAttack:
       differ, and 0 leaves image ``i`` unchanged), in the model's feature space: image ``i``
       maximises (targeted: minimises) the mean metric distance to its ``R_i`` references.
 
-    Returns a new tensor ``[B,3,H,W]`` in [0,1] with ``|adv − images| ≤ ε/255``; the inputs
-    are not modified. Round to the 1/255 grid with :func:`~metricattack.attacks.ops.quantize`
-    before saving 8-bit images. The attack of an image depends on that image and its
-    references only (and, for PGD, on its position in the batch), so FGSM, I-FGSM and
-    MI-FGSM give the same images for any batching.
+    Returns a new tensor ``[B,3,H,W]`` in [0,1] of ``images``' dtype with ``|adv − images| ≤ ε/255``
+    exactly (the attack computes in float32; a float16 / bfloat16 / float64 result is re-projected in
+    its own dtype, :func:`in_dtype`); the inputs are not modified; an empty batch gives an empty
+    result. NaN or inf in the images, the references or the model's output is an error naming the
+    image. Images left unchanged or with an exactly zero input gradient are named in a
+    :class:`~metricattack.errors.MetricAttackWarning`; ``atk.counts`` holds the last call's per-image
+    forward / backward passes and zero gradients. Round to the 1/255 grid with
+    :func:`~metricattack.attacks.ops.quantize` before saving 8-bit images. The attack's own state and
+    randomness are per image (PGD's start is keyed by the image's position in the batch), so with a
+    model whose output for an image does not depend on the batch, the batching changes no image; a
+    convolutional network's batched kernels can round differently with another batch size, which
+    can flip the sign of near-zero gradient components and move some pixels by a step.
 
     Example::
 
@@ -107,8 +115,11 @@ class MetricAttack:
             raise MetricAttackError(f"MetricAttack needs an nn.Module mapping images to features, got {type(model).__name__}")
         self.model = model
         self.metric = as_metric(metric)
+        if not isinstance(targeted, bool):
+            raise MetricAttackError(f"MetricAttack: targeted must be True or False, got {targeted!r}")
         self.spec: AttackSpec = make_spec("MetricAttack", method=method, eps=eps, seed=seed, **options)
-        self.targeted = bool(targeted)
+        self.targeted = targeted
+        self.counts: CallCounts | None = None
 
     def __repr__(self) -> str:
         s = self.spec
@@ -122,28 +133,72 @@ class MetricAttack:
         """Adversarial ``images`` (see the class docstring)."""
         _check_images(images)
         flat, ref_sets = _flatten_references(references, images.shape[0])
+        if images.shape[0] == 0:
+            self.counts = CallCounts.zeros(0)
+            return images.detach().clone()
         targets = ReferenceTargets.build(self.metric, flat, ref_sets)
         loss = MetricLoss(self.model, self.metric, targets)
         was_training = self.model.training
         self.model.eval()
         try:
-            return perturb(
-                images,
+            result = perturb(
+                images.detach().float(),
                 loss,
                 self.spec,
                 indices=torch.arange(images.shape[0]),
                 active=targets.active,
                 minimise=self.targeted,
                 models=(ModelInfo.of(self.model),),
-            ).images
+            )
         finally:
             self.model.train(was_training)
+        self.counts = result.counts
+        _warn_unmoved(result.counts, targets.active, result.images, images)
+        return in_dtype(result.images, images, self.spec.eps / 255.0)
+
+
+def in_dtype(adversarial: torch.Tensor, original: torch.Tensor, radius: float) -> torch.Tensor:
+    """``adversarial`` (computed in float32) in ``original``'s dtype, re-projected there so that
+    ``|result − original| ≤ radius`` holds exactly (in float64 arithmetic) and ``result`` stays in [0,1]:
+    after the cast, the clip into the ball is rounded in the output dtype, and any value it rounded
+    outward is moved one representable step toward the original."""
+    out = adversarial.to(original.dtype)
+    if original.dtype == torch.float32:
+        return out
+    ref = original.detach()
+    out = torch.minimum(torch.maximum(out, ref - radius), ref + radius).clamp_(0.0, 1.0)
+    for _ in range(4):
+        outside = (out.double() - ref.double()).abs() > radius
+        if not bool(outside.any()):
+            break
+        out = torch.where(outside, torch.nextafter(out, ref), out)
+    return out
+
+
+def _warn_unmoved(counts: CallCounts, active: torch.Tensor, adversarial: torch.Tensor, images: torch.Tensor) -> None:
+    """A zero gradient is never a silent no-op: warn naming the batch positions of attacked images it left unchanged."""
+    unmoved = active & (adversarial.flatten(1) == images.detach().float().flatten(1)).all(1).cpu()
+    zero = active & (counts.zero_gradient > 0)
+    if bool(unmoved.any() or zero.any()):
+        warnings.warn(
+            f"MetricAttack: images {torch.nonzero(unmoved).flatten().tolist()} were left unchanged and images "
+            f"{torch.nonzero(zero).flatten().tolist()} had an exactly zero input gradient at some step "
+            "(per-image counts: the attack's .counts)",
+            MetricAttackWarning,
+            stacklevel=3,
+        )
 
 
 def _check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise MetricAttackError(f"images must be a float tensor [B, 3, H, W] with values in [0, 1], got {shape}")
+    finite = torch.isfinite(images.detach()).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()
+        raise MetricAttackError(
+            f"images {bad[:10].tolist()} contain NaN or inf pixels (image indices in the batch); images must be finite, in [0, 1]"
+        )
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise MetricAttackError(
             f"images must have values in [0, 1] (pixels / 255, not normalised), got [{float(images.min()):.3g}, {float(images.max()):.3g}]"
@@ -168,9 +223,12 @@ def _flatten_references(references: References, batch: int) -> tuple[torch.Tenso
         if not isinstance(refs, torch.Tensor) or refs.dim() != 2 or len(dims) != 1:
             shape = tuple(refs.shape) if isinstance(refs, torch.Tensor) else type(refs).__name__
             raise MetricAttackError(f"references of image {i} must be a [R, D] tensor with the same D for every image, got {shape}")
+    for i, refs in enumerate(per_image):
+        if not bool(torch.isfinite(refs.detach()).all()):
+            raise MetricAttackError(f"references of image {i} contain NaN or inf; reference features must be finite")
     sets, start = [], 0
     for refs in per_image:
         sets.append(tuple(range(start, start + refs.shape[0])))
         start += refs.shape[0]
-    flat = torch.cat([r.detach().float() for r in per_image])
+    flat = torch.cat([r.detach().float() for r in per_image]) if per_image else torch.zeros(0, 0)
     return flat, sets

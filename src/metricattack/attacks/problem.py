@@ -55,9 +55,14 @@ class ModelInfo:
         return cls(None)
 
 
+COUNT_NAMES = ("forward", "backward", "zero_gradient")
+"""The per-image counters of :class:`CallCounts`, in record order."""
+
+
 @dataclass
 class CallCounts:
-    """Per-image counters ``[B]`` (int64) of one attacked batch.
+    """Per-image counters ``[B]`` (int64) of one attacked batch, for the active images (inactive images
+    that share a batch are evaluated with it but cost nothing to the attack: their counters stay 0).
 
     Attributes:
         forward: forward passes of the objective on each image (one per model ensemble call).
@@ -142,7 +147,7 @@ class AttackProblem:
         rows, indices = self._rows(x, rows)
         with torch.no_grad():
             losses = self._signed(x, indices)
-        self.counts.forward[rows] += 1
+        self.counts.forward[rows] += self.active[rows].long()
         self._check_finite(losses, losses, rows, "loss")
         return losses
 
@@ -161,11 +166,12 @@ class AttackProblem:
         with torch.enable_grad():
             losses = self._signed(x if transform is None else transform(x), indices)
             (grad,) = torch.autograd.grad(losses.sum(), x)
-        self.counts.forward[rows] += 1
-        self.counts.backward[rows] += 1
+        active = self.active[rows].long()
+        self.counts.forward[rows] += active
+        self.counts.backward[rows] += active
         self._check_finite(losses, losses, rows, "loss")
         self._check_finite(torch.isfinite(grad).flatten(1).all(1), grad.flatten(1).sum(1), rows, "gradient")
-        self.counts.zero_gradient[rows] += (grad.flatten(1).abs().amax(1) == 0).long().cpu()
+        self.counts.zero_gradient[rows] += (grad.flatten(1).abs().amax(1) == 0).long().cpu() * active
         return losses.detach(), grad
 
     def gradient(self, x: torch.Tensor, rows: torch.Tensor | None = None, transform: Transform | None = None) -> torch.Tensor:

@@ -20,7 +20,8 @@ def _model_label(row: dict[str, Any], index: int) -> str:
 
 def format_summary(results: dict[str, Any]) -> str:
     """The attack (method options resolved), rank-1 / mAP clean → adversarial (disk and memory), true-positive
-    distances, L∞, cost and zero gradients, targeted success."""
+    distances, L∞, cost and zero gradients, targeted success, and the notes (an adversarial mAP
+    above the clean one, with its reasons)."""
     calls = results["calls"]
     lines = [
         f"{describe(results['attack'])} | threat model={results['threat_model']} ({results['attacked_split']} attacked: "
@@ -45,6 +46,9 @@ def format_summary(results: dict[str, Any]) -> str:
                 f"{'':<40} targeted success top-1 {_pct(t_clean['top1'])}% → {_pct(t_disk['top1'])}%, "
                 f"top-10 {_pct(t_clean['top10'])}% → {_pct(t_disk['top10'])}%"
             )
+    notes = [note for row in results["evaluations"] for note in row.get("notes", [])]
+    if notes:
+        lines += ["", *(f"note: {note}" for note in notes)]
     chance = results.get("chance")
     if chance is not None:
         lines += [

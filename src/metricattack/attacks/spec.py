@@ -25,6 +25,7 @@ from pydantic import AfterValidator, Field, SerializeAsAny, ValidationError, mod
 from ..config import StrictModel, validate
 from ..errors import ConfigError
 from .methods import METHODS, AttackMethod, MethodOptions
+from .methods.base import refuse_bool_confusion
 
 MethodName = Annotated[str, AfterValidator(METHODS.check)]
 """A pydantic field type: the name of a registered attack method."""
@@ -47,8 +48,10 @@ def method_options(method: str, values: dict[str, Any] | MethodOptions | None = 
             key = ".".join(str(part) for part in err["loc"])
             if err["type"] == "extra_forbidden":
                 problems.append(f"{method} has no option {key!r} (its options: {names})")
-            else:
+            elif key:
                 problems.append(f"{method} option {key}: {err['msg']}")
+            else:
+                problems.append(f"{method} options: {err['msg'].removeprefix('Value error, ')}")
         raise ValueError("; ".join(problems)) from None
     return options if eps is None else options.resolve(eps)
 
@@ -76,6 +79,7 @@ class AttackSpec(StrictModel):
         """Move the keys that are not common fields into ``options`` and validate them against the method."""
         if not isinstance(data, dict):
             return data
+        refuse_bool_confusion(cls, data)
         common = {k: v for k, v in data.items() if k in cls.model_fields and k != "options"}
         loose = {k: v for k, v in data.items() if k not in cls.model_fields}
         nested = data.get("options") or {}

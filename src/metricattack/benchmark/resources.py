@@ -242,10 +242,22 @@ def attack_stage(ctx: RunContext, job: AttackJob) -> StageSpec:
     return StageSpec("attack", job.id, config, upstream=tuple(upstream), code=CODE_ATTACK)
 
 
+def check_jobs(cfg: BenchmarkConfig, jobs: list[AttackJob]) -> None:
+    """Refuse (ConfigError naming the job) an attack whose method and threat model cannot work together,
+    before anything is trained or attacked; the models are checked by :func:`run_attacks`."""
+    from ..attacks.engine import check_attack
+
+    for job in jobs:
+        try:
+            check_attack([], job.threat, cfg.attack.spec(job.method, job.epsilon, cfg.seed))
+        except MetricAttackError as exc:
+            raise ConfigError(f"attack {job.id}: {exc}") from None
+
+
 def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
     """Make each job's adversarial gallery (a dataset in the stage folder; the export resumes by itself)."""
+    from ..attacks.engine import check_attack
     from ..attacks.export import ModelEntry, export_attack
-    from ..attacks.runner import check_attack
 
     for job in jobs:  # every job's method x threat model x models, before any attack runs
         try:

@@ -70,6 +70,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
     needs = Needs()
     for experiment in selected:
         needs.merge(experiment.needs(cfg))
+    resources.check_jobs(cfg, needs.jobs)  # every method x threat model, before any work
 
     ctx = resources.open_run(cfg, out)
     resources.train_models(ctx)

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from ..attack_options import add_attack_options, attack_spec
+from ..attacks.engine import check_attack
 from ..attacks.export import FILE_NAMES, ModelEntry, check_output_location, export_attack
 from ..attacks.report import format_summary
-from ..attacks.runner import check_attack
 from ..attacks.spec import check_savable
 from ..data.layouts import DATASETS
 from ..distributed import is_main_process

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.ops import quantize
-from ..attacks.runner import attack_batches, clean_features, plan_attack
+from ..attacks.engine import FeatureModel, attack_split, clean_features, plan_attack
 from ..attacks.spec import AttackSpec
 from ..attacks.threats import SplitFeatures
 from ..data.types import ImageRecord, ReIDDataset
@@ -85,7 +84,6 @@ def gallery_mAP(
     return 100.0 * evaluate_split_features(query_features, g, dataset, metric, ap=ap).mAP
 
 
-@torch.no_grad()
 def white_box_gallery_features(
     model: nn.Module,
     metric: Metric,
@@ -97,15 +95,13 @@ def white_box_gallery_features(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Gallery features ``[G, D]`` after the non-targeted gallery attack ``spec`` against ``model`` itself."""
+    """Gallery features ``[G, D]`` after the non-targeted gallery attack ``spec`` against ``model`` itself,
+    of the images rounded to 8 bits as when saved (images the attack leaves alone keep their clean features)."""
     if rank_and_world()[1] > 1:
         raise MetricAttackError("the adaptive evaluation runs in one process; start it without torchrun")
     plan = plan_attack([model], metric, dataset, "gallery", spec, [SplitFeatures(query, clean_gallery)])
-    gallery = clean_gallery.clone()
-    for batch in attack_batches(plan, spec, batch_size=batch_size, device=device):
-        saved = quantize(batch.adversarial, batch.clean, spec.eps).float().div_(255.0)
-        gallery[batch.indices] = model(saved.to(device)).float().cpu()
-    return gallery
+    done = attack_split(plan, spec, [FeatureModel(model, clean_gallery)], batch_size=batch_size, device=device, saved=True)
+    return done.features[0]
 
 
 def adaptive_attack_rows(

@@ -23,10 +23,12 @@ all it takes). It declares:
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
+from pydantic import BaseModel, model_validator
 
 from ...config import StrictModel
 from ...registry import Registry
@@ -35,8 +37,36 @@ from ..problem import AttackProblem
 _O = TypeVar("_O", bound="MethodOptions")
 
 
+def _accepts(annotation: Any, kind: type) -> bool:
+    return annotation is kind or kind in typing.get_args(annotation)
+
+
+def refuse_bool_confusion(model: type[BaseModel], data: Any) -> Any:
+    """A before-validator's check: a flag (a ``bool`` field) takes only ``true`` / ``false`` (not ``"no"``,
+    not 1), and a number (an ``int`` / ``float`` field) is never a bool (``eps: true`` is not 1). pydantic's
+    lax mode would convert both silently."""
+    if not isinstance(data, dict):
+        return data
+    for key, value in data.items():
+        info = model.model_fields.get(key)
+        if info is None or value is None:
+            continue
+        if _accepts(info.annotation, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, got {value!r}")
+        elif isinstance(value, bool) and (_accepts(info.annotation, int) or _accepts(info.annotation, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+    return data
+
+
 class MethodOptions(StrictModel):
-    """Base of every method's options schema (no options: this class itself)."""
+    """Base of every method's options schema (no options: this class itself). Flags take only real
+    bools and numbers are never bools (:func:`refuse_bool_confusion`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_confusion(cls, data: Any) -> Any:
+        return refuse_bool_confusion(cls, data)
 
     def resolve(self: _O, eps: float) -> _O:
         """These options with the defaults that depend on ``eps`` (0..255 units) filled in;

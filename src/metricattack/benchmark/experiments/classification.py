@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def _tp_distance(ctx: RunContext, model: str, gallery: torch.Tensor) -> float:
     """Mean squared-Euclidean distance between queries and their true positives (other camera)."""
-    from ...attacks.runner import mean_true_positive_distance, true_positive_pairs
+    from ...attacks.evaluation import mean_true_positive_distance, true_positive_pairs
 
     return mean_true_positive_distance(ctx.metric(model, "euclidean"), ctx.clean[model].query, gallery, true_positive_pairs(ctx.dataset))
 

@@ -31,7 +31,7 @@ class TargetedExperiment(Experiment):
         return Needs.tested_on(m, job)
 
     def compute(self, ctx: RunContext) -> Targeted:
-        from ...attacks.runner import target_ranks, targeted_success
+        from ...attacks.evaluation import target_ranks, targeted_success
 
         m, job = self._job(ctx.cfg)
         targets, metric, queries = ctx.targets(), ctx.metric(m, "euclidean"), ctx.clean[m].query
