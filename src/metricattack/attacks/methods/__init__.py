@@ -10,9 +10,19 @@ import importlib
 import pkgutil
 
 from .base import METHODS, AttackMethod, MethodOptions, register_method
-from .iterative import IterativeOptions, IterativeSignMethod, paper_steps
+from .iterative import IterativeOptions, IterativeSignMethod, MomentumOptions, MomentumSignMethod, paper_steps
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["METHODS", "AttackMethod", "IterativeOptions", "IterativeSignMethod", "MethodOptions", "paper_steps", "register_method"]
+__all__ = [
+    "METHODS",
+    "AttackMethod",
+    "IterativeOptions",
+    "IterativeSignMethod",
+    "MethodOptions",
+    "MomentumOptions",
+    "MomentumSignMethod",
+    "paper_steps",
+    "register_method",
+]

@@ -1,20 +1,26 @@
-"""The sign-gradient loop that I-FGSM, MI-FGSM, PGD (and their transfer variants) share.
+"""The sign-gradient loop that I-FGSM, MI-FGSM, PGD and the transfer boosters share.
 
 ``x_0 = start(x)``, ``x_{n+1} = Ψ(x_n + α·sign(u_n))`` for ``n < steps``, where ``u_n`` comes from
 the method's :meth:`IterativeSignMethod.updater`: a fresh function per attacked batch that maps
-``x_n`` to the direction to step (I-FGSM: the gradient; MI-FGSM: the momentum; a transfer
-booster: a gradient of transformed inputs, smoothed, look-ahead, ...) and keeps that batch's
-state (momentum, variance) in its closure. α and the steps come from :class:`IterativeOptions`
-(the paper's defaults: α = min(1, ε), n = ⌊min(ε + 4, 1.25 ε)⌋).
+``x_n`` to the direction to step (I-FGSM: the gradient; MI-FGSM: the momentum) and keeps that
+batch's state in its closure. α and the steps come from :class:`IterativeOptions` (the paper's
+defaults: α = min(1, ε), n = ⌊min(ε + 4, 1.25 ε)⌋).
+
+:class:`MomentumSignMethod` is the momentum loop (MI-FGSM, Eq. 7) with a pluggable gradient
+*estimate* and an optional Nesterov look-ahead: the transfer boosters (DI, TI, SI-NI, VMI, VNI)
+differ only in their :meth:`MomentumSignMethod.estimator` (a gradient of transformed inputs,
+smoothed, averaged over scale copies, variance-tuned) and in ``nesterov``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar, TypeVar
 
 import torch
 from pydantic import Field
 
+from ..ops import per_image_l1_normalise
 from ..problem import AttackProblem
 from .base import AttackMethod, MethodOptions, OptionsT
 
@@ -73,3 +79,46 @@ class IterativeSignMethod(AttackMethod[OptionsT]):
         for _ in range(steps):
             x = problem.project(x + alpha * mask * update(x).sign())
         return x.detach()
+
+
+class MomentumOptions(IterativeOptions):
+    """:class:`IterativeOptions` + the momentum decay μ."""
+
+    mu: float = Field(default=1.0, ge=0, allow_inf_nan=False, description="momentum decay μ (the paper's 1)")
+
+
+Estimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(x_n, p_n) -> G [B,3,H,W]``: a method's gradient estimate for iterate ``x_n`` evaluated at ``p_n``
+(``x_n`` itself, or the Nesterov look-ahead); a fresh one per attacked batch, keeping its state."""
+
+MomentumOptionsT = TypeVar("MomentumOptionsT", bound=MomentumOptions)
+
+
+class MomentumSignMethod(IterativeSignMethod[MomentumOptionsT]):
+    """``g_{n+1} = μ·g_n + G(x_n, p_n) / mean|G(x_n, p_n)|`` (the mean over each image's own pixels),
+    ``x_{n+1} = Ψ(x_n + α·sign(g_{n+1}))``, ``g_0 = 0``.
+
+    ``p_n = x_n``, or with ``nesterov`` the look-ahead ``p_n = x_n + α·μ·g_n`` (NI-FGSM, Lin et al.,
+    ICLR 2020). ``G`` comes from :meth:`estimator` (default: the input gradient at ``p_n``, which
+    makes this MI-FGSM).
+    """
+
+    nesterov: ClassVar[bool] = False
+
+    def estimator(self, problem: AttackProblem) -> Estimator:
+        """A fresh gradient estimate ``(x_n, p_n) -> G`` for this batch (default: ``∇L(p_n)``)."""
+        return lambda x, point: problem.gradient(point)
+
+    def updater(self, problem: AttackProblem) -> Updater:
+        mu = self.options.mu
+        alpha = self.options.step_and_count()[0] / 255.0
+        estimate = self.estimator(problem)
+        momentum = torch.zeros_like(problem.images)
+
+        def update(x: torch.Tensor) -> torch.Tensor:
+            nonlocal momentum
+            point = x + (mu * alpha) * momentum if self.nesterov else x
+            momentum = mu * momentum + per_image_l1_normalise(estimate(x, point))
+            return momentum
+
+        return update
