@@ -1,15 +1,15 @@
-"""The transfer boosters (DI-, TI-, SI-NI-, VMI-FGSM): their formulas on hand-made inputs, the
+"""The transfer boosters (DI-, TI-, SI-NI-, VMI-, VNI-FGSM): their formulas on hand-made inputs, the
 papers' defaults, their cost, and parity with torchattacks 3.5.1.
 
 Parity. With a cross-entropy objective (our ``ClassificationLoss``: the clean prediction as the label)
 on the same model and images, each of our methods gives *bit-identical* images to torchattacks'
-DIFGSM, TIFGSM, SINIFGSM and VMIFGSM, once three things are aligned:
+DIFGSM, TIFGSM, SINIFGSM, VMIFGSM and VNIFGSM, once three things are aligned:
 
 * randomness: torchattacks draws from torch's global generator, for the whole batch; we draw per image
   from ``problem.generators(purpose)``, in torchattacks' order (DI: resized size, top and left padding,
-  then the coin; VMI: N neighbours per step). Running torchattacks one image at a time with the
+  then the coin; VMI/VNI: N neighbours per step). Running torchattacks one image at a time with the
   global generator seeded as that image's generator (``image_seed(seed, index, purpose)``) draws the
-  same numbers. VMI's ``torch.randn_like(x).uniform_(a, b)`` first fills the tensor with normal
+  same numbers. VMI/VNI's ``torch.randn_like(x).uniform_(a, b)`` first fills the tensor with normal
   draws it then overwrites (the distribution is the paper's uniform); ``randn_like`` is replaced by
   ``empty_like`` in the test so that its uniform draws are the only ones, as ours.
 * torchattacks' departures from the papers, which we do not follow by default, set as options:
@@ -18,7 +18,7 @@ DIFGSM, TIFGSM, SINIFGSM and VMIFGSM, once three things are aligned:
   the paper's σ = k/√3), ``kernel_reference`` = the image's size (a fixed kernel in the image's
   pixels; ours scales with the model's input) and its default input diversity (p = 0.5, rate 0.9);
   SI ``scale_center=0`` (x/2^i on [0, 1] pixels, toward black; the paper's x/2^i on [−1, 1] inputs
-  shrinks toward mid-grey); VMI ``samples=5`` (the paper's N is 20). torchattacks' DI also squashes
+  shrinks toward mid-grey); VMI/VNI ``samples=5`` (the paper's N is 20). torchattacks' DI also squashes
   every image to a square (rnd × rnd from the width) where we keep the aspect ratio: the test images
   are square, where both agree.
 * the projection's arithmetic: torchattacks projects as ``x + clip(x' − x, −ε, ε)``, we as
@@ -48,7 +48,7 @@ from metricattack.attacks.perturb import perturb
 from metricattack.attacks.problem import CallCounts, ModelInfo
 from metricattack.attacks.spec import make_spec
 
-BOOSTERS = ("difgsm", "tifgsm", "sinifgsm", "vmifgsm")
+BOOSTERS = ("difgsm", "tifgsm", "sinifgsm", "vmifgsm", "vnifgsm")
 
 
 class PixelNet(nn.Module):
@@ -106,6 +106,7 @@ PARITY = [
     ),
     ("sinifgsm", {"scale_center": 0}, torchattacks.SINIFGSM, {}, None),
     ("vmifgsm", {"samples": 5}, torchattacks.VMIFGSM, {}, "variance"),
+    ("vnifgsm", {"samples": 5}, torchattacks.VNIFGSM, {}, "variance"),
 ]
 
 
@@ -152,8 +153,8 @@ def test_defaults_are_the_papers() -> None:
         "nsig": math.sqrt(3),
     }
     assert options("sinifgsm") == {**common, "mu": 1.0, "scales": 5, "scale_center": 0.5}
-    assert options("vmifgsm") == {**common, "mu": 1.0, "samples": 20, "beta": 1.5}
-    assert [METHODS.get(m).label for m in BOOSTERS] == ["DI-FGSM", "TI-FGSM", "SI-NI-FGSM", "VMI-FGSM"]
+    assert options("vmifgsm") == options("vnifgsm") == {**common, "mu": 1.0, "samples": 20, "beta": 1.5}
+    assert [METHODS.get(m).label for m in BOOSTERS] == ["DI-FGSM", "TI-FGSM", "SI-NI-FGSM", "VMI-FGSM", "VNI-FGSM"]
     with pytest.raises(Exception, match="resize_rate 1 would never transform"):
         make_spec(method="difgsm", resize_rate=1)
 
@@ -190,7 +191,7 @@ def run(method: str, x: torch.Tensor, objective, **options: object) -> tuple[tor
 
 def test_boosters_reduce_to_the_paper_methods_when_their_addition_is_off() -> None:
     """DI with p = 0 and TI with a 1-px kernel are MI-FGSM; μ = 0 is I-FGSM; SI with one copy is NI-FGSM;
-    on a linear loss the variance vanishes and VMI is MI-FGSM, bit for bit."""
+    on a linear loss the variance vanishes and VMI / VNI are MI / NI-FGSM, bit for bit."""
     x = square_images(0.1, n=3)
     weights = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(5)).sign()
     tilted = lambda z, idx: ((z - 0.3) ** 2 * weights).flatten(1).sum(1)  # noqa: E731 - gradients vary with z
@@ -200,11 +201,12 @@ def test_boosters_reduce_to_the_paper_methods_when_their_addition_is_off() -> No
     assert torch.equal(run("difgsm", x, tilted, diversity_prob=0)[0], run("ifgsm", x, tilted)[0])
     assert not torch.equal(run("sinifgsm", x, wavy, scales=1)[0], run("mifgsm", x, wavy)[0])  # the look-ahead acts
     assert torch.equal(run("vmifgsm", x, linear(weights), samples=4)[0], run("mifgsm", x, linear(weights))[0])
+    assert torch.equal(run("vnifgsm", x, linear(weights), samples=4)[0], run("sinifgsm", x, linear(weights), scales=1)[0])
     assert not torch.equal(run("vmifgsm", x, wavy, samples=4)[0], run("mifgsm", x, wavy)[0])  # the variance acts on a curved loss
 
 
 def test_cost_per_image_in_forward_and_backward_passes() -> None:
-    """DI and TI: one pass per step; SI: one per scale copy; VMI: 1 + N, but not the last
+    """DI and TI: one pass per step; SI: one per scale copy; VMI / VNI: 1 + N, but not the last
     step's N (its variance would never be used)."""
     x = square_images(0.1, n=2)
     objective = lambda z, idx: z.flatten(1).sum(1)  # noqa: E731 - any input size (DI's)
@@ -213,6 +215,7 @@ def test_cost_per_image_in_forward_and_backward_passes() -> None:
         ("tifgsm", {"diversity_prob": 0.5}, 4),
         ("sinifgsm", {"scales": 3}, 12),
         ("vmifgsm", {"samples": 5}, 4 + 5 * 3),
+        ("vnifgsm", {"samples": 5}, 4 + 5 * 3),
     ]:
         _, counts = run(method, x, objective, **options)
         assert counts.forward.tolist() == counts.backward.tolist() == [per_image] * 2, method
