@@ -139,5 +139,7 @@ def test_unknown_architecture_in_spec(saved: tuple[ReIDModel, Path]) -> None:
     record = json.loads(sidecar.read_text())
     record["spec"]["architecture"] = "transreid"
     sidecar.write_text(json.dumps(record))
-    with pytest.raises(CheckpointError, match=r"unusable spec: unknown architecture 'transreid'; available: .*reid"):
+    with pytest.raises(
+        CheckpointError, match=r"needs the architecture 'transreid', which is not registered.*registered architectures: .*reid"
+    ):
         load_model(path)

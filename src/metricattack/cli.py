@@ -15,6 +15,7 @@ from typing import Any
 from . import __version__, commands
 from .distributed import launched_by_torchrun, process_group, resolve_device
 from .errors import MetricAttackError, MetricAttackWarning
+from .models.plugins import allowing
 from .registry import Registry
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     registered = registered_names()
     for subparser in subparsers.choices.values():
         add_log_options(subparser, default=argparse.SUPPRESS)  # after the command too; the top-level value stays otherwise
+        add_allow_module_option(subparser)
         subparser.formatter_class = _LineFormatter
         subparser.epilog = registered
     return parser
@@ -90,6 +92,20 @@ def add_log_options(parser: argparse.ArgumentParser, default: str) -> None:
     group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug", default=default, help="debug messages")
 
 
+def add_allow_module_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow-module NAME`` (repeatable) into ``args.allow_modules``: see :mod:`metricattack.models.plugins`."""
+    parser.add_argument(
+        "--allow-module",
+        dest="allow_modules",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a module a checkpoint may import when the architecture or backbone it needs is not registered "
+        "(its code runs: only modules you trust; repeatable; also $METRICATTACK_ALLOW_MODULES). "
+        "Without it a checkpoint imports nothing",
+    )
+
+
 class _LogFormatter(logging.Formatter):
     """One line per record: ``metricattack: message`` (info), ``metricattack: warning: message``, ..."""
 
@@ -130,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     warnings.showwarning = _show_warning
     try:
-        return int(_run(args) or 0)
+        with allowing(args.allow_modules):
+            return int(_run(args) or 0)
     except MetricAttackError as exc:
         print(f"metricattack {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@
   name, classes, input size, normalisation, retrieval ``feature_space``, ...),
   "weights_sha256", "modules", "environment" (code versions), "meta"}`` where ``meta`` is the
   caller's provenance (config, dataset fingerprint, epoch, seed, ...) and ``modules`` names
-  the user modules that registered the model's backbone or architecture, imported by name on
-  load (:mod:`.plugins`).
+  the user modules that registered the model's architecture or backbone
+  (``{"backbone": "mynets.backbones"}``), imported on load only when that name is not
+  registered yet and the user allowed the module (:mod:`.plugins`).
 
 :func:`load_model` rebuilds the architecture the spec names (``models.base.ARCHITECTURES``);
 a spec without ``architecture`` (written before architectures existed) is a ``ReIDModel``.
@@ -22,6 +23,7 @@ read back with ``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError, MetricAttackError
 from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file
 from .base import ReIDNet, architecture_of, build_from_spec
-from .plugins import defining_modules, import_modules
+from .plugins import defining_modules, require_registered
 
 FORMAT = "metricattack.reid-checkpoint/1"
 
@@ -60,7 +62,7 @@ def save_checkpoint(model: ReIDNet, path: Path, meta: dict[str, Any]) -> Path:
         "spec": model.spec(),
         "weights_file": path.name,
         "weights_sha256": sha256_file(path),
-        "modules": defining_modules(model),  # user modules that registered its backbone, imported on load
+        "modules": defining_modules(model),  # user modules that registered its architecture / backbone (.plugins)
         "environment": environment_versions(),
         "meta": meta,
     }
@@ -125,11 +127,15 @@ def _backbone(spec: dict[str, Any]) -> str:
     return f" (backbone {spec['backbone']!r})" if "backbone" in spec else ""
 
 
-def load_model(path: Path, device: str | torch.device = "cpu", expect: dict[str, Any] | None = None) -> ReIDNet:
+def load_model(
+    path: Path, device: str | torch.device = "cpu", expect: dict[str, Any] | None = None, *, allow_modules: Iterable[str] = ()
+) -> ReIDNet:
     """Rebuild the model saved at ``path`` and load its weights; returned in eval mode on ``device``.
 
     ``expect`` maps spec keys (``backbone``, ``num_classes``, ``input_size``, ...) to the values
-    a config requires; any disagreement raises :class:`CheckpointError`.
+    a config requires; any disagreement raises :class:`CheckpointError`. ``allow_modules``: user
+    modules the checkpoint may import when its architecture or backbone is not registered yet
+    (:func:`~.plugins.require_registered`; nothing is imported otherwise).
     """
     path = Path(path)
     record = checkpoint_meta(path)
@@ -137,7 +143,7 @@ def load_model(path: Path, device: str | torch.device = "cpu", expect: dict[str,
     check_expected(spec, expect or {}, path)
     if record.get("weights_sha256") and sha256_file(path) != record["weights_sha256"]:
         raise CheckpointError(f"checkpoint {path} does not match the SHA-256 recorded in {meta_path(path)} (torn or replaced file)")
-    import_modules(record.get("modules", []), path)
+    require_registered(spec, record.get("modules"), path, allow_modules)
     try:
         model = build_from_spec(spec)
     except (MetricAttackError, TypeError) as exc:

@@ -4,11 +4,14 @@ Every command that takes ``--checkpoint FILE`` also takes ``--model SPEC [--weig
 and benchmark configs take ``model:`` / ``weights:``; all of them resolve here:
 
 * ``--checkpoint run/model.safetensors`` -- a checkpoint written by ``metricattack train``
-  (safetensors + JSON sidecar, :func:`~metricattack.models.checkpoint.load_model`);
+  (safetensors + JSON sidecar, :func:`~metricattack.models.checkpoint.load_model`); it runs
+  no code: a module it names is imported only when allowed (``allow_modules``,
+  ``--allow-module``; :mod:`~metricattack.models.plugins`);
 * ``--model python:MODULE:FUNCTION`` -- ``MODULE.FUNCTION()`` returns an ``nn.Module`` that
   maps images ``[B,3,H,W]`` in [0,1] (any size) to features ``[B,D]``. ``MODULE`` is imported
   by name with :func:`importlib.import_module` (installed, or its folder on ``PYTHONPATH``;
-  nothing is read from the checkpoint or executed from a path). ``--weights FILE`` optionally
+  nothing is read from the checkpoint or executed from a path): naming it is the user's
+  consent to run its code, so give only modules you trust. ``--weights FILE`` optionally
   loads a state dict into the returned module (safetensors or ``torch.load(weights_only=True)``,
   keys must match exactly). The model is put in eval mode;
 * ``--model torchreid:resnet50 --weights FILE`` (and the other formats of
@@ -27,6 +30,7 @@ import importlib
 import importlib.util
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,11 +69,16 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A checkpoint path, or a model spec (``python:MODULE:FUNCTION`` or a format name) with optional weights."""
+    """A checkpoint path, or a model spec (``python:MODULE:FUNCTION`` or a format name) with optional weights.
+
+    ``allow_modules``: modules a checkpoint may import when the architecture or backbone it needs
+    is not registered yet (:func:`~metricattack.models.plugins.require_registered`).
+    """
 
     checkpoint: Path | None = None
     model: str | None = None
     weights: Path | None = None
+    allow_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.model is None):
@@ -85,14 +94,14 @@ class ModelSource:
             raise MetricAttackError("--weights goes with --model; a --checkpoint holds its own weights")
 
     @classmethod
-    def parse(cls, spec: str | Path, weights: str | Path | None = None) -> ModelSource:
+    def parse(cls, spec: str | Path, weights: str | Path | None = None, allow_modules: Iterable[str] = ()) -> ModelSource:
         """A source from one string: ``python:...``, a format name or any other ``project:name`` that is
         not an existing file is a model spec (an unknown one lists the formats); anything else a checkpoint path."""
         text = str(spec)
         weights_path = None if weights is None else Path(weights)
         if text.startswith(PYTHON_PREFIX) or text in FORMATS or (":" in text and not Path(text).exists()):
-            return cls(model=text, weights=weights_path)
-        return cls(checkpoint=Path(text), weights=weights_path)
+            return cls(model=text, weights=weights_path, allow_modules=tuple(allow_modules))
+        return cls(checkpoint=Path(text), weights=weights_path, allow_modules=tuple(allow_modules))
 
     @property
     def label(self) -> str:
@@ -127,7 +136,7 @@ class ModelSource:
         if self.checkpoint is not None:
             from .checkpoint import load_model
 
-            model = load_model(self.checkpoint, device=device)
+            model = load_model(self.checkpoint, device=device, allow_modules=self.allow_modules)
             record.update(checkpoint=str(self.checkpoint), sha256=sha256_file(self.checkpoint))
             return LoadedModel(model, record, self.checkpoint)
         assert self.model is not None
@@ -201,8 +210,13 @@ def _load_python(spec: str, weights: Path | None) -> tuple[nn.Module, str | None
     return model.eval(), getattr(module, "__file__", None)
 
 
-def load_model(source: str | Path, weights: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(
+    source: str | Path, weights: str | Path | None = None, device: str | torch.device = "cpu", *, allow_modules: Iterable[str] = ()
+) -> nn.Module:
     """Any model in eval mode: a checkpoint path, ``python:MODULE:FUNCTION`` or a format name with ``weights``.
+
+    ``allow_modules``: modules a checkpoint may import when the architecture or backbone it needs
+    is not registered yet (:mod:`~metricattack.models.plugins`); a checkpoint imports nothing else.
 
     Example::
 
@@ -210,4 +224,4 @@ def load_model(source: str | Path, weights: str | Path | None = None, device: st
         >>> model = load_model("torchreid:resnet50", weights="resnet50_market_xent.pth.tar")
         >>> model = load_model("python:mynets:build")
     """
-    return ModelSource.parse(source, weights).load(device).model
+    return ModelSource.parse(source, weights, allow_modules).load(device).model
