@@ -2,7 +2,9 @@
 
 Rule: a stage never leaves a half-written artifact. Files are written to a temporary
 sibling ``.NAME.XXXXXXXX.tmp`` and renamed into place (``os.replace`` is atomic on POSIX), so
-a killed run leaves either the old file or the new one, never a torn one. The writer holds an
+a killed run leaves either the old file or the new one, never a torn one. A symbolic link at
+the destination is replaced by the new file, never written through (the file it points to is
+left untouched). The writer holds an
 exclusive ``flock`` on its temporary file while writing; a temporary file nobody holds is
 a leftover of a killed run, which :func:`remove_leftovers` deletes when the run resumes.
 """
@@ -70,7 +72,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield tmp
-        if final.exists():
+        if final.is_symlink():
+            final.unlink()  # replaced, never followed
+        elif final.exists():
             final.rmdir()
         os.rename(tmp, final)
     except BaseException:
@@ -130,10 +134,10 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     Never a hard link: changing the copy (``chmod``, appending) must not change the source. On a
     file system with reflinks (Btrfs, XFS) the copy shares the source's blocks copy-on-write and
     costs no space; elsewhere the bytes are copied. An existing ``dst`` that is a hard link to
-    ``src`` (written by an earlier version) is replaced by a copy.
+    ``src`` (written by an earlier version) or a symbolic link is replaced by a copy.
     """
     dst = Path(dst)
-    if dst.exists() and not os.path.samefile(src, dst):
+    if dst.exists() and not dst.is_symlink() and not os.path.samefile(src, dst):
         return
     with atomic_path(dst) as tmp, open(src, "rb") as source, open(tmp, "wb") as target:
         try:

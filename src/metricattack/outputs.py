@@ -14,6 +14,8 @@ before it loads a model or reads a pixel. The rules (issue #12):
 :func:`claim_output` then gives one run at a time a folder: an ``flock`` on ``FOLDER/.metricattack.lock``
 (released by the kernel when the process dies, so a killed run never blocks its rerun), whose
 content names the holder (command, pid, host, start time) for the message another run gets.
+The lock file is never a symbolic link (opened with ``O_NOFOLLOW``; a linked one is refused, and
+a folder holding one is not empty).
 Holding the claim, the run removes the temporary files of killed runs in the folder
 (:func:`metricattack.io.remove_leftovers`).
 """
@@ -21,10 +23,12 @@ Holding the claim, the run removes the temporary files of killed runs in the fol
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -129,8 +133,10 @@ def check_output_file(
 
 
 def is_empty_folder(folder: Path) -> bool:
-    """True when ``folder`` holds nothing but a free lock file and leftovers of killed runs."""
-    return all(entry.name == LOCK_NAME or is_leftover_name(entry.name) for entry in folder.iterdir())
+    """True when ``folder`` holds nothing but a lock file and leftovers of killed runs (never
+    symbolic links: a linked lock file is not an empty folder's)."""
+    with os.scandir(folder) as entries:
+        return all((e.name == LOCK_NAME or is_leftover_name(e.name)) and not e.is_symlink() for e in entries)
 
 
 def check_output_folder(
@@ -164,12 +170,43 @@ def check_output_folder(
 
 
 def lock_holder(folder: PathLike) -> dict[str, object]:
-    """What the lock file of ``folder`` says about its last holder (empty when there is none)."""
+    """What the lock file of ``folder`` says about its last holder (empty when there is none or
+    it is not a regular file: a symbolic link is never followed)."""
     try:
-        record = json.loads((Path(folder) / LOCK_NAME).read_text(encoding="utf-8"))
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        record = json.loads(os.pread(fd, 1 << 16, 0).decode("utf-8"))
     except (OSError, ValueError):
         return {}
+    finally:
+        os.close(fd)
     return record if isinstance(record, dict) else {}
+
+
+def _open_lock(folder: Path) -> int:
+    """The lock file of ``folder``, opened read-write (created if needed) without following a
+    symbolic link; OutputError when it is a link, not a regular file, or has other hard links
+    (writing the holder's name would overwrite the file it stands for)."""
+    lock = folder / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(
+                f"{lock} is a symbolic link; refusing to lock {folder} through it (it would overwrite the file it points to): "
+                "remove the link or choose another folder"
+            ) from None
+        raise OutputError(f"cannot create the lock file {lock}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "has other hard links" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+        raise OutputError(f"{lock} {what}; refusing to lock {folder} through it: remove it or choose another folder")
+    return fd
 
 
 def _describe(holder: dict[str, object]) -> str:
@@ -185,10 +222,12 @@ def output_lock(folder: PathLike, command: str) -> Iterator[None]:
 
     The lock is an ``flock`` on ``FOLDER/.metricattack.lock``; the kernel releases it when the
     process ends, however it ends. The file stays (removing it would let two runs lock two files).
+    A lock file that is a symbolic link, not a regular file, or hard-linked elsewhere is refused
+    (``O_NOFOLLOW``): writing the holder's name into it would overwrite another file.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(folder)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -193,7 +194,8 @@ class StageCache:
             },
             sort_keys=True,
         )
-        with open(self.log_path, "a", encoding="utf-8") as handle:
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # never through a link
+        with open(fd, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..evaluation.chance import dataset_chance
 from ..evaluation.checks import check_test_set
 from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import AP_CONVENTIONS, TIE_RULES, RankingResult
-from ..io import atomic_path, atomic_write_json, environment_versions, remove_leftovers, sha256_file
+from ..io import atomic_path, atomic_write_json, environment_versions, is_leftover_name, remove_leftovers, sha256_file
 from ..metrics.distance import Metric, build_metric, load_metric, parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS, load_for_checkpoint, metric_path
 from ..model_options import add_model_option, add_weights_option, single_model_source
@@ -152,6 +153,22 @@ def cached_features(cache: Path | None, key: dict[str, Any], compute: Callable[[
     return found["features"]
 
 
+def is_features_cache(folder: Path) -> bool:
+    """True when ``folder`` holds only what ``--features-cache`` writes (``cache/features/``,
+    ``logs/stages.jsonl``, leftovers of killed writes), none of it a symbolic link: never a run
+    folder of another command, whose ``cache/`` and ``logs/`` would get mixed with it."""
+    layout = {folder: {"cache", "logs"}, folder / "cache": {"features"}, folder / "logs": {"stages.jsonl"}}
+    for where, names in layout.items():
+        if where != folder and (where.is_symlink() or (where.exists() and not where.is_dir())):
+            return False
+        if not where.is_dir():
+            continue  # not made yet
+        with os.scandir(where) as entries:
+            if any(e.is_symlink() or not (e.name in names or is_leftover_name(e.name)) for e in entries):
+                return False
+    return True
+
+
 def is_evaluation_result(path: Path) -> bool:
     """True when ``path`` is a results file written by ``metricattack evaluate --out``."""
     try:
@@ -178,7 +195,7 @@ def _check_outputs(args: argparse.Namespace, dataset_root: Path) -> None:
         )
     if args.features_cache is not None:
         check_output_folder(
-            "--features-cache", args.features_cache, command="evaluate", is_previous=lambda folder: True, datasets=[dataset_root]
+            "--features-cache", args.features_cache, command="evaluate features cache", is_previous=is_features_cache, datasets=[dataset_root]
         )
 
 
