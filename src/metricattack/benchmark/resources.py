@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.types import ImageRecord, ReIDDataset
 from ..errors import ConfigError, MetricAttackError
-from ..io import atomic_path, sha256_file
+from ..io import atomic_path, sha256_file, sha256_json
 from ..stages import MARKER, StageCache, StageSpec
 from .context import AttackOutput, Features, ModelRecord, RunContext
 from .jobs import AttackJob, is_learned
@@ -76,7 +76,10 @@ def open_run(cfg: BenchmarkConfig, out: Path) -> RunContext:
     root = cache.run(spec, work)["root"]
     ds = load_dataset(section.layout, root)
     check_test_set(ds)  # no valid match = an error; duplicates warn: before any training
-    return RunContext(cfg, cache, cfg.device, ds, root, dataset_fingerprint(ds), keys={"dataset": spec.key})
+    fingerprint = dataset_fingerprint(ds)
+    # every later stage depends on the files' content, not only on the config naming them
+    key = sha256_json({"dataset_stage": spec.key, "fingerprint": fingerprint})[:24]
+    return RunContext(cfg, cache, cfg.device, ds, root, fingerprint, keys={"dataset": key})
 
 
 # ----------------------------------------------------------------- models

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError, MetricAttackWarning
+from ..io import sha256_file
 from ..registry import Registry
 from .types import DISTRACTOR_PID, JUNK_PID, ImageRecord, ReIDDataset
 
@@ -350,19 +351,21 @@ def load_dataset(name: str, root: str | os.PathLike[str], *, check_counts: bool 
 
 
 def dataset_fingerprint(ds: ReIDDataset) -> str:
-    """Hex SHA-256 over the sorted ``(relative path, pid, camid, file size)`` of every record.
+    """Hex SHA-256 over the sorted ``(relative path, pid, camid, SHA-256 of the file's bytes)`` of every record.
 
-    Cheap (one ``stat`` per file, no pixels read); changes when files are added, removed,
-    renamed, relabelled or resized on disk.
+    The key of every cache and resume check that depends on the data (``evaluate --features-cache``,
+    training, attack exports, the benchmark's and the defense's stages): it changes when a file is
+    added, removed, renamed or relabelled, and when its content changes, also at the same size
+    (a cheaper key of names and sizes reused stale features: issue #19). Reads every file once.
     """
     rows = []
     for record in (*ds.train, *ds.query, *ds.gallery):
         try:
-            size = record.path.stat().st_size
+            content = sha256_file(record.path)
         except OSError as exc:
             raise DatasetError(f"cannot read image {record.path} of dataset {ds.name}: {exc.strerror}") from None
         rel = record.path.relative_to(ds.root).as_posix() if record.path.is_relative_to(ds.root) else record.path.as_posix()
-        rows.append(f"{rel}\t{record.pid}\t{record.camid}\t{size}\n")
+        rows.append(f"{rel}\t{record.pid}\t{record.camid}\t{content}\n")
     digest = hashlib.sha256()
     for row in sorted(rows):
         digest.update(row.encode("utf-8"))

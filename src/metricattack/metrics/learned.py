@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ..data.types import DISTRACTOR_PID, JUNK_PID
 from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.features import extract_features
-from ..io import remove_leftovers
+from ..io import remove_leftovers, sha256_file
 from ..models.sources import ModelSource
 from ..outputs import check_output_file, with_sidecars
 from ..registry import Registry
@@ -113,14 +114,35 @@ def load_learned_metric(path: str | Path, feature_dim: int | None = None) -> Mah
 
 
 def load_for_checkpoint(checkpoint: str | Path, kind: str, feature_dim: int | None = None) -> MahalanobisMetric:
-    """Load the ``kind`` metric saved beside ``checkpoint`` (see :func:`metric_path`)."""
+    """Load the ``kind`` metric saved beside ``checkpoint`` (see :func:`metric_path`).
+
+    A metric fitted for other weights (``checkpoint`` retrained or replaced in place: its SHA-256
+    differs from the one the metric's sidecar records) is refused: its projection was learned on
+    another model's features.
+    """
     path = metric_path(checkpoint, kind)
+    refit = f"`metricattack fit-metric --checkpoint {checkpoint} --kind {kind} ...`"
     if not path.is_file():
+        raise MetricAttackError(f"no {kind} metric beside checkpoint {checkpoint} (expected {path}); create it with {refit}")
+    metric = load_learned_metric(path, feature_dim)
+    recorded = _fitted_for(path)
+    if recorded is not None and recorded != (actual := sha256_file(checkpoint)):
         raise MetricAttackError(
-            f"no {kind} metric beside checkpoint {checkpoint} (expected {path}); create it with "
-            f"`metricattack fit-metric --checkpoint {checkpoint} --kind {kind} ...`"
+            f"{kind} metric {path} was fitted for the model with SHA-256 {recorded[:16]}..., but {checkpoint} now has SHA-256 "
+            f"{actual[:16]}... (retrained or replaced since); fit it again for these weights with {refit}"
         )
-    return load_learned_metric(path, feature_dim)
+    return metric
+
+
+def _fitted_for(path: Path) -> str | None:
+    """The SHA-256 of the model file a learned metric was fitted for (None for files that do not record it)."""
+    try:
+        meta = json.loads(sidecar_path(path).read_text(encoding="utf-8")).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    model = meta.get("model") if isinstance(meta, dict) else None
+    recorded = model.get("sha256") if isinstance(model, dict) else None
+    return recorded if isinstance(recorded, str) else None
 
 
 def fit_for_checkpoint(
