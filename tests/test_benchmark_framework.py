@@ -37,8 +37,9 @@ dataset: {synthetic: {num_train_ids: 4, num_test_ids: 3}}
 models:
   - name: B1
     train: &r {model: {backbone: resnet18}, loss: {cross_entropy: {}}, schedule: {epochs: 1}}
-  - {name: B2, train: *r}
+  - {name: B2, train: {<<: *r, seed: 1}}
 """
+B2_ENTRY = "{name: B2, train: {<<: *r, seed: 1}}"  # another seed: one recipe under two names is refused
 
 
 def test_config_errors_name_the_problem(tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
     path.write_text(MINIMAL.replace("name: B2", "name: B1"))
     with pytest.raises(ConfigError, match="unique"):
         load_benchmark_config(path)
-    path.write_text(MINIMAL.replace("{name: B2, train: *r}", "{name: B2}"))
+    path.write_text(MINIMAL.replace(B2_ENTRY, "{name: B2}"))
     with pytest.raises(ConfigError, match="exactly one of"):
         load_benchmark_config(path)
     path.write_text(MINIMAL)
@@ -100,7 +101,7 @@ def test_overrides_reach_list_entries_by_index_or_name(tmp_path: Path) -> None:
 
 def test_table4_ensembles_use_its_methods_or_every_attack_method(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(MINIMAL + "  - {name: B3, train: *r}\n")
+    path.write_text(MINIMAL + "  - {name: B3, train: {<<: *r, seed: 2}}\n")
     ensembles = {(j.sources, j.method) for j in EXPERIMENTS.get("table4").needs(load_benchmark_config(path)).jobs if len(j.sources) > 1}
     assert ensembles == {(m, method) for m in [("B2", "B3"), ("B1", "B3"), ("B1", "B2")] for method in ("fgsm", "ifgsm", "mifgsm")}
     cfg = load_benchmark_config(path, ["experiments.table4.methods=[mifgsm]"])
@@ -142,7 +143,7 @@ def test_train_config_file_is_read_at_load_with_inline_overrides(tmp_path: Path)
         "data: {dataset: market1501, root: /elsewhere, cache: true}\nmodel: {backbone: resnet18}\nloss: {cross_entropy: {}}\nschedule: {epochs: 60}\n"
     )
     path = tmp_path / "c.yaml"
-    path.write_text(MINIMAL.replace("{name: B2, train: *r}", "{name: B2, train_config: b1.yaml}"))
+    path.write_text(MINIMAL.replace(B2_ENTRY, "{name: B2, train_config: b1.yaml}"))
     cfg = load_benchmark_config(path, ["models.B2.train.schedule.epochs=2"])
     recipe = cfg.models[1].train
     assert recipe is not None and recipe.schedule.epochs == 2 and recipe.data.cache

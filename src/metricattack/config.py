@@ -3,6 +3,13 @@
 Each stage defines its own pydantic model (``extra="forbid"`` so typos are caught);
 :func:`load_config` turns a YAML file into that model and reports every invalid value
 in one :class:`~metricattack.errors.ConfigError` naming the file and the field.
+
+YAML is read by :func:`parse_yaml` (files and override values alike), which refuses with one
+``ConfigError`` naming the place: a key given twice in one mapping (YAML would keep the last
+value silently; ``<<:`` merges still override), a document whose aliases would expand to more
+than :data:`MAX_VALUES` values (counted on the parsed graph without expanding it: a 9-line
+"billion laughs" file is refused at once instead of filling the memory), tags that ask for
+Python objects (``!!python/...``), text that is not UTF-8, and malformed YAML.
 """
 
 from __future__ import annotations
@@ -25,15 +32,96 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Most values (scalars, lists, mappings) a config may hold once its aliases are expanded.
+MAX_VALUES = 100_000
+
+
+class _Refused(Exception):
+    """A YAML document :func:`parse_yaml` refuses: ``message`` at 1-based ``line``."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise _Refused(f"key {key!r} is given twice in one mapping (first on line {first_line[key]}); keep one", line)
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Values ``node`` stands for once every alias is expanded; each node counted once (no expansion)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise _Refused("an alias refers to the collection that contains it (a recursive structure)", node.start_mark.line + 1)
+    open_nodes.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes) for k, v in node.value)
+    else:
+        size = 1
+    open_nodes.discard(key)
+    sizes[key] = size
+    return size
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """The data of YAML ``text`` (one document); ConfigError naming ``source`` (and the line) otherwise.
+
+    Refuses duplicate keys, alias expansions beyond :data:`MAX_VALUES` values, recursive aliases
+    and tags other than YAML's plain types (e.g. ``!!python/object``).
+    """
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_VALUES:
+            raise _Refused(f"its aliases expand to {size:,} values, more than the {MAX_VALUES:,} a config may hold", 1)
+        return loader.construct_document(node)
+    except _Refused as exc:
+        raise ConfigError(f"{source}, line {exc.line}: {exc}") from None
+    except yaml.constructor.ConstructorError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else "?"
+        if "tag" in str(exc.problem):
+            raise ConfigError(
+                f"{source}, line {line}: {exc.problem}; a config holds plain data (numbers, strings, lists, mappings), "
+                "no Python objects or other tags"
+            ) from None
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to be a config") from None
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping from ``path`` with a clear error when it is missing or malformed."""
+    """Read a YAML mapping from ``path`` with a clear error when it is missing or malformed (:func:`parse_yaml`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (expected a YAML file)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    data = parse_yaml(text, f"config file {path}")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -61,11 +149,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if isinstance(node, list):
                 index = _list_index(node, key, item)
                 if last:
-                    node[index] = yaml.safe_load(raw)
+                    node[index] = parse_yaml(raw, f"override {item!r}")
                 else:
                     node = _section(node[index], ".".join(keys[: depth + 1]), item)
             elif last:
-                node[key] = yaml.safe_load(raw)
+                node[key] = parse_yaml(raw, f"override {item!r}")
             else:
                 node = _section(node.setdefault(key, {}), ".".join(keys[: depth + 1]), item)
     return result

@@ -11,6 +11,7 @@ example and ``configs/paper/market1501.yaml`` for the paper's settings.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from ..data.synthetic import SynthConfig
 from ..defense.config import AdaptiveSection, RetrainSection, TrainingSetAttack
 from ..errors import ConfigError, MetricAttackError
 from ..evaluation.ranking import APConvention
+from ..io import sha256_file
 from ..metrics.distance import parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS
 from ..models.sources import ModelSource
@@ -348,9 +350,14 @@ class BenchmarkConfig(StrictModel):
                     f"Table 5 retrains its models with their recipe, but {given} are given as checkpoints or models from elsewhere; "
                     "list the others in experiments.table5.models or disable it (experiments.table5.enabled: false)"
                 )
+        if self.experiments.only is not None and not self.experiments.only:
+            raise ValueError(
+                f"experiments.only is empty, so no experiment would run; list some of {', '.join(EXPERIMENTS)} or leave it out to run all"
+            )
         for exp in self.experiments.only or []:
             if exp not in EXPERIMENTS:
                 raise ValueError(f"experiments.only: unknown experiment {exp!r}; available: {', '.join(EXPERIMENTS)}")
+        _refuse_same_models(self.models)
         return self
 
     def model_names(self) -> list[str]:
@@ -382,6 +389,31 @@ class BenchmarkConfig(StrictModel):
         """The experiments this run computes, in paper order."""
         only = self.experiments.only
         return [e for e in EXPERIMENTS if only is None or e in only]
+
+
+def model_identity(model: ModelSection) -> tuple[str, ...]:
+    """What makes two entries the same model: a checkpoint's SHA-256, a model spec with its weights'
+    SHA-256, or a training recipe (every field that reaches the trained bytes, seed included)."""
+    if model.checkpoint is not None:
+        return ("checkpoint", sha256_file(model.checkpoint))
+    if model.model is not None:
+        return ("model", model.model, sha256_file(model.weights) if model.weights is not None else "")
+    return ("train", json.dumps(model.stage_config(), sort_keys=True))
+
+
+def _refuse_same_models(models: Sequence[ModelSection]) -> None:
+    """ValueError when two entries are one model: an attack on one would be reported as a black-box
+    transfer to the other (a white-box attack in truth)."""
+    seen: dict[tuple[str, ...], str] = {}
+    for model in models:
+        identity = model_identity(model)
+        if identity in seen:
+            what = {"checkpoint": f"the same checkpoint (SHA-256 {identity[1][:16]}...)", "model": "the same model and weights"}
+            raise ValueError(
+                f"models {seen[identity]!r} and {model.name!r} are {what.get(identity[0], 'the same training recipe and seed')}, "
+                "so an attack on one would be reported as a black-box transfer to the other; list the model once"
+            )
+        seen[identity] = model.name
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -159,6 +159,22 @@ def train_models(ctx: RunContext) -> None:
             return {"checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)}
 
         add_model(ctx, m.name, spec, ctx.cache.run(spec, work), m.description, m.train.seed if m.train else None)
+    refuse_same_weights(ctx)
+
+
+def refuse_same_weights(ctx: RunContext) -> None:
+    """ConfigError when two models of the run hold the same weights (e.g. a ``checkpoint:`` entry that is
+    the file another entry trained): an attack on one would be reported as a black-box transfer to the
+    other. The config check (``benchmark.config.model_identity``) catches the cases it can see before training."""
+    seen: dict[tuple[str, str | None], str] = {}
+    for name, record in ctx.records.items():
+        identity = ((record.source or {}).get("model", ""), record.sha256)
+        if identity in seen:
+            raise ConfigError(
+                f"models {seen[identity]!r} and {name!r} are the same weights (SHA-256 {str(record.sha256)[:16]}...), so an attack "
+                "on one would be reported as a black-box transfer to the other; list the model once"
+            )
+        seen[identity] = name
 
 
 # ----------------------------------------------------------------- features

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..benchmark.config import BenchmarkConfig, load_benchmark_config
 from ..benchmark.experiments import EXPERIMENTS
+from ..errors import ConfigError
 from ..outputs import check_output_folder, claim_output
 
 
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", required=True, type=Path, help="benchmark YAML, e.g. configs/quickstart.yaml")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
-    parser.add_argument("--only", default="", help=f"comma-separated experiments to run: {','.join(EXPERIMENTS)}")
+    parser.add_argument("--only", default=None, help=f"comma-separated experiments to run: {','.join(EXPERIMENTS)}")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (same as --set progress=false)")
     parser.add_argument(
         "--set",
@@ -52,7 +53,9 @@ def _sources(cfg: BenchmarkConfig) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from ..benchmark.runner import run_benchmark
 
-    only = [o.strip() for o in args.only.split(",") if o.strip()]
+    only = [o.strip() for o in (args.only or "").split(",") if o.strip()]
+    if args.only is not None and not only:
+        raise ConfigError(f"--only {args.only!r} names no experiment; give some of {','.join(EXPERIMENTS)} or leave it out to run all")
     cfg = load_benchmark_config(args.config, [*args.overrides, *(["progress=false"] if args.no_progress else [])], only)
     out = args.out or Path("runs") / cfg.name
     check_output_folder("--out", out, command="benchmark", is_previous=_is_benchmark_run, inputs=[args.config], datasets=_sources(cfg))

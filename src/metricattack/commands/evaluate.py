@@ -195,7 +195,11 @@ def _check_outputs(args: argparse.Namespace, dataset_root: Path) -> None:
         )
     if args.features_cache is not None:
         check_output_folder(
-            "--features-cache", args.features_cache, command="evaluate features cache", is_previous=is_features_cache, datasets=[dataset_root]
+            "--features-cache",
+            args.features_cache,
+            command="evaluate features cache",
+            is_previous=is_features_cache,
+            datasets=[dataset_root],
         )
 
 

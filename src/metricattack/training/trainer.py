@@ -21,6 +21,7 @@ training). Its ``identity`` is recorded in every checkpoint and must match to re
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -196,16 +197,20 @@ class _ShuffledBatches(torch.utils.data.Sampler[list[int]]):
 def run_epoch(
     step: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm, epoch: int
 ) -> dict[str, float]:
-    """One pass over ``loader`` (1-based ``epoch``); returns mean losses, image count, seconds and images/s."""
+    """One pass over ``loader`` (1-based ``epoch``); returns mean losses, the first step's loss
+    (``first_loss``), image count, seconds and images/s."""
     step.train()
     totals: dict[str, torch.Tensor] = {}
     images_seen, batches, start = 0, 0, time.perf_counter()
+    first = torch.zeros(())
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss, parts = losses(step(images), labels, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if batches == 0:
+            first = loss.detach()  # the reference of check_not_diverged
         for name, value in {"loss": loss, **parts}.items():
             totals[name] = totals.get(name, 0.0) + value.detach()
         images_seen, batches = images_seen + images.shape[0], batches + 1
@@ -214,7 +219,28 @@ def run_epoch(
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images_seen / (time.perf_counter() - start):.0f}", refresh=False)
     seconds = time.perf_counter() - start
     stats = {name: float(total) / max(batches, 1) for name, total in totals.items()}
+    stats["first_loss"] = float(first)
     return {**stats, "images": images_seen, "seconds": seconds, "images_per_second": images_seen / seconds if seconds else 0.0}
+
+
+#: Training stops when an epoch's mean loss exceeds this multiple of the run's first-step loss (at least 1).
+DIVERGENCE_FACTOR = 1000.0
+
+
+def check_not_diverged(model: nn.Module, stats: dict[str, float], reference: float, epoch: int, lr: float) -> None:
+    """ConfigError when epoch ``epoch`` diverged: a non-finite mean loss or weight, or a mean loss above
+    :data:`DIVERGENCE_FACTOR` × ``reference`` (the first step's loss; a learning rate far too large
+    multiplies the loss by thousands while the weights stay finite). Called before the epoch is saved;
+    every rank decides alike (the losses are averaged over the ranks, the weights are the same)."""
+    loss = stats["loss"]
+    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if math.isfinite(loss) and loss <= DIVERGENCE_FACTOR * max(reference, 1.0) and not broken:
+        return
+    what = f"weight {broken[0]} is not finite" if broken else f"the mean loss is {loss:.4g} (the first step's: {reference:.4g})"
+    raise ConfigError(
+        f"training diverged in epoch {epoch} at learning rate {lr:.4g}: {what}; this epoch was not saved. "
+        "Lower the learning rate (optimizer.lr) and train again into a new output folder"
+    )
 
 
 def _across_ranks(stats: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -354,6 +380,7 @@ def _run(
         batches = variant.batches(loader, model, epoch) if variant.batches is not None else loader
         with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar:
             stats = _across_ranks(run_epoch(step, batches, optimizer, losses, device, bar, epoch), device)
+        check_not_diverged(model, stats, (history[0] if history else stats).get("first_loss", stats["first_loss"]), epoch, lr)
         history.append({"epoch": epoch, "lr": lr, **stats})
         epochs.update(1)
         if show:
