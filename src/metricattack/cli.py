@@ -15,6 +15,7 @@ from typing import Any
 from . import __version__, commands
 from .distributed import launched_by_torchrun, process_group, resolve_device
 from .errors import MetricAttackError, MetricAttackWarning
+from .io import is_disk_full
 from .models.plugins import allowing
 from .registry import Registry
 
@@ -153,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:  # a file-system refusal the checks could not foresee (disk full, a folder removed meanwhile)
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
-        print(f"metricattack {args.command}: error: {where or 'file system'}: {exc.strerror or exc}", file=sys.stderr)
+        hint = "; free some space and run the same command again: it resumes from the finished work" if is_disk_full(exc) else ""
+        print(f"metricattack {args.command}: error: {where or 'file system'}: {exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"metricattack {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)

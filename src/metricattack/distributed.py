@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TypeVar
@@ -158,25 +159,44 @@ def _joined_store(rank: int, world: int, timeout: float) -> dist.TCPStore:
     """
     addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    limit = timedelta(seconds=timeout)
+    hosts = rank == 0 and not agent
+    deadline = time.monotonic() + timeout
     hint = f"(waited {timeout:g} s; set {JOIN_TIMEOUT_ENV} to wait longer)"
+    unreachable = f"rank {rank} of {world} could not reach the job's store at {addr}:{port}: rank 0 did not start or is unreachable {hint}"
+    # A client waits here, in Python, for the store to accept connections: TCPStore's own retries
+    # print C++ stack traces on stderr before its error.
+    if not hosts and not _wait_until(deadline, lambda: _accepts_connections(addr, port)):
+        raise MetricAttackError(unreachable)
     try:
-        store = dist.TCPStore(
-            addr, port, world, is_master=rank == 0 and not agent, timeout=limit, wait_for_workers=False, multi_tenant=True
-        )
+        limit = timedelta(seconds=max(deadline - time.monotonic(), 1.0))
+        store = dist.TCPStore(addr, port, world, is_master=hosts, timeout=limit, wait_for_workers=False, multi_tenant=True)
     except (RuntimeError, OSError) as exc:
-        raise MetricAttackError(
-            f"rank {rank} of {world} could not reach the job's store at {addr}:{port}: rank 0 did not start or is unreachable {hint}: {exc}"
-        ) from None
+        raise MetricAttackError(f"{unreachable}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     prefix = f"metricattack/join/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{next(_GROUPS)}"
     keys = [f"{prefix}/{r}" for r in range(world)]
     store.set(keys[rank], socket.gethostname())
-    try:
-        store.wait(keys, limit)
-    except (RuntimeError, OSError):
+    if not _wait_until(deadline, lambda: store.check(keys)):  # polled: store.wait logs C++ warnings when it times out
         missing = [r for r, key in enumerate(keys) if not store.check([key])]
         raise MetricAttackError(
             f"rank(s) {', '.join(map(str, missing))} of {world} did not join the job (rank {rank} on {socket.gethostname()} waited); "
             f"they failed to start or died early {hint}"
-        ) from None
+        )
     return store
+
+
+def _wait_until(deadline: float, ready: Callable[[], bool], pause: float = 0.05) -> bool:
+    """Poll ``ready()`` until it is true (True) or ``time.monotonic()`` passes ``deadline`` (False)."""
+    while not ready():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+    return True
+
+
+def _accepts_connections(addr: str, port: int) -> bool:
+    """True when something listens at ``addr:port`` (the connection is closed at once)."""
+    try:
+        with socket.create_connection((addr, port), timeout=1.0):
+            return True
+    except OSError:
+        return False

@@ -24,5 +24,9 @@ class CheckpointError(MetricAttackError):
     """A checkpoint that is missing, unreadable or does not match the config."""
 
 
+class WriteError(MetricAttackError):
+    """An output that could not be written for want of space (disk full, quota): nothing half-written is kept."""
+
+
 class MetricAttackWarning(UserWarning):
     """Input that is usable but unusual (e.g. a dataset with non-official counts)."""

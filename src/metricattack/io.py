@@ -2,7 +2,9 @@
 
 Rule: a stage never leaves a half-written artifact. Files are written to a temporary
 sibling ``.NAME.XXXXXXXX.tmp`` and renamed into place (``os.replace`` is atomic on POSIX), so
-a killed run leaves either the old file or the new one, never a torn one. A symbolic link at
+a killed run leaves either the old file or the new one, never a torn one; a write that fails
+for want of space is one :class:`~metricattack.errors.WriteError` naming the file (a rerun
+resumes). A symbolic link at
 the destination is replaced by the new file, never written through (the file it points to is
 left untouched). The writer holds an
 exclusive ``flock`` on its temporary file while writing; a temporary file nobody holds is
@@ -12,6 +14,7 @@ a leftover of a killed run, which :func:`remove_leftovers` deletes when the run 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -26,18 +29,51 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import WriteError
 
 TEMP_SUFFIX = ".tmp"
 _FICLONE = 0x40049409  # Linux ioctl: make the destination a copy-on-write clone (reflink) of the source
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", f"os error {errno.ENOSPC})", f"os error {errno.EDQUOT})")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) says the disk or quota is full.
+
+    Writers report it differently: ``OSError(ENOSPC)`` (Python files, PIL), a ``RuntimeError``
+    raised while handling one (``torch.save`` to a file object), a ``SafetensorError`` whose text
+    ends in ``(os error 28)``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return True
+        if any(text in str(current) for text in _FULL_TEXTS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def disk_full_error(path: str | os.PathLike[str]) -> WriteError:
+    """The one message for an output ``path`` that could not be written because the disk is full."""
+    return WriteError(
+        f"could not write {os.fspath(path)}: no space left on the device (or quota exceeded); nothing half-written was kept. "
+        "Free some space and run the same command again: it resumes from the finished work"
+    )
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is left untouched. While the
-    caller writes, this process holds an exclusive ``flock`` on the temporary file, which marks
-    it as in use for :func:`remove_leftovers`.
+    On an exception the temporary file is removed and ``path`` is left untouched; a full disk
+    becomes a :class:`~metricattack.errors.WriteError` naming ``path``. While the caller writes,
+    this process holds an exclusive ``flock`` on the temporary file, which marks it as in use for
+    :func:`remove_leftovers`.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -45,12 +81,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield tmp
-        if tmp.exists():  # mkstemp creates 0600; give the artifact the usual umask-based mode
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, final)
+        try:
+            yield tmp
+            if tmp.exists():  # mkstemp creates 0600; give the artifact the usual umask-based mode
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, final)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(final) from None
+            raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -144,6 +185,19 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
             fcntl.ioctl(target.fileno(), _FICLONE, source.fileno())
         except OSError:
             shutil.copyfileobj(source, target, 1 << 20)
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append ``line`` + newline to the log ``path`` (created if needed), never through a symbolic
+    link (``O_NOFOLLOW``); a full disk is a :class:`~metricattack.errors.WriteError` naming it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        with open(fd, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path) from None
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import torch
 
 from .distributed import is_main_process
 from .errors import ConfigError
-from .io import atomic_write_json, environment_versions, sha256_json
+from .io import append_line, atomic_write_json, environment_versions, sha256_json
 from .wording import counted
 
 MARKER = "stage.json"
@@ -194,9 +193,7 @@ class StageCache:
             },
             sort_keys=True,
         )
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # never through a link
-        with open(fd, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        append_line(self.log_path, line)
 
 
 def read_stage_log(run_dir: Path) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ import hashlib
 
 import torch
 
+from ..errors import MetricAttackError
+
 # mean |gradient| below this counts as a zero gradient (MI-FGSM normalisation).
 _TINY = 1e-30
 _SEED_MODULUS = 1 << 62
@@ -61,7 +63,10 @@ def quantize(adversarial: torch.Tensor, original: torch.Tensor, eps: float) -> t
 
     ``original`` must lie on the grid (decoded 8-bit images); every returned pixel differs
     from ``round(255·original)`` by at most ``⌊ε⌋`` (ε in 0..255 units) and lies in 0..255.
+    A NaN, infinite, negative or bool ``eps`` is a MetricAttackError.
     """
+    if isinstance(eps, bool) or not (isinstance(eps, int | float) and 0 <= eps < float("inf")):
+        raise MetricAttackError(f"quantize: eps must be a finite number >= 0 in 0..255 units, got {eps!r}")
     base = original.detach().mul(255.0).round()
     radius = float(int(eps + 1e-6))
     q = adversarial.detach().mul(255.0).round()

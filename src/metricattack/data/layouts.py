@@ -57,6 +57,15 @@ class DatasetCounts:
         return cls(ids(ds.train), len(ds.train), ids(ds.query), len(ds.query), len(ds.gallery))
 
 
+#: Largest person id or camera number a file name or list may give (the int32 range; published datasets stay below 10,000).
+MAX_LABEL = 2**31 - 1
+
+
+def _check_label(value: int, what: str, where: str) -> None:
+    if value > MAX_LABEL:
+        raise DatasetError(f"{where} gives {what} {value}, larger than {MAX_LABEL:,} (the largest id this tool handles)")
+
+
 def parse_market_name(filename: str) -> tuple[int, int]:
     """``(pid, camid)`` from a Market-1501-style file name; camid is 0-based.
 
@@ -66,15 +75,30 @@ def parse_market_name(filename: str) -> tuple[int, int]:
     match = _MARKET_NAME.match(Path(filename).name)
     if match is None or int(match.group(2)) < 1:
         raise DatasetError(f"image file name {filename!r} does not parse; expected a name like {_NAME_EXAMPLE}")
-    return int(match.group(1)), int(match.group(2)) - 1
+    pid, camera = int(match.group(1)), int(match.group(2))
+    for what, value in (("person id", pid), ("camera", camera)):
+        _check_label(value, what, f"image file name {filename!r}")
+    return pid, camera - 1
+
+
+def _dangling(path: Path) -> str:
+    """`` (a symbolic link to X, which does not exist)`` for a dangling link, else ``""``."""
+    return f" (a symbolic link to {os.readlink(path)}, which does not exist)" if path.is_symlink() and not path.exists() else ""
 
 
 def _is_image_file(entry: os.DirEntry[str]) -> bool:
-    return not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
+    """An image of the split: a visible file with an image extension. A dangling symbolic link
+    with an image name is an error naming it (skipping it would change the split silently)."""
+    if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+        return False
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        raise DatasetError(f"image {entry.path}{_dangling(Path(entry.path))}; restore its target or remove the link")
+    return entry.is_file()
 
 
 def _scan_market_folder(folder: Path) -> tuple[ImageRecord, ...]:
-    """Records of every image in ``folder`` (flat, sorted by name); non-image files are skipped."""
+    """Records of every image in ``folder`` (flat, sorted by name); non-image files are skipped,
+    a dangling symbolic link with an image name is an error."""
     with os.scandir(folder) as entries:
         names = sorted(e.name for e in entries if _is_image_file(e))
     records = []
@@ -235,6 +259,7 @@ def _msmt_camid(path: str, list_file: Path, line_no: int) -> int:
             f"{list_file}:{line_no}: image name {Path(path).name!r} does not parse; expected "
             "PID_INDEX_CAMERA_..., e.g. 0000_000_01_0303morning_0015_0.jpg (camera 1-based)"
         )
+    _check_label(int(parts[2]), "camera", f"{list_file}:{line_no}")
     return int(parts[2]) - 1
 
 
@@ -248,8 +273,9 @@ def _read_msmt_list(list_file: Path, image_dir: Path) -> list[ImageRecord]:
             raise DatasetError(f"{list_file}:{line_no}: expected 'relative/path.jpg PID', got {line.strip()!r}")
         path = image_dir / fields[0]
         if not path.is_file():
-            raise DatasetError(f"{list_file}:{line_no}: image {path} does not exist")
+            raise DatasetError(f"{list_file}:{line_no}: image {path} does not exist{_dangling(path)}")
         # List labels are 0-based; shift by one so that pid 0 keeps meaning "distractor".
+        _check_label(int(fields[1]) + 1, "person id", f"{list_file}:{line_no}")
         records.append(ImageRecord(path, int(fields[1]) + 1, _msmt_camid(fields[0], list_file, line_no)))
     return records
 

@@ -38,6 +38,10 @@ from .preprocessing import resize_to_input
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LEGACY_ARCHITECTURE = "reid"
+#: Bounds of what a spec (e.g. a checkpoint's JSON sidecar) may ask for before anything is allocated.
+MAX_INPUT_SIDE = 2048
+MAX_INPUT_PIXELS = 2048 * 1024
+MAX_CLASSES = 1_000_000
 NetT = TypeVar("NetT", bound="ReIDNet")
 
 
@@ -85,10 +89,17 @@ class ReIDNet(nn.Module):
 
     def __init__(self, num_classes: int, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        if int(num_classes) < 1:
-            raise MetricAttackError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not 1 <= int(num_classes) <= MAX_CLASSES:
+            raise MetricAttackError(f"num_classes must be an integer from 1 to {MAX_CLASSES:,}, got {num_classes!r}")
         if len(input_size) != 2 or min(int(s) for s in input_size) < 1:
             raise MetricAttackError(f"input_size must be (height, width) with positive values, got {input_size!r}")
+        height, width = int(input_size[0]), int(input_size[1])
+        if max(height, width) > MAX_INPUT_SIDE or height * width > MAX_INPUT_PIXELS:
+            raise MetricAttackError(
+                f"input_size {height}x{width} is larger than this tool allows (at most {MAX_INPUT_SIDE} per side and "
+                f"{MAX_INPUT_PIXELS:,} pixels; re-ID networks take e.g. 256x128): every image would be resized to it, "
+                f"{12 * height * width / 1e9:.3g} GB per image"
+            )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise MetricAttackError(f"mean and std need 3 values each (std > 0), got mean={mean!r} std={std!r}")
         self.num_classes = int(num_classes)

@@ -73,8 +73,8 @@ def save_checkpoint(model: ReIDNet, path: Path, meta: dict[str, Any]) -> Path:
 def save_train_state(path: Path, state: dict[str, Any]) -> Path:
     """Atomically write resume state (tensors / numbers / containers only) beside checkpoint ``path``."""
     target = train_state_path(path)
-    with atomic_path(target) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)  # through a Python file: a full disk surfaces as OSError(ENOSPC), not a bare RuntimeError
     return target
 
 

@@ -331,7 +331,8 @@ def _run(
     meta = checkpoint_meta(latest)["meta"] if latest else None
     if meta is not None:
         _check_same_run(meta, cfg, fingerprint, latest, variant)  # type: ignore[arg-type]
-        if meta["epoch"] == cfg.schedule.epochs and final.is_file() and checkpoint_meta(final)["meta"]["epoch"] == meta["epoch"]:
+        finished = final.is_file() and meta_path(final).is_file()  # else a run stopped while writing it: written again below
+        if meta["epoch"] == cfg.schedule.epochs and finished and checkpoint_meta(final)["meta"]["epoch"] == meta["epoch"]:
             return final
 
     torch.manual_seed(cfg.seed)
