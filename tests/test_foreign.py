@@ -5,10 +5,12 @@ projects' module names, so their ``state_dict()`` has those projects' keys, and 
 ``forward`` computes the test feature the way those projects do (read from
 torchreid/models/resnet.py and fastreid/modeling/{backbones/resnet.py,heads/embedding_head.py,
 meta_arch/baseline.py}). No download: the weights are random, with random BN statistics.
+``tests/test_torchreid_models.py`` compares with torchreid's own networks and FeatureExtractor.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,8 @@ from torch import nn
 
 from metricattack.errors import CheckpointError, MetricAttackError
 from metricattack.models.foreign import FORMATS, load_foreign
-from metricattack.models.reid import IMAGENET_MEAN, IMAGENET_STD
+from metricattack.models.reid import IMAGENET_MEAN, IMAGENET_STD, ReIDModel
+from metricattack.models.sources import load_model
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -245,5 +248,14 @@ def test_unsafe_or_broken_files_are_refused(tmp_path: Path) -> None:
 
 def test_unknown_format_lists_the_registered_ones() -> None:
     assert {"torchreid:resnet50", "fastreid:bot_r50"} <= set(FORMATS.names())
-    with pytest.raises(MetricAttackError, match=r"unknown model format 'torchreid:resnet18'; available: .*fastreid:bot_r50"):
-        load_foreign("torchreid:resnet18", "x.pth")
+    with pytest.raises(MetricAttackError, match=r"unknown model format 'torchreid:resnet19'; available: .*fastreid:bot_r50"):
+        load_foreign("torchreid:resnet19", "x.pth")
+
+
+def test_torchreid_models_without_torchreid(torchreid_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torchreid, ``torchreid:resnet50`` (mapped onto ReIDModel) loads and the models torchreid builds say how to install it."""
+    monkeypatch.setitem(sys.modules, "torchreid", None)  # import torchreid fails, as where it is not installed
+    path, _ = torchreid_file
+    assert isinstance(load_model("torchreid:resnet50", weights=path), ReIDModel)
+    with pytest.raises(MetricAttackError, match=r"built by torchreid, which cannot be imported .*pip install 'metricattack\[torchreid\]'"):
+        load_model("torchreid:osnet_x1_0", weights=path)

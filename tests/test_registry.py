@@ -43,3 +43,26 @@ def test_empty_name_is_refused() -> None:
     reg: Registry[int] = Registry("widget")
     with pytest.raises(ValueError, match="non-empty string"):
         reg.register("", 1)
+
+
+def test_a_family_resolves_names_under_its_prefix_on_demand() -> None:
+    reg: Registry[str] = Registry("widget")
+    reg.register("plain", "p")
+
+    def resolve(rest: str) -> str:
+        if rest not in ("a", "b"):
+            raise MetricAttackError(f"the zoo has no widget {rest!r}")
+        return rest.upper()
+
+    reg.register_family("zoo:", resolve, "a zoo widget")
+    assert reg.get("zoo:a") == "A" and reg.get("plain") == "p"
+    assert "zoo:b" in reg and "zoo:c" not in reg and "other:a" not in reg
+    assert reg.names() == ("plain",) and reg.listing() == ("plain", "zoo:<a zoo widget>")
+    with pytest.raises(MetricAttackError, match="the zoo has no widget 'c'"):
+        reg.get("zoo:c")
+    with pytest.raises(ValueError, match="the zoo has no widget 'c'"):
+        reg.check("zoo:c")
+    with pytest.raises(MetricAttackError, match=r"unknown widget 'other:a'; available: plain, zoo:<a zoo widget>"):
+        reg.get("other:a")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register_family("zoo:", resolve, "again")

@@ -6,7 +6,8 @@ The public API, in three lines::
     model = ma.load_model("runs/r18/model.safetensors")       # or "python:mynets:build", or "torchreid:resnet50" + weights=
     adv = ma.MetricAttack(model, eps=5)(images, references)    # images [B,3,H,W] in [0,1], references [B,R,D]
 
-Data, features and evaluation: :func:`load_dataset`, :func:`extract_features`,
+A network that expects normalised tensors becomes a model with :func:`wrap` (its state-dict
+keys unchanged, so its own checkpoints load). Data, features and evaluation: :func:`load_dataset`, :func:`extract_features`,
 :func:`evaluate_model`, :func:`evaluate_features`; metrics: :func:`build_metric`,
 :func:`load_metric`, :func:`fit_learned` (XQDA / KISSME); registries of everything named
 (:data:`ARCHITECTURES`, :data:`BACKBONES`, :data:`DATASETS`, :data:`METRICS`, :data:`LEARNED_METRICS`, :data:`METHODS`,
@@ -63,6 +64,9 @@ _PUBLIC = {
     "ReIDModel": "models.reid",
     "ModelSource": "models.sources",
     "load_model": "models.sources",
+    "wrap": "models.wrap",
+    "IMAGENET_MEAN": "models.base",
+    "IMAGENET_STD": "models.base",
 }
 
 __all__ = [
@@ -98,6 +102,9 @@ __all__ = [
     "register_threat",
     "save_checkpoint",
     "save_metric",
+    "wrap",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]
 
 
@@ -126,8 +133,9 @@ if TYPE_CHECKING:
     from .metrics.distance import METRICS, Metric, build_metric, load_metric, save_metric
     from .metrics.learned import LEARNED_METRICS, fit_learned, fit_learned_metric
     from .models.backbones import BACKBONES, register_backbone
-    from .models.base import ARCHITECTURES, register_architecture
+    from .models.base import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, register_architecture
     from .models.checkpoint import save_checkpoint
     from .models.foreign import FORMATS
     from .models.reid import ReIDModel
     from .models.sources import ModelSource, load_model
+    from .models.wrap import wrap

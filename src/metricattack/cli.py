@@ -69,7 +69,7 @@ def registered_names() -> str:
         "threat models (--threat)": THREATS,
         "model formats (--model)": FORMATS,
     }
-    lines = [f"{kind}: {', '.join(registry.names())}" for kind, registry in kinds.items()]
+    lines = [f"{kind}: {', '.join(registry.listing())}" for kind, registry in kinds.items()]
     return (
         "registered:\n"
         + "\n".join(lines)

@@ -13,6 +13,17 @@ with ``C == feature_dim`` (no pooling, no classifier). ImageNet initialisation:
 The names live in :data:`BACKBONES` (a :class:`~metricattack.registry.Registry`); add your
 own trunk with :func:`register_backbone`.
 
+``timm:<name>`` is any model of timm (``pip install metricattack[timm]``), built with
+``timm.create_model(name, num_classes=0)``: the trunk returns the model's own pooled features
+(a ViT's class token after its final norm, a CNN's global average) as ``[B, C, 1, 1]``. Vision
+transformers are built with ``dynamic_img_size=True`` (the position embeddings are resampled to
+the input's patch grid), so they take the re-ID input size (e.g. 256×128, a multiple of the
+patch size); ``last_stride`` does not apply. ``pretrained=True`` loads timm's weights from the
+Hugging Face cache or downloads them (offline without a cached file: a
+:class:`~metricattack.errors.MetricAttackError`; ``HF_HUB_OFFLINE=1`` skips the download's
+retries); ``pretrained="file"`` loads a local state dict of that timm model (timm's own key
+filter resamples position embeddings; the classifier is dropped).
+
 Example::
 
     trunk, dim = build_backbone("resnet18", pretrained=False, last_stride=1)
@@ -21,6 +32,8 @@ Example::
     @register_backbone("tiny")
     def build_tiny(pretrained, last_stride):
         return nn.Conv2d(3, 8, 3, stride=2), 8
+
+    trunk, dim = build_backbone("timm:vit_small_patch16_224")   # timm installed: [B,3,256,128] -> [B,384,1,1]
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from __future__ import annotations
 import re
 import urllib.error
 from collections.abc import Callable
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +177,76 @@ def _register_mobilenet(name: str, factory: Callable[..., nn.Module], weights: t
 
 _register_mobilenet("mobilenet_v3_small", tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights.DEFAULT, 576)
 _register_mobilenet("mobilenet_v3_large", tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.DEFAULT, 960)
+
+
+# --- timm ---------------------------------------------------------------------------------
+
+TIMM_PREFIX = "timm:"
+
+
+class PooledAsMap(nn.Module):
+    """A model returning pooled features ``[B,C]``, as a trunk: ``[B,C,1,1]`` (ReIDModel's pooling is then the identity)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)[:, :, None, None]
+
+
+def _import_timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise MetricAttackError(
+            "backbone timm:<name> needs timm, which is not installed: pip install 'metricattack[timm]' (or pip install timm)"
+        ) from None
+    return timm
+
+
+def _create_timm(timm: Any, name: str, pretrained: bool, overlay: dict[str, Any] | None) -> Any:
+    """``timm.create_model(name, num_classes=0)``, with ``dynamic_img_size`` where the model takes it (vision transformers);
+    ``Any``: the caller reads timm's ``num_features``."""
+    options: dict[str, Any] = {"pretrained": pretrained, "num_classes": 0}
+    if overlay is not None:
+        options["pretrained_cfg_overlay"] = overlay
+    try:
+        return timm.create_model(name, dynamic_img_size=True, **options)
+    except TypeError as exc:
+        if "dynamic_img_size" not in str(exc):
+            raise
+    return timm.create_model(name, **options)
+
+
+def _timm_builder(name: str) -> Builder:
+    """The builder of backbone ``timm:<name>`` (see the module docstring)."""
+    timm = _import_timm()
+    if not timm.is_model(name):
+        close = get_close_matches(name, timm.list_models(), n=5)
+        raise MetricAttackError(
+            f"unknown backbone {TIMM_PREFIX}{name}: timm {timm.__version__} has no model {name!r}"
+            + (f"; close names: {', '.join(close)}" if close else "")
+            + " (timm.list_models() lists them all)"
+        )
+
+    def build(pretrained: Pretrained, last_stride: int) -> tuple[nn.Module, int]:
+        if not isinstance(pretrained, (bool, str)):
+            raise MetricAttackError(f"pretrained must be true, false or a weights file path, got {pretrained!r}")
+        overlay = None if isinstance(pretrained, bool) else {"state_dict": read_state_dict(Path(pretrained), "pretrained weights file")}
+        try:
+            model = _create_timm(timm, name, pretrained is not False, overlay)
+        except (RuntimeError, KeyError) as exc:  # a local file of another model
+            raise MetricAttackError(f"pretrained weights {pretrained} do not fit backbone {TIMM_PREFIX}{name}: {exc}") from None
+        except OSError as exc:  # not in the Hugging Face cache, and no download (offline)
+            raise MetricAttackError(
+                f"pretrained weights of timm model {name!r} are not in the Hugging Face cache and could not be downloaded "
+                f"({str(exc).splitlines()[0]}). Offline, set `model.pretrained: false` in the config, or set `model.pretrained` "
+                f"to the path of a local weights file of {name} (.safetensors or .pth); HF_HUB_OFFLINE=1 looks in the cache only"
+            ) from None
+        return PooledAsMap(model), int(model.num_features)
+
+    return build
+
+
+BACKBONES.register_family(TIMM_PREFIX, _timm_builder, "any timm model, e.g. timm:vit_small_patch16_224 (pip install timm)")

@@ -29,6 +29,10 @@ Formats (:data:`FORMATS`, a :class:`~metricattack.registry.Registry`):
   the test feature is the L2-normalised global ⊕ L2-normalised local feature (ours is that,
   scaled by 1/√2 to unit norm; the ranking is the same). Widths, feature size, regions and
   classes are read from the tensor shapes.
+* ``torchreid:<name>`` for every other model of torchreid's builder (OSNet, MobileNetV2, MLFN,
+  PCB, ...; :data:`~.torchreid_zoo.TORCHREID_MODELS`) -- torchreid's own network, built through
+  torchreid when it is installed and wrapped with its test preprocessing
+  (:mod:`~.torchreid_zoo`); the file loads with its own keys.
 
 More formats are registered the same way, e.g.::
 
@@ -49,6 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,7 @@ from ..errors import CheckpointError, MetricAttackError
 from ..registry import Registry
 from .hacnn import HACNN
 from .reid import IMAGENET_MEAN, IMAGENET_STD, ReIDModel
+from .torchreid_zoo import TORCHREID_MODELS, build_torchreid, input_size, paper
 from .weights import load_exact, read_state_dict
 
 StateDict = dict[str, torch.Tensor]
@@ -100,12 +106,14 @@ class ForeignFormat:
             returns the metricattack model (random weights, any mode) and ``state`` renamed to
             its keys. Keys it cannot place stay in ``mapped`` under their own names, so the
             exact load reports them.
+        paper: the paper that introduced the architecture (authors, title, venue).
     """
 
     project: str
     architecture: str
     preprocessing: Preprocessing
     build: Callable[[StateDict], tuple[nn.Module, StateDict]]
+    paper: str = ""
 
 
 FORMATS: Registry[ForeignFormat] = Registry("model format")
@@ -185,7 +193,7 @@ def _torchreid_resnet50(state: StateDict) -> tuple[nn.Module, StateDict]:
     return model, rename_prefixes(state, _resnet_trunk_table(""))
 
 
-FORMATS.register("torchreid:resnet50", ForeignFormat("torchreid", "ResNet-50", TORCHREID_RESNET50, _torchreid_resnet50))
+FORMATS.register("torchreid:resnet50", ForeignFormat("torchreid", "ResNet-50", TORCHREID_RESNET50, _torchreid_resnet50, paper("resnet50")))
 
 
 TORCHREID_HACNN = Preprocessing(
@@ -238,7 +246,24 @@ def _torchreid_hacnn(state: StateDict) -> tuple[nn.Module, StateDict]:
     return model, rename_prefixes(state, TORCHREID_HACNN_KEYS)
 
 
-FORMATS.register("torchreid:hacnn", ForeignFormat("torchreid", "HACNN", TORCHREID_HACNN, _torchreid_hacnn))
+FORMATS.register("torchreid:hacnn", ForeignFormat("torchreid", "HACNN", TORCHREID_HACNN, _torchreid_hacnn, paper("hacnn")))
+
+
+def _register_torchreid_builds() -> None:
+    """``torchreid:<name>`` built through torchreid for every name of its builder not mapped above."""
+    for name in TORCHREID_MODELS:
+        if f"torchreid:{name}" in FORMATS:
+            continue
+        prep = Preprocessing(
+            input_size=input_size(name),
+            resize="bilinear (PIL, torchvision Resize)",
+            features=f"eval-mode output of torchreid's {name}, not normalised; torchreid tests with the squared Euclidean distance",
+        )
+        build = partial(build_torchreid, name)
+        FORMATS.register(f"torchreid:{name}", ForeignFormat("torchreid", name, prep, build, paper(name)))
+
+
+_register_torchreid_builds()
 
 
 # ----------------------------------------------------------------------------- fast-reid
@@ -277,4 +302,13 @@ def _fastreid_bot_r50(state: StateDict) -> tuple[nn.Module, StateDict]:
     return model, rename_prefixes(state, table, drop=("pixel_mean", "pixel_std"))
 
 
-FORMATS.register("fastreid:bot_r50", ForeignFormat("fast-reid", "BoT ResNet-50", FASTREID_BOT_R50, _fastreid_bot_r50))
+FORMATS.register(
+    "fastreid:bot_r50",
+    ForeignFormat(
+        "fast-reid",
+        "BoT ResNet-50",
+        FASTREID_BOT_R50,
+        _fastreid_bot_r50,
+        "Luo et al., Bag of Tricks and A Strong Baseline for Deep Person Re-identification, CVPRW 2019",
+    ),
+)

@@ -42,6 +42,7 @@ from ..errors import CheckpointError, MetricAttackError
 from ..io import sha256_file
 from .foreign import FORMATS, load_foreign
 from .weights import load_exact, read_state_dict
+from .wrap import wrapped_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class ModelSource:
         if self.model.startswith(PYTHON_PREFIX):
             model, module_file = _load_python(self.model, self.weights)
             record["module_file"] = module_file
+            if (preprocessing := wrapped_preprocessing(model)) is not None:
+                record["preprocessing"] = preprocessing  # what ma.wrap added
             identity = self.weights if self.weights is not None else Path(module_file) if module_file else None
             record["sha256"] = sha256_file(identity) if identity is not None else None
         else:

@@ -2,9 +2,11 @@
 
 A weights file is a ``.safetensors`` file or a ``torch.save`` file read with
 ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled
-objects. The usual wrappers of other projects are unwrapped: ``{"state_dict": ...}``
-(torchreid, plain PyTorch checkpoints), ``{"model": ...}`` (fast-reid, detectron2-style
-checkpointers), and the ``module.`` prefix of ``DataParallel`` models.
+objects. NumPy scalars are allowed besides (torchreid's engine stores its rank-1 as one in every
+``model.pth.tar-N`` it saves): they are numbers, rebuilt from their dtype and bytes. The usual
+wrappers of other projects are unwrapped: ``{"state_dict": ...}`` (torchreid, plain PyTorch
+checkpoints), ``{"model": ...}`` (fast-reid, detectron2-style checkpointers), and the
+``module.`` prefix of ``DataParallel`` models.
 
 Example::
 
@@ -24,6 +26,17 @@ from ..errors import CheckpointError
 
 WRAPPER_KEYS = ("state_dict", "model")
 DATA_PARALLEL_PREFIX = "module."
+_NUMERIC_CODES = "?bBhHiIlLqQefdg"  # bool, integers, floats: the dtypes of numbers (never object)
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` must also accept to rebuild NumPy number scalars
+    (pickled by NumPy 2 as ``numpy._core.multiarray.scalar``, by NumPy 1 as ``numpy.core.multiarray.scalar``)."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar  # type: ignore[attr-defined]
+    dtype_classes = list(dict.fromkeys(type(np.dtype(code)) for code in _NUMERIC_CODES))
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtype_classes]
 
 
 def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, torch.Tensor]:
@@ -43,7 +56,8 @@ def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, t
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure means a file we cannot use
         raise CheckpointError(
             f"cannot read {what} {path} as safetensors or as a torch.save file of tensors "
