@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
@@ -264,6 +264,37 @@ class Table5Section(StrictModel):
     settings: Table5Settings = Table5Settings()
 
 
+Side = Literal["query", "gallery"]
+SIDES: tuple[Side, ...] = ("query", "gallery")
+
+
+class ZooModel(ModelSection):
+    """A model of the model zoo: trained from a recipe (e.g. ``model.backbone: timm:vit_small_patch16_224``),
+    a checkpoint, or a model from elsewhere (``torchreid:osnet_x1_0`` + weights, ``python:MODULE:FUNCTION``);
+    every zoo model is tested and attacked (``test_only`` does not apply)."""
+
+    paper: str | None = Field(
+        default=None, description="the paper that introduced it (default: the format's paper for torchreid:, else the description)"
+    )
+
+    @model_validator(mode="after")
+    def _attacked(self) -> ZooModel:
+        if self.test_only:
+            raise ValueError(f"zoo model {self.name!r}: test_only does not apply (every zoo model is attacked)")
+        return self
+
+
+class ZooSection(StrictModel):
+    """The model zoo: each model clean and under white-box attack on the query side and on the gallery
+    side. The attacks are chosen here only (``methods`` × ``sides`` × ``epsilons``, with the benchmark's
+    α, steps and μ); each cell reports the lowest mAP over ``methods`` (the strongest attack)."""
+
+    models: list[ZooModel] = Field(default_factory=list, description="the zoo (empty: the experiment does not run)")
+    methods: list[MethodName] = Field(default_factory=lambda: ["ifgsm", "pgd"], min_length=1)
+    sides: list[Side] = Field(default_factory=lambda: list(SIDES), min_length=1)
+    epsilons: list[Annotated[float, Field(gt=0, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
+
+
 class ExperimentsSection(StrictModel):
     """Which experiments run; ``only`` (or ``--only``) restricts them to a subset."""
 
@@ -275,6 +306,7 @@ class ExperimentsSection(StrictModel):
     targeted: SingleModelSection = SingleModelSection()
     table4: Table4Section = Table4Section()
     table5: Table5Section = Table5Section()
+    zoo: ZooSection = ZooSection()
     table2_title: str = "Table 2"
 
 
@@ -316,6 +348,9 @@ class BenchmarkConfig(StrictModel):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        zoo = [m.name for m in self.experiments.zoo.models]
+        if len(set(zoo)) != len(zoo) or set(zoo) & set(names):
+            raise ValueError(f"experiments.zoo.models: names must be unique and differ from the base models' {names}, got {zoo}")
         attacked = self.attacked_models()
         if not attacked:
             raise ValueError(f"every model is test_only ({names}); at least one model must be attacked")
@@ -329,6 +364,9 @@ class BenchmarkConfig(StrictModel):
             "experiments.fig5.methods": self.experiments.fig5.methods,
             "experiments.fig5.metrics": self.experiments.fig5.metrics,
             "experiments.fig5.epsilons": self.experiments.fig5.epsilons,
+            "experiments.zoo.methods": self.experiments.zoo.methods,
+            "experiments.zoo.sides": self.experiments.zoo.sides,
+            "experiments.zoo.epsilons": self.experiments.zoo.epsilons,
         }
         for where, values in lists.items():
             repeated = sorted({str(v) for v in values if values.count(v) > 1})
@@ -421,7 +459,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     dataset = data.get("dataset")
     if isinstance(dataset, dict) and isinstance(dataset.get("root"), str):
         dataset["root"] = str((base / dataset["root"]).resolve())
-    for model in data.get("models") or []:
+    experiments = data.get("experiments")
+    zoo = experiments.get("zoo") if isinstance(experiments, dict) else None
+    zoo_models = zoo.get("models") if isinstance(zoo, dict) else None
+    for model in [*(data.get("models") or []), *(zoo_models if isinstance(zoo_models, list) else [])]:
         if isinstance(model, dict):
             for key in ("train_config", "checkpoint", "weights"):
                 if isinstance(model.get(key), str):

@@ -97,7 +97,7 @@ class RunContext:
     clean: dict[str, Features] = field(default_factory=dict)
     metrics: dict[tuple[str, str], Metric] = field(default_factory=dict)  # (model, metric name)
     attacks: dict[AttackJob, AttackOutput] = field(default_factory=dict)
-    adversarial: dict[tuple[AttackJob, str], torch.Tensor] = field(default_factory=dict)  # (job, tested) -> gallery [G, D]
+    adversarial: dict[tuple[AttackJob, str], torch.Tensor] = field(default_factory=dict)  # (job, tested) -> its attacked split [N, D]
     evidence: dict[str, np.ndarray] = field(default_factory=dict)  # what the findings bootstrap (see .evidence)
     _results: dict[tuple[AttackJob | None, str, str], RankingResult] = field(default_factory=dict)
     _adv_records: dict[AttackJob, list[ImageRecord]] = field(default_factory=dict)
@@ -112,8 +112,12 @@ class RunContext:
         return self.metrics[(model, name)]
 
     def gallery(self, tested: str, job: AttackJob | None = None) -> torch.Tensor:
-        """``tested``'s gallery features ``[G, D]``: clean (``job`` None) or of ``job``'s adversarial gallery."""
-        return self.clean[tested].gallery if job is None else self.adversarial[(job, tested)]
+        """``tested``'s gallery features ``[G, D]``: clean (``job`` None or a query-side job) or of ``job``'s adversarial gallery."""
+        return self.clean[tested].gallery if job is None or job.split != "gallery" else self.adversarial[(job, tested)]
+
+    def query(self, tested: str, job: AttackJob | None = None) -> torch.Tensor:
+        """``tested``'s query features ``[Q, D]``: clean, or of ``job``'s adversarial queries (a query-side job)."""
+        return self.adversarial[(job, tested)] if job is not None and job.split == "query" else self.clean[tested].query
 
     def distances(self, model: str, gallery: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
         """``[Q, G]`` distances between ``model``'s clean query features and ``gallery``."""
@@ -127,10 +131,12 @@ class RunContext:
         return evaluate_distances(dist, q_pids, g_pids, q_cams, g_cams, ap=self.cfg.evaluation.ap)
 
     def result(self, tested: str, job: AttackJob | None = None, metric: str = "euclidean") -> RankingResult:
-        """``tested`` on the clean gallery (``job`` None) or ``job``'s adversarial gallery, with ``metric`` (memoised)."""
+        """``tested`` on the clean test split (``job`` None) or with ``job``'s adversarial gallery (or queries), with ``metric`` (memoised)."""
         key = (job, tested, metric)
         if key not in self._results:
-            self._results[key] = self.rank(self.distances(tested, self.gallery(tested, job), metric))
+            with torch.no_grad():
+                dist = self.metric(tested, metric).pairwise(self.query(tested, job), self.gallery(tested, job)).float()
+            self._results[key] = self.rank(dist)
             self.evidence[ap_key(tested, None if job is None else job.id, metric)] = self._results[key].per_query_ap
         return self._results[key]
 
@@ -170,17 +176,24 @@ class RunContext:
         return THREATS.get(threat).select(self.dataset, self.cfg.seed).active
 
     # ----------------------------------------------------------------- adversarial images
-    def adversarial_gallery(self, job: AttackJob) -> list[ImageRecord]:
-        """The adversarial gallery records in the clean gallery's order (matched by file name)."""
+    def adversarial_records(self, job: AttackJob) -> list[ImageRecord]:
+        """The records of ``job``'s attacked split (gallery, or query) in the clean split's order (matched by file name)."""
         if job not in self._adv_records:
             from ..data.layouts import load_dataset
 
-            adv = {r.path.stem: r for r in load_dataset("folder", self.attacks[job].dataset_dir).gallery}
-            missing = [r.path.name for r in self.dataset.gallery if r.path.stem not in adv]
+            adv = {r.path.stem: r for r in load_dataset("folder", self.attacks[job].dataset_dir).split(job.split)}
+            clean = self.dataset.split(job.split)
+            missing = [r.path.name for r in clean if r.path.stem not in adv]
             if missing:
-                raise MetricAttackError(f"adversarial set {job.id} lacks gallery images {missing[:3]} (of {len(missing)})")
-            self._adv_records[job] = [adv[r.path.stem] for r in self.dataset.gallery]
+                raise MetricAttackError(f"adversarial set {job.id} lacks {job.split} images {missing[:3]} (of {len(missing)})")
+            self._adv_records[job] = [adv[r.path.stem] for r in clean]
         return self._adv_records[job]
+
+    def adversarial_gallery(self, job: AttackJob) -> list[ImageRecord]:
+        """The adversarial gallery records of a gallery-side ``job`` in the clean gallery's order."""
+        if job.split != "gallery":
+            raise MetricAttackError(f"adversarial set {job.id} perturbs the {job.split}, not the gallery")
+        return self.adversarial_records(job)
 
 
 def ids(records: tuple[ImageRecord, ...] | list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class AttackJob:
-    """One adversarial gallery: ``threat`` is a threat model name (``gallery`` = non-targeted)."""
+    """One adversarial dataset: ``threat`` is a threat model name (``gallery`` = non-targeted; ``query``
+    perturbs the probes instead of the gallery)."""
 
     sources: tuple[str, ...]
     threat: str
@@ -33,6 +34,11 @@ class AttackJob:
     def mode(self) -> str:
         """The threat model as results.json names it (its ``mode``: ``nontargeted``, ``targeted``, ``classification``, ...)."""
         return THREATS.get(self.threat).mode
+
+    @property
+    def split(self) -> str:
+        """The split the attack perturbs: ``gallery``, or ``query`` for the query-side threat model."""
+        return THREATS.get(self.threat).split
 
     @property
     def id(self) -> str:

@@ -135,13 +135,15 @@ def add_model_from_elsewhere(ctx: RunContext, m: ModelSection) -> None:
     ctx.models[m.name] = loaded.model
 
 
-def train_models(ctx: RunContext) -> None:
-    """Train every base model (or take its checkpoint, or load it from elsewhere), after checking every recipe."""
-    for m in ctx.cfg.models:
+def train_models(ctx: RunContext, models: Sequence[ModelSection] | None = None, desc: str = "base models") -> None:
+    """Train every model of ``models`` (default: the base models; or take its checkpoint, or load it
+    from elsewhere), after checking every recipe."""
+    models = ctx.cfg.models if models is None else models
+    for m in models:
         check_trainable(ctx, m)
-    bar = progress(ctx, ctx.cfg.models, "base models")
+    bar = progress(ctx, models, desc)
     for m in bar:
-        bar.set_description_str(f"base models ({m.name})")
+        bar.set_description_str(f"{desc} ({m.name})")
         if m.model is not None:
             add_model_from_elsewhere(ctx, m)
             continue
@@ -318,8 +320,9 @@ def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
 
 
 def extract_adversarial(ctx: RunContext, evaluations: list[tuple[AttackJob, str]], desc: str = "adversarial features") -> None:
-    """Features of each (job, tested model): the tested model's view of the job's adversarial gallery
-    (only the images the attack perturbs are extracted again; a Market-like gallery is mostly others)."""
+    """Features of each (job, tested model): the tested model's view of the job's attacked split, the
+    adversarial gallery (or queries, for a query-side job); only the images the attack perturbs are
+    extracted again (a Market-like gallery is mostly others)."""
     for job, tested in progress(ctx, evaluations, desc):
         spec = StageSpec(
             "adv_features",
@@ -332,16 +335,16 @@ def extract_adversarial(ctx: RunContext, evaluations: list[tuple[AttackJob, str]
         def work(folder: Path, job: AttackJob = job, tested: str = tested) -> dict[str, Any]:
             # the attacked images are read back; the others (written unchanged: distractors, junk,
             # identities without a query) keep their clean features
-            features = ctx.clean[tested].gallery.clone()
+            features = (ctx.clean[tested].query if job.split == "query" else ctx.clean[tested].gallery).clone()
             attacked = torch.nonzero(ctx.attacked(job.threat)).flatten().tolist()
             if attacked:
-                records = ctx.adversarial_gallery(job)
+                records = ctx.adversarial_records(job)
                 features[attacked] = extract(ctx, tested, [records[i] for i in attacked])
-            save_tensors(folder / "gallery.safetensors", {"gallery": features})
-            return {"file": "gallery.safetensors"}
+            save_tensors(folder / f"{job.split}.safetensors", {job.split: features})
+            return {"file": f"{job.split}.safetensors"}
 
         ctx.cache.run(spec, work)
-        ctx.adversarial[(job, tested)] = load_file(str(ctx.cache.folder(spec) / "gallery.safetensors"))["gallery"]
+        ctx.adversarial[(job, tested)] = load_file(str(ctx.cache.folder(spec) / f"{job.split}.safetensors"))[job.split]
 
 
 def split_counts(ds: ReIDDataset) -> dict[str, int]:

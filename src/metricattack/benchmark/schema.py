@@ -257,6 +257,36 @@ class Table5(Record):
     adaptive: list[dict[str, Any]] = Field(default_factory=list, description="white-box attacks on defended models")
 
 
+class ZooAttack(Record):
+    """One white-box attack on a zoo model: its own queries or gallery perturbed, tested on the model itself."""
+
+    attack_id: str
+    side: Literal["query", "gallery"]
+    method: str
+    epsilon: float
+    linf: float | None = Field(None, description="measured max |x_adv - x| over saved images, 0..255 units")
+    dataset_dir: str = Field(description="the adversarial dataset (the attacked side perturbed, the other copied)")
+    ranking: Ranking
+
+
+class ZooRow(Record):
+    model: str
+    source: str = Field(description="where it comes from: a format or python: spec, a backbone's recipe, or a checkpoint")
+    paper: str
+    clean: Ranking
+    attacks: list[ZooAttack]
+
+
+class Zoo(Record):
+    """The model zoo: every model clean and under each white-box attack (squared Euclidean distance)."""
+
+    metric: str
+    methods: list[str]
+    sides: list[Literal["query", "gallery"]]
+    epsilons: list[float]
+    rows: list[ZooRow]
+
+
 class Check(Record):
     """One inequality of a finding's criterion with its bootstrap interval.
 
@@ -350,6 +380,9 @@ class Results(Record):
     fig3: Fig3 | None = Field(None, description="Fig. 3: adversarial / clean mAP ratio per tested model and setting")
     fig4: Fig4 | None = Field(None, description="Fig. 4: top-k ranking lists of chosen probes (clean, non-targeted, targeted)")
     fig5: Fig5 | None = Field(None, description="Fig. 5: mAP against ε per attack-metric / test-metric pair")
+    zoo: Zoo | None = Field(
+        None, description="model zoo (not in the paper): each configured model clean and under white-box query- and gallery-side attacks"
+    )
     evidence: EvidenceInfo | None = Field(
         default=None, description="the per-query APs behind the findings' intervals (file, bootstrap settings)"
     )
