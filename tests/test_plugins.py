@@ -223,4 +223,4 @@ def test_help_lists_what_is_registered_including_user_code(user_package: Path, c
             ("attack methods", METHODS),
             ("model formats (--model)", FORMATS),
         ):
-            assert f"{kind}: {', '.join(registry.names())}" in lines
+            assert f"{kind}: {', '.join(registry.listing())}" in lines
