@@ -25,15 +25,19 @@ import torch
 from torch import nn
 
 
-def build():
-    torch.manual_seed(0)
+def build(seed=0):
+    torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((2, 1)), nn.Flatten()).eval()
+
+
+def build_base():
+    return build(seed=1)
 """
 
 
 @pytest.fixture()
 def zoo_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A user network as the one base model; the zoo: torchreid's OSNet-x0.25 (a file written by
+    """A user network as the one base model (another one than the zoo's: one model under two names is refused); the zoo: torchreid's OSNet-x0.25 (a file written by
     torchreid), a timm ViT trained one epoch, and the user network again (python:)."""
     (tmp_path / "zoo_user_net.py").write_text(USER_MODULE, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -49,7 +53,7 @@ def zoo_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "synthetic": {"seed": 0, "num_train_ids": 4, "num_test_ids": 6, "num_cameras": 2, "images_per_camera": 2}
             | {"height": 32, "width": 16, "num_distractors": 4, "num_junk": 2},
         },
-        "models": [{"name": "U", "description": "user network", "model": "python:zoo_user_net:build"}],
+        "models": [{"name": "U", "description": "user network", "model": "python:zoo_user_net:build_base"}],
         "attack": {"eps": 2, "batch_size": 32},
         "experiments": {
             "only": ["zoo"],
