@@ -26,7 +26,7 @@ from metricattack.attacks.ops import quantize
 from metricattack.cli import main
 from metricattack.data.layouts import MAX_LABEL, load_dataset, parse_market_name
 from metricattack.errors import CheckpointError, DatasetError, MetricAttackError, WriteError
-from metricattack.io import atomic_path, is_disk_full, sha256_file
+from metricattack.io import atomic_dir, atomic_path, is_disk_full, sha256_file
 from metricattack.models.checkpoint import load_model, meta_path
 from metricattack.stages import read_stage_log
 
@@ -97,6 +97,12 @@ def test_every_writer_reports_a_full_disk_the_same_way(tmp_path: Path) -> None:
             pytest.raises(WriteError, match=rf"could not write {tmp_path / 'a.bin'}: no space left.*resumes"),
             atomic_path(tmp_path / "a.bin"),
         ):
+            raise exc
+        with (
+            pytest.raises(WriteError, match=rf"could not write {tmp_path / 'data'}: no space left"),
+            atomic_dir(tmp_path / "data") as tmp,
+        ):
+            (tmp / "image.png").write_bytes(b"partial")
             raise exc
     assert list(tmp_path.iterdir()) == []
 

@@ -103,7 +103,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a new temporary folder next to ``path``; rename it onto ``path`` on success.
 
     An existing ``path`` must be an empty folder (it is replaced). On an exception the temporary
-    folder is removed; while the caller fills it, this process holds an ``flock`` on it (see
+    folder is removed (a full disk becomes a :class:`~metricattack.errors.WriteError` naming
+    ``path``); while the caller fills it, this process holds an ``flock`` on it (see
     :func:`atomic_path`), so :func:`remove_leftovers` leaves it alone.
     """
     final = Path(path)
@@ -118,8 +119,10 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         elif final.exists():
             final.rmdir()
         os.rename(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise disk_full_error(final) from None
         raise
     finally:
         os.close(fd)
