@@ -9,7 +9,7 @@ every metricattack model (:func:`~.preprocessing.resize_to_input`) and normalise
 saved). The network's state dict keeps exactly its own keys, so its own checkpoints load into
 the wrapped network (``--weights``), and the wrapped network's checkpoints load into the bare one.
 Wrapping the network as a submodule (``self.net = net`` beside the normalisation) would prefix
-every key with ``net.``: an OSNet checkpoint then misses all 569 of the wrapper's keys.
+every key with ``net.``: none of an OSNet checkpoint's 567 keys would then match the wrapper's.
 
 Example (torchreid's OSNet; ``metricattack evaluate --model python:osnet_reid:build --weights FILE``)::
 
