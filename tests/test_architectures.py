@@ -92,7 +92,7 @@ CLI_RECIPES: dict[str, dict[str, Any]] = {
     },
     "mancs": {
         "model": {"architecture": "mancs", "backbone": "resnet18", "input_size": [32, 16]},
-        "loss": {"cross_entropy": {}, "triplet": {"sampling": "curriculum", "curriculum_epochs": 2}, "attention": {}},
+        "loss": {"focal": {}, "triplet": {"sampling": "curriculum", "curriculum": {"t0": 1, "t1": 1}}, "attention": {}},
         "batch": {"batch_size": 16, "sampler": "pk", "images_per_id": 4},
     },
 }

@@ -5,8 +5,9 @@ Every block below is one table of the paper (or one sentence of its text), trans
 row in the paper's layout: ``[12]`` is HACNN (Li et al., CVPR 2018), ``[50]`` is Mancs
 (Wang et al., ECCV 2018); the paper's model names B1-B4 are the base models (ResNet-50,
 ResNeXt-50, DenseNet-121 with cross-entropy; ResNet-50 with triplet loss). All numbers are
-percentages (mAP, rank-1) with the official Market-1501 AP, attacks at ε = 5 (α = 1, μ = 1,
-n = min(ε + 4, 1.25 ε)), non-targeted, on the gallery, Euclidean metric.
+percentages (mAP, rank-1), attacks at ε = 5 (α = 1, μ = 1, n = min(ε + 4, 1.25 ε)),
+non-targeted, on the gallery, Euclidean metric. The paper names no AP code; we compare its
+numbers with runs that use the official Market-1501 evaluation's AP (``market``, our choice).
 
 :func:`paper_values` says which numbers a run may show: the paper's own for a run on
 Market-1501 or DukeMTMC-reID in the paper's setting; the Market-1501 numbers as a labelled
@@ -230,7 +231,9 @@ def paper_values(dataset: str, ap: str, attack: dict[str, Any] | None = None) ->
     else:
         return None
     if ap != "market":
-        differences.append(f"this run's AP convention is {ap!r} (the paper: the official Market-1501 AP)")
+        differences.append(
+            f"this run's AP convention is {ap!r} (the paper's numbers are compared with the official Market-1501 AP; the paper names no AP code)"
+        )
     for key, value in PAPER_ATTACK.items():
         ours = (attack or {}).get(key, value)
         if attack is not None and ours != value:

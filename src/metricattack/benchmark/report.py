@@ -91,8 +91,9 @@ METRIC_TEXT = {
     "kissme": "KISSME: a Mahalanobis distance (the paper's Eq. 4) learned on the model's training features",
 }
 AP_TEXT = {
-    "market": "market: the official Market-1501 evaluation's AP (trapezoidal), as in the paper",
-    "noninterp": "noninterp: non-interpolated AP (torchreid / fast-reid), not the paper's convention",
+    "market": "market: the official Market-1501 evaluation's AP (trapezoidal), the one the paper's numbers are compared with "
+    "(the paper names no AP code)",
+    "noninterp": "noninterp: non-interpolated AP (torchreid / fast-reid), not the one the paper's numbers are compared with",
 }
 
 

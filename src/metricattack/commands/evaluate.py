@@ -66,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="euclidean (squared, paper Eq. 3), cosine, xqda / kissme (the metric fitted beside the "
         "checkpoint or --weights file by `metricattack fit-metric`), or the path of a metric .safetensors file",
     )
-    parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default: market, as in the paper)")
+    parser.add_argument(
+        "--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default: market, the official Market-1501 evaluation's)"
+    )
     parser.add_argument(
         "--ties",
         choices=list(TIE_RULES),

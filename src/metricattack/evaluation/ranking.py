@@ -12,7 +12,8 @@ Protocol (Market-1501 / DukeMTMC-reID / MSMT17):
 Average precision, for the i-th positive (0-based) at 0-based position ``r_i`` among the valid
 (non-ignored) gallery items of a query with ``n`` positives:
 
-* ``"market"`` (default, used by the paper): the official Market-1501 trapezoidal AP,
+* ``"market"`` (default; the paper names no AP code, and its numbers are compared with this one):
+  the official Market-1501 trapezoidal AP,
   ``AP = Σ_i (1/n) · (old_i + prec_i) / 2`` with ``prec_i = (i+1)/(r_i+1)`` and
   ``old_i = i/r_i`` (``1`` when ``r_i = 0``), i.e. the precision just before the hit.
 * ``"noninterp"``: non-interpolated AP of torchreid / fast-reid, ``AP = (1/n) Σ_i prec_i``.

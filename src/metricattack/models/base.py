@@ -50,11 +50,12 @@ class TrainOutputs(NamedTuple):
 
     Attributes:
         embedding: ``[B,D']`` features the metric (triplet) loss trains.
-        logits: identity logits ``[B,C]`` of every classification head (cross-entropy is
-            applied to each and summed): one head for ``ReIDModel`` and Mancs, the global and
+        logits: identity logits ``[B,C]`` of every classification head (the classification
+            losses apply to each and sum): one head for ``ReIDModel`` and Mancs, the global and
             the local branch for HACNN.
         attention_logits: identity logits ``[B,C]`` of the heads that deeply supervise the
-            attention blocks (Mancs' attention loss); empty for other models.
+            attention blocks (Mancs: one head on its pooled, concatenated attention masks);
+            empty for other models.
 
     A named tuple, so DistributedDataParallel finds every tensor in it.
     """
@@ -82,6 +83,7 @@ class ReIDNet(nn.Module):
     architecture: ClassVar[str] = ""
     derived_spec_keys: ClassVar[tuple[str, ...]] = ("architecture", "feature_dim", "feature_space")
     attention_heads: ClassVar[bool] = False  # forward_train fills TrainOutputs.attention_logits
+    ranking_head: ClassVar[bool] = False  # TrainOutputs.embedding comes from a layer only the triplet loss trains
     feature_dim: int
     feature_space: str
     mean: torch.Tensor

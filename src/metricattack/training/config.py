@@ -62,7 +62,7 @@ class ReIDModelSection(StrictModel):
     feature_space: Literal["auto", "neck", "pooled"] = Field(
         "auto",
         description="retrieval features: 'neck' (BN-neck output), 'pooled' (pooled trunk features), or 'auto': "
-        "'pooled' for a triplet-only model (the space its loss trains), 'neck' when cross-entropy is used",
+        "'pooled' for a triplet-only model (the space its loss trains), 'neck' when a classification loss is used",
     )
 
     @property
@@ -74,7 +74,7 @@ class ReIDModelSection(StrictModel):
         """Constructor arguments of the model (``feature_space: auto`` resolved against ``loss``)."""
         args = self.model_dump(exclude={"architecture"})
         if self.feature_space == "auto":
-            args["feature_space"] = "pooled" if loss.cross_entropy is None else "neck"
+            args["feature_space"] = "neck" if loss.classifies else "pooled"
         return args
 
 
@@ -104,7 +104,7 @@ class HACNNSection(StrictModel):
 
 
 class MancsSection(StrictModel):
-    """A :class:`~metricattack.models.mancs.Mancs` (defaults = the Mancs paper's ResNet-50 network at 256×128)."""
+    """A :class:`~metricattack.models.mancs.Mancs` (defaults: the Mancs paper's ResNet-50 network; the 256×128 input is our choice)."""
 
     architecture: Literal["mancs"]
     backbone: BackboneName = Field("resnet50", description="a ResNet of the backbone registry (resnet18/34/50, resnext50_32x4d)")
@@ -112,6 +112,9 @@ class MancsSection(StrictModel):
     input_size: tuple[PositiveInt, PositiveInt] = (256, 128)
     last_stride: Literal[1, 2] = 1
     fab_reduction: PositiveInt = Field(16, description="channel reduction inside each fully attentional block")
+    ranking_dim: PositiveInt | None = Field(
+        None, description="size of the ranking branch's FC output, the test feature; null: the trunk's width"
+    )
 
     @property
     def label(self) -> str:
@@ -136,50 +139,92 @@ ModelSection = Annotated[
 
 
 class CrossEntropyLoss(StrictModel):
-    """Identity classification loss on the BN-neck logits."""
+    """Identity classification loss (softmax cross-entropy) on every classification head's logits."""
 
     weight: PositiveFloat = 1.0
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class FocalLoss(StrictModel):
+    """Sigmoid focal loss (Lin et al. 2017) on every classification head's logits (Mancs' classification branch).
+
+    Each identity output is a binary classifier; ``gamma`` focuses on the badly classified ones,
+    ``alpha`` (off by default) weighs the identity's own output against the others.
+    """
+
+    weight: PositiveFloat = 1.0
+    gamma: float = Field(2.0, ge=0.0, description="focusing exponent of (1 - p_t); 0 = binary cross-entropy")
+    alpha: float | None = Field(None, gt=0.0, lt=1.0, description="weight of the positive output (1 - alpha for the others); null = none")
+
+
+class CurriculumSampling(StrictModel):
+    """Mancs' curriculum over negatives (:func:`~metricattack.training.losses.curriculum_state`).
+
+    Each anchor's negatives in the batch are ranked by distance (0 = closest, the hardest) and one
+    is drawn per (anchor, positive) pair from a Gaussian over the rank, whose mean moves from the
+    easiest negative at epoch 1 to the hardest at epoch ``t0`` and whose width (a fraction of the
+    rank range) shrinks from ``width_start`` at epoch 1 to ``width_end`` at epoch ``t1``.
+    """
+
+    t0: PositiveInt = Field(description="epoch (1-based) at which the Gaussian's mean reaches the hardest negative")
+    t1: PositiveInt = Field(description="epoch (1-based) at which its width reaches width_end (t1 >= t0)")
+    width_start: float = Field(0.5, gt=0.0, description="width at epoch 1, as a fraction of the rank range")
+    width_end: float = Field(0.02, gt=0.0, description="width from epoch t1 on, as a fraction of the rank range")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CurriculumSampling:
+        if self.t1 < self.t0:
+            raise ValueError(f"t1 ({self.t1}) must not come before t0 ({self.t0}): the width shrinks until the mean has arrived")
+        if self.width_end > self.width_start:
+            raise ValueError(f"width_end ({self.width_end}) must not exceed width_start ({self.width_start}): the Gaussian narrows")
+        return self
 
 
 class TripletLoss(StrictModel):
     """Triplet loss on the model's embedding (the pooled features before the BN neck for ``reid``).
 
     ``sampling``: ``batch_hard`` (each anchor's farthest positive and closest negative in the
-    batch) or ``curriculum`` (Mancs: triplets drawn by hardness rank, from uniform at epoch 1 to
-    the hardest at ``curriculum_epochs``, batch-hard afterwards).
+    batch) or ``curriculum`` (Mancs: every positive in turn, a negative drawn by distance rank
+    as ``curriculum`` says).
     """
 
     weight: PositiveFloat = 1.0
     margin: PositiveFloat = 0.3
     sampling: Literal["batch_hard", "curriculum"] = "batch_hard"
-    curriculum_epochs: PositiveInt | None = Field(None, description="curriculum sampling: epoch at which sampling reaches the hardest")
+    curriculum: CurriculumSampling | None = Field(None, description="the curriculum of sampling: curriculum")
 
     @model_validator(mode="after")
-    def _curriculum_needs_epochs(self) -> TripletLoss:
-        if (self.sampling == "curriculum") != (self.curriculum_epochs is not None):
-            raise ValueError("curriculum_epochs is set exactly when sampling is curriculum")
+    def _curriculum_needs_schedule(self) -> TripletLoss:
+        if (self.sampling == "curriculum") != (self.curriculum is not None):
+            raise ValueError("loss.triplet.curriculum is set exactly when sampling is curriculum")
         return self
 
 
 class AttentionLoss(StrictModel):
-    """Mancs' attention loss: identity cross-entropy of each attention block's deep-supervision head (mean over blocks)."""
+    """Mancs' attention loss: multi-label sigmoid cross-entropy of the attention head (the pooled,
+    concatenated masks of the attention blocks), mean over heads."""
 
     weight: PositiveFloat = 1.0
 
 
 class LossSection(StrictModel):
-    """One or both losses; their weighted sum is minimised."""
+    """The losses; their weighted sum is minimised."""
 
     cross_entropy: CrossEntropyLoss | None = None
+    focal: FocalLoss | None = None
     triplet: TripletLoss | None = None
     attention: AttentionLoss | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> LossSection:
-        if self.cross_entropy is None and self.triplet is None:
-            raise ValueError("set loss.cross_entropy and/or loss.triplet")
+        if self.cross_entropy is None and self.focal is None and self.triplet is None:
+            raise ValueError("set loss.cross_entropy, loss.focal and/or loss.triplet")
         return self
+
+    @property
+    def classifies(self) -> bool:
+        """True when a loss trains the classification heads (cross-entropy or focal)."""
+        return self.cross_entropy is not None or self.focal is not None
 
 
 class OptimizerSection(StrictModel):

@@ -1,4 +1,4 @@
-"""The training loop: CE and/or batch-hard triplet, Adam, resumable checkpoints, DDP.
+"""The training loop: classification, triplet and attention losses, Adam, resumable checkpoints, DDP.
 
 Output folder layout of :func:`train`::
 
@@ -53,7 +53,14 @@ from ..models.checkpoint import (
 from ..outputs import check_output_folder, claim_output
 from .config import TrainConfig
 from .data import TrainImages, relabel
-from .losses import batch_hard_triplet_loss, cross_entropy_loss, curriculum_hardness, curriculum_triplet_loss
+from .losses import (
+    batch_hard_triplet_loss,
+    cross_entropy_loss,
+    curriculum_state,
+    curriculum_triplet_loss,
+    multilabel_sigmoid_loss,
+    sigmoid_focal_loss,
+)
 from .sampler import PKBatchSampler
 
 log = logging.getLogger(__name__)
@@ -107,33 +114,40 @@ def build_model(cfg: TrainConfig, num_classes: int, *, pretrained: bool = True) 
 class LossTerms:
     """Weighted loss of one batch from the model's :class:`TrainOutputs` and ``labels [B]``.
 
-    Cross-entropy is applied to every classification head (``outputs.logits``) and summed
-    (HACNN: global + local branch); the triplet loss trains ``outputs.embedding`` (batch-hard,
-    or curriculum-sampled at the 1-based ``epoch``'s hardness); the attention loss is the mean
-    cross-entropy of the attention blocks' heads (``outputs.attention_logits``, Mancs).
+    Cross-entropy and the sigmoid focal loss are applied to every classification head
+    (``outputs.logits``) and summed (HACNN: global + local branch); the triplet loss trains
+    ``outputs.embedding`` (batch-hard, or curriculum-sampled at the 1-based ``epoch``'s
+    :func:`~.losses.curriculum_state`); the attention loss is the mean multi-label sigmoid
+    cross-entropy of the attention heads (``outputs.attention_logits``, Mancs).
     """
 
     cfg: TrainConfig
 
     def __call__(self, outputs: TrainOutputs, labels: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
-        ce, tri, att = self.cfg.loss.cross_entropy, self.cfg.loss.triplet, self.cfg.loss.attention
+        loss = self.cfg.loss
+        ce, focal, tri, att = loss.cross_entropy, loss.focal, loss.triplet, loss.attention
         if ce is not None:
             parts["cross_entropy"] = ce.weight * sum_of(cross_entropy_loss(lg, labels, ce.label_smoothing) for lg in outputs.logits)
-        if tri is not None and tri.curriculum_epochs is not None:
-            hardness = curriculum_hardness(epoch, tri.curriculum_epochs)
-            parts["triplet"] = tri.weight * curriculum_triplet_loss(outputs.embedding, labels, tri.margin, hardness)
+        if focal is not None:
+            parts["focal"] = focal.weight * sum_of(sigmoid_focal_loss(lg, labels, focal.gamma, focal.alpha) for lg in outputs.logits)
+        if tri is not None and tri.curriculum is not None:
+            c = tri.curriculum
+            state = curriculum_state(epoch, c.t0, c.t1, c.width_start, c.width_end)
+            parts["triplet"] = tri.weight * curriculum_triplet_loss(outputs.embedding, labels, tri.margin, state)
         elif tri is not None:
             parts["triplet"] = tri.weight * batch_hard_triplet_loss(outputs.embedding, labels, tri.margin)
         if att is not None:
             heads = outputs.attention_logits
-            parts["attention"] = att.weight * sum_of(cross_entropy_loss(lg, labels) for lg in heads) / len(heads)
+            parts["attention"] = att.weight * sum_of(multilabel_sigmoid_loss(lg, labels) for lg in heads) / len(heads)
         return sum_of(parts.values()), parts
 
     def leaves_parameters_unused(self) -> bool:
         """True when some head gets no loss (DistributedDataParallel must then look for unused parameters)."""
-        attention_heads = ARCHITECTURES.get(self.cfg.model.architecture).attention_heads
-        return self.cfg.loss.cross_entropy is None or (attention_heads and self.cfg.loss.attention is None)
+        net, loss = ARCHITECTURES.get(self.cfg.model.architecture), self.cfg.loss
+        unused_attention = net.attention_heads and loss.attention is None
+        unused_ranking = net.ranking_head and loss.triplet is None
+        return not loss.classifies or unused_attention or unused_ranking
 
 
 def sum_of(terms: Iterable[torch.Tensor]) -> torch.Tensor:
