@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import MetricAttackError, MetricAttackWarning
 from ..metrics.distance import Metric, build_metric
 from ..metrics.learned import LEARNED_METRICS
+from ..models.contract import check_model
 from .objectives import MetricLoss, ReferenceTargets
 from .perturb import perturb
 from .problem import CallCounts, ModelInfo
@@ -132,6 +133,8 @@ class MetricAttack:
     def __call__(self, images: torch.Tensor, references: References) -> torch.Tensor:
         """Adversarial ``images`` (see the class docstring)."""
         _check_images(images)
+        gradient = self.spec.build().uses_gradient
+        check_model(self.model, device=images.device, purpose="attack", gradient=gradient)  # one message, not a traceback
         flat, ref_sets = _flatten_references(references, images.shape[0])
         if images.shape[0] == 0:
             self.counts = CallCounts.zeros(0)

@@ -29,7 +29,7 @@ from ..attack_options import add_attack_options, attack_spec
 from ..attacks.engine import check_attack
 from ..attacks.export import FILE_NAMES, ModelEntry, check_output_location, export_attack
 from ..attacks.report import format_summary
-from ..attacks.spec import check_savable
+from ..attacks.spec import AttackSpec, check_savable
 from ..data.layouts import DATASETS
 from ..distributed import is_main_process
 from ..errors import MetricAttackError
@@ -100,12 +100,18 @@ def resolve_metric(option: str, checkpoint: Path | None) -> tuple[Metric, dict[s
     return resolve_named(option, checkpoint)
 
 
-def _entries(sources: list[ModelSource], metric_option: str, device: str, shared: dict[str, Metric]) -> list[ModelEntry]:
-    """Load each model with its metric; the same metric file or name gives one shared metric object."""
+def _entries(
+    sources: list[ModelSource], metric_option: str, device: str, shared: dict[str, Metric], spec: AttackSpec | None = None
+) -> list[ModelEntry]:
+    """Load each model with its metric (checked for the attack ``spec``, if given, else for evaluation);
+    the same metric file or name gives one shared metric object."""
     entries = []
     for source in sources:
         metric, info = resolve_metric(metric_option, source.anchor)
-        loaded = source.load(device)
+        if spec is None:
+            loaded = source.load(device)
+        else:
+            loaded = source.load(device, "attack", gradient=spec.build().uses_gradient)
         key = info.get("sha256", info["name"])
         metric = shared.setdefault(key, metric)
         entries.append(ModelEntry(loaded.model, metric, {**loaded.record, "metric": info}))
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     check_test_set(dataset)
     check_output_location(args.out, dataset.root, "--out")
     shared: dict[str, Metric] = {}
-    attack_entries = _entries(attack_sources, args.metric, args.device, shared)
+    attack_entries = _entries(attack_sources, args.metric, args.device, shared, spec)
     eval_entries = _entries(model_sources(args.eval_checkpoint, args.eval_model), args.metric, args.device, shared)
     results = export_attack(
         attack_entries,

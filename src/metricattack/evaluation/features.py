@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -20,6 +22,7 @@ from ..data.types import ImageRecord, ReIDDataset
 from ..distributed import gather_rows, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
+from ..models.contract import check_device, check_model, forward_features, model_name, warn_once
 from .ranking import DEFAULT_RANKS, APConvention, RankingResult, TieRule, evaluate_distance_blocks
 
 
@@ -31,6 +34,7 @@ def extract_features(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    name: str | None = None,
 ) -> torch.Tensor:
     """Features ``[N, D]`` (float32, on CPU) of ``records`` in order, from ``model(images at native size)``.
 
@@ -38,6 +42,11 @@ def extract_features(
     of any size, resizes and normalises them itself (:mod:`metricattack.models.preprocessing`)
     and returns features; it is put in eval mode. Batches hold images of one native size.
     Under ``torchrun`` each rank extracts its shard and the rows are gathered on every rank.
+
+    The model is checked first (:func:`~metricattack.models.contract.check_model`, once per
+    model) and every batch's output against the contract: an error names the model (``name``,
+    default the name it was loaded under) and the image file; features equal for every image
+    are warned about (they score exactly the chance level).
     """
     from ..data.loading import make_loader  # the loader pulls in image I/O; keep ranking imports light
 
@@ -46,20 +55,35 @@ def extract_features(
     world = rank_and_world()[1]
     if len(records) < world:
         raise MetricAttackError(f"cannot shard {len(records)} images over {world} processes; use fewer processes")
+    label = name or model_name(model)
+    check_device(model, label)
     model.eval().to(device)
+    check_model(model, label, device=device)
     loader = make_loader(records, batch_size, shard=True)
     local: dict[int, torch.Tensor] = {}
     bar = tqdm(loader, desc="features", unit="batch", disable=not (progress and is_main_process()), leave=False)
     for images, indices in bar:
-        feats = model(images.to(device)).float().cpu()
-        if feats.dim() != 2 or feats.shape[0] != images.shape[0]:
-            raise MetricAttackError(
-                f"model returned features of shape {tuple(feats.shape)} for a batch of {images.shape[0]} images; expected [B, D]"
-            )
-        for i, f in zip(indices.tolist(), feats, strict=True):
+        rows = indices.tolist()
+        feats = forward_features(model, images.to(device), label, functools.partial(_files, records, rows)).float().cpu()
+        for i, f in zip(rows, feats, strict=True):
             local[i] = f
     # gather_rows wants this rank's rows in shard order (ascending record index).
-    return gather_rows(torch.stack([local[i] for i in sorted(local)]), len(records))
+    features = gather_rows(torch.stack([local[i] for i in sorted(local)]), len(records))
+    if len(records) > 1 and bool((features == features[0]).all()):
+        warn_once(
+            model,
+            "constant",
+            f"model {label} gives the same features to all {len(records)} images: every distance ties, so it scores "
+            "exactly the chance level (and no attack can move it)",
+        )
+    return features
+
+
+def _files(records: Sequence[ImageRecord], rows: list[int], i: int | None) -> str:
+    """The images of record indices ``rows`` (``i`` None: the batch) or the ``i``-th of them, for messages."""
+    if i is not None or len(rows) == 1:
+        return f"image {os.fspath(records[rows[i or 0]].path)}"
+    return f"the batch of {len(rows)} images {os.fspath(records[rows[0]].path)} .. {os.path.basename(records[rows[-1]].path)}"
 
 
 def _distance_chunks(q_emb: torch.Tensor, g_emb: torch.Tensor, metric: Metric, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..errors import CheckpointError, MetricAttackError
 from ..io import sha256_file
+from .contract import Purpose, check_device, check_model, one_line
 from .foreign import FORMATS, load_foreign
 from .weights import load_exact, read_state_dict
 from .wrap import wrapped_preprocessing
@@ -130,8 +131,10 @@ class ModelSource:
         """The checkpoint or weights file (learned metrics live beside it), if any."""
         return self.checkpoint if self.checkpoint is not None else self.weights
 
-    def load(self, device: str | torch.device = "cpu") -> LoadedModel:
-        """Build the model (eval mode, on ``device``) and its provenance record."""
+    def load(self, device: str | torch.device = "cpu", purpose: Purpose = "features", *, gradient: bool = True) -> LoadedModel:
+        """Build the model (eval mode, on ``device``) and its provenance record, checked on a probe
+        (:func:`~metricattack.models.contract.check_model`: one error naming the model if it breaks
+        the contract; ``purpose="attack"`` also what an attack needs, with ``gradient`` a gradient to the images)."""
         record: dict[str, Any] = {"label": self.label}
         model: nn.Module
         if self.checkpoint is not None:
@@ -139,6 +142,7 @@ class ModelSource:
 
             model = load_model(self.checkpoint, device=device, allow_modules=self.allow_modules)
             record.update(checkpoint=str(self.checkpoint), sha256=sha256_file(self.checkpoint))
+            check_model(model, self.label, device=device, purpose=purpose, gradient=gradient)
             return LoadedModel(model, record, self.checkpoint)
         assert self.model is not None
         record["model"] = self.model
@@ -159,8 +163,11 @@ class ModelSource:
             record["sha256"] = sha256_file(self.weights)
         if self.weights is not None:
             record["weights"] = str(self.weights)
+        check_device(model, self.label)
+        model = model.to(device).eval()
+        check_model(model, self.label, device=device, purpose=purpose, gradient=gradient)
         log.info("model %s loaded", self.label)
-        return LoadedModel(model.to(device).eval(), record, self.weights)
+        return LoadedModel(model, record, self.weights)
 
 
 def _split_python_spec(spec: str) -> tuple[str, str]:
@@ -198,7 +205,10 @@ def _load_python(spec: str, weights: Path | None) -> tuple[nn.Module, str | None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise MetricAttackError(f"--model {spec}: module {module_name!r} ({module.__file__}) has no function {function_name!r}")
-    model = function()
+    try:
+        model = function()
+    except Exception as exc:  # the user's code: one line naming it instead of a traceback
+        raise MetricAttackError(f"--model {spec}: {function_name}() raised {one_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise MetricAttackError(
             f"--model {spec}: {function_name}() returned a {type(model).__name__}, expected a torch.nn.Module "
