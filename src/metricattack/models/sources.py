@@ -133,7 +133,7 @@ class ModelSource:
         assert self.model is not None
         record["model"] = self.model
         if self.model.startswith(PYTHON_PREFIX):
-            model, module_file = _load_python(self.model, self.weights)
+            model, module_file = load_python(self.model, self.weights)
             record["module_file"] = module_file
             identity = self.weights if self.weights is not None else Path(module_file) if module_file else None
             record["sha256"] = sha256_file(identity) if identity is not None else None
@@ -174,7 +174,7 @@ def _find_module(spec: str) -> None:
         raise MetricAttackError(f"--model {spec}: cannot find module {module_name!r}; install it or put its folder on PYTHONPATH")
 
 
-def _load_python(spec: str, weights: Path | None) -> tuple[nn.Module, str | None]:
+def load_python(spec: str, weights: Path | None) -> tuple[nn.Module, str | None]:
     """``MODULE.FUNCTION()`` (with ``weights`` loaded) and the module's file."""
     module_name, function_name = _split_python_spec(spec)
     try:
