@@ -17,6 +17,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "reid": {"backbone": "resnet18", "input_size": (32, 16)},
     "hacnn": {"input_size": (80, 32), "channels": (16, 32, 48), "branch_dim": 16, "region_size": (12, 14)},
     "mancs": {"backbone": "resnet18", "input_size": (32, 16)},
+    "python": {"source": "python:own_reid_net:build", "input_size": (32, 16)},  # tests/own_reid_net.py
 }
 
 

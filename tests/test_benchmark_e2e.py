@@ -22,7 +22,7 @@ from metricattack.stages import read_stage_log
 from test_benchmark_framework import check_report
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = {"dataset", "model", "features", "learned_metric", "attack", "adv_features", "defended", "adaptive"}
+HEAVY = {"dataset", "model", "features", "learned_metric", "attack", "adv_features", "defended", "adaptive", "robust_transfer", "robust"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
     res = validate_results(data)
     assert res.provenance.ap_convention in ("market", "noninterp")
     assert res.provenance.seeds["run"] == 0 and res.provenance.versions["torch"]
-    for section in ("table1", "table2", "table4", "table5", "fig1", "fig3", "fig4", "fig5", "classification", "targeted"):
+    for section in ("table1", "table2", "table4", "table5", "defenses", "fig1", "fig3", "fig4", "fig5", "classification", "targeted"):
         assert getattr(res, section) is not None, section
     assert [f.id for f in res.findings] == [1, 2, 3, 4, 5, 6]
     # every white-box cell is the attacked model itself, and the matrix is complete
@@ -69,8 +69,29 @@ def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_defense_leaderboard_is_adaptive_and_never_above_the_transfer_attack(tiny_run: Path) -> None:
+    res = validate_results(json.loads((tiny_run / "results.json").read_text()))
+    board = res.defenses
+    assert board is not None and board.status == "ok" and board.base_model == "B1" and board.epsilons == [2.0]
+    assert {e.model for e in board.entries} == {"B1", "B1#M", "B1#pgd-at"}
+    evidence = load_evidence(tiny_run / res.evidence.file)
+    for e in board.entries:
+        assert e.clean_interval[0] <= e.clean_mAP <= e.clean_interval[1]
+        assert (e.method is None) == (e.model == "B1") and e.paper == (e.model == "B1#M")
+        (point,) = e.points
+        query = [v for k, v in point.attacks.items() if k.split("/")[-2] == "query"]
+        assert point.robust_mAP <= min(query) + 1e-9 and point.robust_interval[0] <= point.robust_mAP <= point.robust_interval[1]
+        assert ("transfer/query/ifgsm" in point.attacks) == (e.method is not None)  # defended models: also B1's attack, transferred
+        assert point.beats_paper is None if e.model in ("B1", "B1#M") else isinstance(point.beats_paper, bool)
+        assert f"ap|{e.model}|robust-query-eps2|euclidean" in evidence
+    pgd = next(e for e in board.entries if e.method == "pgd-at")
+    assert pgd.initialisation == "finetune" and pgd.cost_multiple is not None and pgd.cost_per_image is not None
+    assert "Defense leaderboard" in (tiny_run / "tables" / "defenses.md").read_text()
+
+
+@pytest.mark.slow
 def test_outputs_tables_figures_report(tiny_run: Path) -> None:
-    for name in ("table1", "table2", "table4", "classification", "targeted", "table5"):
+    for name in ("table1", "table2", "table4", "classification", "targeted", "table5", "defenses"):
         assert (tiny_run / "tables" / f"{name}.md").is_file() and (tiny_run / "tables" / f"{name}.csv").is_file()
     figures = {p.stem for p in (tiny_run / "figures").glob("*.png")}
     assert figures == {"fig1", "fig3", "fig3_base", "fig4", "fig5"}

@@ -458,7 +458,7 @@ def test_tables_figures_report(tmp_path: Path) -> None:
     assert html.count('data-finding="') == 6
     # every experiment has a section, in the registry's (paper) order; unselected ones say so
     assert [s for s in dict.fromkeys(link.split("_")[0] for link in parser.links) if s in EXPERIMENTS] == list(EXPERIMENTS)
-    assert html.count("not run in this run (not selected).") == 3  # table4, classification, targeted
+    assert html.count("not run in this run (not selected).") == 4  # table4, classification, targeted, defenses
 
 
 def test_fig3_is_the_test_only_models_ratio(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from metricattack.training import TrainConfig, load_train_config, train
 from metricattack.training import trainer as trainer_module
 from metricattack.training.losses import batch_hard_triplet_loss
 from metricattack.training.sampler import PKBatchSampler
-from metricattack.training.trainer import Variant
+from metricattack.training.trainer import TrainingRun, Variant
 
 # --------------------------------------------------------------------------- losses
 
@@ -211,22 +211,27 @@ def test_interrupted_run_resumes_to_identical_weights(blob_root: Path, tmp_path:
         train(cfg.model_copy(update={"seed": 1}), out)
 
 
-def test_variant_starts_from_weights_scales_lr_and_transforms_batches(blob_root: Path, tmp_path: Path) -> None:
+def test_variant_starts_from_weights_scales_lr_and_replaces_the_batch_objective(blob_root: Path, tmp_path: Path) -> None:
     cfg = _cfg(blob_root, schedule={"epochs": 1}, loss={"cross_entropy": {}}, batch={"batch_size": 8})
     base = train(cfg, tmp_path / "base")
-    epochs_seen: list[int] = []
+    seen: list[tuple[int, int]] = []
 
-    def with_flips(loader, model, epoch):
-        for images, labels in loader:
-            epochs_seen.append(epoch)
-            yield torch.cat([images, images.flip(-1)]), torch.cat([labels, labels])
+    def with_flips(run: TrainingRun):
+        def objective(step, images, labels, epoch, number):
+            seen.append((epoch, number))
+            loss, parts = run.losses(step(torch.cat([images, images.flip(-1)])), torch.cat([labels, labels]), epoch)
+            return loss, {**parts, "flipped": loss.detach()}
 
-    variant = Variant({"batches": "with flips", "lr_factor": 0.5}, init_checkpoint=base, lr_factor=0.5, batches=with_flips)
+        return objective
+
+    variant = Variant({"batches": "with flips", "lr_factor": 0.5}, init_checkpoint=base, lr_factor=0.5, objective=with_flips)
     final = train(cfg, tmp_path / "tuned", variant)
     meta, base_meta = checkpoint_meta(final)["meta"], checkpoint_meta(base)["meta"]
     assert meta["variant"] == variant.identity and meta["init_checkpoint"] == str(base)
     assert meta["history"][0]["lr"] == pytest.approx(0.5 * base_meta["history"][0]["lr"])
-    assert meta["history"][0]["images"] == 2 * base_meta["history"][0]["images"] and set(epochs_seen) == {1}
+    history = meta["history"][0]
+    assert history["images"] == base_meta["history"][0]["images"] and history["flipped"] == pytest.approx(history["loss"])
+    assert seen == [(1, n) for n in range(len(seen))] and len(seen) > 1
     with pytest.raises(ConfigError, match="holds a run with other training settings"):
         train(cfg, tmp_path / "tuned", Variant({"batches": "plain"}))
     fewer = _blob_tree(tmp_path / "fewer", train_ids=6)

@@ -154,9 +154,9 @@ class StageCache:
     def _work(self, spec: StageSpec, marker: Path, work: Callable[[], Outputs]) -> Outputs:
         if self.announce is not None:
             self.announce(spec)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         outputs = work()
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         if is_main_process():
             atomic_write_json(
                 marker,
@@ -170,6 +170,7 @@ class StageCache:
                     "threads": spec.threads,
                     "versions": environment_versions(),
                     "seconds": round(seconds, 3),
+                    "cpu_seconds": round(cpu_seconds, 3),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "outputs": outputs,
                 },

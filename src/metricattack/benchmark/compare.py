@@ -18,6 +18,10 @@ TIMING_FIELDS = (
     "provenance.wall_seconds",
     "provenance.stage_seconds",
     "models.*.train_seconds",
+    "defenses.entries.*.train_seconds",
+    "defenses.entries.*.train_cpu_seconds",
+    "defenses.entries.*.cost_multiple",
+    "defenses.entries.*.cost_per_image",
 )
 RUN_FOLDER = "<run>"
 

@@ -22,14 +22,14 @@ from ..attacks.spec import AttackSpec, MethodName, MethodOptionTable, refuse_mov
 from ..config import StrictModel, apply_overrides, read_yaml, validate
 from ..data.layouts import DATASETS
 from ..data.synthetic import SynthConfig
-from ..defense.config import AdaptiveSection, RetrainSection, TrainingSetAttack
+from ..defense.config import AdaptiveSection, DefenseName, MethodSections, RetrainSection, TrainingSetAttack, check_batches
 from ..errors import ConfigError, MetricAttackError
 from ..evaluation.ranking import APConvention
 from ..io import sha256_file
 from ..metrics.distance import parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS
 from ..models.sources import ModelSource
-from ..training.config import RUNTIME_FIELDS, TrainConfig, TrainRecipe
+from ..training.config import RUNTIME_FIELDS, BatchSection, TrainConfig, TrainRecipe
 from .experiments import EXPERIMENTS
 
 SYNTHETIC = "synthetic"
@@ -295,6 +295,24 @@ class ZooSection(StrictModel):
     epsilons: list[Annotated[float, Field(gt=0, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
 
 
+class DefensesSection(MethodSections):
+    """The defense leaderboard (experiment ``defenses``): one base model, undefended, defended by
+    the paper's metric-preserving network (Table 5's model and settings) and by each method of
+    ``methods``, every model evaluated adaptively at each ε (robust mAP with intervals, masking
+    flags) with its training cost. The method sections (``pgd_at``, ``act``, ...) are those of
+    :class:`~metricattack.defense.config.DefenseConfig`; ``retrain`` and ``batch`` apply to every
+    method but the metric-preserving one (``batch``: the training batches, default the base
+    model's recipe's; ACT and HM need ``sampler: pk``)."""
+
+    enabled: bool = True
+    model: str | None = Field(default=None, description="the base model (default: the first attacked model)")
+    methods: list[DefenseName] = Field(default_factory=lambda: ["metric-preserving", "pgd-at"], min_length=1)
+    retrain: RetrainSection = RetrainSection()
+    batch: BatchSection | None = None
+    epsilons: list[Annotated[float, Field(ge=1, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
+    batch_size: PositiveInt = Field(default=64, description="attack batch size of the robust evaluation")
+
+
 class ExperimentsSection(StrictModel):
     """Which experiments run; ``only`` (or ``--only``) restricts them to a subset."""
 
@@ -307,6 +325,7 @@ class ExperimentsSection(StrictModel):
     table4: Table4Section = Table4Section()
     table5: Table5Section = Table5Section()
     zoo: ZooSection = ZooSection()
+    defenses: DefensesSection = DefensesSection()
     table2_title: str = "Table 2"
 
 
@@ -367,6 +386,8 @@ class BenchmarkConfig(StrictModel):
             "experiments.zoo.methods": self.experiments.zoo.methods,
             "experiments.zoo.sides": self.experiments.zoo.sides,
             "experiments.zoo.epsilons": self.experiments.zoo.epsilons,
+            "experiments.defenses.methods": self.experiments.defenses.methods,
+            "experiments.defenses.epsilons": self.experiments.defenses.epsilons,
         }
         for where, values in lists.items():
             repeated = sorted({str(v) for v in values if values.count(v) > 1})
@@ -392,11 +413,32 @@ class BenchmarkConfig(StrictModel):
             raise ValueError(
                 f"experiments.only is empty, so no experiment would run; list some of {', '.join(EXPERIMENTS)} or leave it out to run all"
             )
+        if "defenses" in self.selected() and self.experiments.defenses.enabled:
+            self._check_defenses(attacked)
         for exp in self.experiments.only or []:
             if exp not in EXPERIMENTS:
                 raise ValueError(f"experiments.only: unknown experiment {exp!r}; available: {', '.join(EXPERIMENTS)}")
         _refuse_same_models(self.models)
         return self
+
+    def _check_defenses(self, attacked: list[str]) -> None:
+        section = self.experiments.defenses
+        base = self.defense_base()
+        if base not in attacked:
+            raise ValueError(f"experiments.defenses.model: {base!r} is not one of the attacked (not test_only) models {attacked}")
+        entry = next(m for m in self.models if m.name == base)
+        if entry.train is None:
+            raise ValueError(f"the defense leaderboard retrains or fine-tunes {base} with its recipe, but it is given without one")
+        recipe = entry.train.model_copy(update={"batch": section.batch}) if section.batch is not None else entry.train
+        for method in section.methods:
+            try:
+                check_batches(method, recipe)
+            except ConfigError as exc:
+                raise ValueError(f"experiments.defenses: {exc} (experiments.defenses.batch sets the batches of the defenses)") from None
+
+    def defense_base(self) -> str:
+        """The base model of the defense leaderboard."""
+        return self.experiments.defenses.model or self.attacked_models()[0]
 
     def model_names(self) -> list[str]:
         """Every model (each is tested on every adversarial gallery), in config order."""

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """A model of the run: its checkpoint (path, SHA-256), how it was described and trained; a model
+    """A model of the run: its checkpoint (path, SHA-256), how it was described and trained (the wall and
+    CPU seconds of the stage that made it); a model
     from elsewhere has no checkpoint but its ``source`` (the :class:`~metricattack.models.sources.LoadedModel`
     record: spec, weights, module file) and the SHA-256 of its weights (or module file)."""
 
@@ -42,6 +43,7 @@ class ModelRecord:
     description: str
     train_seed: int | None
     train_seconds: float | None
+    train_cpu_seconds: float | None = None
     source: dict[str, Any] | None = None
 
     def attack_record(self, name: str) -> dict[str, Any]:

@@ -48,10 +48,11 @@ def progress(ctx: RunContext, items: Sequence[T], desc: str) -> tqdm[T]:
     )
 
 
-def stage_seconds(ctx: RunContext, spec: StageSpec) -> float | None:
-    """Seconds the finished stage ``spec`` took when it ran (None if it has not finished)."""
+def stage_seconds(ctx: RunContext, spec: StageSpec, clock: str = "seconds") -> float | None:
+    """Wall seconds (``clock="cpu_seconds"``: CPU seconds of the process) the finished stage ``spec``
+    took when it ran (None if it has not finished, or its marker predates CPU times)."""
     marker = ctx.cache.folder(spec) / MARKER
-    return json.loads(marker.read_text(encoding="utf-8")).get("seconds") if marker.is_file() else None
+    return json.loads(marker.read_text(encoding="utf-8")).get(clock) if marker.is_file() else None
 
 
 # ----------------------------------------------------------------- dataset
@@ -113,7 +114,9 @@ def add_model(ctx: RunContext, name: str, spec: StageSpec, outputs: dict[str, An
     from ..models.checkpoint import load_model
 
     ctx.keys[f"model:{name}"] = spec.key
-    ctx.records[name] = ModelRecord(outputs["checkpoint"], outputs["sha256"], description, train_seed, stage_seconds(ctx, spec))
+    ctx.records[name] = ModelRecord(
+        outputs["checkpoint"], outputs["sha256"], description, train_seed, stage_seconds(ctx, spec), stage_seconds(ctx, spec, "cpu_seconds")
+    )
     ctx.models[name] = load_model(Path(outputs["checkpoint"]), device=ctx.device)
 
 

@@ -287,6 +287,60 @@ class Zoo(Record):
     rows: list[ZooRow]
 
 
+class RobustPoint(Record):
+    """A model's robust evaluation at one ε (``metricattack.defense.evaluation.robust_evaluation``)."""
+
+    epsilon: float
+    robust_mAP: float = Field(description="mAP of the worst AP per query over the query-side attacks (white-box and transferred)")
+    robust_interval: tuple[float, float] = Field(description="bootstrap interval of robust_mAP")
+    gallery_robust_mAP: float = Field(description="the same over the gallery-side white-box attacks")
+    gallery_interval: tuple[float, float]
+    attacks: dict[str, float] = Field(description="mAP under each attack: 'query/pgd', 'gallery/ifgsm', 'transfer/query/ifgsm', ...")
+    flags: dict[str, bool] = Field(
+        description="gradient-masking flags (true = tripped): black-box = the transferred attack beats the white-box ones"
+    )
+    beats_paper: bool | None = Field(
+        None,
+        description="robust_mAP interval entirely above the paper's metric-preserving model's, at a clean-mAP drop of at most "
+        "10 % of the undefended model's (null for the undefended and the paper's model)",
+    )
+
+
+class DefenseEntry(Record):
+    """One row of the defense leaderboard."""
+
+    model: str
+    base_model: str
+    method: str | None = Field(description="defense method (metricattack.defense.methods.DEFENSES); null: the undefended model")
+    label: str
+    source: str = Field(description="where the method was published")
+    paper: bool = Field(description="the paper's own defense (metric-preserving)")
+    initialisation: str | None = Field(description="'scratch' (F's initialisation) or 'finetune' (from F's weights); null: undefended")
+    clean_mAP: float
+    clean_interval: tuple[float, float]
+    clean_drop: float = Field(description="relative clean-mAP drop against the undefended model, (F - F_adv) / F")
+    points: list[RobustPoint]
+    train_seconds: float | None = Field(None, description="wall seconds of the stage that made the model (the defense: attack + training)")
+    train_cpu_seconds: float | None = Field(None, description="CPU seconds of that stage (this process, all threads)")
+    cost_multiple: float | None = Field(
+        None, description="train_cpu_seconds / the undefended model's training CPU seconds (a fine-tuned defense: on top of it)"
+    )
+    cost_per_image: float | None = Field(
+        None, description="CPU seconds per training image of its training / of the undefended model's training (training steps only)"
+    )
+
+
+class Defenses(Record):
+    """The defense leaderboard: clean and robust mAP (adaptive attacks) of each defense of one base model."""
+
+    status: Literal["ok", "not run"]
+    reason: str | None = None
+    base_model: str | None = None
+    epsilons: list[float] = Field(default_factory=list)
+    protocol: str = Field("", description="the attacks behind robust_mAP")
+    entries: list[DefenseEntry] = Field(default_factory=list, description="ranked by robust_mAP at the largest ε")
+
+
 class Check(Record):
     """One inequality of a finding's criterion with its bootstrap interval.
 
@@ -376,6 +430,9 @@ class Results(Record):
     )
     targeted: Targeted | None = Field(None, description="targeted attack: share of images reaching their target's top-1/top-10")
     table5: Table5 | None = Field(None, description="Table 5: metric-preserving defense (#N, #M, #I), or status 'not run'")
+    defenses: Defenses | None = Field(
+        None, description="defense leaderboard: clean and robust mAP (adaptive attacks, ε = 5 and 8) with intervals, masking flags, cost"
+    )
     fig1: Fig1 | None = Field(None, description="Fig. 1: example images with similarity to the probe before/after")
     fig3: Fig3 | None = Field(None, description="Fig. 3: adversarial / clean mAP ratio per tested model and setting")
     fig4: Fig4 | None = Field(None, description="Fig. 4: top-k ranking lists of chosen probes (clean, non-targeted, targeted)")

@@ -4,106 +4,50 @@ Example (``configs/defense/quickstart.yaml``)::
 
     train: {...TrainConfig of the clean model F...}
     base_checkpoint: null            # or an existing checkpoint of F (then F is not trained)
-    strategy: metric_preserving      # or: online
+    method: metric-preserving        # or: online, pgd-at, act, hm, goat (metricattack.defense.methods)
     training_attack: {attack: {method: ifgsm, eps: 5}, metric: euclidean, batch_size: 32}
     retrain: {init: scratch}         # or: finetune (start from F's weights)
-    online: {attack: {method: ifgsm, eps: 2, steps: 2}, guides: [push, pull]}
-    evaluation: {transfer: {attack: {method: ifgsm, eps: 5}}, adaptive: {methods: [ifgsm, mifgsm, pgd], epsilons: [2, 5]}}
+    pgd_at: {attack: {method: pgd, eps: 8, alpha: 2, steps: 7}, clean_weight: 0}   # one section per method
+    evaluation: {transfer: {attack: {method: ifgsm, eps: 5}}, adaptive: {methods: [ifgsm, mifgsm, pgd], epsilons: [2, 5]}, robust: {epsilons: [5, 8]}}
 
 Attacks are :class:`~metricattack.attacks.spec.AttackSpec` s (method options beside ``method`` and
 ``eps``); the adaptive evaluation's per-method options go under ``adaptive.options.<method>``.
 
-ε and α are in 0..255 pixel units, like everywhere in metricattack.
+ε and α are in 0..255 pixel units, like everywhere in metricattack. Every method's section has
+defaults (the published recipe where there is one); only the section of ``method`` is used.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import AfterValidator, Field, PositiveInt, field_validator, model_validator
 
-from ..attacks.spec import AttackSpec, MethodName, MethodOptionTable, check_savable, refuse_moved_options, spec_from_table
+from ..attacks.spec import AttackSpec, MethodName, MethodOptionTable, refuse_moved_options, spec_from_table
 from ..config import StrictModel, load_config
 from ..errors import ConfigError
 from ..evaluation.ranking import APConvention
 from ..metrics.distance import ParameterFreeMetricName
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, TrainRecipe
+from .methods import DEFENSES, ACTSection, GOATSection, HMSection, OnlineSection, PGDATSection, TrainingSetAttack
+from .methods.metric_preserving import savable_attack
 
-Guide = Literal["push", "pull"]
-GUIDES: tuple[Guide, ...] = ("push", "pull")
+#: A name registered in :data:`~metricattack.defense.methods.DEFENSES` (checked when a config loads).
+DefenseName = Annotated[str, AfterValidator(DEFENSES.check)]
 
-
-def _savable_attack(attack: AttackSpec) -> AttackSpec:
-    """An attack whose images are saved: ε below one 8-bit step would save the source unchanged."""
-    try:
-        check_savable(attack, "eps")
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-    return attack
-
-
-class TrainingSetAttack(StrictModel):
-    """Step 2 of the paper: attack every training image against the clean model F.
-
-    Each training image of identity k is pushed away from the clean features of the
-    training images of identity k (its own clean feature included; see
-    :mod:`.training_set_attack`).
-    """
-
-    attack: AttackSpec = AttackSpec(method="ifgsm", eps=5.0)
-    metric: ParameterFreeMetricName = "euclidean"
-    batch_size: PositiveInt = 32
-
-    @field_validator("attack")
-    @classmethod
-    def _savable(cls, attack: AttackSpec) -> AttackSpec:
-        return _savable_attack(attack)
+__all__ = ["DefenseConfig", "DefenseName", "MethodSections", "OnlineSection", "RetrainSection", "TrainingSetAttack", "load_defense_config"]
 
 
 class RetrainSection(StrictModel):
-    """Step 3: F_adv is trained on Y ∪ Y_adv with F's recipe.
-
-    ``init: scratch`` starts from F's initialisation (same seed, same architecture, same
-    classes); ``finetune`` starts from F's trained weights for ``finetune_epochs`` epochs
-    (default: the recipe's epochs) at the recipe's learning rate times ``finetune_lr_factor``.
-    """
+    """How F_adv starts: ``init: scratch`` from F's initialisation (same seed, architecture and
+    classes), with F's recipe; ``finetune`` from F's trained weights for ``finetune_epochs``
+    epochs (default: the recipe's epochs) at the recipe's learning rate times
+    ``finetune_lr_factor``, without warm-up or steps. Applies to every method."""
 
     init: Literal["scratch", "finetune"] = "scratch"
     finetune_epochs: PositiveInt | None = None
     finetune_lr_factor: float = Field(0.1, gt=0.0, le=1.0)
-
-
-class OnlineSection(StrictModel):
-    """Online adversarial training: every batch gets adversarial copies made against the current model.
-
-    Per image the maximised objective is ``push·d(f(x'), c_same) − pull·d(f(x'), f_other)``
-    with ``c_same`` the mean clean feature of the *other* same-identity images of the batch
-    (its own clean feature when it has none) and ``f_other`` the clean feature of one image of
-    another identity of the batch, drawn with a seeded generator (Bouniot et al., CVPRW 2020
-    use push and pull guides in the same spirit). The loss is the recipe's loss on the
-    batch ``[clean; adversarial]`` (labels repeated). ``attack.seed`` also seeds the pull guides.
-    """
-
-    attack: AttackSpec = AttackSpec.model_validate({"method": "ifgsm", "eps": 2.0, "steps": 2})
-    guides: list[Guide] = Field(default_factory=lambda: list(GUIDES), min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            moved = [k for k in ("method", "eps", "alpha", "steps", "seed") if k in data]
-            if moved:
-                raise ValueError(
-                    f"online.{moved[0]}: the online attack is an attack spec now, online.attack (e.g. attack: {{method: ifgsm, eps: 2, steps: 2}})"
-                )
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> OnlineSection:
-        if len(set(self.guides)) != len(self.guides):
-            raise ValueError(f"guides must not repeat, got {self.guides}")
-        return self
 
 
 class TransferSection(StrictModel):
@@ -115,7 +59,7 @@ class TransferSection(StrictModel):
     @field_validator("attack")
     @classmethod
     def _savable(cls, attack: AttackSpec) -> AttackSpec:
-        return _savable_attack(attack)
+        return savable_attack(attack)
 
 
 class AdaptiveSection(StrictModel):
@@ -149,6 +93,16 @@ class AdaptiveSection(StrictModel):
         return [spec_from_table(m, e, self.seed, self.options, cap_alpha=True) for m in self.methods for e in self.epsilons]
 
 
+class RobustSection(StrictModel):
+    """The adaptive robustness evaluation of F and F_adv (:func:`~.evaluation.robust_evaluation`):
+    the worst case per query over the attacks of :data:`~.evaluation.ROBUST_ATTACKS` made
+    against each model itself and the query attack transferred from F, at each ε."""
+
+    enabled: bool = True
+    epsilons: list[Annotated[float, Field(ge=1, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
+    batch_size: PositiveInt = 32
+
+
 class EvaluationSection(StrictModel):
     """What ``metricattack defend`` measures after training."""
 
@@ -157,19 +111,62 @@ class EvaluationSection(StrictModel):
     ap: APConvention = "market"
     transfer: TransferSection = TransferSection()
     adaptive: AdaptiveSection = AdaptiveSection()
+    robust: RobustSection = RobustSection()
     batch_size: PositiveInt = 64
 
 
-class DefenseConfig(StrictModel):
-    """Everything :func:`~metricattack.defense.metric_preserving.run_defense` needs."""
+class MethodSections(StrictModel):
+    """One settings section per defense method (:attr:`DefenseMethod.section`); the benchmark's
+    defense leaderboard embeds them too. Defaults: the published recipes (see each section)."""
+
+    online: OnlineSection = OnlineSection()
+    pgd_at: PGDATSection = PGDATSection()
+    act: ACTSection = ACTSection()
+    hm: HMSection = HMSection()
+    goat: GOATSection = GOATSection()
+
+    def settings_of(self, method: str) -> StrictModel:
+        """The settings section of ``method``."""
+        section: StrictModel = getattr(self, DEFENSES.get(method).section)
+        return section
+
+
+class DefenseConfig(MethodSections):
+    """Everything :func:`~metricattack.defense.pipeline.run_defense` needs."""
 
     train: TrainConfig = Field(description="recipe of the clean model F (its data section names the dataset)")
     base_checkpoint: Path | None = Field(None, description="existing checkpoint of F; skips training F")
-    strategy: Literal["metric_preserving", "online"] = "metric_preserving"
+    base_weights: Path | None = Field(
+        None, description="F is a network of one's own as is (train.model.architecture: python) with these weights; skips training F"
+    )
+    method: DefenseName = Field("metric-preserving", description="the defense (metricattack.defense.methods.DEFENSES)")
     training_attack: TrainingSetAttack = TrainingSetAttack()
     retrain: RetrainSection = RetrainSection()
-    online: OnlineSection = OnlineSection()
     evaluation: EvaluationSection = EvaluationSection()
+
+    @model_validator(mode="after")
+    def _sampler(self) -> DefenseConfig:
+        try:
+            check_batches(self.method, self.train)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if self.base_weights is not None and (self.train.model.architecture != "python" or self.base_checkpoint is not None):
+            raise ValueError("base_weights go with a network of one's own (train.model.architecture: python) and no base_checkpoint")
+        return self
+
+    def settings(self) -> StrictModel:
+        """The section of :attr:`method`."""
+        return self.settings_of(self.method)
+
+
+def check_batches(method: str, recipe: TrainRecipe) -> None:
+    """A ranking defense (ACT, HM) needs P×K batches with at least two images per identity."""
+    batch = recipe.batch
+    if DEFENSES.get(method).needs_pk and (batch.sampler != "pk" or batch.images_per_id < 2):
+        raise ConfigError(
+            f"{method} mines triplets in each batch: set train.batch.sampler: pk with images_per_id >= 2 "
+            f"(got sampler {batch.sampler}, images_per_id {batch.images_per_id})"
+        )
 
 
 def load_defense_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DefenseConfig:

@@ -4,9 +4,14 @@
   model (#N) and of its metric-preserving model (#M) on the clean gallery and on each
   adversarial gallery, with ``#I = (#M − #N) / #N``. The adversarial galleries are made
   against the *normal* models only, so #M measures transfer robustness.
-* :func:`adaptive_attack_rows` -- the honest numbers: each model attacked white-box (the
-  non-targeted gallery attack against the model itself) with every configured method and ε;
-  adversarial images are rounded to the 1/255 grid as when saved, then evaluated.
+* :func:`adaptive_attack_rows` -- each model attacked white-box (the non-targeted gallery
+  attack against the model itself) with every configured method and ε (Table 5's rows);
+* :func:`robust_evaluation` -- the robustness number of a defended model: per query, the worst
+  AP over :data:`ROBUST_ATTACKS` made against the model itself and the query attack transferred
+  from the normal model (so it is never above what the transfer attack shows), with the
+  ``black-box`` masking flag when the transfer attack beats the white-box ones.
+
+Adversarial images are rounded to the 1/255 grid as when saved, then evaluated.
 
 mAP values are percentages (0..100), as in the paper's tables.
 """
@@ -14,20 +19,26 @@ mAP values are percentages (0..100), as in the paper's tables.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..attacks.engine import FeatureModel, attack_split, clean_features, plan_attack
+from ..attacks.ops import quantize
+from ..attacks.perturb import perturb
 from ..attacks.spec import AttackSpec
-from ..attacks.threats import SplitFeatures
+from ..attacks.threats import THREATS, SplitFeatures
+from ..data.loading import make_loader
 from ..data.types import ImageRecord, ReIDDataset
 from ..distributed import rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.features import evaluate_split_features, extract_features
 from ..evaluation.ranking import APConvention
 from ..metrics.distance import Metric
+from ..robustness.flags import black_box
 
 ORIGINAL = "original"
 
@@ -141,3 +152,162 @@ def adaptive_attack_rows(
                 }
             )
     return rows
+
+
+# ------------------------------------------------------------------ the robustness number
+Side = Literal["query", "gallery"]
+
+
+@dataclass(frozen=True)
+class RobustAttack:
+    """One attack of the robust evaluation: the attacked ``side`` (``query``: each probe pushed
+    away from its true matches in the clean gallery; ``gallery``: each gallery image pushed away
+    from its identity's probes) and the stepper ``method``."""
+
+    side: Side
+    method: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.side}/{self.method}"
+
+
+ROBUST_ATTACKS: tuple[RobustAttack, ...] = (
+    RobustAttack("query", "ifgsm"),
+    RobustAttack("query", "pgd"),
+    RobustAttack("gallery", "ifgsm"),
+    RobustAttack("gallery", "pgd"),
+)
+"""The white-box attacks of the robust evaluation, each made against the tested model itself at
+every ε (α = 1, the paper's iteration count, PGD from a seeded random start): the strongest
+metricattack has until ``metricattack robustness`` (issue 21) lands; the one place to change them."""
+
+TRANSFER = RobustAttack("query", "ifgsm")
+"""The query attack made against the normal model and evaluated on the tested one."""
+TRANSFER_KEY = f"transfer/{TRANSFER.key}"
+
+
+def robust_spec(method: str, eps: float) -> AttackSpec:
+    """The spec of a robust-evaluation attack at ``eps`` (0..255 units)."""
+    return AttackSpec.model_validate({"method": method, "eps": eps, "alpha": min(1.0, eps), "seed": 0})
+
+
+def attacked_images(
+    model: nn.Module,
+    metric: Metric,
+    dataset: ReIDDataset,
+    side: Side,
+    spec: AttackSpec,
+    clean: SplitFeatures,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> dict[int, torch.Tensor]:
+    """Adversarial images of ``side``'s split made against ``model``: ``index -> uint8 [3,H,W]`` for
+    every image the attack perturbs (rounded to the 1/255 grid and inside ε, as when saved)."""
+    if rank_and_world()[1] > 1:
+        raise MetricAttackError("the robust evaluation runs in one process; start it without torchrun")
+    threat = "query" if side == "query" else "gallery"
+    assert THREATS.get(threat).split == side
+    plan = plan_attack([model], metric, dataset, threat, spec, [clean])
+    active = torch.nonzero(plan.active).flatten().tolist()  # only these are read and attacked (a gallery is mostly distractors)
+    out: dict[int, torch.Tensor] = {}
+    for images, positions in make_loader([plan.records[i] for i in active], batch_size):
+        indices = torch.tensor([active[j] for j in positions.tolist()])
+        images = images.to(device)
+        plan.objective.prepare(images, indices)
+        result = perturb(images, plan.objective, spec, indices=indices, minimise=plan.threat.minimise, models=plan.models)
+        saved = quantize(result.images, images, spec.eps).cpu()
+        out.update(zip(indices.tolist(), saved, strict=True))
+    return out
+
+
+@torch.no_grad()
+def replaced_features(
+    model: nn.Module, clean: torch.Tensor, images: Mapping[int, torch.Tensor], *, batch_size: int = 32, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """``clean [N,D]`` features of a split with the rows of ``images`` (uint8, any sizes) replaced by ``model``'s features of them."""
+    model.eval()
+    out = clean.clone()
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for index, image in images.items():
+        by_size.setdefault(tuple(image.shape), []).append(index)
+    for indices in by_size.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            x = torch.stack([images[i] for i in chunk]).float().div_(255.0).to(device)
+            out[torch.tensor(chunk)] = model(x).float().cpu()
+    return out
+
+
+@dataclass(frozen=True)
+class RobustEvaluation:
+    """Per-query APs (``[Q]`` in 0..1, NaN for a query without a valid match) of one model at one ε.
+
+    Attributes:
+        epsilon: ε in 0..255 units.
+        clean: on the clean query and gallery.
+        attacks: ``"query/ifgsm"``, ``"gallery/pgd"``, ... (:data:`ROBUST_ATTACKS`) and
+            ``"transfer/query/ifgsm"`` (:data:`TRANSFER`, when a transfer attack was given).
+    """
+
+    epsilon: float
+    clean: np.ndarray
+    attacks: dict[str, np.ndarray]
+
+    def worst(self, side: Side) -> np.ndarray:
+        """Per query, the lowest AP over the attacks on ``side`` (transfer included): the robust APs."""
+        vectors = [v for key, v in self.attacks.items() if key.split("/")[-2] == side]
+        return np.minimum.reduce(vectors)
+
+    def mAP(self, vector: np.ndarray) -> float:
+        """Mean over the valid queries, in percent."""
+        return float(100.0 * np.nanmean(vector))
+
+    def flags(self) -> dict[str, bool]:
+        """Masking flags (True = tripped). ``black-box``: the query attack transferred from the normal
+        model lowers the white-box worst case by :data:`~metricattack.robustness.flags.BLACK_BOX_POINTS`
+        or more (:func:`~metricattack.robustness.flags.black_box`; gradients of the defended model
+        are then likely masked, and the robust mAP already counts the transfer attack)."""
+        if TRANSFER_KEY not in self.attacks:
+            return {}
+        white = np.minimum.reduce([v for key, v in self.attacks.items() if key.startswith("query/")])
+        return {"black-box": black_box(self.mAP(white), self.mAP(self.worst("query"))).status == "flagged"}
+
+
+def robust_evaluation(
+    model: nn.Module,
+    dataset: ReIDDataset,
+    metric: Metric,
+    eps: float,
+    *,
+    transfer: Mapping[int, torch.Tensor] | None = None,
+    clean: SplitFeatures | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    ap: APConvention = "market",
+) -> RobustEvaluation:
+    """Attack ``model`` with every :data:`ROBUST_ATTACKS` at ``eps`` and evaluate it.
+
+    ``transfer``: adversarial query images made against the normal model with
+    :data:`TRANSFER` (:func:`attacked_images`), evaluated on ``model`` too.
+    """
+    model.eval()
+    clean = clean or clean_features([model], dataset, batch_size=batch_size, device=device)[0]
+
+    def per_query(q: torch.Tensor, g: torch.Tensor) -> np.ndarray:
+        return np.asarray(evaluate_split_features(q, g, dataset, metric, ap=ap).per_query_ap, dtype=np.float64)
+
+    def evaluated(side: Side, images: Mapping[int, torch.Tensor]) -> np.ndarray:
+        split = clean.query if side == "query" else clean.gallery
+        replaced = replaced_features(model, split, images, batch_size=batch_size, device=device)
+        return per_query(replaced, clean.gallery) if side == "query" else per_query(clean.query, replaced)
+
+    attacks: dict[str, np.ndarray] = {}
+    for attack in ROBUST_ATTACKS:
+        spec = robust_spec(attack.method, eps)
+        images = attacked_images(model, metric, dataset, attack.side, spec, clean, batch_size=batch_size, device=device)
+        attacks[attack.key] = evaluated(attack.side, images)
+    if transfer is not None:
+        attacks[TRANSFER_KEY] = evaluated(TRANSFER.side, transfer)
+    return RobustEvaluation(eps, per_query(clean.query, clean.gallery), attacks)

@@ -147,7 +147,7 @@ class ModelSource:
         assert self.model is not None
         record["model"] = self.model
         if self.model.startswith(PYTHON_PREFIX):
-            model, module_file = _load_python(self.model, self.weights)
+            model, module_file = load_python(self.model, self.weights)
             record["module_file"] = module_file
             if (preprocessing := wrapped_preprocessing(model)) is not None:
                 record["preprocessing"] = preprocessing  # what ma.wrap added
@@ -193,7 +193,7 @@ def _find_module(spec: str) -> None:
         raise MetricAttackError(f"--model {spec}: cannot find module {module_name!r}; install it or put its folder on PYTHONPATH")
 
 
-def _load_python(spec: str, weights: Path | None) -> tuple[nn.Module, str | None]:
+def load_python(spec: str, weights: Path | None) -> tuple[nn.Module, str | None]:
     """``MODULE.FUNCTION()`` (with ``weights`` loaded) and the module's file."""
     module_name, function_name = _split_python_spec(spec)
     try:

@@ -124,6 +124,23 @@ class MancsSection(StrictModel):
         return self.model_dump(exclude={"architecture"})
 
 
+class PythonModelSection(StrictModel):
+    """A network of one's own, ``python:MODULE:FUNCTION`` (:class:`~metricattack.models.python_net.PythonNet`):
+    ``FUNCTION()`` returns an ``nn.Module`` mapping images in [0,1] to features; a linear classifier
+    on its features serves cross-entropy. ``MODULE`` must be importable (installed, or on ``PYTHONPATH``)."""
+
+    architecture: Literal["python"]
+    source: str = Field(pattern=r"^python:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$", description="python:MODULE:FUNCTION")
+    input_size: tuple[PositiveInt, PositiveInt] = Field((256, 128), description="size the training images are resized to")
+
+    @property
+    def label(self) -> str:
+        return self.source
+
+    def arguments(self, loss: LossSection) -> dict[str, Any]:
+        return self.model_dump(exclude={"architecture"})
+
+
 def _architecture_tag(value: Any) -> str:
     """The ``architecture`` of a model section (``reid`` when absent, as in configs written before it existed)."""
     if isinstance(value, dict):
@@ -132,7 +149,10 @@ def _architecture_tag(value: Any) -> str:
 
 
 ModelSection = Annotated[
-    Annotated[ReIDModelSection, Tag("reid")] | Annotated[HACNNSection, Tag("hacnn")] | Annotated[MancsSection, Tag("mancs")],
+    Annotated[ReIDModelSection, Tag("reid")]
+    | Annotated[HACNNSection, Tag("hacnn")]
+    | Annotated[MancsSection, Tag("mancs")]
+    | Annotated[PythonModelSection, Tag("python")],
     Discriminator(_architecture_tag),
 ]
 """The ``model:`` section: one of the architectures' sections, chosen by its ``architecture`` key."""

@@ -63,9 +63,16 @@ class TrainImages(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def plain(self, indices: Sequence[int]) -> torch.Tensor:
+        """Images ``[N,3,h,w]`` of ``indices`` at the model input size, without augmentation (no RNG drawn)."""
+        return torch.stack([self._resized(int(i)) for i in indices])
+
+    def _resized(self, index: int) -> torch.Tensor:
         image = _expand(self.cache[index]) if self.cache is not None else read_image(self.records[index].path)
-        image = resize_to_input(image.unsqueeze(0), self.size)[0]
+        return resize_to_input(image.unsqueeze(0), self.size)[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self._resized(index)
         if self.augment.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         pad = self.augment.pad

@@ -13,9 +13,11 @@ finished run; any other change of the result-defining config is refused.
 Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel;
 each rank trains on its share of every epoch's batches and only rank 0 writes files.
 
-A :class:`Variant` departs from plain training the ways the defense needs: start from given
-weights, scale the learning rate, transform every epoch's batches (online adversarial
-training). Its ``identity`` is recorded in every checkpoint and must match to resume.
+A :class:`Variant` departs from plain training the ways the defenses need: start from given
+weights, scale the learning rate, and replace how a batch becomes a loss (a
+:data:`BatchObjective` built from the :class:`TrainingRun`: adversarial training makes its
+adversarial images and losses there). Its ``identity`` is recorded in every checkpoint and
+must match to resume.
 """
 
 from __future__ import annotations
@@ -81,6 +83,40 @@ class _TrainStep(nn.Module):
 
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Losses = tuple[torch.Tensor, dict[str, torch.Tensor]]
+BatchObjective = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, int], Losses]
+"""``(step, images [B,3,H,W], labels [B], epoch, number) -> (loss, named parts)``: the loss one
+batch is trained on. ``step(images)`` is the model's training pass (:class:`TrainOutputs`),
+``epoch`` 1-based, ``number`` the batch's 0-based position in the epoch; the parts are averaged
+per epoch into the run's history."""
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What a :class:`Variant`'s objective may use (built once per run, after the model).
+
+    Attributes:
+        model: the model being trained (its training mode is the loop's; an objective that
+            attacks it switches it to eval mode and back).
+        losses: the recipe's loss (:class:`LossTerms`).
+        images: the training images (:class:`~.data.TrainImages`; ``plain(indices)`` without
+            augmentation, ``labels`` per image).
+        device: where batches live.
+    """
+
+    model: ReIDNet
+    losses: LossTerms
+    images: TrainImages
+    device: torch.device
+
+
+def recipe_objective(run: TrainingRun) -> BatchObjective:
+    """Plain training: the recipe's loss on the batch."""
+
+    def objective(step: nn.Module, images: torch.Tensor, labels: torch.Tensor, epoch: int, number: int) -> Losses:
+        return run.losses(step(images), labels, epoch)
+
+    return objective
 
 
 @dataclass(frozen=True)
@@ -92,13 +128,16 @@ class Variant:
             with another identity is refused.
         init_checkpoint: start from these weights (a model trained on the same identities).
         lr_factor: learning rate × this, on top of the schedule.
-        batches: ``(loader, model, epoch) -> batches`` replacing an epoch's ``(images, labels)``.
+        objective: builds the per-batch :data:`BatchObjective` from the :class:`TrainingRun`
+            (default :func:`recipe_objective`). It must be a function of its arguments and of
+            generators it seeds from ``(epoch, number)``, so a resumed run equals an
+            uninterrupted one.
     """
 
     identity: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: Path | None = None
     lr_factor: float = 1.0
-    batches: Callable[[DataLoader, ReIDNet, int], Batches] | None = None
+    objective: Callable[[TrainingRun], BatchObjective] = recipe_objective
 
 
 def build_model(cfg: TrainConfig, num_classes: int, *, pretrained: bool = True) -> ReIDNet:
@@ -209,17 +248,24 @@ class _ShuffledBatches(torch.utils.data.Sampler[list[int]]):
 
 
 def run_epoch(
-    step: nn.Module, loader: Batches, optimizer: torch.optim.Optimizer, losses: LossTerms, device: torch.device, bar: tqdm, epoch: int
+    step: nn.Module,
+    loader: Batches,
+    optimizer: torch.optim.Optimizer,
+    objective: BatchObjective,
+    device: torch.device,
+    bar: tqdm,
+    epoch: int,
 ) -> dict[str, float]:
-    """One pass over ``loader`` (1-based ``epoch``); returns mean losses, the first step's loss
-    (``first_loss``), image count, seconds and images/s."""
+    """One pass over ``loader`` (1-based ``epoch``); returns mean losses, the count of training
+    images, wall seconds, CPU seconds of this process (``cpu_seconds``, all its threads) and images/s;
+    ``first_loss`` is the first step's loss (the reference of ``check_not_diverged``)."""
     step.train()
     totals: dict[str, torch.Tensor] = {}
-    images_seen, batches, start = 0, 0, time.perf_counter()
+    images_seen, batches, start, cpu_start = 0, 0, time.perf_counter(), time.process_time()
     first = torch.zeros(())
-    for images, labels in loader:
+    for number, (images, labels) in enumerate(loader):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        loss, parts = losses(step(images), labels, epoch)
+        loss, parts = objective(step, images, labels, epoch, number)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -231,10 +277,11 @@ def run_epoch(
         bar.update(1)
         if not bar.disable:
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{images_seen / (time.perf_counter() - start):.0f}", refresh=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     stats = {name: float(total) / max(batches, 1) for name, total in totals.items()}
     stats["first_loss"] = float(first)
-    return {**stats, "images": images_seen, "seconds": seconds, "images_per_second": images_seen / seconds if seconds else 0.0}
+    rate = images_seen / seconds if seconds else 0.0
+    return {**stats, "images": images_seen, "seconds": seconds, "cpu_seconds": cpu_seconds, "images_per_second": rate}
 
 
 #: Training stops when an epoch's mean loss exceeds this multiple of the run's first-step loss (at least 1).
@@ -262,7 +309,7 @@ def _across_ranks(stats: dict[str, float], device: torch.device) -> dict[str, fl
     _, world = rank_and_world()
     if world == 1:
         return stats
-    names = sorted(k for k in stats if k not in ("images", "seconds", "images_per_second"))
+    names = sorted(k for k in stats if k not in ("images", "seconds", "images_per_second"))  # cpu_seconds: the ranks' mean
     sums = torch.tensor([stats[k] for k in names] + [stats["images"]], dtype=torch.float64, device=device)
     slowest = torch.tensor([stats["seconds"]], dtype=torch.float64, device=device)
     dist.all_reduce(sums)
@@ -372,6 +419,7 @@ def _run(
 
     images = TrainImages(records, labels, model.input_size, cfg.augmentation, cache=cfg.data.cache)
     loader = build_loader(cfg, images, labels, rank, world)
+    objective = variant.objective(TrainingRun(model, losses, images, device))
     base = {
         "config": cfg.model_dump(mode="json"),
         "dataset": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint, "train_images": len(records)},
@@ -392,9 +440,8 @@ def _run(
         lr = cfg.optimizer.lr * variant.lr_factor * cfg.schedule.lr_factor(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = variant.batches(loader, model, epoch) if variant.batches is not None else loader
         with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar:
-            stats = _across_ranks(run_epoch(step, batches, optimizer, losses, device, bar, epoch), device)
+            stats = _across_ranks(run_epoch(step, loader, optimizer, objective, device, bar, epoch), device)
         check_not_diverged(model, stats, (history[0] if history else stats).get("first_loss", stats["first_loss"]), epoch, lr)
         history.append({"epoch": epoch, "lr": lr, **stats})
         epochs.update(1)

@@ -1,7 +1,7 @@
 """Table 5: metric-preserving models (paper Sec. 4) next to the normal ones.
 
 For every defended base model B the defense pipeline
-(:func:`metricattack.defense.metric_preserving.run_defense`) attacks B's training set, merges
+(:func:`metricattack.defense.pipeline.run_defense`) attacks B's training set, merges
 it with the clean one and retrains B's recipe, giving ``B#M`` (a cached stage). Table 5 then
 evaluates B and ``B#M`` on the clean gallery and on the adversarial galleries made against
 each *normal* base model (``experiments.table5.settings.method``, the benchmark's ε, α, μ),
@@ -38,42 +38,46 @@ def defended_name(base: str) -> str:
 
 def train_defended(ctx: RunContext) -> list[str]:
     """Train (or reuse) ``B#M`` for every defended base model; registers them in ``ctx``."""
-    from ...defense.config import DefenseConfig
-    from ...defense.metric_preserving import run_defense
-
-    settings = ctx.cfg.experiments.table5.settings
-    names = []
     chosen = ctx.cfg.defended_models()
-    for section in progress(ctx, [m for m in ctx.cfg.models if m.name in chosen], "defended models"):
-        base = section.name
-        dcfg = validate(
-            DefenseConfig,
-            {
-                "train": train_config(ctx, section).model_dump(mode="json"),
-                "base_checkpoint": ctx.records[base].checkpoint,
-                "strategy": "metric_preserving",
-                "training_attack": settings.training_attack.model_dump(mode="json"),
-                "retrain": settings.retrain.model_dump(mode="json"),
-                "evaluation": {"enabled": False},
-            },
-            f"defense of {base}",
-        )
-        spec = StageSpec(
-            "defended",
-            base,
-            {"training_attack": settings.training_attack.model_dump(mode="json"), "retrain": settings.retrain.model_dump(mode="json")},
-            upstream=(ctx.keys["dataset"], ctx.keys[f"model:{base}"]),
-            code=CODE_DEFENSE,
-        )
+    return [metric_preserving_model(ctx, m.name) for m in progress(ctx, [m for m in ctx.cfg.models if m.name in chosen], "defended models")]
 
-        def work(folder: Path, dcfg: DefenseConfig = dcfg) -> dict[str, Any]:
-            summary = run_defense(dcfg, folder / "defense", log=lambda _msg: None)
-            return {"checkpoint": summary["defended"]["checkpoint"], "sha256": summary["defended"]["sha256"]}
 
-        name = defended_name(base)
-        add_model(ctx, name, spec, ctx.cache.run(spec, work), f"metric-preserving {base} (Table 5)", ctx.records[base].train_seed)
-        names.append(name)
-    return names
+def metric_preserving_model(ctx: RunContext, base: str) -> str:
+    """Train (or reuse: a cached stage) ``base``'s metric-preserving model with Table 5's settings; registers and returns its name."""
+    from ...defense.config import DefenseConfig
+    from ...defense.pipeline import run_defense
+
+    name = defended_name(base)
+    if name in ctx.models:
+        return name
+    settings = ctx.cfg.experiments.table5.settings
+    section = next(m for m in ctx.cfg.models if m.name == base)
+    dcfg = validate(
+        DefenseConfig,
+        {
+            "train": train_config(ctx, section).model_dump(mode="json"),
+            "base_checkpoint": ctx.records[base].checkpoint,
+            "method": "metric-preserving",
+            "training_attack": settings.training_attack.model_dump(mode="json"),
+            "retrain": settings.retrain.model_dump(mode="json"),
+            "evaluation": {"enabled": False},
+        },
+        f"defense of {base}",
+    )
+    spec = StageSpec(
+        "defended",
+        base,
+        {"training_attack": settings.training_attack.model_dump(mode="json"), "retrain": settings.retrain.model_dump(mode="json")},
+        upstream=(ctx.keys["dataset"], ctx.keys[f"model:{base}"]),
+        code=CODE_DEFENSE,
+    )
+
+    def work(folder: Path) -> dict[str, Any]:
+        summary = run_defense(dcfg, folder / "defense", log=lambda _msg: None)
+        return {"checkpoint": summary["defended"]["checkpoint"], "sha256": summary["defended"]["sha256"]}
+
+    add_model(ctx, name, spec, ctx.cache.run(spec, work), f"metric-preserving {base} (Table 5)", ctx.records[base].train_seed)
+    return name
 
 
 def adaptive_rows(ctx: RunContext, defended: list[str]) -> list[dict[str, Any]]:

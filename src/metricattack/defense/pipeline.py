@@ -1,4 +1,4 @@
-"""``run_defense``: the metric-preserving network (paper Sec. 4) or online adversarial training, staged.
+"""``run_defense``: any defense method (the paper's metric-preserving network or adversarial training), staged.
 
 Stages and the folders they write under ``out``:
 
@@ -6,13 +6,13 @@ Stages and the folders they write under ``out``:
 2. ``training_attack`` -- Y_adv: the training set attacked against F (``train_adv/``, an adversarial dataset);
 3. ``merge``           -- Y ∪ Y_adv as a ``folder`` dataset (``merged/``, same pids, hard links);
 4. ``retrain``         -- F_adv trained on the merged set with F's recipe (``defended_train/``): from F's
-   initialisation (same seed) by default, or fine-tuned from F. With ``strategy: online`` stages 2-3
-   are skipped and F_adv is trained online-adversarially on Y from F's initialisation instead;
+   initialisation (same seed) by default, or fine-tuned from F (``retrain``). Any other ``method``
+   (:data:`~.methods.DEFENSES`) skips stages 2-3 and trains F_adv on Y with its adversarial batch objective instead;
 5. ``finalise``        -- ``defended/model.safetensors``: F_adv as a normal checkpoint whose JSON ``meta.defense``
-   says how it was made (strategy, attack spec and ε, fingerprints of Y, Y_adv and the merged set, F's SHA-256);
+   says how it was made (method and its settings, fingerprints of the data, F's SHA-256);
 6. ``evaluate``        -- ``defense_results.json``: clean mAP of F and F_adv, the gallery attacked against F
-   (``transfer_gallery/<settings key>/``, evaluated on disk by both: the Table 5 cells) and white-box adaptive attacks
-   against both models.
+   (``transfer_gallery/<settings key>/``, evaluated on disk by both: the Table 5 cells), white-box adaptive gallery
+   attacks against both models, and the robust evaluation of both (:func:`~.evaluation.robust_evaluation`).
 
 The stages run in the package's stage cache (:class:`~metricattack.stages.StageCache`, one slot
 per stage): each writes ``stages/<name>.json`` (its settings, key and outputs) when it finishes
@@ -29,24 +29,43 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..attacks.engine import clean_features
 from ..attacks.export import ModelEntry, export_attack
 from ..data.layouts import dataset_fingerprint, load_dataset
 from ..data.types import ReIDDataset
 from ..distributed import resolve_device
-from ..io import atomic_write_json, environment_versions, sha256_file, sha256_json
-from ..metrics.distance import build_metric
+from ..io import atomic_path, atomic_write_json, environment_versions, sha256_file, sha256_json
+from ..metrics.distance import Metric, build_metric
 from ..models.checkpoint import checkpoint_meta, load_model, save_checkpoint
+from ..models.python_net import PythonNet
+from ..models.weights import load_exact, read_state_dict
 from ..stages import StageCache, StageSpec
 from ..training import train
 from ..training.config import TrainConfig
-from .config import DefenseConfig
-from .evaluation import ORIGINAL, adaptive_attack_rows, adversarial_gallery_name, table5_cells
-from .online import train_defended
+from ..training.data import relabel
+from ..training.trainer import build_model
+from .config import DefenseConfig, EvaluationSection
+from .evaluation import (
+    ORIGINAL,
+    TRANSFER,
+    adaptive_attack_rows,
+    adversarial_gallery_name,
+    attacked_images,
+    robust_evaluation,
+    robust_spec,
+    table5_cells,
+)
+from .methods import DEFENSES
+from .training import train_defended
 from .training_set_attack import adversarial_training_records, attack_training_set, merge_training_sets
 
 _log = logging.getLogger(__name__)
 
-RESULTS_FORMAT = "metricattack.defense-results/1"
+RESULTS_FORMAT = "metricattack.defense-results/2"
 STAGES = ("base", "training_attack", "merge", "retrain", "finalise", "evaluate")
 
 
@@ -76,12 +95,19 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
     device = str(resolve_device(cfg.train.device))
 
     def base_work() -> dict[str, Any]:
-        path = Path(cfg.base_checkpoint) if cfg.base_checkpoint is not None else train(cfg.train, out / "base")
+        if cfg.base_checkpoint is not None:
+            path = Path(cfg.base_checkpoint)
+        elif cfg.base_weights is not None:
+            path = own_network_checkpoint(cfg.train, dataset, cfg.base_weights, out / "base" / "model.safetensors")
+        else:
+            path = train(cfg.train, out / "base")
         return {"checkpoint": str(Path(path).resolve()), "sha256": sha256_file(path)}
 
     if cfg.base_checkpoint is not None:
         checkpoint_meta(Path(cfg.base_checkpoint))  # a clear error when missing or not a checkpoint
         base_settings: dict[str, Any] = {"checkpoint": str(cfg.base_checkpoint), "sha256": sha256_file(cfg.base_checkpoint)}
+    elif cfg.base_weights is not None:
+        base_settings = {"model": cfg.train.model.model_dump(mode="json"), "weights": sha256_file(cfg.base_weights), "data": fingerprint}
     else:
         base_settings = {"train": _train_settings(cfg.train), "data": fingerprint}
     base = stage("base", base_settings, base_work)
@@ -89,7 +115,7 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
     base_record = {"name": "F", "checkpoint": str(base_ckpt), "sha256": base["sha256"]}
 
     data_record: dict[str, Any] = {"clean": {"name": dataset.name, "root": str(dataset.root), "fingerprint": fingerprint}}
-    if cfg.strategy == "metric_preserving":
+    if cfg.method == "metric-preserving":
         attack_settings = {
             "attack": cfg.training_attack.model_dump(mode="json") | {"attack": cfg.training_attack.attack.resolved()},
             "base": base["sha256"],
@@ -125,18 +151,31 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
         }
     else:
         recipe = cfg.train
-        retrain_settings = {"train": _train_settings(recipe), "online": cfg.online.model_dump(mode="json"), "data": fingerprint}
+        retrain_settings = {
+            "train": _train_settings(recipe),
+            "retrain": cfg.retrain.model_dump(mode="json"),
+            "method": cfg.method,
+            "settings": cfg.settings().model_dump(mode="json"),
+            "data": fingerprint,
+            "base": base["sha256"],
+        }
+    online = DEFENSES.get(cfg.method).objective is not None
 
     def retrain_work() -> dict[str, Any]:
-        folder = out / "defended_train"
-        if cfg.strategy == "online":
-            path = train_defended(recipe, folder, online=cfg.online)
-        elif cfg.retrain.init == "finetune":
+        folder, run_recipe, init, lr_factor = out / "defended_train", recipe, None, 1.0
+        if cfg.retrain.init == "finetune":
             epochs = cfg.retrain.finetune_epochs or recipe.schedule.epochs
-            tuned = recipe.model_copy(
-                update={"schedule": recipe.schedule.model_copy(update={"epochs": epochs, "warmup_epochs": 0, "lr_steps": []})}
+            schedule = recipe.schedule.model_copy(update={"epochs": epochs, "warmup_epochs": 0, "lr_steps": []})
+            run_recipe, init, lr_factor = recipe.model_copy(update={"schedule": schedule}), base_ckpt, cfg.retrain.finetune_lr_factor
+        if online or init is not None:
+            path = train_defended(
+                run_recipe,
+                folder,
+                method=cfg.method if online else None,
+                settings=cfg.settings() if online else None,
+                init_checkpoint=init,
+                lr_factor=lr_factor,
             )
-            path = train_defended(tuned, folder, init_checkpoint=base_ckpt, lr_factor=cfg.retrain.finetune_lr_factor)
         else:
             path = train(recipe, folder)
         return {"checkpoint": str(Path(path).resolve()), "sha256": sha256_file(path)}
@@ -147,11 +186,13 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
         trained = Path(retrained["checkpoint"])
         meta = dict(checkpoint_meta(trained)["meta"])
         meta["defense"] = {
-            "strategy": cfg.strategy,
+            "method": cfg.method,
+            "source": DEFENSES.get(cfg.method).source,
+            "settings": cfg.settings().model_dump(mode="json"),
             "base_model": base_record,
             "initialisation": (
                 "F's initialisation (same seed, architecture and classes)"
-                if cfg.strategy == "online" or cfg.retrain.init == "scratch"
+                if cfg.retrain.init == "scratch"
                 else "fine-tuned from F's weights"
             ),
             "training_attack": (
@@ -161,18 +202,24 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
                     "metric": cfg.training_attack.metric,
                     "setting": "push each training image away from its identity's clean training features",
                 }
-                if cfg.strategy == "metric_preserving"
+                if cfg.method == "metric-preserving"
                 else None
             ),
-            "retrain": cfg.retrain.model_dump(mode="json") if cfg.strategy == "metric_preserving" else None,
-            "online": cfg.online.model_dump(mode="json") if cfg.strategy == "online" else None,
+            "retrain": cfg.retrain.model_dump(mode="json"),
             "data": data_record,
             "trained_checkpoint": {"path": str(trained), "sha256": retrained["sha256"]},
         }
-        path = save_checkpoint(load_model(trained), out / "defended" / "model.safetensors", meta)
-        return {"checkpoint": str(path.resolve()), "sha256": sha256_file(path)}
+        model = load_model(trained)
+        path = save_checkpoint(model, out / "defended" / "model.safetensors", meta)
+        written = {"checkpoint": str(path.resolve()), "sha256": sha256_file(path)}
+        if isinstance(model, PythonNet):  # the network of one's own: its module's weights, for --model ... --weights
+            weights = out / "defended" / "module.safetensors"
+            with atomic_path(weights) as tmp:
+                save_file(model.module_state(), str(tmp))
+            written["module_weights"] = str(weights.resolve())
+        return written
 
-    final = stage("finalise", {"retrained": retrained["sha256"], "data": data_record, "strategy": cfg.strategy}, finalise_work)
+    final = stage("finalise", {"retrained": retrained["sha256"], "data": data_record, "method": cfg.method}, finalise_work)
     summary: dict[str, Any] = {"base": base, "defended": final, "data": data_record}
     if cfg.evaluation.enabled:
         eval_settings = {
@@ -186,6 +233,22 @@ def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], Non
         )
     summary["stages_ran"] = [spec.kind for spec in cache.ran]
     return summary
+
+
+def own_network_checkpoint(recipe: TrainConfig, dataset: ReIDDataset, weights: Path, path: Path) -> Path:
+    """F from a network of one's own (``recipe.model``: ``python``) with ``weights`` loaded into its
+    module, written as a checkpoint of ``dataset``'s training identities (classifier seeded, untrained)."""
+    _, _, class_pids = relabel(dataset.train)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, len(class_pids), pretrained=False)
+    assert isinstance(model, PythonNet)
+    load_exact(model.net, read_state_dict(weights, f"base_weights {weights}"), str(weights), f"the module {model.source} returns")
+    meta = {
+        "class_pids": class_pids,
+        "weights": {"path": str(weights), "sha256": sha256_file(weights)},
+        "config": recipe.model_dump(mode="json"),
+    }
+    return save_checkpoint(model.eval(), path, meta)
 
 
 def _merge_work(dataset: ReIDDataset, out: Path) -> dict[str, Any]:
@@ -232,15 +295,17 @@ def _evaluate(
         ap=ev.ap,
         roles={"F": "normal", "F_adv": "defended"},
     )
+    robust = _robust_rows(normal, defended, dataset, metric, ev, device) if ev.robust.enabled else []
     results = {
         "format": RESULTS_FORMAT,
-        "strategy": cfg.strategy,
+        "method": cfg.method,
         "ap_convention": ev.ap,
         "metric": ev.metric,
         "units": "mAP and rank-1 in percent; improvement = (#M - #N) / #N as a fraction",
         "models": {"F": base_record, "F_adv": defended_record},
         "table5": {"cells": cells, "transfer_attack": transfer["attack"], "transfer_dir": str(folder), "linf_255": transfer["linf_255"]},
         "adaptive": adaptive,
+        "robust": robust,
         "config": cfg.model_dump(mode="json"),
         "versions": environment_versions(),
     }
@@ -249,4 +314,42 @@ def _evaluate(
         "results": str((out / "defense_results.json").resolve()),
         "cells": cells,
         "adaptive": [{k: r[k] for k in ("model", "method", "epsilon", "clean_mAP", "adversarial_mAP")} for r in adaptive],
+        "robust": [{k: r[k] for k in ("model", "epsilon", "clean_mAP", "robust_mAP", "gallery_robust_mAP", "flags")} for r in robust],
     }
+
+
+def _robust_rows(
+    normal: nn.Module, defended: nn.Module, dataset: ReIDDataset, metric: Metric, ev: EvaluationSection, device: str
+) -> list[dict[str, Any]]:
+    """The robust evaluation of F and F_adv at each ε (F_adv's worst case includes F's query attack, transferred)."""
+    rows = []
+    size = ev.robust.batch_size
+    clean = {name: clean_features([m], dataset, batch_size=size, device=device)[0] for name, m in (("F", normal), ("F_adv", defended))}
+    for eps in ev.robust.epsilons:
+        transfer = attacked_images(
+            normal, metric, dataset, TRANSFER.side, robust_spec(TRANSFER.method, eps), clean["F"], batch_size=size, device=device
+        )
+        for name, model in (("F", normal), ("F_adv", defended)):
+            result = robust_evaluation(
+                model,
+                dataset,
+                metric,
+                eps,
+                transfer=transfer if name == "F_adv" else None,
+                clean=clean[name],
+                batch_size=size,
+                device=device,
+                ap=ev.ap,
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "epsilon": eps,
+                    "clean_mAP": result.mAP(result.clean),
+                    "robust_mAP": result.mAP(result.worst("query")),
+                    "gallery_robust_mAP": result.mAP(result.worst("gallery")),
+                    "attacks": {key: result.mAP(v) for key, v in result.attacks.items()},
+                    "flags": result.flags(),
+                }
+            )
+    return rows
