@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from metricattack.attacks.margin import QueryGallery, RankingMargin
-from metricattack.attacks.square import SquareDraws, square_fraction, square_run, square_side
+from metricattack.attacks.methods.square import square_fraction, square_run, square_side
+from metricattack.attacks.perturb import perturb
+from metricattack.attacks.problem import AttackProblem
+from metricattack.attacks.spec import make_spec
 from metricattack.data.layouts import load_dataset
 from metricattack.data.loading import read_image
 from metricattack.evaluation.features import extract_features
@@ -72,23 +75,35 @@ def test_schedule_of_the_paper_rescaled() -> None:
     assert square_side(0.8, 64, 32) == 32  # round(√(0.8·2048)) = 40, clipped to the image's width
 
 
+class Scored:
+    """Cross-entropy w.r.t. the clean prediction, with a goal: the image is misclassified (margin ≤ 0)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, goal: bool = True) -> None:
+        self.model, self.labels, self.goal = model, model(x).argmax(1), goal
+
+    def __call__(self, im: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(im), self.labels[idx], reduction="none")
+
+    def score(self, im: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(im)
+        rows, y = torch.arange(len(idx)), self.labels[idx]
+        others = logits.clone()
+        others[rows, y] = -float("inf")
+        done = logits[rows, y] - others.amax(1) <= 0
+        return F.cross_entropy(logits, y, reduction="none"), done & self.goal
+
+
 def test_square_stays_in_the_ball_draws_per_image_and_raises_the_loss() -> None:
     model = SmallNet().eval()
     x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    y = model(x).argmax(1)
-
-    def score(im: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.cross_entropy(model(im), y[idx], reduction="none"), torch.zeros(len(idx), dtype=torch.bool)
-
-    eps = 8 / 255
-    whole = square_run(score, x, eps=eps, iterations=40, indices=torch.arange(6), draws=SquareDraws(torch.arange(6), 40, 3, 16, seed=2))
-    part = square_run(
-        score, x[4:], eps=eps, iterations=40, indices=torch.arange(4, 6), draws=SquareDraws(torch.arange(4, 6), 40, 3, 16, seed=2)
-    )
-    assert torch.equal(part.best, whole.best[4:])
-    assert (whole.best - x).abs().max() <= eps + 1e-7 and whole.best.min() >= 0 and whole.best.max() <= 1
-    assert (whole.best_loss > score(x, torch.arange(6))[0]).all()
-    assert whole.forwards.tolist() == [41] * 6
+    objective = Scored(model, x, goal=False)
+    spec = make_spec("test", method="square", eps=8, seed=2, queries=40)
+    whole = perturb(x, objective, spec, indices=torch.arange(6))
+    part = perturb(x[4:], objective, spec, indices=torch.arange(4, 6))
+    assert torch.equal(part.images, whole.images[4:])
+    assert (whole.images - x).abs().max() <= 8 / 255 + 1e-7 and whole.images.min() >= 0 and whole.images.max() <= 1
+    assert (objective(whole.images, torch.arange(6)) > objective(x, torch.arange(6))).all()
+    assert whole.counts.forward.tolist() == [41] * 6 and whole.counts.backward.sum() == 0
 
 
 @pytest.mark.slow
@@ -108,14 +123,11 @@ def test_square_lowers_map_of_a_model_whose_backward_raises(tiny_dataset_root: P
     clean = torch.stack([read_image(dataset.query[i].path) for i in queries.tolist()])
     with torch.no_grad():
         before = side.ap(side.distances(model(clean)), queries)
-    scorer = RankingMargin(model, side)
-    result = square_run(
-        scorer.score, clean, eps=8 / 255, iterations=60, indices=queries, draws=SquareDraws(queries, 60, 3, clean.shape[-1], seed=0)
-    )
+    result = perturb(clean, RankingMargin(model, side), make_spec("test", method="square", eps=8, queries=200), indices=queries)
     with torch.no_grad():
-        after = side.ap(side.distances(model(result.best)), queries)
+        after = side.ap(side.distances(model(result.images)), queries)
     assert np.nanmean(after) < np.nanmean(before) - 0.05
-    assert (result.best - clean).abs().max() <= 8 / 255 + 1e-7
+    assert (result.images - clean).abs().max() <= 8 / 255 + 1e-7 and result.counts.backward.sum() == 0
 
 
 def test_parity_with_torchattacks_square() -> None:
@@ -132,7 +144,7 @@ def test_parity_with_torchattacks_square() -> None:
     torchattacks = pytest.importorskip("torchattacks")
     model = SmallNet().eval()
     x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    y = model(x).argmax(1)
+    y = Scored(model, x).labels
     eps, iterations = 8 / 255, 200
 
     class Replay:
@@ -145,20 +157,14 @@ def test_parity_with_torchattacks_square() -> None:
             signs = torch.sign(2 * torch.rand([3, 1, 1]) - 1).view(1, 3)
             return top.expand(len(rows)), left.expand(len(rows)), signs.expand(len(rows), 3)
 
-    def score(im: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(im)
-        rows = torch.arange(len(idx))
-        others = logits.clone()
-        others[rows, y[idx]] = -float("inf")
-        return F.cross_entropy(logits, y[idx], reduction="none"), logits[rows, y[idx]] - others.amax(1) <= 0
-
     atk = torchattacks.Square(model, eps=eps, n_queries=iterations, loss="ce", seed=0)
     atk.init_hyperparam(x)
     assert all(square_fraction(i, iterations) == atk.p_selection(i) for i in range(iterations))
     torch.manual_seed(0)
     their_queries, theirs = atk.attack_single_run(x, y)
     torch.manual_seed(0)
-    ours = square_run(score, x, eps=eps, iterations=iterations, indices=torch.arange(6), draws=Replay())
+    p = AttackProblem(x, Scored(model, x), indices=torch.arange(6), active=torch.ones(6, dtype=torch.bool), radius=eps)
+    ours = square_run(p, iterations=iterations, draws=Replay())
     assert ours.done.any() and not ours.done.all()  # both stopping and searching images are compared
     assert torch.equal(ours.best, theirs)
-    assert ours.forwards.tolist() == their_queries.long().tolist()
+    assert p.counts.forward.tolist() == their_queries.long().tolist()

@@ -6,7 +6,8 @@ many identities; ``indices`` are the images' positions in the attacked split (th
 looks up each image's references by them).
 
 A method never calls the objective itself: it asks the problem for :meth:`AttackProblem.loss`
-(forward only) or :meth:`AttackProblem.loss_and_gradient`, which
+(forward only; :meth:`AttackProblem.loss_and_done` also says which images reached the
+objective's goal, when the objective has one) or :meth:`AttackProblem.loss_and_gradient`, which
 
 * return the *signed* loss, to be **maximised** (a targeted threat model's descent is folded in
   by ``direction``), so every method is written as an ascent;
@@ -150,6 +151,23 @@ class AttackProblem:
         self.counts.forward[rows] += self.active[rows].long()
         self._check_finite(losses, losses, rows, "loss")
         return losses
+
+    def loss_and_done(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss` and ``done [b]``: whether each image has reached the objective's goal, from
+        the same forward pass, when the objective has a ``score(images, indices) -> (losses, done)``
+        method (e.g. a probe whose AP fell to chance, :class:`~metricattack.attacks.margin.RankingMargin`);
+        otherwise never done. A search (Square) stops an image there."""
+        score = getattr(self.objective, "score", None)
+        if score is None:
+            losses = self.loss(x, rows)
+            return losses, torch.zeros(losses.shape, dtype=torch.bool, device=losses.device)
+        rows, indices = self._rows(x, rows)
+        with torch.no_grad():
+            losses, done = score(x, indices)
+            losses = losses if self.direction > 0 else -losses
+        self.counts.forward[rows] += 1
+        self._check_finite(losses, losses, rows, "loss")
+        return losses, done.to(losses.device, torch.bool)
 
     def loss_and_gradient(
         self, x: torch.Tensor, rows: torch.Tensor | None = None, transform: Transform | None = None

@@ -1,9 +1,10 @@
 """Square attack (Andriushchenko et al., ECCV 2020), L∞: random search with square updates, forward passes only.
 
-A *scorer* ``score(images, indices) -> (losses [B], done [B])`` gives per-image losses to
-ascend and whether an image has reached the attack's goal (its search stops there); it is called
-under ``torch.no_grad()``, so the model is only ever run forward: the attack sees what a black-box
-user sees (here, the features a model returns).
+Square evaluates only :meth:`~metricattack.attacks.problem.AttackProblem.loss_and_done` (forward
+passes, no gradient): the problem's signed loss, to ascend, and per image whether it has reached
+the objective's goal (an objective with a ``score`` method says, e.g. a probe's AP at chance;
+otherwise never), where its search stops. The model is only ever run forward: the attack sees
+what a black-box user sees (here, the features a model returns).
 
 * start: vertical stripes, ``x⁽⁰⁾ = P(x + ε·s)`` with one random sign ``s`` per channel and column;
 * iteration ``i``: a square of side ``h⁽ⁱ⁾`` (:func:`square_side`) at a uniformly random position,
@@ -14,29 +15,31 @@ user sees (here, the features a model returns).
   200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000, rescaled to the number of iterations
   (:func:`square_fraction`).
 
-Randomness is drawn per image from a generator seeded by ``(seed, indices[i])`` (:class:`SquareDraws`),
-so an image's attack does not depend on its batch. Departures of torchattacks 3.5.1's ``Square``
+Randomness is drawn per image from ``problem.generators("square")`` (:class:`SquareDraws`), so an
+image's attack does not depend on its batch. Departures of torchattacks 3.5.1's ``Square``
 (and of the authors' code) from the paper, where this module follows the paper: one square
 position is drawn per iteration for the whole batch (here, per image), the position is drawn from
 ``{0, …, H − h − 1}`` (the paper: ``{0, …, H − h}``), and a square wider than a non-square image
 (``h > W``) is not clipped to the image. ``tests/test_square.py`` replays torchattacks' random
 draws through :class:`SquareDraws`' interface and checks the images are bit-identical.
 
-Cost: ``1 + iterations`` forward passes per image at most (fewer once it is done); no backward pass.
+The registered method ``square`` (:class:`Square`, ``uses_gradient = False``) runs ``queries``
+iterations. Cost: ``1 + queries`` forward passes per image at most (fewer once it is done); no
+backward pass.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from pydantic import Field
 
-from ..errors import MetricAttackError
-
-Scorer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from ...errors import MetricAttackError
+from ..problem import AttackProblem
+from .base import AttackMethod, MethodOptions, register_method
 
 P_INIT = 0.8  # the authors' default share of the image in the first squares (L∞)
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # iterations (of 10,000) at which p halves
@@ -70,14 +73,13 @@ class Draws(Protocol):
 
 
 class SquareDraws:
-    """Per-image random draws of a Square attack, made up front: image ``i`` uses a generator seeded
-    by ``(seed, indices[i])`` for its stripes, then per iteration two uniforms (the square's position)
-    and ``C`` signs, so its attack is the same in any batch."""
+    """Per-image random draws of a Square attack, made up front from one generator per image
+    (``problem.generators("square")``): its stripes, then per iteration two uniforms (the square's
+    position) and ``C`` signs, so its attack is the same in any batch."""
 
-    def __init__(self, indices: torch.Tensor, iterations: int, channels: int, width: int, seed: int) -> None:
+    def __init__(self, generators: list[torch.Generator], iterations: int, channels: int, width: int) -> None:
         stripes, uniforms, signs = [], [], []
-        for index in indices.tolist():
-            gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (1 << 62))
+        for gen in generators:
             stripes.append(torch.randint(0, 2, (channels, 1, width), generator=gen) * 2.0 - 1.0)
             uniforms.append(torch.rand((iterations, 2), generator=gen, dtype=torch.float64))
             signs.append(torch.randint(0, 2, (iterations, channels), generator=gen) * 2.0 - 1.0)
@@ -95,10 +97,6 @@ class SquareDraws:
         return top, left, self._signs[rows, iteration]
 
 
-def _project(x: torch.Tensor, original: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.clamp(torch.min(torch.max(x, original - eps), original + eps), 0.0, 1.0)
-
-
 def _window(top: torch.Tensor, left: torch.Tensor, side: int, height: int, width: int) -> torch.Tensor:
     """``[b, 1, H, W]`` float mask of each image's square."""
     rows = torch.arange(height, device=top.device)
@@ -110,37 +108,24 @@ def _window(top: torch.Tensor, left: torch.Tensor, side: int, height: int, width
 
 @dataclass(frozen=True)
 class SquareResult:
-    """One Square run: ``best [B,3,H,W]`` (the output), its ``best_loss [B]``, ``done [B]`` (goal
-    reached) and ``forwards [B]`` (forward passes spent per image, the start included)."""
+    """One Square run: ``best [B,3,H,W]`` (the output), its ``best_loss [B]`` and ``done [B]`` (goal reached)."""
 
     best: torch.Tensor
     best_loss: torch.Tensor
     done: torch.Tensor
-    forwards: torch.Tensor
 
 
 @torch.no_grad()
-def square_run(
-    score: Scorer,
-    images: torch.Tensor,
-    *,
-    eps: float,
-    iterations: int,
-    indices: torch.Tensor,
-    draws: Draws,
-    p_init: float = P_INIT,
-) -> SquareResult:
-    """Square attack on ``images [B,3,H,W]`` in [0,1] (``eps`` in [0,1] units), see the module docstring."""
-    if images.dim() != 4:
-        raise MetricAttackError(f"Square needs images [B, C, H, W], got {tuple(images.shape)}")
+def square_run(problem: AttackProblem, *, iterations: int, draws: Draws, p_init: float = P_INIT) -> SquareResult:
+    """Square attack on ``problem`` (ε = ``problem.radius``), see the module docstring."""
     if iterations < 0:
         raise MetricAttackError(f"Square needs a non-negative number of iterations, got {iterations}")
-    original = images.detach()
+    original = problem.images
     _, channels, height, width = original.shape
-    best = _project(original + eps * draws.stripes(original[:, :, :1].shape).to(original), original, eps)
-    best_loss, done = score(best, indices)
+    eps = problem.radius
+    best = problem.project(original + eps * draws.stripes(original[:, :, :1].shape).to(original))
+    best_loss, done = problem.loss_and_done(best)
     best_loss, done = best_loss.clone(), done.clone()
-    forwards = torch.ones(original.shape[0], dtype=torch.long)
     for i in range(iterations):
         rows = torch.nonzero(~done).flatten()
         if rows.numel() == 0:
@@ -148,11 +133,33 @@ def square_run(
         side = square_side(square_fraction(i, iterations, p_init), height, width)
         top, left, signs = draws.square(i, side, height, width, rows)
         delta = _window(top, left, side, height, width) * (2.0 * eps * signs.to(original)[:, :, None, None])
-        candidate = _project(best[rows] + delta, original[rows], eps)
-        loss, reached = score(candidate, indices[rows])
+        candidate = problem.project(best[rows] + delta, rows)
+        loss, reached = problem.loss_and_done(candidate, rows)
         accept = (loss > best_loss[rows]) | reached
         best_loss[rows] = torch.where(loss > best_loss[rows], loss, best_loss[rows])
         best[rows] = torch.where(accept.view(-1, 1, 1, 1), candidate, best[rows])
         done[rows] = reached
-        forwards[rows] += 1
-    return SquareResult(best, best_loss, done, forwards)
+    return SquareResult(best, best_loss, done)
+
+
+class SquareOptions(MethodOptions):
+    queries: int = Field(
+        default=5000, ge=0, description="iterations (forward passes after the first; the paper's budget 10000, AutoAttack's 5000)"
+    )
+    p_init: float = Field(
+        default=P_INIT, gt=0, le=1, description="share of the image covered by the first squares (halved on the paper's schedule)"
+    )
+
+
+@register_method("square")
+class Square(AttackMethod[SquareOptions]):
+    label = "Square"
+    summary = "Square attack (Andriushchenko et al., ECCV 2020): score-based random search with square updates, forward passes only"
+    Options = SquareOptions
+    uses_gradient = False
+    quick_options = {"queries": 5}
+
+    def run(self, problem: AttackProblem) -> torch.Tensor:
+        o = self.options
+        draws = SquareDraws(problem.generators("square"), o.queries, problem.images.shape[1], problem.images.shape[-1])
+        return square_run(problem, iterations=o.queries, draws=draws, p_init=o.p_init).best

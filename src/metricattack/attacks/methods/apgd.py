@@ -1,7 +1,7 @@
 """APGD (Croce & Hein, ICML 2020): step-size-free L∞ PGD with momentum, checkpoints and restarts.
 
 For one starting point ``x⁽⁰⁾`` in the ε-ball, with ``P`` the projection on the ball ∩ [0,1] and
-``f`` a per-image objective to *ascend* (any ``objective(images, indices) -> losses [B]``):
+``f`` the problem's per-image signed loss (:class:`~metricattack.attacks.problem.AttackProblem`, ascended):
 
 * ``z⁽ᵏ⁺¹⁾ = P(x⁽ᵏ⁾ + η·sign ∇f(x⁽ᵏ⁾))`` and
   ``x⁽ᵏ⁺¹⁾ = P(x⁽ᵏ⁾ + α(z⁽ᵏ⁺¹⁾ − x⁽ᵏ⁾) + (1 − α)(x⁽ᵏ⁾ − x⁽ᵏ⁻¹⁾))``, momentum ``α = 0.75``
@@ -25,20 +25,23 @@ are the paper's ``⌈p_j N⌉`` (theirs subtract ``int(0.03 N)`` from ``int(0.22
 the same for N = 100). ``tests/test_apgd.py`` checks the images are bit-identical to
 torchattacks' when none of these cases occurs.
 
-Cost: ``1 + N`` forward and backward passes per image and start (times ``eot`` samples).
-Inputs are never modified.
+The registered method ``apgd`` (:class:`APGD`) starts each of its ``restarts`` runs from a uniform
+point of the ε-ball drawn per image (``problem.generators("restart-r")``) and keeps, per image, the
+run of highest ``f(x_max)``; ``eot`` averages that many gradients per step (a model whose output is
+random). Cost: ``1 + N`` forward and backward passes per image, start and EOT sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 
-from ..errors import MetricAttackError
-
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from ...errors import MetricAttackError
+from ..ops import uniform_noise
+from ..problem import AttackProblem
+from .base import AttackMethod, MethodOptions, register_method
 
 RHO = 0.75  # condition 1: the share of increasing steps below which the step is halved
 MOMENTUM = 0.75  # α, the weight of the new step against the previous direction
@@ -82,27 +85,17 @@ def halve_step(
     return (increases < rho * window) | (~halved_last & (best <= best_at_last))
 
 
-def loss_and_gradient(objective: Objective, x: torch.Tensor, indices: torch.Tensor, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image losses ``[B]`` and ``∂ Σ losses / ∂x`` ``[B,3,H,W]``, each averaged over ``samples``
-    forward/backward passes (EOT, for a model whose output is random); weights get no gradient."""
-    loss_sum = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-    grad_sum = torch.zeros_like(x)
+def loss_and_gradient(problem: AttackProblem, x: torch.Tensor, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The problem's signed losses ``[B]`` and input gradient at ``x``, each averaged over ``samples``
+    forward/backward passes (EOT, for a model whose output is random)."""
+    if samples == 1:
+        return problem.loss_and_gradient(x)
+    loss_sum, grad_sum = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype), torch.zeros_like(x)
     for _ in range(samples):
-        leaf = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            losses = objective(leaf, indices)
-            if losses.shape != (x.shape[0],):
-                raise MetricAttackError(
-                    f"an attack objective must return one loss per image, shape [{x.shape[0]}], got {tuple(losses.shape)}"
-                )
-            (grad,) = torch.autograd.grad(losses.sum(), leaf)
-        loss_sum += losses.detach()
+        loss, grad = problem.loss_and_gradient(x)
+        loss_sum += loss
         grad_sum += grad
     return loss_sum / samples, grad_sum / samples
-
-
-def _project(x: torch.Tensor, original: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.clamp(torch.min(torch.max(x, original - eps), original + eps), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -114,64 +107,43 @@ class APGDResult:
         best_loss: ``[B]`` ``f(x_max)``.
         losses: ``[N+1, B]`` ``f(x⁽ᵏ⁾)`` of every iterate as computed (before a reset to ``x_max``).
         halved: ``[len(checkpoints), B]`` bool, whose step was halved at each checkpoint.
-        zero_gradient: ``[B]`` bool, the gradient at the starting point is exactly zero
-            (the attack cannot move: a masking symptom, or a start at a stationary point).
-        forwards: forward passes per image (``backwards`` the same).
     """
 
     best: torch.Tensor
     best_loss: torch.Tensor
     losses: torch.Tensor
     halved: torch.Tensor
-    zero_gradient: torch.Tensor
-    forwards: int
-
-    @property
-    def backwards(self) -> int:
-        return self.forwards
 
 
 def apgd_run(
-    objective: Objective,
-    images: torch.Tensor,
-    start: torch.Tensor,
-    *,
-    eps: float,
-    steps: int,
-    indices: torch.Tensor,
-    rho: float = RHO,
-    momentum: float = MOMENTUM,
-    eot: int = 1,
+    problem: AttackProblem, start: torch.Tensor, *, steps: int, rho: float = RHO, momentum: float = MOMENTUM, eot: int = 1
 ) -> APGDResult:
-    """One APGD run from ``start`` (see the module docstring); ``eps`` in [0,1] units (ε/255).
+    """One APGD run from ``start`` (projected here) on ``problem`` (see the module docstring).
 
     Args:
-        objective: per-image losses to ascend, ``objective(x, indices) -> [B]``.
-        images: ``[B,3,H,W]`` clean images in [0,1]; ``start``: the starting point (projected here).
+        problem: the images, their signed loss, ε (``problem.radius``) and the call counters.
+        start: ``[B,3,H,W]`` the starting point.
         steps: iterations ``N`` (the paper's 100).
-        indices: ``[B]`` the images' positions, passed to ``objective``.
-        eot: forward/backward passes averaged per gradient (a random model's expectation).
+        eot: gradients averaged per step.
     """
-    original = images.detach()
-    x = _project(start.detach(), original, eps)
-    loss, grad = loss_and_gradient(objective, x, indices, eot)
-    zero_gradient = grad.flatten(1).abs().sum(1) == 0
+    x = problem.project(start.detach())
+    loss, grad = loss_and_gradient(problem, x, eot)
     best, best_loss, best_grad = x.clone(), loss.clone(), grad.clone()
-    step = torch.full((x.shape[0], 1, 1, 1), 2.0 * eps, dtype=x.dtype, device=x.device)
+    step = torch.full((x.shape[0], 1, 1, 1), 2.0 * problem.radius, dtype=x.dtype, device=x.device)
     marks = checkpoints(steps)
     history = [loss]
     halved_rows: list[torch.Tensor] = []
     increases = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    best_at_last, halved_last, last_mark = best_loss.clone(), torch.zeros_like(zero_gradient), 0
+    best_at_last, halved_last, last_mark = best_loss.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device), 0
     previous = x.clone()
     for k in range(steps):
         with torch.no_grad():
             a = momentum if k > 0 else 1.0
             direction = x - previous
             previous = x
-            z = _project(x + step * torch.sign(grad), original, eps)
-            x = _project(x + (z - x) * a + direction * (1 - a), original, eps)
-        new_loss, grad = loss_and_gradient(objective, x, indices, eot)
+            z = problem.project(x + step * torch.sign(grad))
+            x = problem.project(x + (z - x) * a + direction * (1 - a))
+        new_loss, grad = loss_and_gradient(problem, x, eot)
         increases += new_loss > loss
         loss = new_loss
         history.append(loss)
@@ -186,51 +158,39 @@ def apgd_run(
             increases.zero_()
             best_at_last, halved_last, last_mark = best_loss.clone(), halve, k + 1
     halved = torch.stack(halved_rows) if halved_rows else torch.zeros((0, x.shape[0]), dtype=torch.bool)
-    return APGDResult(best.detach(), best_loss, torch.stack(history), halved, zero_gradient, (1 + steps) * eot)
+    return APGDResult(best.detach(), best_loss, torch.stack(history), halved)
 
 
-def random_start(images: torch.Tensor, indices: torch.Tensor, eps: float, seed: int, restart: int = 0) -> torch.Tensor:
-    """A uniform point of the ε-ball around each image (``eps`` in [0,1] units), seeded per image by
-    ``(seed, restart, indices[i])`` so that batching does not change it."""
-    rows = []
-    for index in indices.tolist():
-        gen = torch.Generator().manual_seed(((int(seed) * 1_000_003 + int(restart)) * 1_000_003 + int(index)) % (1 << 62))
-        rows.append(torch.rand(images.shape[1:], generator=gen, dtype=torch.float32))
-    noise = torch.stack(rows).to(images.device, images.dtype) * 2.0 - 1.0
-    return images.detach() + eps * noise
+class APGDOptions(MethodOptions):
+    steps: int = Field(default=100, ge=1, description="iterations per start (the paper's 100)")
+    restarts: int = Field(default=1, ge=1, description="random starts; per image the one of highest loss is kept")
+    rho: float = Field(
+        default=RHO,
+        gt=0,
+        le=1,
+        description="condition 1: halve the step when fewer than rho of the steps since the last checkpoint raised the loss",
+    )
+    momentum: float = Field(default=MOMENTUM, ge=0, le=1, description="weight alpha of the new step against the previous direction")
+    eot: int = Field(default=1, ge=1, description="gradients averaged per step (EOT, for a model whose output is random)")
 
 
-def apgd(
-    objective: Objective,
-    images: torch.Tensor,
-    *,
-    eps: float,
-    steps: int,
-    indices: torch.Tensor,
-    restarts: int = 1,
-    seed: int = 0,
-    eot: int = 1,
-) -> APGDResult:
-    """APGD with ``restarts`` seeded random starts: per image, the run of highest ``f(x_max)`` (ties: the first).
+@register_method("apgd")
+class APGD(AttackMethod[APGDOptions]):
+    label = "APGD"
+    summary = "APGD (Croce & Hein, ICML 2020): step-size-free PGD with momentum 0.75, step halving at checkpoints, random restarts"
+    Options = APGDOptions
+    quick_options = {"steps": 3}
 
-    ``losses`` and ``halved`` are those of the last restart; ``forwards`` counts all of them.
-    """
-    if restarts < 1:
-        raise MetricAttackError(f"APGD needs at least one restart, got {restarts}")
-    result: APGDResult | None = None
-    for restart in range(restarts):
-        run = apgd_run(objective, images, random_start(images, indices, eps, seed, restart), eps=eps, steps=steps, indices=indices, eot=eot)
-        if result is None:
-            result = run
-            continue
-        better = run.best_loss > result.best_loss
-        result = APGDResult(
-            torch.where(better.view(-1, 1, 1, 1), run.best, result.best),
-            torch.where(better, run.best_loss, result.best_loss),
-            run.losses,
-            run.halved,
-            result.zero_gradient | run.zero_gradient,
-            result.forwards + run.forwards,
-        )
-    assert result is not None
-    return result
+    @property
+    def first_gradient_at_clean(self) -> bool:
+        return False  # every start is a random point of the ε-ball
+
+    def run(self, problem: AttackProblem) -> torch.Tensor:
+        o = self.options
+        best, best_loss = problem.images.clone(), torch.full((problem.batch_size,), -torch.inf, device=problem.images.device)
+        for restart in range(o.restarts):
+            noise = uniform_noise(problem.images, problem.generators(f"restart-{restart}"), problem.radius)
+            run = apgd_run(problem, problem.images + noise, steps=o.steps, rho=o.rho, momentum=o.momentum, eot=o.eot)
+            better = run.best_loss > best_loss
+            best[better], best_loss[better] = run.best[better], run.best_loss[better]
+        return best
