@@ -267,6 +267,23 @@ def test_transfer_below_white_box_trips_the_black_box_flag() -> None:
 # ------------------------------------------------------------------ a network of one's own
 
 
+def test_a_network_with_normalised_features_learns_its_identities() -> None:
+    """``own_reid_net`` returns unit-length features: the BN neck before the classifier lets
+    cross-entropy fall well below chance in a few steps at the quickstart recipe's learning rate
+    (without it: 1.24 after these 20 steps, chance 1.39; logits on unit vectors start near 0)."""
+    torch.manual_seed(0)
+    model = small("python", num_classes=4).train()
+    images, labels = torch.rand(8, 3, 32, 16), torch.arange(4).repeat(2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.002)
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(model.forward_train(images).logits[0], labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(loss.detach()) < 0.5 * float(np.log(4))
+    assert torch.allclose(model.eval()(images), model.net(images))  # retrieval features: the module's own
+
+
 def test_defend_a_network_of_ones_own(figures: Path, tmp_path: Path, capsys) -> None:
     """``defend --model python:own_reid_net:build --weights W`` (tests/own_reid_net.py)."""
     import yaml
