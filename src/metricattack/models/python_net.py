@@ -4,8 +4,11 @@ fine-tuned or defended (``metricattack defend --model python:...``).
 ``MODULE.FUNCTION()`` returns an ``nn.Module`` mapping images ``[B,3,H,W]`` in [0,1] (any size) to
 features ``[B,D]``, resizing and normalising inside, as ``--model python:`` requires everywhere
 (:mod:`~metricattack.models.sources`). :class:`PythonNet` wraps it: its features are the
-retrieval features and the embedding the triplet loss trains, and a linear classifier on them
-(no bias, as the base models') gives the identity logits cross-entropy trains. The spec records
+retrieval features and the embedding the triplet loss trains; a BN neck and a linear classifier
+on them (as the base models' ``bnneck``: no shift, no bias) give the identity logits
+cross-entropy trains. Our choice: the neck, because retrieval features are usually L2-normalised
+and a linear classifier on unit vectors starts with near-zero logits (cross-entropy stayed at
+chance for epochs without it); it is used in training only, the features are the module's own. The spec records
 the ``python:`` spec; loading a checkpoint imports ``MODULE`` by name from the Python path (as
 for a registered backbone, :mod:`~metricattack.models.plugins`) and calls ``FUNCTION()`` before
 the saved weights are loaded. :meth:`PythonNet.module_state` is the wrapped module's own state
@@ -26,7 +29,7 @@ from .base import IMAGENET_MEAN, IMAGENET_STD, ReIDNet, TrainOutputs, register_a
 
 @register_architecture("python")
 class PythonNet(ReIDNet):
-    """``FUNCTION()``'s module (attribute ``net``) plus a linear identity classifier on its features.
+    """``FUNCTION()``'s module (attribute ``net``) plus a BN neck and a linear identity classifier on its features.
 
     Args:
         num_classes: identities of the training set (the classifier's outputs).
@@ -59,6 +62,8 @@ class PythonNet(ReIDNet):
             raise MetricAttackError(f"{source}: the module must map images [B,3,H,W] to features [B,D], got shape {tuple(probe.shape)}")
         self.feature_dim = int(probe.shape[1])
         self.feature_space = "python"
+        self.neck = nn.BatchNorm1d(self.feature_dim)
+        self.neck.bias.requires_grad_(False)  # BNNeck: no shift
         self.classifier = nn.Linear(self.feature_dim, self.num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
 
@@ -67,9 +72,9 @@ class PythonNet(ReIDNet):
         return self.net(images)
 
     def forward_train(self, images: torch.Tensor) -> TrainOutputs:
-        """The module's features (embedding) and the classifier's logits on them."""
+        """The module's features (embedding) and the classifier's logits on their BN-neck output."""
         features = self.net(images)
-        return TrainOutputs(embedding=features, logits=(self.classifier(features),))
+        return TrainOutputs(embedding=features, logits=(self.classifier(self.neck(features)),))
 
     def spec(self) -> dict[str, Any]:
         return {**self.base_spec(), "source": self.source}
