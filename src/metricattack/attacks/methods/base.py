@@ -11,9 +11,10 @@ all it takes). It declares:
 * ``uses_gradient``: False for a method that only evaluates losses (never a backward pass;
   the caller checks it);
 * ``quick_options``: options for a quick run on tiny data (the contract tests use them);
-* :attr:`AttackMethod.first_gradient_at_clean`: True when its first gradient is taken at the
-  clean images (no random start), so a threat model whose objective has a zero gradient there
-  is refused before any work (:meth:`~metricattack.attacks.threats.base.ThreatModel.refusal`);
+* :attr:`AttackMethod.first_gradient_at_clean`: True when it cannot leave the clean images if the
+  objective's gradient is zero there (its steps use gradients at the clean images until they
+  move: no random start, no transformed copies, no sampled neighbourhood), so a threat model whose
+  objective has a zero gradient there is refused before any work (:meth:`~metricattack.attacks.threats.base.ThreatModel.refusal`);
 * :meth:`AttackMethod.run`: ``problem -> adversarial images [B,3,H,W]``, an *ascent* of the
   problem's signed loss through :class:`~metricattack.attacks.problem.AttackProblem` (which
   counts calls and zero gradients, and gives per-image generators). The caller
@@ -94,7 +95,7 @@ class AttackMethod(Generic[OptionsT]):
 
     @property
     def first_gradient_at_clean(self) -> bool:
-        """True when the first gradient is taken at the clean images (no random start)."""
+        """True when it cannot leave the clean images if the objective's gradient is zero there (module docstring)."""
         return self.uses_gradient
 
     def run(self, problem: AttackProblem) -> torch.Tensor:
