@@ -100,7 +100,10 @@ class ThreatModel:
 
     # ------------------------------------------------------------------ checks (before any work)
     def refusal(self, method: AttackMethod[Any]) -> str | None:
-        """Why ``method`` cannot attack under this threat model, or None when it can."""
+        """Why ``method`` cannot attack under this threat model (or the method refuses it), or None when it can."""
+        reason = method.refusal(self)
+        if reason is not None:
+            return reason
         if self.zero_gradient_at_clean and method.uses_gradient and method.first_gradient_at_clean:
             return (
                 f"attack method {method.name} cannot move any image under the {self.name} threat model: its objective has a zero "
