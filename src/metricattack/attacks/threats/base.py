@@ -108,7 +108,8 @@ class ThreatModel:
             return (
                 f"attack method {method.name} cannot move any image under the {self.name} threat model: its objective has a zero "
                 f"gradient at the clean image and {method.name} takes its first gradient there (no random start), so every image "
-                "would stay unchanged; use a method with a random start (e.g. pgd) or one that needs no gradient"
+                "would stay unchanged; use a method that leaves the clean image another way: a random start (pgd), transformed inputs "
+                "(difgsm), scale copies (sinifgsm), a sampled neighbourhood (vmifgsm, vnifgsm), or no gradient"
             )
         return None
 
