@@ -38,7 +38,20 @@ def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
     res = validate_results(data)
     assert res.provenance.ap_convention in ("market", "noninterp")
     assert res.provenance.seeds["run"] == 0 and res.provenance.versions["torch"]
-    for section in ("table1", "table2", "table4", "table5", "defenses", "fig1", "fig3", "fig4", "fig5", "classification", "targeted"):
+    for section in (
+        "table1",
+        "table2",
+        "table4",
+        "table5",
+        "defenses",
+        "beyond",
+        "fig1",
+        "fig3",
+        "fig4",
+        "fig5",
+        "classification",
+        "targeted",
+    ):
         assert getattr(res, section) is not None, section
     assert [f.id for f in res.findings] == [1, 2, 3, 4, 5, 6]
     # every white-box cell is the attacked model itself, and the matrix is complete
@@ -52,6 +65,16 @@ def test_results_validate_and_cover_every_experiment(tiny_run: Path) -> None:
     assert all(a.sources != ["T1"] and "T1" not in a.sources for a in res.attacks)
     assert all(set(r.test_only_mAP) == {"T1"} and "T1" not in r.ensemble and r.holdout != "T1" for r in res.table4.rows)
     assert res.fig3.test_only == ["T1"] and {p.tested for p in res.fig3.points} == set(names)
+    # beyond the paper: every method x attacked model x eps, tested on every model, each mAP with its interval
+    beyond = res.beyond
+    assert [(r.attacked, r.method, r.epsilon) for r in beyond.rows] == [(m, "difgsm", 2.0) for m in attacked]
+    assert all(
+        [c.tested for c in r.cells] == names and [c.white_box for c in r.cells] == [t == r.attacked for t in names] for r in beyond.rows
+    )
+    assert all(c.interval[0] <= c.interval[1] for r in beyond.rows for c in [*r.cells, *beyond.clean])
+    assert all(r.options["diversity_prob"] == 0.5 for r in beyond.rows) and [c.mAP for c in beyond.clean] == [
+        r.clean.mAP for r in res.table1
+    ]
     # the saved adversarial images respect the ε bound
     assert all(a.linf is None or a.linf <= a.epsilon + 1e-6 for a in res.attacks)
     # the chance level of the test split is reported, listed in Table 1 and quoted by finding 1
@@ -91,7 +114,7 @@ def test_defense_leaderboard_is_adaptive_and_never_above_the_transfer_attack(tin
 
 @pytest.mark.slow
 def test_outputs_tables_figures_report(tiny_run: Path) -> None:
-    for name in ("table1", "table2", "table4", "classification", "targeted", "table5", "defenses"):
+    for name in ("table1", "table2", "table4", "classification", "targeted", "table5", "defenses", "beyond_eps2"):
         assert (tiny_run / "tables" / f"{name}.md").is_file() and (tiny_run / "tables" / f"{name}.csv").is_file()
     figures = {p.stem for p in (tiny_run / "figures").glob("*.png")}
     assert figures == {"fig1", "fig3", "fig3_base", "fig4", "fig5"}

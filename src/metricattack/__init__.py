@@ -36,6 +36,10 @@ _PUBLIC = {
     "MetricAttack": "attacks.api",
     "quantize": "attacks.ops",
     "AttackSpec": "attacks.spec",
+    "UniversalConfig": "attacks.universal",
+    "train_universal": "attacks.universal",
+    "load_delta": "attacks.universal",
+    "apply_delta": "attacks.universal",
     "load_dataset": "data.layouts",
     "MetricAttackError": "errors",
     "evaluate_features": "evaluation.features",
@@ -81,6 +85,10 @@ __all__ = [
     "THREATS",
     "read_image",
     "AttackSpec",
+    "UniversalConfig",
+    "apply_delta",
+    "load_delta",
+    "train_universal",
     "FORMATS",
     "Metric",
     "MetricAttack",
@@ -126,6 +134,7 @@ if TYPE_CHECKING:
     from .attacks.ops import quantize
     from .attacks.spec import AttackSpec
     from .attacks.threats import THREATS, register_threat
+    from .attacks.universal import UniversalConfig, apply_delta, load_delta, train_universal
     from .data.layouts import DATASETS, load_dataset
     from .data.loading import read_image
     from .errors import MetricAttackError

@@ -99,10 +99,15 @@ class ReferenceTargets:
 
 
 class MetricLoss:
-    """``L_i = mean_{r ∈ R(i)} d(r, model(x_i))`` for one model and its metric (see module docstring)."""
+    """``L_i = mean_{r ∈ R(i)} d(r, model(x_i))`` for one model and its metric (see module docstring).
 
-    def __init__(self, model: nn.Module, metric: Metric, targets: ReferenceTargets) -> None:
-        self.model, self.metric, self.targets = model, metric, targets
+    With ``pull`` (a second reference set per image), ``L_i = mean_{r ∈ R(i)} d(r, f(x_i)) −
+    mean_{r ∈ P(i)} d(r, f(x_i))``: pushed away from ``R(i)`` and pulled toward ``P(i)`` at once (the
+    ``fna`` threat model); both are computed from one forward pass.
+    """
+
+    def __init__(self, model: nn.Module, metric: Metric, targets: ReferenceTargets, *, pull: ReferenceTargets | None = None) -> None:
+        self.model, self.metric, self.targets, self.pull = model, metric, targets, pull
 
     def prepare(self, clean: torch.Tensor, indices: torch.Tensor) -> None:
         """Nothing to prepare: the references are fixed."""
@@ -114,19 +119,24 @@ class MetricLoss:
                 f"the model returned features of shape {tuple(features.shape)} for {images.shape[0]} images; expected [B, D]"
             )
         emb = self.metric.embed(features)
-        if emb.shape[1] != self.targets.centroids.shape[1]:
+        loss = self._mean_distance(self.targets, emb, features.shape[1], indices)
+        return loss if self.pull is None else loss - self._mean_distance(self.pull, emb, features.shape[1], indices)
+
+    def _mean_distance(self, targets: ReferenceTargets, emb: torch.Tensor, dim: int, indices: torch.Tensor) -> torch.Tensor:
+        """``[B]`` mean distance of the embedded features ``emb`` to each image's references in ``targets``."""
+        if emb.shape[1] != targets.centroids.shape[1]:
             raise MetricAttackError(
-                f"the model gives {features.shape[1]}-d features but the references are "
-                f"{self.targets.reference_dim}-d; references must be features of the attacked model"
+                f"the model gives {dim}-d features but the references are "
+                f"{targets.reference_dim}-d; references must be features of the attacked model"
             )
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self.targets.active)):
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(targets.active)):
             raise MetricAttackError(
-                f"image indices {int(indices.min())}..{int(indices.max())} are outside the {len(self.targets.active)} "
+                f"image indices {int(indices.min())}..{int(indices.max())} are outside the {len(targets.active)} "
                 "images this loss has references for (pass each image's index in the attacked split)"
             )
-        idx = indices.to(self.targets.centroids.device)
-        centroids = self.targets.centroids[idx].to(emb.device, emb.dtype)
-        spreads = self.targets.spreads[idx].to(emb.device, emb.dtype)
+        idx = indices.to(targets.centroids.device)
+        centroids = targets.centroids[idx].to(emb.device, emb.dtype)
+        spreads = targets.spreads[idx].to(emb.device, emb.dtype)
         return self.metric.scale * (emb - centroids).pow(2).sum(1) + spreads
 
 

@@ -295,6 +295,16 @@ class ZooSection(StrictModel):
     epsilons: list[Annotated[float, Field(gt=0, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
 
 
+class BeyondSection(StrictModel):
+    """The attacks beyond the paper (experiment ``beyond``): each method of ``methods`` against every
+    attacked model at each ε, on the gallery (the paper's non-targeted attack), tested white-box and on
+    every other model (black-box), with the benchmark's α, steps and per-method options
+    (``attack.options.<method>``); mAP with bootstrap intervals (``confidence``)."""
+
+    methods: list[MethodName] = Field(default_factory=list, description="attack methods (empty: the experiment does not run)")
+    epsilons: list[Annotated[float, Field(gt=0, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
+
+
 class DefensesSection(MethodSections):
     """The defense leaderboard (experiment ``defenses``): one base model, undefended, defended by
     the paper's metric-preserving network (Table 5's model and settings) and by each method of
@@ -325,6 +335,7 @@ class ExperimentsSection(StrictModel):
     table4: Table4Section = Table4Section()
     table5: Table5Section = Table5Section()
     zoo: ZooSection = ZooSection()
+    beyond: BeyondSection = BeyondSection()
     defenses: DefensesSection = DefensesSection()
     table2_title: str = "Table 2"
 

@@ -287,6 +287,35 @@ class Zoo(Record):
     rows: list[ZooRow]
 
 
+class BeyondCell(Record):
+    """One tested model on one adversarial gallery of the ``beyond`` experiment."""
+
+    tested: str
+    mAP: float
+    interval: tuple[float, float] = Field(description="bootstrap interval of mAP over queries (confidence section)")
+    white_box: bool = Field(description="the tested model is the attacked one")
+
+
+class BeyondRow(Record):
+    attacked: str
+    method: str
+    epsilon: float
+    attack_id: str
+    options: dict[str, Any] = Field(description="the method's resolved options (AttackSpec.resolved()['options'])")
+    cells: list[BeyondCell]
+
+
+class Beyond(Record):
+    """Attacks beyond the paper: every method × attacked model × ε, white-box and transferred."""
+
+    metric: str
+    methods: list[str]
+    epsilons: list[float]
+    confidence: float = Field(description="coverage of the intervals")
+    clean: list[BeyondCell] = Field(description="every model on the clean gallery (white_box false)")
+    rows: list[BeyondRow]
+
+
 class RobustPoint(Record):
     """A model's robust evaluation at one ε (``metricattack.defense.evaluation.robust_evaluation``)."""
 
@@ -437,6 +466,9 @@ class Results(Record):
     fig3: Fig3 | None = Field(None, description="Fig. 3: adversarial / clean mAP ratio per tested model and setting")
     fig4: Fig4 | None = Field(None, description="Fig. 4: top-k ranking lists of chosen probes (clean, non-targeted, targeted)")
     fig5: Fig5 | None = Field(None, description="Fig. 5: mAP against ε per attack-metric / test-metric pair")
+    beyond: Beyond | None = Field(
+        None, description="attacks beyond the paper: each new method white-box and transferred at each ε, with bootstrap intervals"
+    )
     zoo: Zoo | None = Field(
         None, description="model zoo (not in the paper): each configured model clean and under white-box query- and gallery-side attacks"
     )

@@ -9,11 +9,15 @@ all it takes). It declares:
   fills the defaults that depend on ε (0..255 units) and checks options against ε;
 * ``label`` (tables), ``summary`` (one line for help texts and reports);
 * ``uses_gradient``: False for a method that only evaluates losses (never a backward pass;
-  the caller checks it);
-* ``quick_options``: options for a quick run on tiny data (the contract tests use them);
-* :attr:`AttackMethod.first_gradient_at_clean`: True when its first gradient is taken at the
-  clean images (no random start), so a threat model whose objective has a zero gradient there
-  is refused before any work (:meth:`~metricattack.attacks.threats.base.ThreatModel.refusal`);
+  the caller checks it); ``uses_model``: False for a method that never calls the model at attack
+  time (it applies a perturbation computed beforehand, e.g. ``uap``);
+* ``quick_options``: options for a quick run on tiny data (the contract tests use them through
+  :meth:`AttackMethod.quick`, which a method whose options name a file overrides to write one);
+* :meth:`AttackMethod.refusal`: why it cannot attack under a threat model (None: it can);
+* :attr:`AttackMethod.first_gradient_at_clean`: True when it cannot leave the clean images if the
+  objective's gradient is zero there (its steps use gradients at the clean images until they
+  move: no random start, no transformed copies, no sampled neighbourhood), so a threat model whose
+  objective has a zero gradient there is refused before any work (:meth:`~metricattack.attacks.threats.base.ThreatModel.refusal`);
 * :meth:`AttackMethod.run`: ``problem -> adversarial images [B,3,H,W]``, an *ascent* of the
   problem's signed loss through :class:`~metricattack.attacks.problem.AttackProblem` (which
   counts calls and zero gradients, and gives per-image generators). The caller
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -85,6 +90,7 @@ class AttackMethod(Generic[OptionsT]):
     summary: ClassVar[str] = ""
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     uses_gradient: ClassVar[bool] = True
+    uses_model: ClassVar[bool] = True
     quick_options: ClassVar[dict[str, Any]] = {}
     """Options that keep a run on a few tiny images quick (e.g. a small query budget): the contract
     tests (``tests/test_attack_contract.py``) attack every method with them; empty: the defaults."""
@@ -94,8 +100,19 @@ class AttackMethod(Generic[OptionsT]):
 
     @property
     def first_gradient_at_clean(self) -> bool:
-        """True when the first gradient is taken at the clean images (no random start)."""
+        """True when it cannot leave the clean images if the objective's gradient is zero there (module docstring)."""
         return self.uses_gradient
+
+    @classmethod
+    def quick(cls, folder: Path, eps: float) -> dict[str, Any]:
+        """Options for a quick run at ``eps`` (the contract tests): :attr:`quick_options`; a method whose
+        options name a file (e.g. a trained perturbation) writes a small one into ``folder``."""
+        return dict(cls.quick_options)
+
+    def refusal(self, threat: Any) -> str | None:
+        """Why this method cannot attack under ``threat`` (a :class:`~metricattack.attacks.threats.base.ThreatModel`),
+        or None when it can; :meth:`ThreatModel.refusal <metricattack.attacks.threats.base.ThreatModel.refusal>` asks it."""
+        return None
 
     def run(self, problem: AttackProblem) -> torch.Tensor:
         """Adversarial images ``[B,3,H,W]`` for ``problem`` (an ascent of its signed loss)."""

@@ -143,6 +143,13 @@ DIOptionsT = TypeVar("DIOptionsT", bound=DIOptions)
 class InputDiversityMethod(MomentumSignMethod[DIOptionsT]):
     """MI-FGSM whose gradient is taken through per-image input diversity (DI, and TI on top of it)."""
 
+    @property
+    def first_gradient_at_clean(self) -> bool:
+        """Only without diversity: with ``diversity_prob > 0`` an image's gradient is taken at its random
+        transformation, whose features differ from the clean ones (an image whose every coin leaves its
+        input as it is stays unchanged, its zero gradients counted)."""
+        return self.options.diversity_prob == 0
+
     def estimator(self, problem: AttackProblem) -> Estimator:
         generators = problem.generators("diversity")
         return lambda x, point: diverse_gradient(problem, point, generators, self.options)

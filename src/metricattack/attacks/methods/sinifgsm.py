@@ -54,6 +54,11 @@ class SINIFGSM(MomentumSignMethod[SIOptions]):
     quick_options = {"steps": 2, "scales": 2}
     nesterov = True
 
+    @property
+    def first_gradient_at_clean(self) -> bool:
+        """Only with one scale copy: the copies ``S_i(x)``, ``i ≥ 1``, are not the clean image."""
+        return self.options.scales == 1
+
     def estimator(self, problem: AttackProblem) -> Estimator:
         copies, center = self.options.scales, self.options.scale_center
 

@@ -50,6 +50,12 @@ class VMIFGSM(MomentumSignMethod[VarianceOptions]):
     Options = VarianceOptions
     quick_options = {"steps": 2, "samples": 2}
 
+    @property
+    def first_gradient_at_clean(self) -> bool:
+        """Only with one step: the first step's gradient is at the clean image, but the variance it
+        samples in the neighbourhood gives the second step a direction of its own."""
+        return self.options.step_and_count()[1] == 1
+
     def estimator(self, problem: AttackProblem) -> Estimator:
         samples, steps = self.options.samples, self.options.step_and_count()[1]
         radius = self.options.beta * problem.radius

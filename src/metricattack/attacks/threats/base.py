@@ -100,12 +100,16 @@ class ThreatModel:
 
     # ------------------------------------------------------------------ checks (before any work)
     def refusal(self, method: AttackMethod[Any]) -> str | None:
-        """Why ``method`` cannot attack under this threat model, or None when it can."""
+        """Why ``method`` cannot attack under this threat model (or the method refuses it), or None when it can."""
+        reason = method.refusal(self)
+        if reason is not None:
+            return reason
         if self.zero_gradient_at_clean and method.uses_gradient and method.first_gradient_at_clean:
             return (
                 f"attack method {method.name} cannot move any image under the {self.name} threat model: its objective has a zero "
                 f"gradient at the clean image and {method.name} takes its first gradient there (no random start), so every image "
-                "would stay unchanged; use a method with a random start (e.g. pgd) or one that needs no gradient"
+                "would stay unchanged; use a method that leaves the clean image another way: a random start (pgd), transformed inputs "
+                "(difgsm), scale copies (sinifgsm), a sampled neighbourhood (vmifgsm, vnifgsm), or no gradient"
             )
         return None
 
