@@ -1,9 +1,11 @@
 """The robustness protocol end to end on the tiny trained ResNet-18: the worst case, the resume, the
-checks passing on the clean model, the public function and the ``metricattack robustness`` command.
+checks passing on the clean model and tripping on models built to trip them (:mod:`metricattack.robustness.traps`),
+BPDA / EOT bringing the trapped models back, the public function and the ``metricattack robustness`` command.
 
 The protocol versions' budgets (100 APGD iterations, 1,000+ Square queries) cost minutes per model
 on this machine; the tests run the same code with a miniature protocol (:data:`MINI`: one ε, one
-reference attack) on eight queries of the tiny dataset, and the command with the ``smoke`` version
+reference attack) on eight queries of the tiny dataset (:data:`ONE_ATTACK`, a cascade of APGD on the
+metric loss alone, where a check needs no more), and the command with the ``smoke`` version
 (two ε) on a small untrained user network.
 """
 
@@ -44,6 +46,9 @@ MINI = Protocol(
     eot=2,
 )
 
+ONE_ATTACK = MINI.model_copy(update={"version": "one-attack", "cascade": MINI.cascade[:1], "sweep_epsilons": []})
+PROTOCOLS = {"clean": MINI, "quantize": MINI, "quantize+bpda": MINI, "off-grid": ONE_ATTACK, "noise": ONE_ATTACK}
+
 
 @pytest.fixture(scope="module")
 def eight(tiny_dataset_root: Path) -> ReIDDataset:
@@ -70,7 +75,7 @@ class Evaluations:
             model = self.base if name == "clean" else Preprocessed(self.base, transform, bpda=bool(bpda))
             torch.manual_seed(0)  # the noise trap draws from the global generator
             records = self.records if name == "clean" else None
-            self.made[name] = run_protocol(model, self.dataset, protocol=MINI, batch_size=8, records=records)
+            self.made[name] = run_protocol(model, self.dataset, protocol=PROTOCOLS[name], batch_size=8, records=records)
         return self.made[name]
 
 
@@ -135,6 +140,36 @@ def test_checks_pass_on_the_clean_model(evaluations: Evaluations) -> None:
     assert status["zero-gradient"] == status["randomness"] == status["never-weaker"] == status["black-box"] == "ok", result.flags
     assert status["eps-sweep"] == "ok", result.flags
     assert not result.randomized
+
+
+def test_a_masking_model_is_flagged_and_bpda_brings_it_back(evaluations: Evaluations) -> None:
+    """8-bit quantisation before the model: a zero gradient everywhere (the JPEG and resize-chain
+    traps have a zero or no gradient too: ``tests/test_robustness_parts.py``)."""
+    clean, _ = evaluations("clean")
+    masked, _ = evaluations("quantize")
+    status = flags_of(masked)
+    assert status["zero-gradient"] == "flagged"  # APGD sees a zero gradient
+    assert status["eps-sweep"] == "flagged"  # at ε = 64 the gradient attacks still cannot move it
+    assert status["black-box"] == "flagged"  # Square, which needs no gradient, does better
+    assert next(a for a in masked.headline.attacks if a.attack == "square").lowered > 0
+    assert masked.headline.mAP.value > clean.headline.mAP.value + 2  # it looks robust
+    bpda, _ = evaluations("quantize+bpda")
+    assert flags_of(bpda)["zero-gradient"] == "ok"
+    assert abs(bpda.headline.mAP.value - clean.headline.mAP.value) <= 2, (bpda.headline.mAP, clean.headline.mAP)
+
+
+def test_off_grid_masking_trips_never_weaker(evaluations: Evaluations) -> None:
+    """I-FGSM stays on the 1/255 grid and sees the gradient; every APGD start is off it."""
+    result, _ = evaluations("off-grid")
+    status = flags_of(result)
+    assert status["never-weaker"] == "flagged" and status["zero-gradient"] == "flagged"
+    assert result.references["ifgsm"] < result.headline.mAP.value
+
+
+def test_a_random_model_is_flagged_and_attacked_with_eot(evaluations: Evaluations) -> None:
+    result, _ = evaluations("noise")
+    assert result.randomized and flags_of(result)["randomness"] == "flagged"
+    assert result.headline.attacks[0].backwards == 2 * 7 * result.headline.attacks[0].attacked  # 2 gradient samples per step
 
 
 def test_public_api(eight: ReIDDataset, base: nn.Module, evaluations: Evaluations) -> None:
