@@ -156,3 +156,39 @@ def test_claiming_an_attack_run_keeps_ranks_in_step(tmp_path: Path) -> None:
 
     mp.spawn(_claim_with_a_late_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
     assert json.loads((tmp_path / "out" / ".attack" / "run.json").read_text()) == {"key": "k"}
+
+
+INVARIANT_NET = '''
+"""Each image's features (and input gradient) bit for bit independent of its batch: per-image weighted sums."""
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 3, 8, 4, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        z = torch.tanh(3 * F.interpolate(x, size=(8, 4), mode="bilinear", align_corners=False, antialias=True) - 1.5)
+        return F.normalize((z.unsqueeze(1) * self.weight).sum((2, 3, 4)), dim=1)
+
+
+def build():
+    return Net().eval()
+'''
+
+
+def test_robustness_under_torchrun_equals_one_process(tiny_dataset_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "invariant_net.py").write_text(INVARIANT_NET, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["robustness", "--model", "python:invariant_net:build", "--data-root", str(tiny_dataset_root), "--dataset", "folder"]
+    common += ["--version", "smoke", "--batch-size", "4"]
+    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    done = torchrun(*common, "--out", str(tmp_path / "sharded"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("written to") == 1  # only rank 0 reports
+    one, two = (json.loads((tmp_path / n / "robustness.json").read_text()) for n in ("single", "sharded"))
+    assert two["robust"] == one["robust"] and two["references"] == one["references"] and two["sweep"] == one["sweep"]
+    assert two["cost"]["forwards"] == one["cost"]["forwards"]

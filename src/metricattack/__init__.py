@@ -8,7 +8,8 @@ The public API, in three lines::
 
 A network that expects normalised tensors becomes a model with :func:`wrap` (its state-dict
 keys unchanged, so its own checkpoints load). Data, features and evaluation: :func:`load_dataset`, :func:`extract_features`,
-:func:`evaluate_model`, :func:`evaluate_features`; metrics: :func:`build_metric`,
+:func:`evaluate_model`, :func:`evaluate_features`; robustness: :func:`evaluate_robustness` (a
+worst case over an attack cascade, with the checks of gradient masking); metrics: :func:`build_metric`,
 :func:`load_metric`, :func:`fit_learned` (XQDA / KISSME); registries of everything named
 (:data:`ARCHITECTURES`, :data:`BACKBONES`, :data:`DATASETS`, :data:`METRICS`, :data:`LEARNED_METRICS`, :data:`METHODS`,
 :data:`THREATS`, :data:`FORMATS`): register your own with ``REGISTRY.register(name, obj)`` (attack
@@ -71,6 +72,7 @@ _PUBLIC = {
     "wrap": "models.wrap",
     "IMAGENET_MEAN": "models.base",
     "IMAGENET_STD": "models.base",
+    "evaluate_robustness": "robustness.evaluate",
 }
 
 __all__ = [
@@ -98,6 +100,7 @@ __all__ = [
     "build_metric",
     "evaluate_features",
     "evaluate_model",
+    "evaluate_robustness",
     "extract_features",
     "fit_learned",
     "fit_learned_metric",
@@ -148,3 +151,4 @@ if TYPE_CHECKING:
     from .models.reid import ReIDModel
     from .models.sources import ModelSource, load_model
     from .models.wrap import wrap
+    from .robustness.evaluate import evaluate_robustness

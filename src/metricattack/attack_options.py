@@ -33,25 +33,33 @@ def methods_help() -> str:
     return "\n".join(lines)
 
 
-def add_attack_options(parser: argparse.ArgumentParser, *, threat: bool = True) -> None:
-    """Add the attack option group (``threat``: also ``--threat``, alias ``--setting``)."""
+def add_attack_options(parser: argparse.ArgumentParser, *, threat: bool = True, method: bool = True, eps: float = 5.0) -> None:
+    """Add the attack option group: ``--method``, ``--eps``, ``--method-option``, ``--objective``,
+    ``--seed`` and (``threat``) ``--threat``, alias ``--setting``. ``method=False`` keeps only
+    ``--eps`` and ``--seed`` (a command whose methods are fixed, e.g. ``robustness``); ``eps`` is the default ε."""
     group = parser.add_argument_group(
         "attack",
-        "method options go in --method-option KEY=VALUE (repeatable; values read as YAML); every method's options are listed at the end",
+        "method options go in --method-option KEY=VALUE (repeatable; values read as YAML); every method's options are listed at the end"
+        if method
+        else None,
     )
-    group.add_argument("--method", choices=METHODS, default="ifgsm", help="attack method (default ifgsm)")
-    group.add_argument("--eps", type=float, default=5.0, help="L-inf radius in 0..255 pixel units (default 5)")
+    if method:
+        group.add_argument("--method", choices=METHODS, default="ifgsm", help="attack method (default ifgsm)")
+    group.add_argument("--eps", type=float, default=eps, help=f"L-inf radius in 0..255 pixel units (default {eps:g})")
+    if method:
+        group.add_argument(
+            "--method-option",
+            dest="method_options",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="an option of the chosen method (repeatable), e.g. steps=10, mu=0.5, random_start=false",
+        )
+        group.add_argument("--objective", default=None, help="the threat model's objective to attack (default: its first)")
     group.add_argument(
-        "--method-option",
-        dest="method_options",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the chosen method (repeatable), e.g. steps=10, mu=0.5, random_start=false",
+        "--seed", type=int, default=0, help="seeds the per-image randomness (random starts, Square's squares) and the targeted targets"
     )
-    group.add_argument("--objective", default=None, help="the threat model's objective to attack (default: its first)")
-    group.add_argument("--seed", type=int, default=0, help="seeds the per-image randomness (PGD's start) and the targeted targets")
-    if threat:
+    if threat and method:
         group.add_argument(
             "--threat",
             "--setting",

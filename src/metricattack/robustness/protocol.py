@@ -16,8 +16,10 @@ The cascade, in order (:class:`AttackStep`):
    gallery knowledge), from a random start;
 4. ``square``: Square attack on the ranking margin, forward passes only.
 
-Versions: ``standard`` (2 restarts, 3 target identities, 5,000 Square queries, ε 8 and 5) and
-``fast`` (1 restart, 1 target identity, 1,000 Square queries, ε 8: the demo and CI). The checks
+Versions: ``standard`` (2 restarts, 3 target identities, 5,000 Square queries, ε 8 and 5),
+``fast`` (1 restart, 1 target identity, 1,000 Square queries, ε 8) and ``smoke`` (the same cascade,
+ε and checks with budgets too small for a robustness number: 5 APGD iterations, 20 Square queries;
+it checks that an evaluation runs end to end, e.g. in the tests' benchmark config). The checks
 of :mod:`.flags` use the reference attacks (I-FGSM, MI-FGSM, PGD with the paper's step rule), an
 ε sweep of ``apgd-metric`` and one extra restart of every APGD attack (the convergence check).
 """
@@ -106,5 +108,22 @@ VERSIONS.register(
         sweep_epsilons=[2, 8, 32, 64],
         sweep_steps=25,
         eot=20,
+    ),
+)
+VERSIONS.register(
+    "smoke",
+    Protocol(
+        version="smoke",
+        epsilons=[8, 5],
+        cascade=[
+            AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=5),
+            AttackStep(name="apgd-margin-t", method="apgd", objective="margin-targeted", steps=5),
+            AttackStep(name="apgd-self", method="apgd", objective="self", steps=5),
+            AttackStep(name="square", method="square", objective="margin", steps=20),
+        ],
+        reference_methods=["ifgsm", "mifgsm", "pgd"],
+        sweep_epsilons=[8, 64],
+        sweep_steps=3,
+        eot=4,
     ),
 )

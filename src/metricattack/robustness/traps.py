@@ -9,6 +9,8 @@ model ``f`` as ``f(T(x))`` with one of the :data:`TRANSFORMS`:
 * ``quantize``: 8-bit quantisation, rounding to ``levels`` (256) values per channel (``torch.round``: zero gradient);
 * ``resize``: a resize chain, down to ``scale`` of the size and back (bilinear) with 8-bit
   rounding after each resize, as an image pipeline of uint8 images does: zero gradient;
+* ``off-grid``: images off the 1/255 grid rounded to it (zero gradient there): attacks that stay on
+  the grid (I-FGSM, MI-FGSM) see the gradient, those with a random start (PGD, APGD) do not;
 * ``noise``: Gaussian noise of ``sigma`` (0..255 units) drawn anew at every forward pass: the
   features change between two passes of the same image.
 
@@ -66,6 +68,16 @@ def resize_chain(x: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
     return _to_uint8_levels(F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False))
 
 
+def off_grid(x: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
+    """``x`` where it lies on the 1/255 grid (within ``tolerance`` of a level, in 0..255 units),
+    rounded to it elsewhere (zero gradient there): only attacks whose iterates stay on the grid
+    (I-FGSM and MI-FGSM with α = 1 from the clean image, Square with an integer ε) see the
+    model's gradient; a random start does not."""
+    levels = x * 255.0
+    on = ((levels - torch.round(levels)).abs() < tolerance).flatten(1).all(1).view(-1, 1, 1, 1)
+    return torch.where(on, x, _to_uint8_levels(x))
+
+
 def noise(x: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
     """``x + N(0, (σ/255)²)`` drawn anew at every call (global torch RNG), clipped to [0,1]."""
     return (x + torch.randn_like(x) * (sigma / 255.0)).clamp(0.0, 1.0)
@@ -86,6 +98,7 @@ TRANSFORMS: Registry[Transform] = Registry("input transform")
 TRANSFORMS.register("jpeg", Transform(jpeg, "bpda", "JPEG compression (quality 75), no gradient"))
 TRANSFORMS.register("quantize", Transform(quantize, "bpda", "8-bit quantisation (256 levels per channel), zero gradient"))
 TRANSFORMS.register("resize", Transform(resize_chain, "bpda", "resize to half size and back with 8-bit rounding, zero gradient"))
+TRANSFORMS.register("off-grid", Transform(off_grid, "bpda", "images off the 1/255 grid rounded to it (zero gradient there)"))
 TRANSFORMS.register("noise", Transform(noise, "eot", "Gaussian noise (σ = 8/255) drawn at every forward pass"))
 
 

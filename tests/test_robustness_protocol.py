@@ -1,0 +1,234 @@
+"""The robustness protocol end to end on the tiny trained ResNet-18: the worst case, the resume, the
+checks passing on the clean model and tripping on models built to trip them (:mod:`metricattack.robustness.traps`),
+BPDA / EOT bringing the trapped models back, the public function and the ``metricattack robustness`` command.
+
+The protocol versions' budgets (100 APGD iterations, 1,000+ Square queries) cost minutes per model
+on this machine; the tests run the same code with a miniature protocol (:data:`MINI`: one ε, one
+reference attack) on eight queries of the tiny dataset (:data:`ONE_ATTACK`, a cascade of APGD on the
+metric loss alone, where a check needs no more), and the command with the ``smoke`` version
+(two ε) on a small untrained user network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import metricattack as ma
+from metricattack.cli import main
+from metricattack.data.layouts import load_dataset
+from metricattack.data.types import ReIDDataset
+from metricattack.errors import MetricAttackError
+from metricattack.models.checkpoint import load_model
+from metricattack.robustness.evaluate import evidence_key, run_protocol
+from metricattack.robustness.protocol import AttackStep, Protocol
+from metricattack.robustness.result import RobustnessResult
+from metricattack.robustness.traps import Preprocessed
+
+MINI = Protocol(
+    version="mini",
+    epsilons=[8],
+    cascade=[
+        AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=6),
+        AttackStep(name="apgd-margin-t", method="apgd", objective="margin-targeted", steps=6),
+        AttackStep(name="apgd-self", method="apgd", objective="self", steps=6),
+        AttackStep(name="square", method="square", objective="margin", steps=20),
+    ],
+    reference_methods=["ifgsm"],
+    sweep_epsilons=[4, 64],
+    sweep_steps=4,
+    eot=2,
+)
+
+ONE_ATTACK = MINI.model_copy(update={"version": "one-attack", "cascade": MINI.cascade[:1], "sweep_epsilons": []})
+PROTOCOLS = {"clean": MINI, "quantize": MINI, "quantize+bpda": MINI, "off-grid": ONE_ATTACK, "noise": ONE_ATTACK}
+
+
+@pytest.fixture(scope="module")
+def eight(tiny_dataset_root: Path) -> ReIDDataset:
+    """The tiny test split with its first eight queries."""
+    dataset = load_dataset("folder", tiny_dataset_root)
+    return dataclasses.replace(dataset, query=dataset.query[:8])
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_checkpoint: Path) -> nn.Module:
+    return load_model(tiny_model_checkpoint)
+
+
+class Evaluations:
+    """The clean model and its trapped versions, each evaluated once (the clean one with run records)."""
+
+    def __init__(self, dataset: ReIDDataset, base: nn.Module, records: Path) -> None:
+        self.dataset, self.base, self.records = dataset, base, records
+        self.made: dict[str, tuple[RobustnessResult, dict[str, np.ndarray]]] = {}
+
+    def __call__(self, name: str) -> tuple[RobustnessResult, dict[str, np.ndarray]]:
+        if name not in self.made:
+            transform, _, bpda = name.partition("+")
+            model = self.base if name == "clean" else Preprocessed(self.base, transform, bpda=bool(bpda))
+            torch.manual_seed(0)  # the noise trap draws from the global generator
+            records = self.records if name == "clean" else None
+            self.made[name] = run_protocol(model, self.dataset, protocol=PROTOCOLS[name], batch_size=8, records=records)
+        return self.made[name]
+
+
+@pytest.fixture(scope="module")
+def evaluations(eight: ReIDDataset, base: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Evaluations:
+    return Evaluations(eight, base, tmp_path_factory.mktemp("records"))
+
+
+def flags_of(result: RobustnessResult) -> dict[str, str]:
+    return {f.name: f.status for f in result.flags}
+
+
+def test_worst_case_over_the_cascade_and_its_bookkeeping(evaluations: Evaluations) -> None:
+    result, evidence = evaluations("clean")
+    head = result.headline
+    robust, clean = evidence[evidence_key(8)], evidence[evidence_key("clean")]
+    # per query: never above the clean AP; the headline is their mean, with an interval around it
+    assert np.all(robust[np.isfinite(clean)] <= clean[np.isfinite(clean)])
+    assert head.mAP.value == pytest.approx(100 * np.nanmean(robust)) and head.mAP.low <= head.mAP.value <= head.mAP.high
+    assert head.mAP.value < result.clean.value
+    # the log: the protocol's runs, then one extra start of each APGD attack; the first attacks every valid query
+    assert [a.attack for a in head.attacks] == [
+        "apgd-metric",
+        "apgd-margin-t",
+        "apgd-self",
+        "square",
+        "apgd-metric",
+        "apgd-margin-t",
+        "apgd-self",
+    ]
+    assert head.attacks[0].attacked == result.dataset.num_valid_queries
+    assert all(later.attacked <= earlier.attacked for earlier, later in zip(head.attacks, head.attacks[1:], strict=False))
+    assert sum(head.decisive.values()) == result.dataset.num_valid_queries
+    # APGD: 1 + 6 forward and backward passes per attacked query, plus the forward pass that ranks it
+    first = head.attacks[0]
+    assert (first.forwards, first.backwards) == (8 * first.attacked, 7 * first.attacked)
+    square = head.attacks[3]
+    assert square.backwards == 0 and square.forwards <= 22 * square.attacked
+    c = result.cost
+    assert c.cascade_forwards <= c.without_cascade_forwards and c.forwards > c.cascade_forwards  # the checks cost too
+    assert set(result.references) == {"ifgsm"} and set(result.sweep) == {"4", "64"}
+    assert result.sweep["64"] <= result.sweep["4"] and result.model["class"] == "ReIDModel"
+
+
+def test_resume_replays_the_recorded_runs(evaluations: Evaluations) -> None:
+    result, _ = evaluations("clean")
+    again, _ = run_protocol(evaluations.base, evaluations.dataset, protocol=MINI, batch_size=8, records=evaluations.records)
+    assert again.robust == result.robust and again.references == result.references and again.sweep == result.sweep
+    (evaluations.records / "eps8-apgd-self-0.json").unlink()  # killed before that run was recorded: it runs again, the same
+    assert (
+        run_protocol(evaluations.base, evaluations.dataset, protocol=MINI, batch_size=8, records=evaluations.records)[0].robust
+        == result.robust
+    )
+    other = Preprocessed(evaluations.base, "quantize")  # another model: its records folder is refused before any attack
+    with pytest.raises(MetricAttackError, match="another model, dataset or protocol"):
+        run_protocol(other, evaluations.dataset, protocol=MINI, batch_size=8, records=evaluations.records)
+
+
+def test_checks_pass_on_the_clean_model(evaluations: Evaluations) -> None:
+    result, _ = evaluations("clean")
+    status = flags_of(result)
+    assert status["zero-gradient"] == status["randomness"] == status["never-weaker"] == status["black-box"] == "ok", result.flags
+    assert status["eps-sweep"] == "ok", result.flags
+    assert not result.randomized
+
+
+def test_a_masking_model_is_flagged_and_bpda_brings_it_back(evaluations: Evaluations) -> None:
+    """8-bit quantisation before the model: a zero gradient everywhere (the JPEG and resize-chain
+    traps have a zero or no gradient too: ``tests/test_robustness_parts.py``)."""
+    clean, _ = evaluations("clean")
+    masked, _ = evaluations("quantize")
+    status = flags_of(masked)
+    assert status["zero-gradient"] == "flagged"  # APGD sees a zero gradient
+    assert status["eps-sweep"] == "flagged"  # at ε = 64 the gradient attacks still cannot move it
+    assert status["black-box"] == "flagged"  # Square, which needs no gradient, does better
+    assert next(a for a in masked.headline.attacks if a.attack == "square").lowered > 0
+    assert masked.headline.mAP.value > clean.headline.mAP.value + 2  # it looks robust
+    bpda, _ = evaluations("quantize+bpda")
+    assert flags_of(bpda)["zero-gradient"] == "ok"
+    assert abs(bpda.headline.mAP.value - clean.headline.mAP.value) <= 2, (bpda.headline.mAP, clean.headline.mAP)
+
+
+def test_off_grid_masking_trips_never_weaker(evaluations: Evaluations) -> None:
+    """I-FGSM stays on the 1/255 grid and sees the gradient; every APGD start is off it."""
+    result, _ = evaluations("off-grid")
+    status = flags_of(result)
+    assert status["never-weaker"] == "flagged" and status["zero-gradient"] == "flagged"
+    assert result.references["ifgsm"] < result.headline.mAP.value
+
+
+def test_a_random_model_is_flagged_and_attacked_with_eot(evaluations: Evaluations) -> None:
+    result, _ = evaluations("noise")
+    assert result.randomized and flags_of(result)["randomness"] == "flagged"
+    assert result.headline.attacks[0].backwards == 2 * 7 * result.headline.attacks[0].attacked  # 2 gradient samples per step
+
+
+def test_public_api(eight: ReIDDataset, base: nn.Module, evaluations: Evaluations) -> None:
+    clean, _ = evaluations("clean")  # its runs are recorded: the public call replays them
+    result = ma.evaluate_robustness(base, eight, eps=8, protocol=MINI, batch_size=8, records=evaluations.records)
+    assert isinstance(result, RobustnessResult) and result.robust == clean.robust
+
+
+def test_cli_writes_the_result_resumes_and_refuses_another_model(
+    user_module_folder: Path, tiny_dataset_root: Path, tiny_model_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "rob"
+    args = ["robustness", "--model", "python:user_rob_net:build", "--data-root", str(tiny_dataset_root), "--dataset", "folder"]
+    assert main([*args, "--version", "smoke", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "robust mAP" in printed and "[ok]" in printed and "cost:" in printed
+    result = RobustnessResult.model_validate(json.loads((out / "robustness.json").read_text()))
+    assert result.protocol.version == "smoke" and [r.eps for r in result.robust] == [8, 5] and (out / "evidence.safetensors").is_file()
+    first = (out / "runs" / "eps8-apgd-metric-0.json").read_bytes()
+    assert main([*args, "--version", "smoke", "--out", str(out)]) == 0  # resumed: every run read back
+    assert (out / "runs" / "eps8-apgd-metric-0.json").read_bytes() == first
+    assert json.loads((out / "robustness.json").read_text())["robust"] == result.model_dump(mode="json")["robust"]
+    assert main([*args, "--version", "smoke", "--eps", "4", "--out", str(out)]) == 2
+    assert "another model, dataset or protocol" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "robustness",
+                "--checkpoint",
+                str(tiny_model_checkpoint),
+                "--data-root",
+                str(tiny_dataset_root),
+                "--dataset",
+                "folder",
+                "--eps",
+                "0.5",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    assert "--eps 0.5" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+USER_MODULE = '''
+"""A small user network (untrained): the command's plumbing, not a meaningful number."""
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((2, 1)), nn.Flatten()).eval()
+'''
+
+
+@pytest.fixture
+def user_module_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "user_rob_net.py").write_text(USER_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
