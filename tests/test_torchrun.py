@@ -157,7 +157,7 @@ def test_fit_metric_under_torchrun_equals_one_process(tiny_model_checkpoint: Pat
     one, two = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("single", "sharded"))
     assert one.keys() == two.keys()
     for key in one:
-        assert torch.allclose(one[key], two[key], atol=1e-5), key
+        assert torch.equal(one[key], two[key]), key  # the same features (whole batches), so the same fit
     sidecars = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "sharded"))
     assert [s["meta"]["world_size"] for s in sidecars] == [1, 2]
 
