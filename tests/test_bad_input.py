@@ -320,6 +320,22 @@ def test_eps_nan_and_small_eps(tiny_model_checkpoint, tiny_dataset_root, tmp_pat
     assert not (tmp_path / "adv").exists()
 
 
+def test_attack_refuses_one_model_as_attacked_and_evaluated(tiny_model_checkpoint, tiny_dataset_root, tmp_path, capsys) -> None:
+    """Issue #19 item 8: a copy of the attacked checkpoint as --eval-checkpoint would be a white-box row labelled black-box."""
+    copy = tmp_path / "copy" / "model.safetensors"
+    copy.parent.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(Path(tiny_model_checkpoint).with_suffix(suffix), copy.with_suffix(suffix))
+    base = attack_args(tiny_model_checkpoint, tiny_dataset_root, tmp_path / "adv", "--method", "fgsm")
+    sha = sha256_file(Path(tiny_model_checkpoint))[:16]
+    for extra, role in ((["--eval-checkpoint", copy], "evaluated"), (["--checkpoint", copy], "attacked")):
+        code, err = run(capsys, *base, *extra)
+        message = one_message(err)
+        assert code == 2 and f"are the same checkpoint (SHA-256 {sha}...)" in message, message
+        assert f"copy/model.safetensors ({role})" in message and "list the model once" in message
+    assert not (tmp_path / "adv").exists()
+
+
 # ----------------------------------------------------------------------------- faults and concurrency
 
 

@@ -159,15 +159,18 @@ def test_loader_with_worker_process(tmp_path: Path) -> None:
             assert torch.equal(image, read_image(records[i].path))
 
 
-def test_loader_shards_partition_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loader_shards_whole_batches_of_the_one_process_batching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch b of the one-process order goes to rank b mod world, unchanged: every image is computed
+    in the same batch as in one process (sharding single images would make other batches)."""
     records = mixed_records(tmp_path)
-    per_rank = []
+    one_process = [b.tolist() for _, b in make_loader(records, batch_size=2)]
+    assert one_process == [[0, 2], [4, 7], [9], [1, 5], [8], [3, 6], [10]]
     for rank in range(3):
         monkeypatch.setattr(distributed, "rank_and_world", lambda rank=rank: (rank, 3))
-        indices = [i for _, b in make_loader(records, batch_size=2, shard=True) for i in b.tolist()]
-        assert sorted(indices) == list(range(rank, 11, 3))
-        per_rank.append(indices)
-    assert sorted(i for ids in per_rank for i in ids) == list(range(11))
+        loader = make_loader(records, batch_size=2, shard=True)
+        assert [b.tolist() for _, b in loader] == one_process[rank::3] and len(loader) == len(one_process[rank::3])
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (7, 8))  # more ranks than batches: nothing to do
+    assert [b.tolist() for _, b in make_loader(records, batch_size=2, shard=True)] == []
 
 
 def test_loader_rejects_bad_options(tmp_path: Path) -> None:

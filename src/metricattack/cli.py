@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    _SHOWN.clear()  # once per run, not per process (a notebook or test calls main() again)
     warnings.showwarning = _show_warning
     try:
         with allowing(args.allow_modules):

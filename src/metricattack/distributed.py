@@ -10,17 +10,14 @@ import itertools
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .errors import ConfigError, MetricAttackError
-
-T = TypeVar("T")
 
 #: Environment variable: seconds the ranks of a torchrun job wait for each other to start (default 300).
 JOIN_TIMEOUT_ENV = "METRICATTACK_DIST_TIMEOUT"
@@ -41,33 +38,49 @@ def is_main_process() -> bool:
 
 
 def shard_indices(count: int) -> range:
-    """The indices ``0..count-1`` this rank owns (strided, so shards differ by at most one)."""
+    """The indices ``0..count-1`` this rank owns (strided, so shards differ by at most one).
+
+    Batch work shards the *batches* of the one-process batching this way (see
+    :func:`metricattack.data.loading.make_loader`), never the images: a batch's composition
+    changes the float rounding of the kernels, so whole batches keep a torchrun run equal to a
+    one-process run at the same batch size, byte for byte.
+    """
     rank, world = rank_and_world()
     return range(rank, count, world)
 
 
-def shard(items: Sequence[T]) -> list[T]:
-    """The items of ``items`` this rank owns (see :func:`shard_indices`)."""
-    return [items[i] for i in shard_indices(len(items))]
+def gather_indexed(rows: torch.Tensor, indices: torch.Tensor, count: int) -> torch.Tensor:
+    """``[count, D]``: the rows ``[n, D]`` every rank computed, each placed at its index in ``0..count-1``.
 
-
-def gather_rows(local: torch.Tensor, count: int) -> torch.Tensor:
-    """Reassemble rows computed by :func:`shard_indices` on every rank into ``[count, ...]``.
-
-    ``local`` holds this rank's rows in shard order. Single-process: returned as is.
+    Every index must come from exactly one rank (a rank may hold none: ``rows`` ``[0, D]`` or
+    ``[0, 0]``; all ranks give the same dtype). Single-process: ``rows`` placed by ``indices``.
+    Returned on every rank, on ``rows``' device.
     """
-    rank, world = rank_and_world()
+    world = rank_and_world()[1]
     if world == 1:
-        return local
-    per_rank = (count + world - 1) // world
-    padded = local.new_zeros((per_rank, *local.shape[1:]))
-    padded[: local.shape[0]] = local
-    buckets = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(buckets, padded)
-    out = local.new_empty((count, *local.shape[1:]))
-    for r, bucket in enumerate(buckets):
-        idx = torch.arange(r, count, world)
-        out[idx] = bucket[: idx.numel()]
+        parts = [(indices, rows)]
+    else:
+        device = _collective_device()  # NCCL gathers CUDA tensors only
+        meta = torch.tensor([[rows.shape[0], rows.shape[1]]], device=device)
+        metas = [torch.empty_like(meta) for _ in range(world)]
+        dist.all_gather(metas, meta)
+        sizes = [int(m[0, 0]) for m in metas]
+        width, longest = max(int(m[0, 1]) for m in metas), max(sizes)
+        padded_rows = torch.zeros((longest, width), dtype=rows.dtype, device=device)
+        padded_rows[: rows.shape[0]] = rows.reshape(rows.shape[0], width)
+        padded_idx = torch.full((longest,), -1, dtype=torch.long, device=device)
+        padded_idx[: indices.numel()] = indices
+        all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
+        all_idx = [torch.empty_like(padded_idx) for _ in range(world)]
+        dist.all_gather(all_rows, padded_rows)
+        dist.all_gather(all_idx, padded_idx)
+        parts = [(i[:n].to(rows.device), r[:n].to(rows.device)) for i, r, n in zip(all_idx, all_rows, sizes, strict=True)]
+    placed = torch.cat([i for i, _ in parts]).cpu()
+    if placed.numel() != count or not torch.equal(torch.sort(placed).values, torch.arange(count)):
+        raise RuntimeError(f"gather_indexed: the ranks' indices do not cover 0..{count - 1} exactly once")
+    out = rows.new_empty((count, max(r.shape[1] for _, r in parts)))
+    for i, r in parts:
+        out[i.to(out.device)] = r
     return out
 
 

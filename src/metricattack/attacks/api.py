@@ -88,7 +88,8 @@ class MetricAttack:
     randomness are per image (PGD's start is keyed by the image's position in the batch), so with a
     model whose output for an image does not depend on the batch, the batching changes no image; a
     convolutional network's batched kernels can round differently with another batch size, which
-    can flip the sign of near-zero gradient components and move some pixels by a step.
+    can flip the sign of near-zero gradient components and move some pixels by a step
+    (measured in ``benchmarks/bench_batching.py``).
 
     Example::
 

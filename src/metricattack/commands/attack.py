@@ -118,6 +118,27 @@ def _entries(
     return entries
 
 
+def _refuse_same_models(attacked: list[ModelEntry], evaluated: list[ModelEntry]) -> None:
+    """One model listed twice (the same checkpoint, or the same model spec and weights, by SHA-256)
+    is refused: as an evaluation model it would report a white-box attack as a black-box transfer."""
+    seen: dict[tuple[str, ...], str] = {}
+    for role, entries in (("attacked", attacked), ("evaluated", evaluated)):
+        for entry in entries:
+            record = entry.record
+            if "checkpoint" in record:
+                identity: tuple[str, ...] = ("checkpoint", record["sha256"])
+                what = f"the same checkpoint (SHA-256 {record['sha256'][:16]}...)"
+            else:
+                identity, what = ("model", record["model"], record.get("sha256", "")), "the same model and weights"
+            here = f"{record['label']} ({role})"
+            if identity in seen:
+                raise MetricAttackError(
+                    f"models {seen[identity]} and {here} are {what}, so its results would report a white-box attack as a "
+                    "black-box transfer; list the model once"
+                )
+            seen[identity] = here
+
+
 def run(args: argparse.Namespace) -> int:
     """Attack, export, evaluate; print the summary table."""
     from ..data.layouts import load_dataset
@@ -136,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     shared: dict[str, Metric] = {}
     attack_entries = _entries(attack_sources, args.metric, args.device, shared, spec)
     eval_entries = _entries(model_sources(args.eval_checkpoint, args.eval_model), args.metric, args.device, shared)
+    _refuse_same_models(attack_entries, eval_entries)
     results = export_attack(
         attack_entries,
         dataset,

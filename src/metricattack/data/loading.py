@@ -145,6 +145,25 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
         return iter(batches)
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """This rank's share of ``batches``: whole batches, batch ``b`` of the one-process order going
+    to rank ``b mod world`` (:func:`metricattack.distributed.shard_indices` over batch numbers)."""
+
+    def __init__(self, batches: SizeBucketBatchSampler) -> None:
+        self.batches = batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order of epoch ``epoch`` (the same on every rank)."""
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(shard_indices(len(self.batches)))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(self.batches)
+        return iter([batches[b] for b in shard_indices(len(batches))])
+
+
 def make_loader(
     records: Sequence[ImageRecord],
     batch_size: int,
@@ -158,15 +177,17 @@ def make_loader(
 
     ``indices`` are positions in ``records``. Images keep their native size (models resize
     inside their forward), so each batch holds images of one size (sizes read from file
-    headers). With ``shard`` only this rank's indices
-    (:func:`metricattack.distributed.shard_indices`) are loaded; place the results with
-    ``indices``, since batches do not follow shard order.
+    headers). With ``shard`` (under torchrun) this rank loads only its share of the
+    one-process batches, **whole batches** (:class:`ShardedBatchSampler`): every image is
+    computed in the same batch as in one process, so a torchrun run equals a one-process run
+    at the same batch size byte for byte (a batch's composition changes the float rounding of
+    the model's kernels). Place the results with ``indices``.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
-    indices = list(shard_indices(len(records))) if shard else list(range(len(records)))
-    keys = [image_size(records[i].path) for i in indices]
-    sampler = SizeBucketBatchSampler(indices, keys, batch_size, shuffle=shuffle, seed=seed)
+    keys = [image_size(record.path) for record in records]
+    batches = SizeBucketBatchSampler(range(len(records)), keys, batch_size, shuffle=shuffle, seed=seed)
+    sampler: Sampler[list[int]] = ShardedBatchSampler(batches) if shard else batches
     return DataLoader(
         RecordImages(records),
         batch_sampler=sampler,

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.types import ImageRecord, ReIDDataset
-from ..distributed import gather_rows, is_main_process, rank_and_world
+from ..distributed import gather_indexed, is_main_process
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
 from ..models.contract import check_device, check_model, forward_features, model_name, warn_once
@@ -41,7 +41,8 @@ def extract_features(
     The one feature path of every command: ``model`` takes images ``[B, 3, H, W]`` in [0, 1]
     of any size, resizes and normalises them itself (:mod:`metricattack.models.preprocessing`)
     and returns features; it is put in eval mode. Batches hold images of one native size.
-    Under ``torchrun`` each rank extracts its shard and the rows are gathered on every rank.
+    Under ``torchrun`` each rank extracts whole batches of the one-process batching and the rows
+    are gathered on every rank: the result equals one process at the same ``batch_size``, byte for byte.
 
     The model is checked first (:func:`~metricattack.models.contract.check_model`, once per
     model) and every batch's output against the contract: an error names the model (``name``,
@@ -52,23 +53,21 @@ def extract_features(
 
     if len(records) == 0:
         raise MetricAttackError("cannot extract features: no images given (empty split?)")
-    world = rank_and_world()[1]
-    if len(records) < world:
-        raise MetricAttackError(f"cannot shard {len(records)} images over {world} processes; use fewer processes")
     label = name or model_name(model)
     check_device(model, label)
     model.eval().to(device)
     check_model(model, label, device=device)
     loader = make_loader(records, batch_size, shard=True)
-    local: dict[int, torch.Tensor] = {}
+    rows: list[torch.Tensor] = []
+    placed: list[torch.Tensor] = []
     bar = tqdm(loader, desc="features", unit="batch", disable=not (progress and is_main_process()), leave=False)
     for images, indices in bar:
-        rows = indices.tolist()
-        feats = forward_features(model, images.to(device), label, functools.partial(_files, records, rows)).float().cpu()
-        for i, f in zip(rows, feats, strict=True):
-            local[i] = f
-    # gather_rows wants this rank's rows in shard order (ascending record index).
-    features = gather_rows(torch.stack([local[i] for i in sorted(local)]), len(records))
+        what = functools.partial(_files, records, indices.tolist())
+        rows.append(forward_features(model, images.to(device), label, what).float().cpu())
+        placed.append(indices)
+    # a rank without a batch (fewer batches than ranks) contributes nothing
+    local = torch.cat(rows) if rows else torch.zeros(0, 0)
+    features = gather_indexed(local, torch.cat(placed) if placed else torch.zeros(0, dtype=torch.long), len(records))
     if len(records) > 1 and bool((features == features[0]).all()):
         warn_once(
             model,

@@ -13,7 +13,8 @@ The contract (attacks, evaluation, training and checkpoints rely on nothing else
   happen inside, through :meth:`ReIDNet.prepare` (one preprocessing path), and the whole
   forward is differentiable with respect to the pixels. In ``eval()`` mode each image's
   output depends on that image only (no batch-coupled normalisation), so a batch may mix
-  identities.
+  identities (the same outputs up to float rounding: the kernels' order of summation depends
+  on the batch).
 * attributes ``input_size`` ``(H, W)``, ``feature_dim`` D, ``num_classes`` C, ``mean`` and
   ``std`` (``[1,3,1,1]`` buffers, RGB in [0,1] units), ``feature_space`` (a name for the
   space ``forward`` returns, recorded in the spec).

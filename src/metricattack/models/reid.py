@@ -3,7 +3,8 @@
 ``forward`` is differentiable end to end (resize, normalisation, trunk, pooling, neck), so
 attacks can take gradients with respect to the input pixels. In ``eval()`` mode every
 image's features depend on that image only (BatchNorm uses running statistics), so any
-batch composition gives the same per-image outputs.
+batch composition gives the same per-image outputs up to float rounding (the kernels' order
+of summation depends on the batch: ``benchmarks/bench_batching.py``).
 
 Retrieval features are the activations the training loss saw (the paper, Sec. 5: "the
 activations before the loss layer"), L2-normalised, chosen by ``feature_space``:

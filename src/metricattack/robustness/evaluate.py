@@ -43,7 +43,7 @@ from ..attacks.threats import THREATS, SplitFeatures
 from ..data.layouts import dataset_fingerprint
 from ..data.loading import read_image
 from ..data.types import ReIDDataset
-from ..distributed import barrier, gather_rows, is_main_process, shard_indices
+from ..distributed import barrier, gather_indexed, is_main_process, shard_indices
 from ..errors import MetricAttackError
 from ..evaluation.checks import check_test_set
 from ..evaluation.features import extract_features
@@ -183,7 +183,12 @@ class Setup:
         self, key: str, eps: float, queries: np.ndarray, attack: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int, int, int]]
     ) -> RunOutcome:
         start = time.perf_counter()
-        mine = queries[list(shard_indices(len(queries)))]
+        # whole batches of the one-process batching per rank (distributed.shard_indices), so a torchrun
+        # run ranks the same batches as one process does
+        starts = range(0, len(queries), self.batch_size)
+        owned = [np.arange(s, min(s + self.batch_size, len(queries))) for i, s in enumerate(starts) if i in shard_indices(len(starts))]
+        positions = np.concatenate(owned) if owned else np.zeros(0, dtype=np.int64)
+        mine = queries[positions]
         rows = []
         for indices, clean in self.images.batches(mine, self.batch_size):
             clean = clean.to(self.device)
@@ -195,7 +200,7 @@ class Setup:
             share = torch.tensor([forwards + len(indices), backwards, zero], dtype=torch.float64) / len(indices)
             rows.append(torch.cat([torch.from_numpy(np.stack([ap, hit], 1)), share.expand(len(indices), 3)], 1))
         local = torch.cat(rows) if rows else torch.zeros((0, 5), dtype=torch.float64)
-        table = gather_rows(local, len(queries)).numpy()
+        table = gather_indexed(local, torch.from_numpy(positions).long(), len(queries)).numpy()
         logger.info("%s: %d queries attacked in %.1f s", key, len(queries), time.perf_counter() - start)
         return RunOutcome(
             queries, table[:, 0], table[:, 1], int(round(table[:, 2].sum())), int(round(table[:, 3].sum())), int(round(table[:, 4].sum()))
