@@ -22,7 +22,19 @@ from metricattack.stages import read_stage_log
 from test_benchmark_framework import check_report
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = {"dataset", "model", "features", "learned_metric", "attack", "adv_features", "defended", "adaptive", "robust_transfer", "robust"}
+HEAVY = {
+    "dataset",
+    "model",
+    "features",
+    "learned_metric",
+    "attack",
+    "adv_features",
+    "defended",
+    "adaptive",
+    "robust_transfer",
+    "robust",
+    "robustness",
+}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +122,20 @@ def test_defense_leaderboard_is_adaptive_and_never_above_the_transfer_attack(tin
     pgd = next(e for e in board.entries if e.method == "pgd-at")
     assert pgd.initialisation == "finetune" and pgd.cost_multiple is not None and pgd.cost_per_image is not None
     assert "Defense leaderboard" in (tiny_run / "tables" / "defenses.md").read_text()
+
+
+@pytest.mark.slow
+def test_robustness_leaderboard(tiny_run: Path) -> None:
+    """configs/tiny.yaml evaluates B1 with the smoke protocol (the plumbing: its budgets are too small for a number)."""
+    res = validate_results(json.loads((tiny_run / "results.json").read_text()))
+    board = res.robustness
+    assert board is not None and board.version == "smoke" and [r.model for r in board.rows] == ["B1"]
+    (row,) = board.rows
+    assert row.robust_mAP.low <= row.robust_mAP.value <= row.robust_mAP.high and row.robust_mAP.value <= row.clean_mAP
+    assert row.forwards_per_query > row.backwards_per_query > 0
+    detail = json.loads(Path(row.file).read_text())
+    assert detail["protocol"]["version"] == "smoke" and detail["robust"][0]["mAP"]["value"] == row.robust_mAP.value
+    assert "Robustness leaderboard" in (tiny_run / "tables" / "robustness.md").read_text()
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from metricattack.data.layouts import load_dataset
 from metricattack.data.types import ReIDDataset
 from metricattack.errors import MetricAttackError
 from metricattack.models.checkpoint import load_model
-from metricattack.robustness.evaluate import evidence_key, run_protocol
+from metricattack.robustness.evaluate import evidence_key, query_subset, run_protocol
 from metricattack.robustness.protocol import AttackStep, Protocol
 from metricattack.robustness.result import RobustnessResult
 from metricattack.robustness.traps import Preprocessed
@@ -232,3 +232,9 @@ def user_module_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "user_rob_net.py").write_text(USER_MODULE, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
+
+
+def test_query_subset_is_evenly_spaced(eight: ReIDDataset) -> None:
+    assert query_subset(eight, None) is eight and query_subset(eight, 8) is eight
+    three = query_subset(eight, 3)
+    assert three.query == (eight.query[0], eight.query[4], eight.query[7]) and three.gallery == eight.gallery

@@ -22,6 +22,7 @@ TIMING_FIELDS = (
     "defenses.entries.*.train_cpu_seconds",
     "defenses.entries.*.cost_multiple",
     "defenses.entries.*.cost_per_image",
+    "robustness.rows.*.seconds",
 )
 RUN_FOLDER = "<run>"
 

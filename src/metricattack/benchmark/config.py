@@ -29,6 +29,7 @@ from ..io import sha256_file
 from ..metrics.distance import parameter_free_metrics
 from ..metrics.learned import LEARNED_METRICS
 from ..models.sources import ModelSource
+from ..robustness.protocol import VERSIONS
 from ..training.config import RUNTIME_FIELDS, BatchSection, TrainConfig, TrainRecipe
 from .experiments import EXPERIMENTS
 
@@ -323,6 +324,26 @@ class DefensesSection(MethodSections):
     batch_size: PositiveInt = Field(default=64, description="attack batch size of the robust evaluation")
 
 
+class RobustnessSection(StrictModel):
+    """The robustness leaderboard (``metricattack robustness``'s protocol on the run's models)."""
+
+    enabled: bool = Field(
+        default=False, description="off unless a config turns it on: the standard protocol costs hours per model on a CPU"
+    )
+    version: Annotated[str, AfterValidator(VERSIONS.check)] = Field(
+        default="standard", description="protocol version: standard, fast or smoke"
+    )
+    eps: float = Field(default=8.0, ge=1, le=255, description="headline ε in 0..255 units")
+    models: list[str] | None = Field(
+        default=None, description="models to evaluate (default: every model of the run, defended ones included)"
+    )
+    queries: PositiveInt | None = Field(
+        default=None,
+        description="evaluate this many queries, evenly spaced over the query list (a cheap demo); default: every query",
+    )
+    batch_size: PositiveInt = 32
+
+
 class ExperimentsSection(StrictModel):
     """Which experiments run; ``only`` (or ``--only``) restricts them to a subset."""
 
@@ -337,6 +358,7 @@ class ExperimentsSection(StrictModel):
     zoo: ZooSection = ZooSection()
     beyond: BeyondSection = BeyondSection()
     defenses: DefensesSection = DefensesSection()
+    robustness: RobustnessSection = RobustnessSection()
     table2_title: str = "Table 2"
 
 
@@ -426,6 +448,10 @@ class BenchmarkConfig(StrictModel):
             )
         if "defenses" in self.selected() and self.experiments.defenses.enabled:
             self._check_defenses(attacked)
+        defended = [f"{m}#M" for m in self.defended_models()] if self.experiments.table5.enabled else []
+        for chosen in self.experiments.robustness.models or []:
+            if chosen not in names + defended:
+                raise ValueError(f"experiments.robustness.models: {chosen!r} is not a model of the run ({', '.join(names + defended)})")
         for exp in self.experiments.only or []:
             if exp not in EXPERIMENTS:
                 raise ValueError(f"experiments.only: unknown experiment {exp!r}; available: {', '.join(EXPERIMENTS)}")

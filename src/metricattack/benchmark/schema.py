@@ -370,6 +370,38 @@ class Defenses(Record):
     entries: list[DefenseEntry] = Field(default_factory=list, description="ranked by robust_mAP at the largest ε")
 
 
+class Interval(Record):
+    """A percentage with its bootstrap interval over queries."""
+
+    value: float
+    low: float
+    high: float
+
+
+class LeaderboardRow(Record):
+    """One model's robustness evaluation (``metricattack robustness``'s protocol)."""
+
+    model: str
+    robust_mAP: Interval = Field(description="robust mAP at the headline ε: per query the lowest AP any attack of the cascade reached")
+    robust_rank1: Interval
+    clean_mAP: float
+    chance_mAP: float
+    flagged: list[str] = Field(description="the checks that flagged this evaluation (see its robustness.json)")
+    forwards_per_query: float = Field(description="forward passes of one image per query, checks included")
+    backwards_per_query: float
+    seconds: float
+    file: str = Field(description="its robustness.json (every attack, check and cost)")
+
+
+class Leaderboard(Record):
+    """Every evaluated model ranked by robust mAP (lowest last), under one protocol version and ε."""
+
+    version: str
+    eps: float
+    queries: int | None = Field(None, description="queries evaluated (evenly spaced over the query list); None: every query")
+    rows: list[LeaderboardRow]
+
+
 class Check(Record):
     """One inequality of a finding's criterion with its bootstrap interval.
 
@@ -471,6 +503,9 @@ class Results(Record):
     )
     zoo: Zoo | None = Field(
         None, description="model zoo (not in the paper): each configured model clean and under white-box query- and gallery-side attacks"
+    )
+    robustness: Leaderboard | None = Field(
+        None, description="the robustness leaderboard: every model ranked by robust mAP (worst case over an attack cascade) with intervals"
     )
     evidence: EvidenceInfo | None = Field(
         default=None, description="the per-query APs behind the findings' intervals (file, bootstrap settings)"

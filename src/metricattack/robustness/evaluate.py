@@ -21,6 +21,7 @@ size or the number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -300,6 +301,15 @@ def evaluate_robustness(
         records=records,
         protocol=protocol,
     )[0]
+
+
+def query_subset(dataset: ReIDDataset, count: int | None) -> ReIDDataset:
+    """``dataset`` with ``count`` of its queries, evenly spaced over the query list (all when None or
+    when there are not more): a cheaper evaluation that still covers every part of the list."""
+    if count is None or count >= len(dataset.query):
+        return dataset
+    picks = np.linspace(0, len(dataset.query) - 1, count).round().astype(int)
+    return dataclasses.replace(dataset, query=tuple(dataset.query[i] for i in picks))
 
 
 def state_digest(model: nn.Module) -> str:
