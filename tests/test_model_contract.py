@@ -281,10 +281,13 @@ def test_cli_one_message_no_traceback(
 
 def test_cli_names_a_non_deterministic_model_in_every_run(models, tiny_dataset_root: Path, tmp_path: Path, capsys) -> None:
     """Issue #19 item 9: dropout left on in eval mode is warned about once per run, naming the model, in
-    evaluate and attack (one process: the second run's warning was once swallowed as already shown); the numbers still come."""
-    common = ["--model", spec("dropout"), "--data-root", str(tiny_dataset_root), "--dataset", "folder", "--no-progress"]
+    evaluate, attack and robustness (one process: the second run's warning was once swallowed as already
+    shown); the numbers still come."""
+    model = ["--model", spec("dropout"), "--data-root", str(tiny_dataset_root), "--dataset", "folder"]
+    common = [*model, "--no-progress"]
     attack = ["--out", str(tmp_path / "adv"), "--eps", "2", "--method-option", "steps=1"]
-    for argv in (["evaluate", *common], ["attack", *common, *attack], ["evaluate", *common]):
+    robustness = ["--out", str(tmp_path / "robust"), "--version", "smoke"]  # it shows no progress bars
+    for argv in (["evaluate", *common], ["attack", *common, *attack], ["robustness", *model, *robustness], ["evaluate", *common]):
         assert main(argv) == 0
         out, err = capsys.readouterr()
         assert err.count("warning: model python:contract_models:dropout is not deterministic in eval mode") == 1, err
