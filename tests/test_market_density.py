@@ -1,4 +1,4 @@
-"""configs/synthetic/market-density.yaml: Market-1501's counts, light B1-B4, the experiments behind findings 1, 2, 3, 5."""
+"""configs/synthetic/market-density.yaml: Market-1501's counts, light B1-B4, the experiments behind findings 1, 2, 3, 5, 6."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def test_config_trains_light_b1_to_b4_and_runs_the_findings_experiments() -> Non
     assert cfg.attacked_models() == ["B1", "B2", "B3", "B4"] and cfg.test_only_models() == []
     backbones = {m.name: m.train.model.backbone for m in cfg.models if m.train is not None}
     assert backbones == {"B1": "resnet18", "B2": "resnet34", "B3": "densenet121", "B4": "resnet18"}
-    # findings 1-3 read Table 2 (all three methods), finding 5 the classification attack on B1
-    assert {"table1", "table2", "classification"} <= set(cfg.selected())
-    assert cfg.attack.methods == ["fgsm", "ifgsm", "mifgsm"] and cfg.experiments.classification.model == "B1"
+    # findings 1-3 read Table 2 (all three methods), finding 5 the classification attack on B1, 6 the targeted one
+    assert set(cfg.selected()) == {"table1", "table2", "classification", "targeted"}
+    assert cfg.attack.methods == ["fgsm", "ifgsm", "mifgsm"]
+    assert (cfg.experiments.classification.model, cfg.experiments.targeted.model) == ("B1", "B1")
     # the paper's attacks: eps 5, alpha 1, mu 1, n = min(eps + 4, 1.25 eps) = 6
     assert cfg.attack.eps == 5 and cfg.attack.spec("mifgsm").resolved()["options"] == {"alpha": 1.0, "steps": 6, "mu": 1.0}
