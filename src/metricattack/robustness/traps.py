@@ -15,8 +15,10 @@ model ``f`` as ``f(T(x))`` with one of the :data:`TRANSFORMS`:
   features change between two passes of the same image.
 
 Each has its counterpart that restores a useful gradient: BPDA (Backward Pass Differentiable
-Approximation) for the deterministic ones, ``T(x)`` in the forward pass and the identity in the
-backward pass (``T(x).detach() + (x − x.detach())``: the same features, the gradient of ``f`` at ``T(x)``); EOT
+Approximation) for the deterministic ones, ``T(x)`` in the forward pass and a differentiable
+stand-in ``A`` in the backward pass (``T(x).detach() + (A(x) − A(x).detach())``: the same features, the
+gradient of ``f`` at ``T(x)`` through ``A``; ``A`` is the identity, or for the resize chain the chain
+without its rounding); EOT
 (Expectation over Transformation) for ``noise``, gradients averaged over several passes (the
 attack's ``eot`` option), the model unchanged. :func:`counterpart` says which.
 """
@@ -60,12 +62,19 @@ def quantize(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
     return torch.round(x.clamp(0.0, 1.0) * (levels - 1)) / (levels - 1)
 
 
-def resize_chain(x: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
-    """Down to ``scale`` of the size and back up (bilinear, antialiased down), 8-bit rounding after each."""
+def resize_chain(x: torch.Tensor, scale: float = 0.5, rounding: bool = True) -> torch.Tensor:
+    """Down to ``scale`` of the size and back up (bilinear, antialiased down), 8-bit rounding after
+    each (``rounding=False``: without it, differentiable: the chain's BPDA approximation)."""
     h, w = x.shape[-2:]
     small = (max(1, round(h * scale)), max(1, round(w * scale)))
-    down = _to_uint8_levels(F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True))
-    return _to_uint8_levels(F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False))
+    level = _to_uint8_levels if rounding else (lambda z: z)
+    down = level(F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True))
+    return level(F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False))
+
+
+def smooth_resize_chain(x: torch.Tensor, scale: float = 0.5) -> torch.Tensor:
+    """:func:`resize_chain` without its rounding (the backward pass of its BPDA)."""
+    return resize_chain(x, scale, rounding=False)
 
 
 def off_grid(x: torch.Tensor, tolerance: float = 1e-3) -> torch.Tensor:
@@ -86,18 +95,24 @@ def noise(x: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
 @dataclass(frozen=True)
 class Transform:
     """An input transform of :data:`TRANSFORMS`: ``apply(x, **options)``, and the attack that sees
-    through it: ``"bpda"`` (a straight-through backward pass) or ``"eot"`` (average gradients)."""
+    through it: ``"bpda"`` (the backward pass of ``approximation``, the identity by default) or ``"eot"``
+    (average gradients)."""
 
     apply: Callable[..., torch.Tensor]
     counterpart: Literal["bpda", "eot"]
     summary: str
+    approximation: Callable[..., torch.Tensor] | None = None
+    """BPDA's differentiable stand-in for ``apply`` in the backward pass (None: the identity)."""
 
 
 TRANSFORMS: Registry[Transform] = Registry("input transform")
 """Input transform name → :class:`Transform` (the trap models of the robustness checks)."""
 TRANSFORMS.register("jpeg", Transform(jpeg, "bpda", "JPEG compression (quality 75), no gradient"))
 TRANSFORMS.register("quantize", Transform(quantize, "bpda", "8-bit quantisation (256 levels per channel), zero gradient"))
-TRANSFORMS.register("resize", Transform(resize_chain, "bpda", "resize to half size and back with 8-bit rounding, zero gradient"))
+TRANSFORMS.register(
+    "resize",
+    Transform(resize_chain, "bpda", "resize to half size and back with 8-bit rounding, zero gradient", approximation=smooth_resize_chain),
+)
 TRANSFORMS.register("off-grid", Transform(off_grid, "bpda", "images off the 1/255 grid rounded to it (zero gradient there)"))
 TRANSFORMS.register("noise", Transform(noise, "eot", "Gaussian noise (σ = 8/255) drawn at every forward pass"))
 
@@ -124,7 +139,7 @@ class Preprocessed(nn.Module):
         if bpda and rule.counterpart != "bpda":
             raise MetricAttackError(f"the {transform} transform is random: attack it with EOT (eot > 1), not BPDA")
         self.model, self.transform, self.bpda, self.options = model, transform, bpda, dict(options)
-        self.transform_fn = rule.apply
+        self.transform_fn, self.approximation = rule.apply, rule.approximation
         for name in ("feature_dim", "input_size", "num_classes"):
             if hasattr(model, name):
                 setattr(self, name, getattr(model, name))
@@ -132,7 +147,8 @@ class Preprocessed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.transform_fn(x, **self.options)
         if self.bpda:
-            t = t.detach() + (x - x.detach())  # the values of T(x), the gradient of the identity
+            a = x if self.approximation is None else self.approximation(x, **self.options)
+            t = t.detach() + (a - a.detach())  # the values of T(x), the gradient of the approximation
         return self.model(t)
 
     def extra_repr(self) -> str:

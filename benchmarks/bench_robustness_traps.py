@@ -1,0 +1,72 @@
+"""The trap models of the robustness checks against the plain model: robust mAP and flags, with and without BPDA.
+
+Each deterministic trap of :data:`metricattack.robustness.traps.TRANSFORMS` (JPEG, 8-bit
+quantisation, resize chain) wraps the same model; every model is evaluated with the miniature
+protocol of ``tests/test_robustness_protocol.py`` (APGD 6 iterations, Square 20 queries, ε 8,
+reference I-FGSM, sweep ε 4 / 64) on the first ``--queries`` queries. The issue's criterion: each
+trap is flagged, and its BPDA counterpart comes back within 2 points of the plain model's robust mAP.
+
+Run: ``.venv/bin/python benchmarks/bench_robustness_traps.py --data-root data/tiny --checkpoint model/model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from metricattack.data.layouts import load_dataset
+from metricattack.models.checkpoint import load_model
+from metricattack.robustness.evaluate import run_protocol
+from metricattack.robustness.protocol import AttackStep, Protocol
+from metricattack.robustness.traps import Preprocessed
+
+MINI = Protocol(
+    version="mini",
+    epsilons=[8],
+    cascade=[
+        AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=6),
+        AttackStep(name="apgd-margin-t", method="apgd", objective="margin-targeted", steps=6),
+        AttackStep(name="apgd-self", method="apgd", objective="self", steps=6),
+        AttackStep(name="square", method="square", objective="margin", steps=20),
+    ],
+    reference_methods=["ifgsm"],
+    sweep_epsilons=[4, 64],
+    sweep_steps=4,
+    eot=2,
+)
+MODELS = ["clean", "jpeg", "jpeg+bpda", "resize", "resize+bpda", "quantize", "quantize+bpda"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--dataset", default="folder")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--queries", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    full = load_dataset(args.dataset, args.data_root)
+    dataset = dataclasses.replace(full, query=full.query[: args.queries])
+    base = load_model(args.checkpoint)
+    print(f"load average at start {os.getloadavg()[0]:.2f}, 1 thread, {args.queries} queries")
+    print("| model | robust mAP | its clean mAP | flagged | CPU s |")
+    print("|---|---:|---:|---|---:|")
+    for name in MODELS:
+        transform, _, bpda = name.partition("+")
+        model = base if name == "clean" else Preprocessed(base, transform, bpda=bool(bpda))
+        start = time.process_time()
+        result, _ = run_protocol(model, dataset, protocol=MINI, batch_size=8)
+        flagged = ", ".join(f.name for f in result.flagged()) or "none"
+        print(
+            f"| {name} | {result.headline.mAP.value:.2f} | {result.clean.value:.2f} | {flagged} | {time.process_time() - start:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
