@@ -3,7 +3,7 @@
 For a benchmark config's defense leaderboard (``experiments.defenses``: methods, their sections,
 ``retrain``, ``batch``) and a trained base model, fine-tunes the base model ``--epochs`` epochs
 with plain training (the recipe's loss) and with each method, and times one robust evaluation
-(:func:`metricattack.defense.evaluation.robust_evaluation`, every ε of the section) of the base
+(:func:`metricattack.defense.evaluation.robust_evaluations`, every ε of the section, its protocol) of the base
 model. Prints CPU seconds (this process, all threads) and wall seconds per training image, and
 their ratio to plain training measured in the same run, plus the robust evaluation's seconds and
 its ratio to one epoch of plain training.
@@ -25,7 +25,7 @@ import torch
 from metricattack.benchmark.config import load_benchmark_config
 from metricattack.config import validate
 from metricattack.data.layouts import load_dataset
-from metricattack.defense.evaluation import TRANSFER, attacked_images, robust_evaluation, robust_spec
+from metricattack.defense.evaluation import TRANSFER, attacked_images, robust_evaluations, robust_spec
 from metricattack.defense.methods import DEFENSES
 from metricattack.defense.training import train_defended
 from metricattack.metrics.distance import EuclideanMetric
@@ -78,11 +78,13 @@ def main() -> None:
     from metricattack.attacks.engine import clean_features
 
     clean = clean_features([model], dataset, batch_size=section.batch_size)[0]
-    for eps in section.epsilons:
-        transfer = attacked_images(
-            model, metric, dataset, TRANSFER.side, robust_spec(TRANSFER.method, eps), clean, batch_size=section.batch_size
-        )
-        robust_evaluation(model, dataset, metric, eps, transfer=transfer, clean=clean, batch_size=section.batch_size)
+    transfers = {
+        eps: attacked_images(model, metric, dataset, TRANSFER.side, robust_spec(TRANSFER.method, eps), clean, batch_size=section.batch_size)
+        for eps in section.epsilons
+    }
+    robust_evaluations(
+        model, dataset, metric, section.epsilons, version=section.version, transfers=transfers, clean=clean, batch_size=section.batch_size
+    )
     evaluation = (time.process_time() - cpu, time.perf_counter() - wall)
     plain_cpu, plain_wall = rows["plain"]
     images = checkpoint_meta(args.out / "plain" / "model.safetensors")["meta"]["history"][0]["images"]

@@ -117,6 +117,7 @@ def test_defense_leaderboard_is_adaptive_and_never_above_the_transfer_attack(tin
         query = [v for k, v in point.attacks.items() if k.split("/")[-2] == "query"]
         assert point.robust_mAP <= min(query) + 1e-9 and point.robust_interval[0] <= point.robust_mAP <= point.robust_interval[1]
         assert ("transfer/query/ifgsm" in point.attacks) == (e.method is not None)  # defended models: also B1's attack, transferred
+        assert "query/protocol-smoke" in point.attacks and "never-weaker" in point.flags  # the robustness protocol and its checks
         assert point.beats_paper is None if e.model in ("B1", "B1#M") else isinstance(point.beats_paper, bool)
         assert f"ap|{e.model}|robust-query-eps2|euclidean" in evidence
     pgd = next(e for e in board.entries if e.method == "pgd-at")

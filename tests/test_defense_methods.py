@@ -15,7 +15,15 @@ import torch
 from metricattack.attacks.spec import AttackSpec
 from metricattack.data.layouts import load_dataset
 from metricattack.defense.config import DefenseConfig
-from metricattack.defense.evaluation import ROBUST_ATTACKS, TRANSFER_KEY, RobustEvaluation, attacked_images, robust_evaluation, robust_spec
+from metricattack.defense.evaluation import (
+    GALLERY_ATTACKS,
+    TRANSFER_KEY,
+    RobustEvaluation,
+    attacked_images,
+    protocol_key,
+    robust_evaluations,
+    robust_spec,
+)
 from metricattack.defense.methods import DEFENSES, ACTSection, GOATSection, HMSection, PGDATSection
 from metricattack.defense.methods.act import ACTObjective
 from metricattack.defense.methods.base import distances
@@ -234,34 +242,49 @@ def test_collapse_and_hardness_attacks_reach_their_goal(figures: Path, base: Pat
 # ------------------------------------------------------------------ robust evaluation
 
 
-def test_robust_evaluation_is_the_worst_case_and_counts_the_transfer_attack(figures: Path, base: Path) -> None:
+def test_robust_evaluation_is_the_worst_case_and_counts_the_transfer_attack(figures: Path, base: Path, tmp_path: Path) -> None:
+    """The protocol (smoke version) and the gallery attacks at two ε; the transfer attack, made here against the
+    model itself, is white-box I-FGSM: the protocol's APGD cascade must do at least as well, so no transfer flag."""
+    from metricattack.attacks.engine import clean_features
+    from metricattack.robustness.evaluate import run_protocol
+
     data = load_dataset("folder", figures)
     model, metric = load_model(base), EuclideanMetric()
-    from metricattack.attacks.engine import clean_features
-
     clean = clean_features([model], data)[0]
-    transfer = attacked_images(model, metric, data, "query", robust_spec("ifgsm", 8), clean)
-    assert transfer and all(t.dtype == torch.uint8 for t in transfer.values())
-    result = robust_evaluation(model, data, metric, 8, transfer=transfer)
-    assert set(result.attacks) == {a.key for a in ROBUST_ATTACKS} | {TRANSFER_KEY}
-    worst = result.worst("query")
-    for key, vector in result.attacks.items():
-        if key.split("/")[-2] == "query":
-            assert np.all((worst <= vector) | np.isnan(vector))
-    assert result.mAP(worst) < result.mAP(result.clean) - 10
-    # the transferred attack is the white-box I-FGSM itself here: equal, so not "better than white-box"
-    np.testing.assert_array_equal(result.attacks[TRANSFER_KEY], result.attacks["query/ifgsm"])
-    assert result.flags() == {"black-box": False}
+    transfers = {eps: attacked_images(model, metric, data, "query", robust_spec("ifgsm", eps), clean) for eps in (4, 8)}
+    assert transfers[8] and all(t.dtype == torch.uint8 for t in transfers[8].values())
+    record = {"name": "base"}
+    results = robust_evaluations(
+        model, data, metric, [4, 8], version="smoke", transfers=transfers, records=tmp_path / "runs", model_record=record
+    )
+    assert [r.epsilon for r in results] == [4.0, 8.0]
+    smoke, _ = run_protocol(model, data, eps=8, version="smoke", model_record=record, protocol=None)
+    for result in results:
+        assert set(result.attacks) == {protocol_key("smoke"), TRANSFER_KEY} | {a.key for a in GALLERY_ATTACKS}
+        worst = result.worst("query")
+        for key, vector in result.attacks.items():
+            if key.split("/")[-2] == "query":
+                assert np.all((worst <= vector) | np.isnan(vector))
+        assert result.mAP(worst) < result.mAP(result.clean) - 10
+        assert set(result.checks) == {f.name for f in smoke.flags} and result.flags()["transfer"] is False
+    assert results[1].mAP(results[1].worst("query")) <= results[0].mAP(results[0].worst("query")) + 0.5  # no rise with eps
+    # the protocol's worst case at the headline eps is its own robust mAP (same seeds, same runs)
+    assert results[1].mAP(results[1].attacks[protocol_key("smoke")]) == pytest.approx(smoke.headline.mAP.value)
+    again = robust_evaluations(
+        model, data, metric, [4, 8], version="smoke", transfers=transfers, records=tmp_path / "runs", model_record=record
+    )
+    np.testing.assert_array_equal(again[1].worst("query"), results[1].worst("query"))  # resumed from the recorded runs
 
 
-def test_transfer_below_white_box_trips_the_black_box_flag() -> None:
+def test_transfer_below_white_box_trips_the_transfer_flag() -> None:
     q = np.array([0.9, 0.8, np.nan])
-    masked = RobustEvaluation(8.0, q, {"query/ifgsm": q - 0.1, "query/pgd": q - 0.2, TRANSFER_KEY: q - 0.5, "gallery/pgd": q})
-    assert masked.flags() == {"black-box": True}  # the transferred attack takes 30 points more
+    checks = {"never-weaker": "ok", "eps-sweep": "flagged", "convergence": "not measured"}
+    masked = RobustEvaluation(8.0, q, {"query/protocol-fast": q - 0.2, TRANSFER_KEY: q - 0.5, "gallery/pgd": q}, checks)
+    assert masked.flags() == {"never-weaker": False, "eps-sweep": True, "transfer": True}  # the transfer takes 30 points more
     np.testing.assert_allclose(masked.worst("query"), q - 0.5)
     assert masked.mAP(masked.worst("gallery")) == pytest.approx(85.0)
-    close = RobustEvaluation(8.0, q, {"query/ifgsm": q - 0.2, TRANSFER_KEY: q - 0.2 - np.array([0.004, 0.004, 0.0])})
-    assert close.flags() == {"black-box": False}  # 0.4 points: below the robustness module's 0.5
+    close = RobustEvaluation(8.0, q, {"query/protocol-fast": q - 0.2, TRANSFER_KEY: q - 0.2 - np.array([0.004, 0.004, 0.0])})
+    assert close.flags() == {"transfer": False}  # 0.4 points: below the robustness module's 0.5
 
 
 # ------------------------------------------------------------------ a network of one's own
@@ -305,7 +328,7 @@ def test_defend_a_network_of_ones_own(figures: Path, tmp_path: Path, capsys) -> 
                 "train": train,
                 "retrain": {"init": "finetune", "finetune_epochs": 1},
                 "pgd_at": {"attack": {"method": "pgd", "eps": 8, "alpha": 4, "steps": 2}},
-                "evaluation": {"adaptive": {"methods": ["ifgsm"], "epsilons": [4]}, "robust": {"epsilons": [4]}},
+                "evaluation": {"adaptive": {"methods": ["ifgsm"], "epsilons": [4]}, "robust": {"epsilons": [4], "version": "smoke"}},
             }
         ),
         encoding="utf-8",

@@ -81,7 +81,11 @@ def _defense_dict(root: Path, **changes: object) -> dict:
     cfg = {
         "train": _train_section(root),
         "training_attack": {"attack": {"method": "ifgsm", "eps": 8}, "batch_size": 32},
-        "evaluation": {"transfer": {"attack": {"method": "ifgsm", "eps": 8}}, "adaptive": {"methods": ["ifgsm"], "epsilons": [4]}},
+        "evaluation": {
+            "transfer": {"attack": {"method": "ifgsm", "eps": 8}},
+            "adaptive": {"methods": ["ifgsm"], "epsilons": [4]},
+            "robust": {"version": "smoke"},
+        },
     }
     cfg.update(changes)
     return cfg

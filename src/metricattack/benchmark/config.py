@@ -22,7 +22,15 @@ from ..attacks.spec import AttackSpec, MethodName, MethodOptionTable, refuse_mov
 from ..config import StrictModel, apply_overrides, read_yaml, validate
 from ..data.layouts import DATASETS
 from ..data.synthetic import SynthConfig
-from ..defense.config import AdaptiveSection, DefenseName, MethodSections, RetrainSection, TrainingSetAttack, check_batches
+from ..defense.config import (
+    AdaptiveSection,
+    DefenseName,
+    MethodSections,
+    ProtocolVersion,
+    RetrainSection,
+    TrainingSetAttack,
+    check_batches,
+)
 from ..errors import ConfigError, MetricAttackError
 from ..evaluation.ranking import APConvention
 from ..io import sha256_file
@@ -321,6 +329,9 @@ class DefensesSection(MethodSections):
     retrain: RetrainSection = RetrainSection()
     batch: BatchSection | None = None
     epsilons: list[Annotated[float, Field(ge=1, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
+    version: ProtocolVersion = Field(
+        "fast", description="robustness protocol version of the adaptive evaluation (standard, fast; smoke: tests)"
+    )
     batch_size: PositiveInt = Field(default=64, description="attack batch size of the robust evaluation")
 
 

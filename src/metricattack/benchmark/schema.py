@@ -317,16 +317,23 @@ class Beyond(Record):
 
 
 class RobustPoint(Record):
-    """A model's robust evaluation at one ε (``metricattack.defense.evaluation.robust_evaluation``)."""
+    """A model's robust evaluation at one ε (``metricattack.defense.evaluation.robust_evaluations``)."""
 
     epsilon: float
-    robust_mAP: float = Field(description="mAP of the worst AP per query over the query-side attacks (white-box and transferred)")
+    robust_mAP: float = Field(
+        description="mAP of the worst AP per query over the robustness protocol's attacks (white-box) and the transferred query attack"
+    )
     robust_interval: tuple[float, float] = Field(description="bootstrap interval of robust_mAP")
     gallery_robust_mAP: float = Field(description="the same over the gallery-side white-box attacks")
     gallery_interval: tuple[float, float]
-    attacks: dict[str, float] = Field(description="mAP under each attack: 'query/pgd', 'gallery/ifgsm', 'transfer/query/ifgsm', ...")
+    attacks: dict[str, float] = Field(
+        description="mAP under each: 'query/protocol-<version>' (the protocol's worst case), 'gallery/ifgsm', 'gallery/pgd', "
+        "'transfer/query/ifgsm'"
+    )
     flags: dict[str, bool] = Field(
-        description="gradient-masking flags (true = tripped): black-box = the transferred attack beats the white-box ones"
+        description="gradient-masking flags (true = tripped): the robustness protocol's measured checks (never-weaker, eps-sweep, "
+        "convergence, black-box, zero-gradient, randomness; made at the largest ε) and transfer = the query attack transferred "
+        "from the undefended model beats the white-box ones"
     )
     beats_paper: bool | None = Field(
         None,

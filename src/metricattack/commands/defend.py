@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         for r in evaluation["adaptive"]:
             print(f"  {r['model']:<6} {r['method']:<7} {r['epsilon']:g}  {r['clean_mAP']:.2f} -> {r['adversarial_mAP']:.2f}")
         if evaluation.get("robust"):
-            print("robust mAP %: worst case per query (query side; gallery side apart): model eps clean -> robust (gallery)")
+            print(
+                f"robust mAP %: worst case per query of the robustness protocol '{cfg.evaluation.robust.version}' "
+                "(and, for F_adv, F's query attack transferred; gallery side apart): model eps clean -> robust (gallery)"
+            )
             for r in evaluation["robust"]:
                 flags = ", ".join(f for f, on in r["flags"].items() if on)
                 print(

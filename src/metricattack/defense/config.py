@@ -29,6 +29,7 @@ from ..config import StrictModel, load_config
 from ..errors import ConfigError
 from ..evaluation.ranking import APConvention
 from ..metrics.distance import ParameterFreeMetricName
+from ..robustness.protocol import VERSIONS
 from ..training.config import TrainConfig, TrainRecipe
 from .methods import DEFENSES, ACTSection, GOATSection, HMSection, OnlineSection, PGDATSection, TrainingSetAttack
 from .methods.metric_preserving import savable_attack
@@ -36,7 +37,16 @@ from .methods.metric_preserving import savable_attack
 #: A name registered in :data:`~metricattack.defense.methods.DEFENSES` (checked when a config loads).
 DefenseName = Annotated[str, AfterValidator(DEFENSES.check)]
 
-__all__ = ["DefenseConfig", "DefenseName", "MethodSections", "OnlineSection", "RetrainSection", "TrainingSetAttack", "load_defense_config"]
+__all__ = [
+    "DefenseConfig",
+    "DefenseName",
+    "MethodSections",
+    "ProtocolVersion",
+    "OnlineSection",
+    "RetrainSection",
+    "TrainingSetAttack",
+    "load_defense_config",
+]
 
 
 class RetrainSection(StrictModel):
@@ -93,12 +103,18 @@ class AdaptiveSection(StrictModel):
         return [spec_from_table(m, e, self.seed, self.options, cap_alpha=True) for m in self.methods for e in self.epsilons]
 
 
+#: A robustness-protocol version (:data:`metricattack.robustness.protocol.VERSIONS`: ``standard``, ``fast``, ``smoke``).
+ProtocolVersion = Annotated[str, AfterValidator(VERSIONS.check)]
+
+
 class RobustSection(StrictModel):
-    """The adaptive robustness evaluation of F and F_adv (:func:`~.evaluation.robust_evaluation`):
-    the worst case per query over the attacks of :data:`~.evaluation.ROBUST_ATTACKS` made
-    against each model itself and the query attack transferred from F, at each ε."""
+    """The adaptive robustness evaluation of F and F_adv (:func:`~.evaluation.robust_evaluations`):
+    per query, the worst case of the robustness protocol ``protocol`` made against each model
+    itself and of the query attack transferred from F, at each ε (the protocol's checks at the
+    largest); the gallery-side attacks apart."""
 
     enabled: bool = True
+    version: ProtocolVersion = Field("fast", description="robustness protocol version (standard, fast; smoke only checks that it runs)")
     epsilons: list[Annotated[float, Field(ge=1, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
     batch_size: PositiveInt = 32
 

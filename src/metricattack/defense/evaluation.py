@@ -6,10 +6,13 @@
   against the *normal* models only, so #M measures transfer robustness.
 * :func:`adaptive_attack_rows` -- each model attacked white-box (the non-targeted gallery
   attack against the model itself) with every configured method and ε (Table 5's rows);
-* :func:`robust_evaluation` -- the robustness number of a defended model: per query, the worst
-  AP over :data:`ROBUST_ATTACKS` made against the model itself and the query attack transferred
-  from the normal model (so it is never above what the transfer attack shows), with the
-  ``black-box`` masking flag when the transfer attack beats the white-box ones.
+* :func:`robust_evaluations` -- the robustness number of a defended model at each ε: per query,
+  the worst AP of the robustness protocol (:mod:`metricattack.robustness`, issue 21: APGD on the
+  metric loss, the targeted ranking margin and the self objective, then Square) made against
+  the model itself and of the query attack transferred from the normal model (so it is never
+  above what the transfer attack shows), the protocol's masking checks plus the ``transfer``
+  flag when the transfer attack beats the white-box ones; the gallery-side attacks give a
+  second figure.
 
 Adversarial images are rounded to the 1/255 grid as when saved, then evaluated.
 
@@ -19,7 +22,8 @@ mAP values are percentages (0..100), as in the paper's tables.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -160,7 +164,7 @@ Side = Literal["query", "gallery"]
 
 @dataclass(frozen=True)
 class RobustAttack:
-    """One attack of the robust evaluation: the attacked ``side`` (``query``: each probe pushed
+    """One white-box attack beside the protocol: the attacked ``side`` (``query``: each probe pushed
     away from its true matches in the clean gallery; ``gallery``: each gallery image pushed away
     from its identity's probes) and the stepper ``method``."""
 
@@ -172,23 +176,23 @@ class RobustAttack:
         return f"{self.side}/{self.method}"
 
 
-ROBUST_ATTACKS: tuple[RobustAttack, ...] = (
-    RobustAttack("query", "ifgsm"),
-    RobustAttack("query", "pgd"),
-    RobustAttack("gallery", "ifgsm"),
-    RobustAttack("gallery", "pgd"),
-)
-"""The white-box attacks of the robust evaluation, each made against the tested model itself at
-every ε (α = 1, the paper's iteration count, PGD from a seeded random start): the strongest
-metricattack has until ``metricattack robustness`` (issue 21) lands; the one place to change them."""
+GALLERY_ATTACKS: tuple[RobustAttack, ...] = (RobustAttack("gallery", "ifgsm"), RobustAttack("gallery", "pgd"))
+"""The gallery-side figure (the robustness protocol attacks queries only): white-box attacks made
+against the tested model itself at every ε (α = 1, the paper's iteration count, PGD from a seeded
+random start)."""
 
 TRANSFER = RobustAttack("query", "ifgsm")
 """The query attack made against the normal model and evaluated on the tested one."""
 TRANSFER_KEY = f"transfer/{TRANSFER.key}"
 
 
+def protocol_key(version: str) -> str:
+    """Key of the robustness protocol's per-query robust APs among :attr:`RobustEvaluation.attacks`."""
+    return f"query/protocol-{version}"
+
+
 def robust_spec(method: str, eps: float) -> AttackSpec:
-    """The spec of a robust-evaluation attack at ``eps`` (0..255 units)."""
+    """The spec of a gallery-side or transfer attack at ``eps`` (0..255 units)."""
     return AttackSpec.model_validate({"method": method, "eps": eps, "alpha": min(1.0, eps), "seed": 0})
 
 
@@ -247,13 +251,17 @@ class RobustEvaluation:
     Attributes:
         epsilon: ε in 0..255 units.
         clean: on the clean query and gallery.
-        attacks: ``"query/ifgsm"``, ``"gallery/pgd"``, ... (:data:`ROBUST_ATTACKS`) and
+        attacks: :func:`protocol_key` (the robustness protocol's worst case per query, clean AP
+            included), ``"gallery/ifgsm"``, ``"gallery/pgd"`` (:data:`GALLERY_ATTACKS`) and
             ``"transfer/query/ifgsm"`` (:data:`TRANSFER`, when a transfer attack was given).
+        checks: the protocol's checks (:mod:`metricattack.robustness.flags`, made at its headline
+            ε): name → ``ok`` / ``flagged`` / ``not measured``.
     """
 
     epsilon: float
     clean: np.ndarray
     attacks: dict[str, np.ndarray]
+    checks: dict[str, str] = field(default_factory=dict)
 
     def worst(self, side: Side) -> np.ndarray:
         """Per query, the lowest AP over the attacks on ``side`` (transfer included): the robust APs."""
@@ -265,35 +273,58 @@ class RobustEvaluation:
         return float(100.0 * np.nanmean(vector))
 
     def flags(self) -> dict[str, bool]:
-        """Masking flags (True = tripped). ``black-box``: the query attack transferred from the normal
-        model lowers the white-box worst case by :data:`~metricattack.robustness.flags.BLACK_BOX_POINTS`
-        or more (:func:`~metricattack.robustness.flags.black_box`; gradients of the defended model
-        are then likely masked, and the robust mAP already counts the transfer attack)."""
-        if TRANSFER_KEY not in self.attacks:
-            return {}
-        white = np.minimum.reduce([v for key, v in self.attacks.items() if key.startswith("query/")])
-        return {"black-box": black_box(self.mAP(white), self.mAP(self.worst("query"))).status == "flagged"}
+        """Masking flags (True = tripped): the protocol's checks that were measured, and
+        ``transfer``: the query attack transferred from the normal model lowers the white-box
+        worst case by :data:`~metricattack.robustness.flags.BLACK_BOX_POINTS` or more (gradients of
+        the defended model are then likely masked; the robust mAP already counts the transfer attack)."""
+        out = {name: status == "flagged" for name, status in self.checks.items() if status != "not measured"}
+        if TRANSFER_KEY in self.attacks:
+            white = np.minimum.reduce([v for key, v in self.attacks.items() if key.startswith("query/")])
+            out["transfer"] = black_box(self.mAP(white), self.mAP(self.worst("query"))).status == "flagged"
+        return out
 
 
-def robust_evaluation(
+def robust_evaluations(
     model: nn.Module,
     dataset: ReIDDataset,
     metric: Metric,
-    eps: float,
+    epsilons: Sequence[float],
     *,
-    transfer: Mapping[int, torch.Tensor] | None = None,
+    version: str = "fast",
+    transfers: Mapping[float, Mapping[int, torch.Tensor]] | None = None,
     clean: SplitFeatures | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     ap: APConvention = "market",
-) -> RobustEvaluation:
-    """Attack ``model`` with every :data:`ROBUST_ATTACKS` at ``eps`` and evaluate it.
+    records: Path | None = None,
+    model_record: dict[str, Any] | None = None,
+) -> list[RobustEvaluation]:
+    """``model`` attacked adaptively at each of ``epsilons``: the robustness protocol ``version``
+    (:func:`metricattack.robustness.evaluate.run_protocol`, headline ε = the largest, its checks
+    made there; finished runs kept in ``records`` to resume), the :data:`GALLERY_ATTACKS`, and the
+    query images of ``transfers[eps]`` (made against the normal model with :data:`TRANSFER`,
+    :func:`attacked_images`) evaluated on ``model`` too."""
+    from ..robustness.evaluate import evidence_key, run_protocol
+    from ..robustness.protocol import VERSIONS
 
-    ``transfer``: adversarial query images made against the normal model with
-    :data:`TRANSFER` (:func:`attacked_images`), evaluated on ``model`` too.
-    """
     model.eval()
     clean = clean or clean_features([model], dataset, batch_size=batch_size, device=device)[0]
+    top = max(epsilons)
+    protocol = VERSIONS.get(version)
+    protocol = protocol.model_copy(update={"epsilons": [top, *sorted({float(e) for e in epsilons} - {top}, reverse=True)]})
+    result, evidence = run_protocol(
+        model,
+        dataset,
+        eps=top,
+        metric=metric,
+        ap=ap,
+        batch_size=batch_size,
+        device=device,
+        records=records,
+        model_record=model_record,
+        protocol=protocol,
+    )
+    checks: dict[str, str] = {flag.name: flag.status for flag in result.flags}
 
     def per_query(q: torch.Tensor, g: torch.Tensor) -> np.ndarray:
         return np.asarray(evaluate_split_features(q, g, dataset, metric, ap=ap).per_query_ap, dtype=np.float64)
@@ -303,11 +334,15 @@ def robust_evaluation(
         replaced = replaced_features(model, split, images, batch_size=batch_size, device=device)
         return per_query(replaced, clean.gallery) if side == "query" else per_query(clean.query, replaced)
 
-    attacks: dict[str, np.ndarray] = {}
-    for attack in ROBUST_ATTACKS:
-        spec = robust_spec(attack.method, eps)
-        images = attacked_images(model, metric, dataset, attack.side, spec, clean, batch_size=batch_size, device=device)
-        attacks[attack.key] = evaluated(attack.side, images)
-    if transfer is not None:
-        attacks[TRANSFER_KEY] = evaluated(TRANSFER.side, transfer)
-    return RobustEvaluation(eps, per_query(clean.query, clean.gallery), attacks)
+    out = []
+    for eps in epsilons:
+        attacks = {protocol_key(version): np.asarray(evidence[evidence_key(float(eps))], dtype=np.float64)}
+        for attack in GALLERY_ATTACKS:
+            spec = robust_spec(attack.method, eps)
+            attacks[attack.key] = evaluated(
+                attack.side, attacked_images(model, metric, dataset, attack.side, spec, clean, batch_size=batch_size, device=device)
+            )
+        if transfers is not None:
+            attacks[TRANSFER_KEY] = evaluated(TRANSFER.side, transfers[eps])
+        out.append(RobustEvaluation(float(eps), per_query(clean.query, clean.gallery), attacks, checks))
+    return out

@@ -12,7 +12,7 @@ Stages and the folders they write under ``out``:
    says how it was made (method and its settings, fingerprints of the data, F's SHA-256);
 6. ``evaluate``        -- ``defense_results.json``: clean mAP of F and F_adv, the gallery attacked against F
    (``transfer_gallery/<settings key>/``, evaluated on disk by both: the Table 5 cells), white-box adaptive gallery
-   attacks against both models, and the robust evaluation of both (:func:`~.evaluation.robust_evaluation`).
+   attacks against both models, and the robust evaluation of both (:func:`~.evaluation.robust_evaluations`).
 
 The stages run in the package's stage cache (:class:`~metricattack.stages.StageCache`, one slot
 per stage): each writes ``stages/<name>.json`` (its settings, key and outputs) when it finishes
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from .evaluation import (
     adaptive_attack_rows,
     adversarial_gallery_name,
     attacked_images,
-    robust_evaluation,
+    robust_evaluations,
     robust_spec,
     table5_cells,
 )
@@ -295,7 +295,8 @@ def _evaluate(
         ap=ev.ap,
         roles={"F": "normal", "F_adv": "defended"},
     )
-    robust = _robust_rows(normal, defended, dataset, metric, ev, device) if ev.robust.enabled else []
+    models = {"F": (normal, base_record), "F_adv": (defended, defended_record)}
+    robust = _robust_rows(models, dataset, metric, ev, device, out) if ev.robust.enabled else []
     results = {
         "format": RESULTS_FORMAT,
         "method": cfg.method,
@@ -319,36 +320,53 @@ def _evaluate(
 
 
 def _robust_rows(
-    normal: nn.Module, defended: nn.Module, dataset: ReIDDataset, metric: Metric, ev: EvaluationSection, device: str
+    models: Mapping[str, tuple[nn.Module, dict[str, Any]]],
+    dataset: ReIDDataset,
+    metric: Metric,
+    ev: EvaluationSection,
+    device: str,
+    out: Path,
 ) -> list[dict[str, Any]]:
-    """The robust evaluation of F and F_adv at each ε (F_adv's worst case includes F's query attack, transferred)."""
+    """The robust evaluation of F and F_adv (``models``: name -> (model, record)) at each ε (F_adv's worst case
+    includes F's query attack, transferred); the protocol's finished runs are kept in
+    ``out/robustness/<key of the evaluation>/`` (resume)."""
+    normal, defended = models["F"][0], models["F_adv"][0]
     rows = []
-    size = ev.robust.batch_size
+    size, epsilons = ev.robust.batch_size, ev.robust.epsilons
     clean = {name: clean_features([m], dataset, batch_size=size, device=device)[0] for name, m in (("F", normal), ("F_adv", defended))}
-    for eps in ev.robust.epsilons:
-        transfer = attacked_images(
+    transfers = {
+        eps: attacked_images(
             normal, metric, dataset, TRANSFER.side, robust_spec(TRANSFER.method, eps), clean["F"], batch_size=size, device=device
         )
-        for name, model in (("F", normal), ("F_adv", defended)):
-            result = robust_evaluation(
-                model,
-                dataset,
-                metric,
-                eps,
-                transfer=transfer if name == "F_adv" else None,
-                clean=clean[name],
-                batch_size=size,
-                device=device,
-                ap=ev.ap,
-            )
+        for eps in epsilons
+    }
+    for name, (model, record) in models.items():
+        key = sha256_json([ev.robust.model_dump(mode="json"), ev.metric, ev.ap, record])[:16]
+        results = robust_evaluations(
+            model,
+            dataset,
+            metric,
+            epsilons,
+            version=ev.robust.version,
+            transfers=transfers if name == "F_adv" else None,
+            clean=clean[name],
+            batch_size=size,
+            device=device,
+            ap=ev.ap,
+            records=out / "robustness" / key,
+            model_record=record,
+        )
+        for result in results:
             rows.append(
                 {
                     "model": name,
-                    "epsilon": eps,
+                    "epsilon": result.epsilon,
+                    "protocol": ev.robust.version,
                     "clean_mAP": result.mAP(result.clean),
                     "robust_mAP": result.mAP(result.worst("query")),
                     "gallery_robust_mAP": result.mAP(result.worst("gallery")),
                     "attacks": {key: result.mAP(v) for key, v in result.attacks.items()},
+                    "checks": result.checks,
                     "flags": result.flags(),
                 }
             )

@@ -2,10 +2,12 @@
 network and by the methods after it, each evaluated adaptively.
 
 Every model is attacked itself (the attacker knows the defended model) with the robust
-evaluation of :func:`metricattack.defense.evaluation.robust_evaluation` at each ε of
-``experiments.defenses.epsilons``: per query, the worst AP over the white-box query attacks and
-the query attack transferred from the undefended base model (so no defense is reported more
-robust than the transfer attack shows it to be); the gallery-side attacks give a second figure.
+evaluation of :func:`metricattack.defense.evaluation.robust_evaluations` at the ε of
+``experiments.defenses.epsilons``: per query, the worst AP of the robustness protocol
+(``experiments.defenses.version``, ``fast`` by default; its masking checks become the
+leaderboard's flags) and of the query attack transferred from the undefended base model (so no
+defense is reported more robust than the transfer attack shows it to be); the gallery-side
+attacks give a second figure.
 Intervals are the run's bootstrap over queries (:class:`~..evidence.Bootstrap`). The cost of a
 defense is the CPU time of the stage that made it (training-set attack and retraining for the
 metric-preserving model, the adversarial training for the others) over the base model's training stage.
@@ -115,39 +117,56 @@ def transfer_images(ctx: RunContext, base: str, eps: float) -> tuple[str, dict[i
     return stage.key, {int(i): image for i, image in stored.items()}
 
 
-def evaluate_robustly(ctx: RunContext, name: str, eps: float, transfer: tuple[str, dict[int, torch.Tensor]] | None) -> RobustEvaluation:
-    """``name``'s robust evaluation at ``eps`` (a cached stage holding its per-query APs)."""
+def evaluate_robustly(
+    ctx: RunContext, name: str, transfers: dict[float, tuple[str, dict[int, torch.Tensor]]] | None
+) -> list[RobustEvaluation]:
+    """``name``'s robust evaluation at every ε of the section (a cached stage holding its per-query APs and checks;
+    the protocol's finished runs are kept in the stage folder, so a killed evaluation resumes)."""
     from ...attacks.threats import SplitFeatures
-    from ...defense.evaluation import ROBUST_ATTACKS, RobustEvaluation, robust_evaluation
+    from ...defense.evaluation import GALLERY_ATTACKS, RobustEvaluation, robust_evaluations
+    from ...robustness.protocol import VERSIONS
 
-    size = ctx.cfg.experiments.defenses.batch_size
+    section = ctx.cfg.experiments.defenses
+    size, epsilons = section.batch_size, list(section.epsilons)
     stage = StageSpec(
         "robust",
-        f"{name}@{eps:g}",
-        {"eps": eps, "attacks": [a.key for a in ROBUST_ATTACKS], "batch_size": size, "ap": ctx.cfg.evaluation.ap},
-        upstream=(ctx.keys["dataset"], ctx.keys[f"model:{name}"], *([transfer[0]] if transfer else [])),
+        name,
+        {
+            "epsilons": epsilons,
+            "protocol": VERSIONS.get(section.version).model_dump(mode="json"),
+            "gallery_attacks": [a.key for a in GALLERY_ATTACKS],
+            "batch_size": size,
+            "ap": ctx.cfg.evaluation.ap,
+        },
+        upstream=(ctx.keys["dataset"], ctx.keys[f"model:{name}"], *(t[0] for t in (transfers or {}).values())),
         code=CODE_DEFENSE,
     )
 
     def work(folder: Path) -> dict[str, Any]:
-        result = robust_evaluation(
+        results = robust_evaluations(
             ctx.models[name],
             ctx.dataset,
             ctx.metric(name, "euclidean"),
-            eps,
-            transfer=transfer[1] if transfer else None,
+            epsilons,
+            version=section.version,
+            transfers={eps: t[1] for eps, t in transfers.items()} if transfers else None,
             clean=SplitFeatures(ctx.clean[name].query, ctx.clean[name].gallery),
             batch_size=size,
             device=ctx.device,
             ap=ctx.cfg.evaluation.ap,
+            records=folder / "runs",
+            model_record={"name": name, "stage": ctx.keys[f"model:{name}"]},
         )
-        vectors = {"clean": result.clean, **result.attacks}
+        vectors = {f"{r.epsilon:g}|{k}": v for r in results for k, v in {"clean": r.clean, **r.attacks}.items()}
         save_tensors(folder / "ap.safetensors", {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in vectors.items()})
-        return {"file": "ap.safetensors", "attacks": list(result.attacks)}
+        return {"file": "ap.safetensors", "attacks": list(results[0].attacks), "checks": results[0].checks}
 
     out = ctx.cache.run(stage, work)
     stored = {k: v.numpy() for k, v in load_file(str(ctx.cache.folder(stage) / "ap.safetensors")).items()}
-    return RobustEvaluation(eps, stored["clean"], {k: stored[k] for k in out["attacks"]})
+    return [
+        RobustEvaluation(eps, stored[f"{eps:g}|clean"], {k: stored[f"{eps:g}|{k}"] for k in out["attacks"]}, dict(out["checks"]))
+        for eps in epsilons
+    ]
 
 
 def robust_key(name: str, side: str, eps: float) -> str:
@@ -181,7 +200,7 @@ class DefensesExperiment(Experiment):
         extract_clean(ctx, [n for n in names if n not in ctx.clean], [], "defended features")
 
     def compute(self, ctx: RunContext) -> Defenses:
-        from ...defense.evaluation import ROBUST_ATTACKS, TRANSFER_KEY
+        from ...defense.evaluation import GALLERY_ATTACKS, TRANSFER_KEY
         from ...defense.methods import DEFENSES
 
         section = ctx.cfg.experiments.defenses
@@ -190,13 +209,12 @@ class DefensesExperiment(Experiment):
         base = ctx.cfg.defense_base()
         models = [(base, None), *((defended_name(base, m), m) for m in section.methods)]
         evaluations: dict[tuple[str, float], RobustEvaluation] = {}
-        for eps in section.epsilons:
-            transfer = transfer_images(ctx, base, eps)
-            for name, method in progress(ctx, models, f"robust evaluation, eps {eps:g}"):
-                result = evaluate_robustly(ctx, name, eps, None if method is None else transfer)
-                evaluations[(name, eps)] = result
+        transfers = {eps: transfer_images(ctx, base, eps) for eps in section.epsilons}
+        for name, method in progress(ctx, models, "robust evaluation"):
+            for result in evaluate_robustly(ctx, name, None if method is None else transfers):
+                evaluations[(name, result.epsilon)] = result
                 for side in ("query", "gallery"):
-                    ctx.evidence[robust_key(name, side, eps)] = result.worst(side)
+                    ctx.evidence[robust_key(name, side, result.epsilon)] = result.worst(side)
         for name, _ in models:
             ctx.result(name)  # clean per-query APs into the evidence
         c = ctx.cfg.confidence
@@ -258,10 +276,9 @@ class DefensesExperiment(Experiment):
         top = max(section.epsilons)
         entries.sort(key=lambda e: -next(p.robust_mAP for p in e.points if p.epsilon == top))
         protocol = (
-            "per query, the lowest AP over "
-            + ", ".join(a.key for a in ROBUST_ATTACKS if a.side == "query")
-            + f" made against the model itself and {TRANSFER_KEY.removeprefix('transfer/')} made against {base} "
-            "(gallery-side figure: the lowest over " + ", ".join(a.key for a in ROBUST_ATTACKS if a.side == "gallery") + ")"
+            f"per query, the lowest AP of the robustness protocol '{section.version}' (metricattack robustness) made against "
+            f"the model itself and of {TRANSFER_KEY.removeprefix('transfer/')} made against {base}; its checks at "
+            f"ε = {max(section.epsilons):g} (gallery-side figure: the lowest over " + ", ".join(a.key for a in GALLERY_ATTACKS) + ")"
         )
         return Defenses(status="ok", base_model=base, epsilons=list(section.epsilons), protocol=protocol, entries=entries)
 
