@@ -47,7 +47,9 @@ def measure(args: argparse.Namespace, eps: float) -> dict:
         refs = model(torch.rand(args.batch_size, 3, args.height, args.width, generator=gen))
     loss = MetricLoss(model, metric, ReferenceTargets.build(metric, refs, [(i,) for i in range(args.batch_size)]))
     indices, infos = torch.arange(args.batch_size), (ModelInfo.of(model),)
-    methods = [BASELINE, *(m for m in args.methods or METHODS.names() if m != BASELINE)]
+    # uap applies a trained file (no model call at attack time: nothing to measure here)
+    measured = args.methods or [m for m in METHODS.names() if METHODS.get(m).uses_model]
+    methods = [BASELINE, *(m for m in measured if m != BASELINE)]
     specs = {m: AttackSpec(method=m, eps=eps) for m in methods}
     cpu: dict[str, list[float]] = {m: [] for m in methods}
     wall: dict[str, list[float]] = {m: [] for m in methods}
