@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from ...attacks.spec import AttackSpec
-from ...training.trainer import Losses, sum_of
+from ...training.trainer import Losses
 from .base import AdversarialObjective, DefenseMethod, WithCleanTerm, distances, inner_attack
 from .triplets import mine_triplets, triplet_margin_loss
 
@@ -47,9 +47,7 @@ class ACTObjective(AdversarialObjective[ACTSection]):
         collapsed = self.attack(pairs, collapse, minimise=True)
         anchor_features, pair_features = self.model(images[anchors]), self.model(collapsed)
         parts = {"adversarial": triplet_margin_loss(anchor_features, pair_features[:count], pair_features[count:], self.settings.margin)}
-        if self.settings.clean_weight > 0:
-            parts["clean"] = self.settings.clean_weight * self.recipe(step, images, labels, epoch)
-        return sum_of(parts.values()), parts
+        return self.with_clean_term(parts, self.settings.clean_weight, step, images, labels, epoch)
 
 
 METHOD = DefenseMethod(

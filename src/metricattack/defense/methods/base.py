@@ -32,7 +32,7 @@ from ...attacks.problem import Objective
 from ...attacks.spec import AttackSpec
 from ...config import StrictModel
 from ...registry import Registry
-from ...training.trainer import BatchObjective, Losses, TrainingRun
+from ...training.trainer import BatchObjective, Losses, TrainingRun, sum_of
 
 #: Rows of one batch's inner attack must stay below this (positions of the rows are unique per run).
 MAX_ROWS = 10_000
@@ -159,6 +159,15 @@ class AdversarialObjective(ABC, Generic[SettingsT]):
     def recipe(self, step: nn.Module, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
         """The recipe's loss on ``images`` (training pass)."""
         return self.run.losses(step(images), labels, epoch)[0]
+
+    def with_clean_term(
+        self, parts: dict[str, torch.Tensor], clean_weight: float, step: nn.Module, images: torch.Tensor, labels: torch.Tensor, epoch: int
+    ) -> Losses:
+        """``parts`` plus ``clean`` = ``clean_weight`` × the recipe's loss on the clean ``images`` (when the
+        weight is positive); returns their sum and the parts."""
+        if clean_weight > 0:
+            parts["clean"] = clean_weight * self.recipe(step, images, labels, epoch)
+        return sum_of(parts.values()), parts
 
 
 class WithCleanTerm(InnerAttack):

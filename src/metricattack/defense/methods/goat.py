@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from ...attacks.spec import AttackSpec
-from ...training.trainer import Losses, TrainingRun, sum_of
+from ...training.trainer import Losses, TrainingRun
 from .base import AdversarialObjective, DefenseMethod, WithCleanTerm, inner_attack
 
 
@@ -68,9 +68,7 @@ class GOATObjective(AdversarialObjective[GOATSection]):
 
         adversarial = self.attack(images, objective)
         parts = {"adversarial": self.recipe(step, adversarial, labels, epoch)}
-        if self.settings.clean_weight > 0:
-            parts["clean"] = self.settings.clean_weight * self.recipe(step, images, labels, epoch)
-        return sum_of(parts.values()), parts
+        return self.with_clean_term(parts, self.settings.clean_weight, step, images, labels, epoch)
 
 
 METHOD = DefenseMethod(

@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from ...attacks.spec import AttackSpec
-from ...training.trainer import Losses, sum_of
+from ...training.trainer import Losses
 from .base import AdversarialObjective, DefenseMethod, WithCleanTerm, distances, inner_attack
 from .triplets import NegativeRule, PositiveRule, hardness, mine_triplets, triplet_margin_loss
 
@@ -74,9 +74,7 @@ class HMObjective(AdversarialObjective[HMSection]):
             anchor_positive = self.model(torch.cat([images[a], images[p]]))
             clean_a, clean_p = anchor_positive[:count], anchor_positive[count:]
             parts["ics"] = s.ics_weight * torch.relu(distances(clean_a, adv_a) - distances(clean_a, clean_p)).mean()
-        if s.clean_weight > 0:
-            parts["clean"] = s.clean_weight * self.recipe(step, images, labels, epoch)
-        return sum_of(parts.values()), parts
+        return self.with_clean_term(parts, s.clean_weight, step, images, labels, epoch)
 
 
 METHOD = DefenseMethod(

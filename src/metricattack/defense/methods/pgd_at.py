@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...training.trainer import Losses, sum_of
+from ...training.trainer import Losses
 from .base import AdversarialObjective, DefenseMethod, WithCleanTerm, same_identity_centres
 
 
@@ -32,9 +32,7 @@ class PGDATObjective(AdversarialObjective[PGDATSection]):
 
         adversarial = self.attack(images, objective)
         parts = {"adversarial": self.recipe(step, adversarial, labels, epoch)}
-        if self.settings.clean_weight > 0:
-            parts["clean"] = self.settings.clean_weight * self.recipe(step, images, labels, epoch)
-        return sum_of(parts.values()), parts
+        return self.with_clean_term(parts, self.settings.clean_weight, step, images, labels, epoch)
 
 
 METHOD = DefenseMethod(
