@@ -79,10 +79,14 @@ def test_epsilon_result_intervals_from_the_protocol_bootstrap() -> None:
 
 
 def test_flags_on_hand_made_numbers() -> None:
-    assert flags.never_weaker(10.0, {"ifgsm": 12.0, "pgd": 11.0}).status == "ok"
-    weaker = flags.never_weaker(10.0, {"ifgsm": 9.0, "pgd": 11.0})
+    assert flags.never_weaker({8: 10.0}, {8: {"ifgsm": 12.0, "pgd": 11.0}}).status == "ok"
+    weaker = flags.never_weaker({8: 10.0}, {8: {"ifgsm": 9.0, "pgd": 11.0}})
     assert weaker.status == "flagged" and weaker.value == pytest.approx(1.0) and "ifgsm" in weaker.summary
-    assert flags.never_weaker(10.0, {}).status == "not measured"
+    # every ε is checked: FGSM beating the ensemble at ε 5 trips it although ε 8 is fine
+    at_five = flags.never_weaker({8: 10.0, 5: 20.0}, {8: {"fgsm": 30.0, "ifgsm": 12.0}, 5: {"fgsm": 18.5, "ifgsm": 21.0}})
+    assert at_five.status == "flagged" and at_five.value == pytest.approx(1.5) and "ε 5: robust mAP 20.00" in at_five.summary
+    assert "weaker than fgsm by 1.50" in at_five.summary and "ε 8: robust mAP 10.00" in at_five.summary
+    assert flags.never_weaker({8: 10.0}, {}).status == flags.never_weaker({8: 10.0}, {8: {}}).status == "not measured"
 
     assert flags.eps_sweep({2: 50.0, 8: 20.0, 64: 2.0}, clean_map=70.0, chance_map=1.5).status == "ok"
     rising = flags.eps_sweep({2: 50.0, 8: 51.0, 64: 2.0}, clean_map=70.0, chance_map=1.5)
@@ -144,6 +148,8 @@ def test_protocol_versions_and_schema() -> None:
     assert standard.step("square").steps == 5000 and fast.step("square").steps == 1000
     assert standard.step("apgd-metric").runs > 1 and fast.step("apgd-metric").runs == 1
     assert standard.epsilons[0] == fast.epsilons[0] == 8 and 5 in standard.epsilons
+    for version in VERSIONS.names():  # never-weaker compares with the paper's three attacks (and PGD)
+        assert {"fgsm", "ifgsm", "mifgsm", "pgd"} <= set(VERSIONS.get(version).reference_methods), version
     assert "- `robust`: one per ε of the protocol" in schema_markdown()
     assert {"robust", "flags", "cost", "protocol"} <= set(RobustnessResult.model_fields)
 

@@ -3,8 +3,8 @@ checks passing on the clean model and tripping on models built to trip them (:mo
 BPDA / EOT bringing the trapped models back, the public function and the ``metricattack robustness`` command.
 
 The protocol versions' budgets (100 APGD iterations, 1,000+ Square queries) cost minutes per model
-on this machine; the tests run the same code with a miniature protocol (:data:`MINI`: one ε, one
-reference attack) on eight queries of the tiny dataset (:data:`ONE_ATTACK`, a cascade of APGD on the
+on this machine; the tests run the same code with a miniature protocol (:data:`MINI`: one ε, two
+reference attacks) on eight queries of the tiny dataset (:data:`ONE_ATTACK`, a cascade of APGD on the
 metric loss alone, where a check needs no more), and the command with the ``smoke`` version
 (two ε) on a small untrained user network.
 """
@@ -40,7 +40,7 @@ MINI = Protocol(
         AttackStep(name="apgd-self", method="apgd", objective="self", steps=6),
         AttackStep(name="square", method="square", objective="margin", steps=20),
     ],
-    reference_methods=["ifgsm"],
+    reference_methods=["fgsm", "ifgsm"],
     sweep_epsilons=[4, 64],
     sweep_steps=4,
     eot=2,
@@ -118,7 +118,7 @@ def test_worst_case_over_the_cascade_and_its_bookkeeping(evaluations: Evaluation
     assert square.backwards == 0 and square.forwards <= 22 * square.attacked
     c = result.cost
     assert c.cascade_forwards <= c.without_cascade_forwards and c.forwards > c.cascade_forwards  # the checks cost too
-    assert set(result.references) == {"ifgsm"} and set(result.sweep) == {"4", "64"}
+    assert set(result.references) == {"fgsm", "ifgsm"} and head.references == result.references and set(result.sweep) == {"4", "64"}
     assert result.sweep["64"] <= result.sweep["4"] and result.model["class"] == "ReIDModel"
 
 
@@ -192,6 +192,9 @@ def test_cli_writes_the_result_resumes_and_refuses_another_model(
     assert "robust mAP" in printed and "[ok]" in printed and "cost:" in printed
     result = RobustnessResult.model_validate(json.loads((out / "robustness.json").read_text()))
     assert result.protocol.version == "smoke" and [r.eps for r in result.robust] == [8, 5] and (out / "evidence.safetensors").is_file()
+    # the reference attacks (the paper's three and PGD) at every ε, each ε checked by never-weaker
+    assert all(set(r.references) == {"fgsm", "ifgsm", "mifgsm", "pgd"} for r in result.robust)
+    assert "reference attacks at eps 5 (mAP): fgsm" in printed and "ε 5: robust mAP" in printed
     first = (out / "runs" / "eps8-apgd-metric-0.json").read_bytes()
     assert main([*args, "--version", "smoke", "--out", str(out)]) == 0  # resumed: every run read back
     assert (out / "runs" / "eps8-apgd-metric-0.json").read_bytes() == first

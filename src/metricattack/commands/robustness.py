@@ -91,8 +91,8 @@ def format_result(result: RobustnessResult) -> str:
         lines.append(f"    {a.attack:<15} {a.run:>3} {a.attacked:>8} {a.lowered:>7} {a.mAP_after:>9.2f} {a.forwards:>9} {a.backwards:>9}")
     decisive = ", ".join(f"{k} {v}" for k, v in head.decisive.items() if v)
     lines.append(f"  decisive (queries whose lowest AP each set): {decisive}")
-    refs = ", ".join(f"{k} {v:.2f}" for k, v in result.references.items())
-    lines.append(f"  reference attacks at eps {head.eps:g} (mAP): {refs}")
+    for row in result.robust:
+        lines.append(f"  reference attacks at eps {row.eps:g} (mAP): {', '.join(f'{k} {v:.2f}' for k, v in row.references.items())}")
     lines.append("  checks:")
     for f in result.flags:
         lines.append(f"    [{f.status}] {f.name}: {f.summary}")

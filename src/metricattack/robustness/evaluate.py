@@ -9,8 +9,8 @@ one :class:`~.cascade.RunOutcome`; with a ``records`` folder every finished run 
 at its first unfinished run. Under ``torchrun`` each run's queries are split over the ranks and
 their outcomes gathered on every rank, so every rank follows the same cascade.
 
-The attacks are the registered methods (``apgd``, ``square``, and the paper's ``ifgsm``, ``mifgsm``,
-``pgd`` for the never-weaker check) run by :func:`~metricattack.attacks.perturb.perturb` on the
+The attacks are the registered methods (``apgd``, ``square``, and the reference attacks of the
+never-weaker check at every ε: the paper's ``fgsm``, ``ifgsm``, ``mifgsm``, and ``pgd``) run by :func:`~metricattack.attacks.perturb.perturb` on the
 objectives of the ``query`` and ``self`` threat models (:data:`~metricattack.attacks.threats.THREATS`),
 and on :class:`~metricattack.attacks.margin.RankingMargin` for the targeted margin (one run per
 hard negative identity) and Square (which stops a probe once its AP is at chance). Seeds: run
@@ -396,15 +396,12 @@ def run_protocol(
     all_queries = torch.arange(len(q))
     clean_ap, clean_hit = side.ap(clean_dist, all_queries), side.first_hit(clean_dist, all_queries)
 
-    robust = []
-    cascades: list[CascadeResult] = []
-    for i, e in enumerate(protocol.epsilons):
-        cascade = run_cascade(cascade_runs(setup, e, extra=i == 0), clean_ap, clean_hit, chance)
-        cascades.append(cascade)
-        robust.append(epsilon_result(e, cascade, protocol))
-    headline = cascades[0]
+    cascades = [run_cascade(cascade_runs(setup, e, extra=i == 0), clean_ap, clean_hit, chance) for i, e in enumerate(protocol.epsilons)]
     valid = np.flatnonzero(np.isfinite(clean_ap))
-    references_map = {m: float(100 * np.nanmean(setup.reference(m, protocol.epsilons[0])(valid).ap)) for m in protocol.reference_methods}
+    references = {
+        e: {m: float(100 * np.nanmean(setup.reference(m, e)(valid).ap)) for m in protocol.reference_methods} for e in protocol.epsilons
+    }
+    robust = [epsilon_result(e, c, protocol, references[e]) for e, c in zip(protocol.epsilons, cascades, strict=True)]
     sweep_step = AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=protocol.sweep_steps)
     sweep = {}
     for e in protocol.sweep_epsilons:
@@ -415,7 +412,7 @@ def run_protocol(
         sweep[f"{e:g}"] = float(100 * np.nanmean(worst))
     boot = bootstrap(protocol, {"clean": clean_ap, "clean_hit": clean_hit})
     clean_map = estimate(boot, "clean")
-    flag_list = _flags(protocol, headline, references_map, sweep, clean_map, float(100 * np.nanmean(chance)), change, setup.eot)
+    flag_list = _flags(protocol, cascades, references, sweep, clean_map, float(100 * np.nanmean(chance)), change, setup.eot)
     cost = _cost(cascades, setup.spent, len(valid), len(q), time.perf_counter() - begin)
     evidence = {evidence_key("clean"): clean_ap, evidence_key("clean", hit=True): clean_hit, "chance": chance}
     for e, c in zip(protocol.epsilons, cascades, strict=True):
@@ -436,7 +433,7 @@ def run_protocol(
         clean_rank1=estimate(boot, "clean_hit"),
         chance_mAP=float(100 * np.nanmean(chance)),
         robust=robust,
-        references=references_map,
+        references=references[protocol.epsilons[0]],
         sweep=sweep,
         flags=flag_list,
         randomized=randomized,
@@ -454,16 +451,17 @@ def evidence_key(eps: float | str, hit: bool = False) -> str:
 
 def _flags(
     protocol: Protocol,
-    headline: CascadeResult,
-    references: dict[str, float],
+    cascades: list[CascadeResult],
+    references: dict[float, dict[str, float]],
     sweep: dict[str, float],
     clean: Estimate,
     chance_map: float,
     change: float,
     eot: int,
 ) -> list[flags.Flag]:
-    """The checks of :mod:`.flags` from the headline cascade (its runs in protocol order, then the extra starts)."""
-    log = headline.log
+    """The checks of :mod:`.flags`: never-weaker at every ε, the others from the headline cascade (its runs in
+    protocol order, then the extra starts)."""
+    log = cascades[0].log
     protocol_runs = sum(s.runs for s in protocol.cascade)
     square_at = next((i for i, e in enumerate(log) if protocol.step(e.attack).method == "square"), None)
     clean_map = clean.value
@@ -471,9 +469,9 @@ def _flags(
     after_protocol = log[protocol_runs - 1].mAP_after
     apgd_runs = [e for e in log if protocol.step(e.attack).method == "apgd"]
     return [
-        flags.never_weaker(headline.mAP, references),
+        flags.never_weaker({e: c.mAP for e, c in zip(protocol.epsilons, cascades, strict=True)}, references),
         flags.eps_sweep({float(k): v for k, v in sweep.items()}, clean_map, chance_map),
-        flags.convergence(after_protocol, headline.mAP),
+        flags.convergence(after_protocol, cascades[0].mAP),
         flags.black_box(before_square, log[square_at].mAP_after)
         if square_at is not None
         else flags.Flag(name="black-box", status="not measured", summary="no Square attack in the cascade"),

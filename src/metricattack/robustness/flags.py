@@ -3,8 +3,8 @@
 Each returns a :class:`Flag`: ``ok``, ``flagged`` (the number may overstate robustness: read the
 summary) or ``not measured``. Thresholds are the module constants, stated in every summary:
 
-* **never weaker** -- robust mAP ≤ the mAP of each reference attack (I-FGSM, MI-FGSM, PGD) at
-  the same ε; a stronger-on-paper ensemble that does worse than a plain attack is broken or blocked;
+* **never weaker** -- at every ε, robust mAP ≤ the mAP of each reference attack (FGSM, I-FGSM,
+  MI-FGSM, PGD) at that ε; a stronger-on-paper ensemble that does worse than a plain attack is broken or blocked;
 * **ε sweep** -- mAP does not rise with ε (by more than :data:`SWEEP_TOLERANCE` points) and, at
   the largest ε, is within :data:`NEAR_CHANCE` of the clean-to-chance gap above chance: a large
   enough perturbation must destroy retrieval, or the attack is not using it;
@@ -53,21 +53,24 @@ def _flag(name: str, bad: bool, value: float, threshold: float, summary: str) ->
     return Flag(name=name, status="flagged" if bad else "ok", value=value, threshold=threshold, summary=summary)
 
 
-def never_weaker(robust_map: float, references: Mapping[str, float]) -> Flag:
-    """``robust_map`` (%) against each reference attack's mAP (%) at the same ε."""
-    if not references:
+def never_weaker(robust: Mapping[float, float], references: Mapping[float, Mapping[str, float]]) -> Flag:
+    """Robust mAP (%) per ε against each reference attack's mAP (%) at that ε; ``value``: the largest excess."""
+    measured = [e for e in robust if references.get(e)]
+    if not measured:
         return Flag(name="never-weaker", status="not measured", summary="no reference attack was run")
-    weakest = min(references, key=lambda k: references[k])
-    excess = robust_map - references[weakest]
-    listing = ", ".join(f"{k} {v:.2f}" for k, v in references.items())
-    return _flag(
-        "never-weaker",
-        excess > 0,
-        excess,
-        0.0,
-        f"robust mAP {robust_map:.2f} vs reference attacks ({listing}): "
-        + (f"the ensemble is weaker than {weakest} by {excess:.2f} points" if excess > 0 else "no reference attack does better"),
-    )
+    parts, excesses = [], []
+    for e in measured:
+        refs = references[e]
+        weakest = min(refs, key=lambda k: refs[k])
+        excess = robust[e] - refs[weakest]
+        excesses.append(excess)
+        listing = ", ".join(f"{k} {v:.2f}" for k, v in refs.items())
+        parts.append(
+            f"ε {e:g}: robust mAP {robust[e]:.2f} vs reference attacks ({listing}): "
+            + (f"the ensemble is weaker than {weakest} by {excess:.2f} points" if excess > 0 else "no reference attack does better")
+        )
+    worst = max(excesses)
+    return _flag("never-weaker", worst > 0, worst, 0.0, "; ".join(parts))
 
 
 def eps_sweep(maps: Mapping[float, float], clean_map: float, chance_map: float) -> Flag:

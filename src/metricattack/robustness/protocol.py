@@ -20,8 +20,8 @@ Versions: ``standard`` (2 restarts, 3 target identities, 5,000 Square queries, �
 ``fast`` (1 restart, 1 target identity, 1,000 Square queries, ε 8) and ``smoke`` (the same cascade,
 ε and checks with budgets too small for a robustness number: 5 APGD iterations, 20 Square queries;
 it checks that an evaluation runs end to end, e.g. in the tests' benchmark config). The checks
-of :mod:`.flags` use the reference attacks (I-FGSM, MI-FGSM, PGD with the paper's step rule), an
-ε sweep of ``apgd-metric`` and one extra restart of every APGD attack (the convergence check).
+of :mod:`.flags` use the reference attacks at every ε of the version (:data:`REFERENCE_METHODS`: the
+paper's FGSM, I-FGSM and MI-FGSM with its step rule, and PGD), an ε sweep of ``apgd-metric`` and one extra restart of every APGD attack (the convergence check).
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ from ..config import StrictModel
 from ..registry import Registry
 
 Objective = Literal["metric", "margin-targeted", "self", "margin"]
+
+REFERENCE_METHODS = ("fgsm", "ifgsm", "mifgsm", "pgd")
+"""The never-weaker check's attacks: the paper's three (FGSM, I-FGSM, MI-FGSM; its defaults: α = 1,
+μ = 1, min(ε + 4, 1.25 ε) iterations) and PGD, each on the metric loss at the same ε."""
 
 
 class AttackStep(StrictModel):
@@ -62,7 +66,7 @@ class Protocol(StrictModel):
     version: str
     epsilons: list[float] = Field(description="robust mAP is measured at each; the first is the headline")
     cascade: list[AttackStep]
-    reference_methods: list[str] = Field(description="attacks robust mAP must not be weaker than (never-weaker check)")
+    reference_methods: list[str] = Field(description="attacks robust mAP must not be weaker than at each ε (never-weaker check)")
     sweep_epsilons: list[float] = Field(description="ε of the sweep check (apgd-metric, sweep_steps iterations, one start)")
     sweep_steps: int = Field(ge=1)
     eot: int = Field(ge=1, description="gradient samples per APGD step when the model's features are random")
@@ -92,7 +96,7 @@ VERSIONS.register(
         version="standard",
         epsilons=[8, 5],
         cascade=_cascade(restarts=2, targets=3, square_queries=5000),
-        reference_methods=["ifgsm", "mifgsm", "pgd"],
+        reference_methods=list(REFERENCE_METHODS),
         sweep_epsilons=[2, 4, 8, 16, 32, 64],
         sweep_steps=100,
         eot=20,
@@ -104,7 +108,7 @@ VERSIONS.register(
         version="fast",
         epsilons=[8],
         cascade=_cascade(restarts=1, targets=1, square_queries=1000),
-        reference_methods=["ifgsm", "mifgsm", "pgd"],
+        reference_methods=list(REFERENCE_METHODS),
         sweep_epsilons=[2, 8, 32, 64],
         sweep_steps=25,
         eot=20,
@@ -121,7 +125,7 @@ VERSIONS.register(
             AttackStep(name="apgd-self", method="apgd", objective="self", steps=5),
             AttackStep(name="square", method="square", objective="margin", steps=20),
         ],
-        reference_methods=["ifgsm", "mifgsm", "pgd"],
+        reference_methods=list(REFERENCE_METHODS),
         sweep_epsilons=[8, 64],
         sweep_steps=3,
         eot=4,

@@ -57,6 +57,7 @@ class EpsilonResult(Record):
     rank1: Estimate = Field(description="robust rank-1: share of queries whose rank-1 survived every attack")
     attacks: list[AttackRow]
     decisive: dict[str, int] = Field(description="attack → queries whose lowest AP it set ('clean': no attack lowered it)")
+    references: dict[str, float] = Field(default_factory=dict, description="mAP of each reference attack at this ε (never-weaker check)")
 
 
 class Cost(Record):
@@ -94,7 +95,7 @@ class RobustnessResult(Record):
     clean_rank1: Estimate = Field(description="clean rank-1")
     chance_mAP: float = Field(description="expected mAP of a uniformly random ranking: the floor")
     robust: list[EpsilonResult] = Field(description="one per ε of the protocol; the first is the headline")
-    references: dict[str, float] = Field(description="mAP of each reference attack at the headline ε (never-weaker check)")
+    references: dict[str, float] = Field(description="mAP of each reference attack at the headline ε (every ε: in robust)")
     sweep: dict[str, float] = Field(description="ε → mAP of apgd-metric with the sweep's budget (ε-sweep check)")
     flags: list[Flag] = Field(description="the checks (never weaker, ε sweep, convergence, black box, zero gradient, randomness)")
     randomized: bool = Field(description="the model's features changed between two passes; APGD used EOT")
@@ -121,8 +122,8 @@ def bootstrap(protocol: Protocol, vectors: dict[str, np.ndarray]) -> Bootstrap:
     return Bootstrap(vectors, protocol.bootstrap_resamples, protocol.seed, protocol.confidence)
 
 
-def epsilon_result(eps: float, cascade: CascadeResult, protocol: Protocol) -> EpsilonResult:
-    """The robust accuracy of one ε from its cascade, with intervals."""
+def epsilon_result(eps: float, cascade: CascadeResult, protocol: Protocol, references: dict[str, float] | None = None) -> EpsilonResult:
+    """The robust accuracy of one ε from its cascade, with intervals, beside the reference attacks' mAP at that ε."""
     boot = bootstrap(protocol, {"ap": cascade.ap, "hit": cascade.hit})
     rows = [
         AttackRow(
@@ -140,7 +141,14 @@ def epsilon_result(eps: float, cascade: CascadeResult, protocol: Protocol) -> Ep
         )
         for log in cascade.log
     ]
-    return EpsilonResult(eps=eps, mAP=estimate(boot, "ap"), rank1=estimate(boot, "hit"), attacks=rows, decisive=cascade.decisive_counts())
+    return EpsilonResult(
+        eps=eps,
+        mAP=estimate(boot, "ap"),
+        rank1=estimate(boot, "hit"),
+        attacks=rows,
+        decisive=cascade.decisive_counts(),
+        references=references or {},
+    )
 
 
 def json_schema() -> dict[str, Any]:
