@@ -286,8 +286,8 @@ def test_cli_names_a_non_deterministic_model_in_every_run(models, tiny_dataset_r
     model = ["--model", spec("dropout"), "--data-root", str(tiny_dataset_root), "--dataset", "folder"]
     common = [*model, "--no-progress"]
     attack = ["--out", str(tmp_path / "adv"), "--eps", "2", "--method-option", "steps=1"]
-    robustness = ["--out", str(tmp_path / "robust"), "--version", "smoke"]  # it shows no progress bars
-    for argv in (["evaluate", *common], ["attack", *common, *attack], ["robustness", *model, *robustness], ["evaluate", *common]):
+    robustness = ["--out", str(tmp_path / "robust"), "--version", "smoke"]
+    for argv in (["evaluate", *common], ["attack", *common, *attack], ["robustness", *common, *robustness], ["evaluate", *common]):
         assert main(argv) == 0
         out, err = capsys.readouterr()
         assert err.count("warning: model python:contract_models:dropout is not deterministic in eval mode") == 1, err

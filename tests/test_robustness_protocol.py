@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -188,15 +189,17 @@ def test_cli_writes_the_result_resumes_and_refuses_another_model(
     out = tmp_path / "rob"
     args = ["robustness", "--model", "python:user_rob_net:build", "--data-root", str(tiny_dataset_root), "--dataset", "folder"]
     assert main([*args, "--version", "smoke", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, shown = capsys.readouterr()
     assert "robust mAP" in printed and "[ok]" in printed and "cost:" in printed
+    assert re.search(r"robustness: +\d+%.*run", shown) and "features: " in shown  # progress bars by default, on stderr
     result = RobustnessResult.model_validate(json.loads((out / "robustness.json").read_text()))
     assert result.protocol.version == "smoke" and [r.eps for r in result.robust] == [8, 5] and (out / "evidence.safetensors").is_file()
     # the reference attacks (the paper's three and PGD) at every ε, each ε checked by never-weaker
     assert all(set(r.references) == {"fgsm", "ifgsm", "mifgsm", "pgd"} for r in result.robust)
     assert "reference attacks at eps 5 (mAP): fgsm" in printed and "ε 5: robust mAP" in printed
     first = (out / "runs" / "eps8-apgd-metric-0.json").read_bytes()
-    assert main([*args, "--version", "smoke", "--out", str(out)]) == 0  # resumed: every run read back
+    assert main([*args, "--version", "smoke", "--out", str(out), "--no-progress"]) == 0  # resumed: every run read back
+    assert not re.search("robustness: |features: ", capsys.readouterr().err)
     assert (out / "runs" / "eps8-apgd-metric-0.json").read_bytes() == first
     assert json.loads((out / "robustness.json").read_text())["robust"] == result.model_dump(mode="json")["robust"]
     assert main([*args, "--version", "smoke", "--eps", "4", "--out", str(out)]) == 2

@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market)")
     parser.add_argument("--batch-size", type=int, default=32, help="query images per attack batch (bounds memory)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
 
 
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             records=out / RUNS,
             model_record=record,
+            progress=not args.no_progress,
         )
         if is_main_process():
             atomic_write_json(out / RESULT_FILE, result.model_dump(mode="json"))

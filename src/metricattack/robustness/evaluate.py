@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..attacks.margin import QueryGallery, RankingMargin, hardest_negatives
 from ..attacks.ops import quantize
@@ -164,6 +165,7 @@ class Setup:
     device: torch.device
     records: Records
     spent: list[int]  # [forwards, backwards] of every run so far, the checks' included
+    bar: tqdm  # one step per attack run (run or read back), the checks' included
 
     # ------------------------------------------------------------------ one run, sharded and recorded
     def run(
@@ -174,10 +176,12 @@ class Setup:
         ``eps``, gather, record."""
         outcome = self.records.get(key, queries)
         if outcome is None:
+            self.bar.set_postfix_str(key, refresh=True)
             outcome = self._attack(key, eps, queries, attack)
             self.records.put(key, outcome)
         self.spent[0] += outcome.forwards
         self.spent[1] += outcome.backwards
+        self.bar.update()
         return outcome
 
     def _attack(
@@ -286,6 +290,7 @@ def evaluate_robustness(
     device: str | torch.device = "cpu",
     records: Path | None = None,
     protocol: Protocol | None = None,
+    progress: bool = False,
 ) -> RobustnessResult:
     """Robust mAP and rank-1 of ``model`` on ``dataset`` under the protocol ``version``: the public
     ``metricattack.evaluate_robustness`` (arguments as :func:`run_protocol`'s; per-query APs: call that)."""
@@ -300,6 +305,7 @@ def evaluate_robustness(
         device=device,
         records=records,
         protocol=protocol,
+        progress=progress,
     )[0]
 
 
@@ -334,6 +340,7 @@ def run_protocol(
     records: Path | None = None,
     model_record: dict[str, Any] | None = None,
     protocol: Protocol | None = None,
+    progress: bool = False,
 ) -> tuple[RobustnessResult, dict[str, np.ndarray]]:
     """Robust mAP and rank-1 of ``model`` on ``dataset``'s test split under the protocol ``version``,
     and the per-query evidence behind them (:func:`evidence_key` → ``[Q]``, NaN without a true match).
@@ -349,6 +356,7 @@ def run_protocol(
         model_record: how the model was loaded, recorded in the result and the records' identity
             (default: its class and :func:`state_digest`).
         protocol: a :class:`~.protocol.Protocol` to run instead of ``version``'s (tests, studies of the protocol itself).
+        progress: tqdm bars on stderr (on the main process): the clean features, then one step per attack run.
     """
     from ..metrics.distance import EuclideanMetric
 
@@ -364,9 +372,9 @@ def run_protocol(
     device = torch.device(device)
     model.eval().to(device)
     with torch.no_grad():
-        queries = extract_features(model, dataset.query, batch_size, device=device, progress=False)
-        gallery = extract_features(model, dataset.gallery, batch_size, device=device, progress=False)
-        change = flags.feature_change(queries, extract_features(model, dataset.query, batch_size, device=device, progress=False))
+        queries = extract_features(model, dataset.query, batch_size, device=device, progress=progress)
+        gallery = extract_features(model, dataset.gallery, batch_size, device=device, progress=progress)
+        change = flags.feature_change(queries, extract_features(model, dataset.query, batch_size, device=device, progress=progress))
     randomized = change > flags.RANDOM_TOLERANCE
     q, g = dataset.query, dataset.gallery
     side = QueryGallery(metric, gallery, [r.pid for r in q], [r.camid for r in q], [r.pid for r in g], [r.camid for r in g], ap)
@@ -377,6 +385,9 @@ def run_protocol(
         {"model": model_record, "dataset": fingerprint, "protocol": protocol.model_dump(mode="json"), "metric": metric.name, "ap": ap}
     )
     chance = side.chance_ap()
+    runs = sum(s.runs for s in protocol.cascade) * len(protocol.epsilons) + sum(s.method == "apgd" for s in protocol.cascade)
+    runs += len(protocol.reference_methods) * len(protocol.epsilons) + len(protocol.sweep_epsilons)
+    bar = tqdm(total=runs, desc="robustness", unit="run", disable=not (progress and is_main_process()), leave=False)
     setup = Setup(
         model,
         metric,
@@ -391,12 +402,17 @@ def run_protocol(
         device,
         store,
         [0, 0],
+        bar,
     )
     clean_dist = side.distances(queries)
     all_queries = torch.arange(len(q))
     clean_ap, clean_hit = side.ap(clean_dist, all_queries), side.first_hit(clean_dist, all_queries)
 
-    cascades = [run_cascade(cascade_runs(setup, e, extra=i == 0), clean_ap, clean_hit, chance) for i, e in enumerate(protocol.epsilons)]
+    cascades: list[CascadeResult] = []
+    for i, e in enumerate(protocol.epsilons):
+        cascade = run_cascade(cascade_runs(setup, e, extra=i == 0), clean_ap, clean_hit, chance)
+        bar.update(sum(not log.attacked for log in cascade.log))  # the runs left out: no query above chance
+        cascades.append(cascade)
     valid = np.flatnonzero(np.isfinite(clean_ap))
     references = {
         e: {m: float(100 * np.nanmean(setup.reference(m, e)(valid).ap)) for m in protocol.reference_methods} for e in protocol.epsilons
@@ -410,6 +426,7 @@ def run_protocol(
         out = setup.step_run(sweep_step, 0, e, START_IDS["sweep"], tag="sweep")(todo)
         worst[todo] = np.minimum(worst[todo], out.ap)
         sweep[f"{e:g}"] = float(100 * np.nanmean(worst))
+    bar.close()
     boot = bootstrap(protocol, {"clean": clean_ap, "clean_hit": clean_hit})
     clean_map = estimate(boot, "clean")
     flag_list = _flags(protocol, cascades, references, sweep, clean_map, float(100 * np.nanmean(chance)), change, setup.eot)
