@@ -8,6 +8,8 @@ torchreid's ``FeatureExtractor`` (its test transform on the image files, its for
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,10 +21,12 @@ from PIL import Image
 torchreid = pytest.importorskip("torchreid")
 
 import metricattack as ma  # noqa: E402
+from metricattack.cli import main  # noqa: E402
 from metricattack.errors import CheckpointError  # noqa: E402
 from metricattack.models.foreign import FORMATS  # noqa: E402
 from metricattack.models.torchreid_zoo import TORCHREID_MODELS, paper  # noqa: E402
 from metricattack.models.wrap import MEAN, STD  # noqa: E402
+from metricattack.robustness.result import RobustnessResult  # noqa: E402
 
 
 def build(name: str, classes: int = 5, seed: int = 0) -> torch.nn.Module:
@@ -164,3 +168,45 @@ def test_wrap_options_and_refusals() -> None:
         ma.wrap(net, input_size=(8, 4))
     with pytest.raises(ValueError, match=r"images of shape \[B,3,H,W\] in \[0,1\], got \(3, 20, 10\)"):
         wrapped(torch.rand(3, 20, 10))
+
+
+OSNET_MODULE = """
+# osnet_reid.py, as README ("Any network that expects normalised tensors: ma.wrap") tells a user to write it
+import metricattack as ma
+import torchreid
+
+
+def build():
+    net = torchreid.models.build_model("osnet_x0_25", num_classes=12, pretrained=False)  # 12: the classes of the checkpoint
+    return ma.wrap(net, mean=ma.IMAGENET_MEAN, std=ma.IMAGENET_STD, input_size=(64, 32))  # 64x32 (README: 256x128) keeps the test fast
+"""
+
+
+def test_robustness_command_on_a_torchreid_model_wrapped_as_a_user_would(
+    tiny_dataset_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: ``metricattack robustness`` on any model ``--model python:`` accepts, here torchreid's OSNet
+    in a user's module with its torchreid checkpoint (``--weights``), the smoke protocol on two queries."""
+    data = tmp_path / "two-queries"
+    for split in ("bounding_box_train", "bounding_box_test", "query"):
+        (data / split).mkdir(parents=True)
+    for image in (tiny_dataset_root / "bounding_box_test").iterdir():
+        shutil.copy(image, data / "bounding_box_test")
+    for image in sorted((tiny_dataset_root / "query").iterdir())[4::22]:  # two identities' queries, above chance AP here
+        shutil.copy(image, data / "query")
+    (tmp_path / "osnet_reid.py").write_text(OSNET_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    checkpoint = engine_checkpoint(build("osnet_x0_25", classes=12), tmp_path / "log")  # as torchreid's training writes it
+    out = tmp_path / "robustness"
+    argv = ["robustness", "--model", "python:osnet_reid:build", "--weights", str(checkpoint), "--data-root", str(data)]
+    assert main([*argv, "--dataset", "folder", "--version", "smoke", "--out", str(out), "--no-progress"]) == 0
+    assert "robust mAP" in capsys.readouterr().out
+    result = RobustnessResult.model_validate(json.loads((out / "robustness.json").read_text(encoding="utf-8")))
+    assert result.dataset.num_valid_queries == 2 and result.model["preprocessing"]["input_size"] == [64, 32]
+    assert result.headline.attacks[0].attacked == 2  # both above chance: the cascade attacks them
+    assert [r.eps for r in result.robust] == [8, 5] and 0 <= result.chance_mAP <= 100
+    for row in result.robust:
+        assert 0 <= row.mAP.value <= result.clean.value <= 100 and row.mAP.low <= row.mAP.value <= row.mAP.high
+    assert {f.name for f in result.flags} == {"never-weaker", "eps-sweep", "convergence", "black-box", "zero-gradient", "randomness"}
+    assert {f.status for f in result.flags} <= {"ok", "flagged", "not measured"}
+    sys.modules.pop("osnet_reid", None)
