@@ -134,7 +134,9 @@ def test_robustness_leaderboard(tiny_run: Path) -> None:
     (row,) = board.rows
     assert row.robust_mAP.low <= row.robust_mAP.value <= row.robust_mAP.high and row.robust_mAP.value <= row.clean_mAP
     assert row.forwards_per_query > row.backwards_per_query > 0
+    assert row.gallery_mAP is not None and row.gallery_mAP.value <= row.clean_mAP  # the gallery-side figure, reported apart
     detail = json.loads(Path(row.file).read_text())
+    assert detail["gallery"]["mAP"]["value"] == row.gallery_mAP.value
     assert detail["protocol"]["version"] == "smoke" and detail["robust"][0]["mAP"]["value"] == row.robust_mAP.value
     assert "Robustness leaderboard" in (tiny_run / "tables" / "robustness.md").read_text()
 

@@ -247,6 +247,7 @@ def test_robust_evaluation_is_the_worst_case_and_counts_the_transfer_attack(figu
     model itself, is white-box I-FGSM: the protocol's APGD cascade must do at least as well, so no transfer flag."""
     from metricattack.attacks.engine import clean_features
     from metricattack.robustness.evaluate import run_protocol
+    from metricattack.robustness.protocol import VERSIONS
 
     data = load_dataset("folder", figures)
     model, metric = load_model(base), EuclideanMetric()
@@ -258,7 +259,8 @@ def test_robust_evaluation_is_the_worst_case_and_counts_the_transfer_attack(figu
         model, data, metric, [4, 8], version="smoke", transfers=transfers, records=tmp_path / "runs", model_record=record
     )
     assert [r.epsilon for r in results] == [4.0, 8.0]
-    smoke, _ = run_protocol(model, data, eps=8, version="smoke", model_record=record, protocol=None)
+    without_gallery = VERSIONS.get("smoke").model_copy(update={"gallery": None})  # the gallery side is GALLERY_ATTACKS' here
+    smoke, _ = run_protocol(model, data, eps=8, model_record=record, protocol=without_gallery)
     for result in results:
         assert set(result.attacks) == {protocol_key("smoke"), TRANSFER_KEY} | {a.key for a in GALLERY_ATTACKS}
         worst = result.worst("query")

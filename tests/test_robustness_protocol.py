@@ -22,13 +22,15 @@ import torch
 from torch import nn
 
 import metricattack as ma
+from metricattack.attacks.engine import AttackBatches
 from metricattack.cli import main
 from metricattack.data.layouts import load_dataset
 from metricattack.data.types import ReIDDataset
 from metricattack.errors import MetricAttackError
 from metricattack.models.checkpoint import load_model
-from metricattack.robustness.evaluate import evidence_key, query_subset, run_protocol
-from metricattack.robustness.protocol import AttackStep, Protocol
+from metricattack.robustness import gallery
+from metricattack.robustness.evaluate import evidence_key, gallery_key, query_subset, run_protocol
+from metricattack.robustness.protocol import AttackStep, GallerySide, Protocol
 from metricattack.robustness.result import RobustnessResult
 from metricattack.robustness.traps import Preprocessed
 
@@ -47,8 +49,9 @@ MINI = Protocol(
     eot=2,
 )
 
+WITH_GALLERY = MINI.model_copy(update={"gallery": GallerySide(steps=6)})  # the clean model's: the gallery-side figure too
 ONE_ATTACK = MINI.model_copy(update={"version": "one-attack", "cascade": MINI.cascade[:1], "sweep_epsilons": []})
-PROTOCOLS = {"clean": MINI, "off-grid": ONE_ATTACK, "noise": ONE_ATTACK} | {
+PROTOCOLS = {"clean": WITH_GALLERY, "off-grid": ONE_ATTACK, "noise": ONE_ATTACK} | {
     f"{t}{b}": MINI for t in ("quantize", "resize") for b in ("", "+bpda")
 }
 
@@ -125,16 +128,72 @@ def test_worst_case_over_the_cascade_and_its_bookkeeping(evaluations: Evaluation
 
 def test_resume_replays_the_recorded_runs(evaluations: Evaluations) -> None:
     result, _ = evaluations("clean")
-    again, _ = run_protocol(evaluations.base, evaluations.dataset, protocol=MINI, batch_size=8, records=evaluations.records)
+    again, _ = run_protocol(evaluations.base, evaluations.dataset, protocol=WITH_GALLERY, batch_size=8, records=evaluations.records)
     assert again.robust == result.robust and again.references == result.references and again.sweep == result.sweep
+    assert again.gallery == result.gallery
     (evaluations.records / "eps8-apgd-self-0.json").unlink()  # killed before that run was recorded: it runs again, the same
     assert (
-        run_protocol(evaluations.base, evaluations.dataset, protocol=MINI, batch_size=8, records=evaluations.records)[0].robust
+        run_protocol(evaluations.base, evaluations.dataset, protocol=WITH_GALLERY, batch_size=8, records=evaluations.records)[0].robust
         == result.robust
     )
     other = Preprocessed(evaluations.base, "quantize")  # another model: its records folder is refused before any attack
     with pytest.raises(MetricAttackError, match="another model, dataset or protocol"):
-        run_protocol(other, evaluations.dataset, protocol=MINI, batch_size=8, records=evaluations.records)
+        run_protocol(other, evaluations.dataset, protocol=WITH_GALLERY, batch_size=8, records=evaluations.records)
+
+
+def test_the_gallery_side_figure(evaluations: Evaluations) -> None:
+    """The paper's threat model beside the headline: the gallery attacked by APGD, every query clean."""
+    result, evidence = evaluations("clean")
+    side = result.gallery
+    assert side is not None and side.eps == 8 and side.top_k is None
+    # eligible: the gallery images of the eight queries' identities (the paper's loss moves no other); all attacked
+    pids = {r.pid for r in evaluations.dataset.query}
+    assert side.attacked == side.eligible == sum(r.pid in pids for r in evaluations.dataset.gallery) > 0
+    ap = evidence[evidence_key(gallery_key(8))]
+    assert side.mAP.value == pytest.approx(100 * np.nanmean(ap)) and side.mAP.low <= side.mAP.value <= side.mAP.high
+    assert side.mAP.value < result.clean.value and side.mAP.value <= side.references["ifgsm"]
+    assert set(side.references) == {"fgsm", "ifgsm", "mifgsm"} and flags_of(result)["gallery-never-weaker"] == "ok"
+    assert (side.forwards, side.backwards) == (8 * side.attacked, 7 * side.attacked)  # 1 + 6 APGD passes, 1 to rank it
+
+
+def test_the_gallery_side_resumes_after_an_interruption(evaluations: Evaluations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result, evidence = evaluations("clean")
+    records = tmp_path / "runs"
+    records.mkdir()
+    for path in evaluations.records.glob("*.json"):  # the query side's records: replayed, not run again
+        (records / path.name).write_bytes(path.read_bytes())
+
+    class KilledInItsSecondBatch(AttackBatches):
+        def __iter__(self):
+            for number, batch in enumerate(super().__iter__()):
+                if number == 1:
+                    raise KeyboardInterrupt
+                yield batch
+
+    monkeypatch.setattr(gallery, "attack_batches", lambda plan, spec, **kw: KilledInItsSecondBatch(plan, spec, **kw))
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(evaluations.base, evaluations.dataset, protocol=WITH_GALLERY, batch_size=8, records=records)
+    done = sorted(p.name for p in records.glob("gallery-*"))
+    assert done == ["gallery-apgd-eps8-0-8.safetensors"]
+    monkeypatch.undo()
+    again, again_evidence = run_protocol(evaluations.base, evaluations.dataset, protocol=WITH_GALLERY, batch_size=8, records=records)
+    assert again.gallery == result.gallery and again.flags == result.flags
+    key = evidence_key(gallery_key(8))
+    np.testing.assert_array_equal(again_evidence[key], evidence[key])
+
+
+def test_within_top_k_on_a_hand_made_ranking() -> None:
+    """Two queries (identities 1 and 2, camera 0) and five gallery images: a match is kept when it is in the
+    top 2 of a query of its identity, junk and same-camera matches not counted."""
+    from metricattack.attacks.margin import QueryGallery
+    from metricattack.metrics.distance import EuclideanMetric
+
+    side = QueryGallery(EuclideanMetric(), torch.zeros(5, 2), [1, 2], [0, 0], [1, 1, 2, -1, 1], [1, 1, 1, 1, 0])
+    distances = torch.tensor([[3.0, 4.0, 1.0, 0.0, 0.5], [9.0, 9.0, 2.0, 0.0, 9.0]])
+    # query 0: junk (3) and its same-camera image (4) left out; ranking 2, 0, 1 → image 0 in its top 2, 1 not
+    # query 1: ranking 2, then 0, 1 (ties by order) → image 2 in its top 2
+    assert gallery.within_top_k(side, distances, 2).tolist() == [True, False, True, False, False]
+    assert gallery.within_top_k(side, distances, 3).tolist() == [True, True, True, False, False]
 
 
 def test_checks_pass_on_the_clean_model(evaluations: Evaluations) -> None:
@@ -179,7 +238,7 @@ def test_a_random_model_is_flagged_and_attacked_with_eot(evaluations: Evaluation
 
 def test_public_api(eight: ReIDDataset, base: nn.Module, evaluations: Evaluations) -> None:
     clean, _ = evaluations("clean")  # its runs are recorded: the public call replays them
-    result = ma.evaluate_robustness(base, eight, eps=8, protocol=MINI, batch_size=8, records=evaluations.records)
+    result = ma.evaluate_robustness(base, eight, eps=8, protocol=WITH_GALLERY, batch_size=8, records=evaluations.records)
     assert isinstance(result, RobustnessResult) and result.robust == clean.robust
 
 

@@ -245,6 +245,7 @@ def test_robustness_under_torchrun_equals_one_process(tiny_dataset_root: Path, t
     assert done.stdout.count("written to") == 1  # only rank 0 reports
     one, two = (json.loads((tmp_path / n / "robustness.json").read_text()) for n in ("single", "sharded"))
     assert two["robust"] == one["robust"] and two["references"] == one["references"] and two["sweep"] == one["sweep"]
+    assert two["gallery"] == one["gallery"] and one["gallery"]["attacked"] > 0  # the gallery side's batches sharded too
     assert two["cost"]["forwards"] == one["cost"]["forwards"]
 
 

@@ -293,15 +293,30 @@ class ZooModel(ModelSection):
         return self
 
 
+class ZooRobustnessSection(StrictModel):
+    """The robustness protocol on each zoo model (``metricattack robustness``, the robustness
+    leaderboard's evaluation): its robust mAP with the bootstrap interval is a column of the zoo table."""
+
+    enabled: bool = True
+    version: ProtocolVersion = Field("fast", description="protocol version: standard, fast (default) or smoke (tests)")
+    eps: float = Field(default=8.0, ge=1, le=255, description="headline ε in 0..255 units")
+    queries: PositiveInt | None = Field(
+        default=None, description="evaluate this many queries, evenly spaced over the query list; default: every query"
+    )
+    batch_size: PositiveInt = 32
+
+
 class ZooSection(StrictModel):
     """The model zoo: each model clean and under white-box attack on the query side and on the gallery
     side. The attacks are chosen here only (``methods`` × ``sides`` × ``epsilons``, with the benchmark's
-    α, steps and μ); each cell reports the lowest mAP over ``methods`` (the strongest attack)."""
+    α, steps and μ); each cell reports the lowest mAP over ``methods`` (the strongest attack). Beside
+    them, each model's robust mAP under the robustness protocol (``robustness``)."""
 
     models: list[ZooModel] = Field(default_factory=list, description="the zoo (empty: the experiment does not run)")
     methods: list[MethodName] = Field(default_factory=lambda: ["ifgsm", "pgd"], min_length=1)
     sides: list[Side] = Field(default_factory=lambda: list(SIDES), min_length=1)
     epsilons: list[Annotated[float, Field(gt=0, le=255)]] = Field(default_factory=lambda: [5.0, 8.0], min_length=1)
+    robustness: ZooRobustnessSection = ZooRobustnessSection()
 
 
 class BeyondSection(StrictModel):

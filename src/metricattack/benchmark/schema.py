@@ -257,6 +257,14 @@ class Table5(Record):
     adaptive: list[dict[str, Any]] = Field(default_factory=list, description="white-box attacks on defended models")
 
 
+class Interval(Record):
+    """A percentage with its bootstrap interval over queries."""
+
+    value: float
+    low: float
+    high: float
+
+
 class ZooAttack(Record):
     """One white-box attack on a zoo model: its own queries or gallery perturbed, tested on the model itself."""
 
@@ -275,16 +283,25 @@ class ZooRow(Record):
     paper: str
     clean: Ranking
     attacks: list[ZooAttack]
+    robust_mAP: Interval | None = Field(
+        default=None, description="robust mAP under the robustness protocol (Zoo.robustness_version, at Zoo.robustness_eps)"
+    )
+    robust_flagged: list[str] = Field(default_factory=list, description="the protocol's checks that flagged this model")
+    robust_file: str | None = Field(default=None, description="its robustness.json (every attack, check and cost)")
 
 
 class Zoo(Record):
-    """The model zoo: every model clean and under each white-box attack (squared Euclidean distance)."""
+    """The model zoo: every model clean and under each white-box attack (squared Euclidean distance),
+    and its robust mAP under the robustness protocol."""
 
     metric: str
     methods: list[str]
     sides: list[Literal["query", "gallery"]]
     epsilons: list[float]
     rows: list[ZooRow]
+    robustness_version: str | None = Field(default=None, description="the robustness protocol version of robust_mAP (None: not run)")
+    robustness_eps: float | None = None
+    robustness_queries: int | None = Field(default=None, description="queries of the robust evaluation (evenly spaced); None: every query")
 
 
 class BeyondCell(Record):
@@ -377,14 +394,6 @@ class Defenses(Record):
     entries: list[DefenseEntry] = Field(default_factory=list, description="ranked by robust_mAP at the largest ε")
 
 
-class Interval(Record):
-    """A percentage with its bootstrap interval over queries."""
-
-    value: float
-    low: float
-    high: float
-
-
 class LeaderboardRow(Record):
     """One model's robustness evaluation (``metricattack robustness``'s protocol)."""
 
@@ -393,6 +402,9 @@ class LeaderboardRow(Record):
     robust_rank1: Interval
     clean_mAP: float
     chance_mAP: float
+    gallery_mAP: Interval | None = Field(
+        default=None, description="the protocol's gallery-side figure: mAP with the gallery attacked and every query clean (reported apart)"
+    )
     flagged: list[str] = Field(description="the checks that flagged this evaluation (see its robustness.json)")
     forwards_per_query: float = Field(description="forward passes of one image per query, checks included")
     backwards_per_query: float

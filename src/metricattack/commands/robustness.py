@@ -94,6 +94,16 @@ def format_result(result: RobustnessResult) -> str:
     lines.append(f"  decisive (queries whose lowest AP each set): {decisive}")
     for row in result.robust:
         lines.append(f"  reference attacks at eps {row.eps:g} (mAP): {', '.join(f'{k} {v:.2f}' for k, v in row.references.items())}")
+    if (g := result.gallery) is not None:
+        budget = "every eligible image" if g.top_k is None else f"those in the clean top {g.top_k} of a query of their identity"
+        lines.append(
+            f"  gallery side at eps {g.eps:g}/255 (queries clean; {g.method} on the paper's metric loss, {g.steps} iterations, "
+            f"{g.attacked} of {g.eligible} eligible gallery images attacked: {budget}):"
+        )
+        lines.append(
+            f"    mAP {g.mAP.value:.2f} [{g.mAP.low:.2f}, {g.mAP.high:.2f}]   rank-1 {g.rank1.value:.2f} [{g.rank1.low:.2f}, {g.rank1.high:.2f}]"
+            "   reference attacks (mAP): " + ", ".join(f"{k} {v:.2f}" for k, v in g.references.items())
+        )
     lines.append("  checks:")
     for f in result.flags:
         lines.append(f"    [{f.status}] {f.name}: {f.summary}")

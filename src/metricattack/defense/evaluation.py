@@ -311,7 +311,9 @@ def robust_evaluations(
     clean = clean or clean_features([model], dataset, batch_size=batch_size, device=device)[0]
     top = max(epsilons)
     protocol = VERSIONS.get(version)
-    protocol = protocol.model_copy(update={"epsilons": [top, *sorted({float(e) for e in epsilons} - {top}, reverse=True)]})
+    # the gallery side is measured here at every ε by GALLERY_ATTACKS, not by the protocol's own gallery-side figure
+    epsilon_list = [top, *sorted({float(e) for e in epsilons} - {top}, reverse=True)]
+    protocol = protocol.model_copy(update={"epsilons": epsilon_list, "gallery": None})
     result, evidence = run_protocol(
         model,
         dataset,

@@ -16,7 +16,8 @@ and on :class:`~metricattack.attacks.margin.RankingMargin` for the targeted marg
 hard negative identity) and Square (which stops a probe once its AP is at chance). Seeds: run
 ``r`` of an attack uses the seed ``protocol.seed · 1000003 + start id`` (:data:`START_IDS`), and
 every method draws its randomness per image from it, so the numbers do not depend on the batch
-size or the number of processes.
+size or the number of processes. The protocol's gallery-side figure (:mod:`.gallery`) comes last,
+reported beside the headline (``RobustnessResult.gallery``, its ``gallery-never-weaker`` flag).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from ..io import atomic_write_json, environment_versions, sha256_json, thread_se
 from ..metrics.distance import Metric
 from . import flags
 from .cascade import CascadeResult, RunOutcome, run_cascade, standing
+from .gallery import gallery_side
 from .protocol import VERSIONS, AttackStep, Protocol
 from .result import Cost, DatasetRecord, Estimate, RobustnessResult, bootstrap, epsilon_result, estimate
 
@@ -430,10 +432,19 @@ def run_protocol(
     boot = bootstrap(protocol, {"clean": clean_ap, "clean_hit": clean_hit})
     clean_map = estimate(boot, "clean")
     flag_list = _flags(protocol, cascades, references, sweep, clean_map, float(100 * np.nanmean(chance)), change, setup.eot)
+    gallery_result = None
+    if protocol.gallery is not None:
+        gallery_result, gallery_ap, gallery_hit = gallery_side(setup, protocol.epsilons[0], clean_dist)
+        figure = {gallery_result.eps: gallery_result.mAP.value}
+        references_g = {gallery_result.eps: gallery_result.references}
+        flag_list.append(flags.never_weaker(figure, references_g, name="gallery-never-weaker"))
     cost = _cost(cascades, setup.spent, len(valid), len(q), time.perf_counter() - begin)
     evidence = {evidence_key("clean"): clean_ap, evidence_key("clean", hit=True): clean_hit, "chance": chance}
     for e, c in zip(protocol.epsilons, cascades, strict=True):
         evidence[evidence_key(e)], evidence[evidence_key(e, hit=True)] = c.ap, c.hit
+    if gallery_result is not None:
+        where = gallery_key(gallery_result.eps)
+        evidence[evidence_key(where)], evidence[evidence_key(where, hit=True)] = gallery_ap, gallery_hit
     result = RobustnessResult(
         protocol=protocol,
         model=model_record,
@@ -452,6 +463,7 @@ def run_protocol(
         robust=robust,
         references=references[protocol.epsilons[0]],
         sweep=sweep,
+        gallery=gallery_result,
         flags=flag_list,
         randomized=randomized,
         cost=cost,
@@ -460,8 +472,13 @@ def run_protocol(
     return result, evidence
 
 
+def gallery_key(eps: float) -> str:
+    """The :func:`evidence_key` place of the gallery-side figure at ``eps``."""
+    return f"gallery-eps{eps:g}"
+
+
 def evidence_key(eps: float | str, hit: bool = False) -> str:
-    """Key of a per-query vector: robust AP (or rank-1 hit) at ``eps``, or ``"clean"``."""
+    """Key of a per-query vector: robust AP (or rank-1 hit) at ``eps``, or ``"clean"``, or :func:`gallery_key`."""
     where = eps if isinstance(eps, str) else f"eps{eps:g}"
     return f"{'hit' if hit else 'ap'}|{where}"
 

@@ -4,7 +4,8 @@ Each returns a :class:`Flag`: ``ok``, ``flagged`` (the number may overstate robu
 summary) or ``not measured``. Thresholds are the module constants, stated in every summary:
 
 * **never weaker** -- at every ε, robust mAP ≤ the mAP of each reference attack (FGSM, I-FGSM,
-  MI-FGSM, PGD) at that ε; a stronger-on-paper ensemble that does worse than a plain attack is broken or blocked;
+  MI-FGSM, PGD) at that ε; a stronger-on-paper ensemble that does worse than a plain attack is broken or blocked
+  (``gallery-never-weaker``: the same for the gallery-side figure and its reference attacks);
 * **ε sweep** -- mAP does not rise with ε (by more than :data:`SWEEP_TOLERANCE` points) and, at
   the largest ε, is within :data:`NEAR_CHANCE` of the clean-to-chance gap above chance: a large
   enough perturbation must destroy retrieval, or the attack is not using it;
@@ -53,11 +54,12 @@ def _flag(name: str, bad: bool, value: float, threshold: float, summary: str) ->
     return Flag(name=name, status="flagged" if bad else "ok", value=value, threshold=threshold, summary=summary)
 
 
-def never_weaker(robust: Mapping[float, float], references: Mapping[float, Mapping[str, float]]) -> Flag:
-    """Robust mAP (%) per ε against each reference attack's mAP (%) at that ε; ``value``: the largest excess."""
+def never_weaker(robust: Mapping[float, float], references: Mapping[float, Mapping[str, float]], name: str = "never-weaker") -> Flag:
+    """Robust mAP (%) per ε against each reference attack's mAP (%) at that ε; ``value``: the largest excess
+    (``name``: the check's name, ``gallery-never-weaker`` for the gallery-side figure)."""
     measured = [e for e in robust if references.get(e)]
     if not measured:
-        return Flag(name="never-weaker", status="not measured", summary="no reference attack was run")
+        return Flag(name=name, status="not measured", summary="no reference attack was run")
     parts, excesses = [], []
     for e in measured:
         refs = references[e]
@@ -70,7 +72,7 @@ def never_weaker(robust: Mapping[float, float], references: Mapping[float, Mappi
             + (f"the ensemble is weaker than {weakest} by {excess:.2f} points" if excess > 0 else "no reference attack does better")
         )
     worst = max(excesses)
-    return _flag("never-weaker", worst > 0, worst, 0.0, "; ".join(parts))
+    return _flag(name, worst > 0, worst, 0.0, "; ".join(parts))
 
 
 def eps_sweep(maps: Mapping[float, float], clean_map: float, chance_map: float) -> Flag:
