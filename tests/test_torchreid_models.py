@@ -207,6 +207,14 @@ def test_robustness_command_on_a_torchreid_model_wrapped_as_a_user_would(
     assert [r.eps for r in result.robust] == [8, 5] and 0 <= result.chance_mAP <= 100
     for row in result.robust:
         assert 0 <= row.mAP.value <= result.clean.value <= 100 and row.mAP.low <= row.mAP.value <= row.mAP.high
-    assert {f.name for f in result.flags} == {"never-weaker", "eps-sweep", "convergence", "black-box", "zero-gradient", "randomness"}
+    assert {f.name for f in result.flags} == {
+        "never-weaker",
+        "eps-sweep",
+        "convergence",
+        "black-box",
+        "zero-gradient",
+        "randomness",
+        "gallery-never-weaker",
+    }
     assert {f.status for f in result.flags} <= {"ok", "flagged", "not measured"}
     sys.modules.pop("osnet_reid", None)
