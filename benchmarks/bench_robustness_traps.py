@@ -6,7 +6,8 @@ protocol of ``tests/test_robustness_protocol.py`` (APGD 6 iterations, Square 20 
 reference I-FGSM, sweep ε 4 / 64) on the first ``--queries`` queries. The issue's criterion: each
 trap is flagged, and its BPDA counterpart comes back within 2 points of the plain model's robust mAP.
 
-Run: ``.venv/bin/python benchmarks/bench_robustness_traps.py --data-root data/tiny --checkpoint model/model.safetensors``.
+Run: ``.venv/bin/python benchmarks/bench_robustness_traps.py --data-root data/tiny --checkpoint model/model.safetensors``
+(``--models clean,jpeg,jpeg+bpda``: some of them; ``--queries 36``: the tiny set's every query).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="folder")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--queries", type=int, default=8)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)} (default all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     full = load_dataset(args.dataset, args.data_root)
@@ -56,7 +58,7 @@ def main() -> None:
     print(f"load average at start {os.getloadavg()[0]:.2f}, 1 thread, {args.queries} queries")
     print("| model | robust mAP | its clean mAP | flagged | CPU s |")
     print("|---|---:|---:|---|---:|")
-    for name in MODELS:
+    for name in args.models.split(","):
         transform, _, bpda = name.partition("+")
         model = base if name == "clean" else Preprocessed(base, transform, bpda=bool(bpda))
         start = time.process_time()

@@ -16,9 +16,15 @@ model ``f`` as ``f(T(x))`` with one of the :data:`TRANSFORMS`:
 
 Each has its counterpart that restores a useful gradient: BPDA (Backward Pass Differentiable
 Approximation) for the deterministic ones, ``T(x)`` in the forward pass and a differentiable
-stand-in ``A`` in the backward pass (``T(x).detach() + (A(x) − A(x).detach())``: the same features, the
-gradient of ``f`` at ``T(x)`` through ``A``; ``A`` is the identity, or for the resize chain the chain
-without its rounding); EOT
+stand-in ``A`` in the backward pass: ``T(x).detach() + (A(x) − A(x).detach())`` has the values of
+``T(x)``, so the features, the losses and the ranking are the trapped model's own, and the gradient
+``J_A(x)ᵀ ∇f(T(x))`` (writing it as ``A(x) + (T(x) − A(x)).detach()``, the approximation's forward
+with a straight-through correction to the real output, is the same tensor with the same gradient).
+``A`` is the identity for ``quantize`` and ``off-grid`` (``T`` moves a pixel by at most half a
+level), the chain without its rounding for ``resize``, and for ``jpeg``
+:func:`~.diffjpeg.differentiable_jpeg`, libjpeg's steps in torch with a surrogate derivative for the
+rounding of the quantised DCT coefficients: a perturbation JPEG would remove (high frequencies,
+chroma detail) gets little gradient. EOT
 (Expectation over Transformation) for ``noise``, gradients averaged over several passes (the
 attack's ``eot`` option), the model unchanged. :func:`counterpart` says which.
 """
@@ -38,6 +44,7 @@ from torch import nn
 
 from ..errors import MetricAttackError
 from ..registry import Registry
+from .diffjpeg import differentiable_jpeg
 
 
 def _to_uint8_levels(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +114,7 @@ class Transform:
 
 TRANSFORMS: Registry[Transform] = Registry("input transform")
 """Input transform name → :class:`Transform` (the trap models of the robustness checks)."""
-TRANSFORMS.register("jpeg", Transform(jpeg, "bpda", "JPEG compression (quality 75), no gradient"))
+TRANSFORMS.register("jpeg", Transform(jpeg, "bpda", "JPEG compression (quality 75), no gradient", approximation=differentiable_jpeg))
 TRANSFORMS.register("quantize", Transform(quantize, "bpda", "8-bit quantisation (256 levels per channel), zero gradient"))
 TRANSFORMS.register(
     "resize",
@@ -124,12 +131,12 @@ def counterpart(transform: str) -> Literal["bpda", "eot"]:
 
 class Preprocessed(nn.Module):
     """``model(T(x))`` for a :data:`TRANSFORMS` name; ``bpda=True`` gives the same features with the
-    identity as ``T``'s backward pass. Carries the wrapped model's ``feature_dim`` and ``input_size``.
+    transform's approximation (the identity by default) as ``T``'s backward pass. Carries the wrapped model's ``feature_dim`` and ``input_size``.
 
     Args:
         model: images ``[B,3,H,W]`` in [0,1] → features ``[B, D]``.
         transform: a :data:`TRANSFORMS` name.
-        bpda: straight-through backward pass (for the deterministic transforms only).
+        bpda: BPDA backward pass (for the deterministic transforms only).
         options: the transform's options (``quality``, ``levels``, ``scale``, ``sigma``).
     """
 
