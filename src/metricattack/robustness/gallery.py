@@ -15,9 +15,9 @@ queries (the attacked gallery held fixed), and the reference attacks (the protoc
 What is attacked: distractors, junk and identities without an evaluated query never are (the paper's
 loss has no term for them): these are the *eligible* images. With the budget ``top_k``, only the
 eligible images in the clean top-k of the ranking (by the evaluation protocol: junk and same-camera
-matches left out) of a query they are a true match of: a match ranked far down moves AP little, and an
-attack of fewer images is weaker, so the figure under a budget is an upper bound of the full attack's
-mAP. Only the attacked images are read and run through the model: the cost follows their number.
+matches left out) of a query they are a true match of: a match ranked far down moves AP little, and
+with fewer images attacked the figure is expected at or above the full attack's mAP (read it as an
+upper bound). Only the attacked images are read and run through the model: the cost follows their number.
 
 Resume and sharding: the attacked images form a sub-gallery whose batches are the engine's (under
 ``torchrun`` each rank attacks whole batches of the one-process batching); the rank that finishes a

@@ -27,7 +27,7 @@ The gallery-side figure (:class:`GallerySide`, :mod:`.gallery`), reported beside
 never mixed into it: the paper's threat model (Bai et al. attack the gallery), the gallery images
 perturbed at the headline ε by APGD on the paper's metric loss, every query clean. ``standard``
 attacks every gallery image the paper's loss moves; ``fast`` only those in the clean top 20 of a
-query of their identity (a cheaper, weaker attack: its mAP is an upper bound of the full one's).
+query of their identity (cheaper; with fewer images attacked, expect its mAP at or above the full one's).
 """
 
 from __future__ import annotations
