@@ -389,6 +389,7 @@ def run_protocol(
     chance = side.chance_ap()
     runs = sum(s.runs for s in protocol.cascade) * len(protocol.epsilons) + sum(s.method == "apgd" for s in protocol.cascade)
     runs += len(protocol.reference_methods) * len(protocol.epsilons) + len(protocol.sweep_epsilons)
+    runs += 1 + len(protocol.gallery.reference_methods) if protocol.gallery is not None else 0  # the gallery side's attacks
     bar = tqdm(total=runs, desc="robustness", unit="run", disable=not (progress and is_main_process()), leave=False)
     setup = Setup(
         model,
@@ -428,13 +429,14 @@ def run_protocol(
         out = setup.step_run(sweep_step, 0, e, START_IDS["sweep"], tag="sweep")(todo)
         worst[todo] = np.minimum(worst[todo], out.ap)
         sweep[f"{e:g}"] = float(100 * np.nanmean(worst))
+    gallery_result = None
+    if protocol.gallery is not None:
+        gallery_result, gallery_ap, gallery_hit = gallery_side(setup, protocol.epsilons[0], clean_dist)
     bar.close()
     boot = bootstrap(protocol, {"clean": clean_ap, "clean_hit": clean_hit})
     clean_map = estimate(boot, "clean")
     flag_list = _flags(protocol, cascades, references, sweep, clean_map, float(100 * np.nanmean(chance)), change, setup.eot)
-    gallery_result = None
-    if protocol.gallery is not None:
-        gallery_result, gallery_ap, gallery_hit = gallery_side(setup, protocol.epsilons[0], clean_dist)
+    if gallery_result is not None:
         figure = {gallery_result.eps: gallery_result.mAP.value}
         references_g = {gallery_result.eps: gallery_result.references}
         flag_list.append(flags.never_weaker(figure, references_g, name="gallery-never-weaker"))

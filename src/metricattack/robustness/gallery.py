@@ -113,8 +113,14 @@ class BatchRecords:
 def attack_gallery(setup: Setup, method: str, eps: float, attacked: torch.Tensor, seed: int, **options: Any) -> GalleryAttack:
     """The ``gallery`` threat model's metric loss attacked by the registered ``method`` on the gallery images ``attacked``."""
     clean = setup.features.gallery
-    if not len(attacked):
-        return GalleryAttack(clean, 0, 0, 0)
+    setup.bar.set_postfix_str(f"gallery-{method}-eps{eps:g}", refresh=True)
+    done = _attack_gallery(setup, method, eps, attacked, seed, **options) if len(attacked) else GalleryAttack(clean, 0, 0, 0)
+    setup.bar.update()  # one step of the progress bar per gallery attack
+    return done
+
+
+def _attack_gallery(setup: Setup, method: str, eps: float, attacked: torch.Tensor, seed: int, **options: Any) -> GalleryAttack:
+    clean = setup.features.gallery
     subset = dataclasses.replace(setup.dataset, gallery=tuple(setup.dataset.gallery[i] for i in attacked.tolist()))
     spec = make_spec(f"robustness gallery attack {method}", method=method, eps=eps, seed=seed, **options)
     plan = plan_attack([setup.model], setup.metric, subset, "gallery", spec, [SplitFeatures(setup.features.query, clean[attacked])])
