@@ -60,7 +60,7 @@ def zoo_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "zoo": {
                 "methods": ["ifgsm"],
                 "epsilons": [2],
-                "robustness": {"version": "smoke"},  # the protocol's plumbing (default: fast)
+                "robustness": {"version": "smoke", "queries": 2},  # the protocol's plumbing, cheap (default: fast, every query)
                 "models": [
                     {"name": "OSNet", "model": "torchreid:osnet_x0_25", "weights": "log/model.pth.tar-1"},
                     {"name": "ViT", "description": "timm test ViT", "paper": "Dosovitskiy et al., ICLR 2021", "train": vit},
@@ -89,12 +89,12 @@ def test_the_zoo_evaluates_each_model_clean_and_attacked(zoo_config: Path, tmp_p
     table = (out / "tables" / "zoo.md").read_text(encoding="utf-8")
     assert "| OSNet | torchreid:osnet_x0_25 |" in table and "Robust mAP (smoke, ε=8)" in table
     # the robustness protocol's robust mAP of each model: its robustness.json (the robustness leaderboard's stage)
-    assert zoo["robustness_version"] == "smoke" and zoo["robustness_eps"] == 8 and zoo["robustness_queries"] is None
+    assert zoo["robustness_version"] == "smoke" and zoo["robustness_eps"] == 8 and zoo["robustness_queries"] == 2
     for row in zoo["rows"]:
         robust, detail = row["robust_mAP"], json.loads(Path(row["robust_file"]).read_text(encoding="utf-8"))
-        assert robust["low"] <= robust["value"] <= robust["high"] and robust["value"] <= row["clean"]["mAP"] + 1e-9
+        assert robust["low"] <= robust["value"] <= robust["high"] and robust["value"] <= detail["clean"]["value"] + 1e-9
         assert detail["protocol"]["version"] == "smoke" and detail["robust"][0]["mAP"] == robust
-        assert detail["clean"]["value"] == pytest.approx(row["clean"]["mAP"], abs=1e-6)  # the same model and queries as the table
+        assert detail["dataset"]["num_queries"] == 2 and detail["model"]["name"] == row["model"]  # the zoo model itself, two queries
 
     model = ma.load_model("torchreid:osnet_x0_25", weights=zoo_config.parent / "log" / "model.pth.tar-1")
     data = ma.load_dataset("folder", results["dataset"]["root"])
