@@ -8,12 +8,14 @@ Example (the standard protocol at ε = 8/255; ``--version fast`` for a quick loo
 The protocol (:mod:`metricattack.robustness.protocol`) attacks every query image with a cascade of
 APGD and Square attacks against the clean gallery and keeps, per query, the lowest AP any attack
 reached; the checks of :mod:`metricattack.robustness.flags` say when that number may overstate
-robustness. ``--eps`` and ``--seed`` are the shared attack options
+robustness. Apart from that headline, the gallery-side figure (:mod:`metricattack.robustness.gallery`:
+the gallery images attacked by APGD on the paper's metric loss, every query clean). ``--eps`` and ``--seed`` are the shared attack options
 (:func:`metricattack.attack_options.add_attack_options`); the methods and their budgets are the
 protocol's. The output folder holds ``robustness.json`` (every attack, check and cost; schema in
 ``docs/robustness-schema.md``), ``evidence.safetensors`` (per-query APs and rank-1 hits) and
-``runs/`` (one record per finished attack run: a killed evaluation resumes from there). Under
-``torchrun`` every attack run's queries are split over the processes.
+``runs/`` (one record per finished attack run, and per finished batch of the gallery side: a killed
+evaluation resumes from there). Under ``torchrun`` every attack run's queries, and the gallery side's
+batches, are split over the processes.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="robust mAP of a model: the worst case per query over an attack cascade, with checks for gradient masking",
         description="Attack every query with the protocol's cascade (APGD on the metric loss, the targeted ranking margin and the "
         "self-referenced loss, then Square), keep the lowest AP per query, and report robust mAP and rank-1 with bootstrap "
-        "intervals, the checks (never weaker, eps sweep, convergence, black box, zero gradient, randomness) and the cost.",
+        "intervals, the checks (never weaker, eps sweep, convergence, black box, zero gradient, randomness) and the cost; apart "
+        "from it, the gallery-side figure (the gallery attacked by APGD on the paper's metric loss, every query clean).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="model checkpoint (.safetensors with .json sidecar)")
