@@ -38,15 +38,18 @@ def bound(protocol: Protocol) -> tuple[int, int]:
     search = sum(s.steps + 1 for s in protocol.cascade if s.method == "square")
     runs = sum(s.runs for s in protocol.cascade)
     extra = sum(s.steps + 1 for s in protocol.cascade if s.method == "apgd")
-    headline = protocol.epsilons[0]
-    references = sum(int(make_spec("bound", method=m, eps=headline).resolved()["options"]["steps"]) for m in protocol.reference_methods)
+    references = sum(  # at every ε; FGSM is one step
+        int(make_spec("bound", method=m, eps=e).resolved()["options"].get("steps", 1))
+        for m in protocol.reference_methods
+        for e in protocol.epsilons
+    )
     sweep = len(protocol.sweep_epsilons) * (protocol.sweep_steps + 1)
     eps = len(protocol.epsilons)
     backward = eps * gradient + extra + references + sweep
     ranking = (
         eps * runs
         + len([s for s in protocol.cascade if s.method == "apgd"])
-        + len(protocol.reference_methods)
+        + eps * len(protocol.reference_methods)
         + len(protocol.sweep_epsilons)
     )
     return backward + eps * search + ranking, backward
