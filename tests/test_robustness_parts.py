@@ -15,6 +15,7 @@ from metricattack.errors import MetricAttackError
 from metricattack.robustness import flags
 from metricattack.robustness.cascade import CLEAN, RunOutcome, run_cascade, standing
 from metricattack.robustness.diffjpeg import differentiable_jpeg
+from metricattack.robustness.evaluate import evaluation_cost, step_budget
 from metricattack.robustness.protocol import VERSIONS
 from metricattack.robustness.result import RobustnessResult, epsilon_result, schema_markdown
 from metricattack.robustness.traps import TRANSFORMS, Preprocessed, counterpart, jpeg
@@ -180,3 +181,22 @@ def test_differentiable_jpeg_is_close_to_pils(tiny_dataset_root: Path) -> None:
     x = people[0][:2].clone().requires_grad_(True)
     differentiable_jpeg(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_cost_counts_the_runs_the_cascade_skipped() -> None:
+    """A run that attacked no query (every query already at chance) saved its whole budget: it once counted as
+    nothing on both sides, and a cascade that skipped every run after the first reported a 0% saving."""
+    protocol = VERSIONS.get("fast")
+    clean = np.array([0.8, 0.6, 0.5])
+    chance = np.full(3, 0.05)
+    first = RunOutcome(np.arange(3), np.array([0.01, 0.02, 0.03]), np.zeros(3), forwards=3 * 102, backwards=3 * 101)
+    skipped = RunOutcome(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), 0, 0)
+    cascade = run_cascade(
+        [("apgd-metric", lambda q: first), ("apgd-self", lambda q: skipped), ("square", lambda q: skipped)], clean, np.ones(3), chance
+    )
+    assert [e.attacked for e in cascade.log] == [3, 0, 0]
+    cost = evaluation_cost(protocol, 1, [cascade], [9999, 999], valid=3, num_queries=3, seconds=1.0)
+    assert step_budget(protocol.step("apgd-self"), 1) == (102, 101) and step_budget(protocol.step("square"), 1) == (1002, 0)
+    assert (cost.cascade_forwards, cost.cascade_backwards) == (306, 303)
+    assert (cost.without_cascade_forwards, cost.without_cascade_backwards) == (306 + 3 * 102 + 3 * 1002, 303 + 3 * 101)
+    assert step_budget(protocol.step("apgd-self"), 4) == (4 * 101 + 1, 4 * 101)  # EOT: every step's samples

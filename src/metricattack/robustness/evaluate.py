@@ -54,7 +54,7 @@ from ..evaluation.ranking import APConvention
 from ..io import atomic_write_json, environment_versions, sha256_json, thread_settings
 from ..metrics.distance import Metric
 from . import flags
-from .cascade import CascadeResult, RunOutcome, run_cascade, standing
+from .cascade import CascadeResult, RunOutcome, StageLog, run_cascade, standing
 from .gallery import gallery_side
 from .protocol import VERSIONS, AttackStep, Protocol
 from .result import Cost, DatasetRecord, Estimate, RobustnessResult, bootstrap, epsilon_result, estimate
@@ -440,7 +440,7 @@ def run_protocol(
         figure = {gallery_result.eps: gallery_result.mAP.value}
         references_g = {gallery_result.eps: gallery_result.references}
         flag_list.append(flags.never_weaker(figure, references_g, name="gallery-never-weaker"))
-    cost = _cost(cascades, setup.spent, len(valid), len(q), time.perf_counter() - begin)
+    cost = evaluation_cost(protocol, setup.eot, cascades, setup.spent, len(valid), len(q), time.perf_counter() - begin)
     evidence = {evidence_key("clean"): clean_ap, evidence_key("clean", hit=True): clean_hit, "chance": chance}
     for e, c in zip(protocol.epsilons, cascades, strict=True):
         evidence[evidence_key(e)], evidence[evidence_key(e, hit=True)] = c.ap, c.hit
@@ -516,9 +516,26 @@ def _flags(
     ]
 
 
-def _cost(cascades: list[CascadeResult], spent: list[int], valid: int, num_queries: int, seconds: float) -> Cost:
-    """Passes spent (all runs, and the cascades' alone) and what the cascades' runs would cost on every valid query."""
+def step_budget(step: AttackStep, eot: int) -> tuple[int, int]:
+    """(forward, backward) passes of one query in a run of ``step`` at its full budget, the forward pass
+    that ranks the adversarial query included (Square stops earlier once the query is at chance AP)."""
+    if step.method == "square":
+        return step.steps + 2, 0
+    return (step.steps + 1) * eot + 1, (step.steps + 1) * eot
+
+
+def evaluation_cost(
+    protocol: Protocol, eot: int, cascades: list[CascadeResult], spent: list[int], valid: int, num_queries: int, seconds: float
+) -> Cost:
+    """Passes spent (all runs, and the cascades' alone) and what the cascades' runs would cost on every valid
+    query: a run at its measured cost per attacked query, a run the cascade skipped (no query left above
+    chance) at :func:`step_budget` (``eot`` gradient samples per APGD step)."""
     runs = [e for c in cascades for e in c.log]
+
+    def per_query(e: StageLog) -> tuple[float, float]:
+        return (e.forwards / e.attacked, e.backwards / e.attacked) if e.attacked else step_budget(protocol.step(e.attack), eot)
+
+    without = [per_query(e) for e in runs]
     return Cost(
         forwards=spent[0],
         backwards=spent[1],
@@ -526,7 +543,7 @@ def _cost(cascades: list[CascadeResult], spent: list[int], valid: int, num_queri
         per_query_backwards=spent[1] / num_queries,
         cascade_forwards=sum(e.forwards for e in runs),
         cascade_backwards=sum(e.backwards for e in runs),
-        without_cascade_forwards=sum(round(e.forwards / e.attacked * valid) for e in runs if e.attacked),
-        without_cascade_backwards=sum(round(e.backwards / e.attacked * valid) for e in runs if e.attacked),
+        without_cascade_forwards=sum(round(f * valid) for f, _ in without),
+        without_cascade_backwards=sum(round(b * valid) for _, b in without),
         seconds=seconds,
     )

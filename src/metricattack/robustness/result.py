@@ -86,7 +86,9 @@ class Cost(Record):
     per_query_backwards: float
     cascade_forwards: int = Field(description="forward passes of the cascades (all ε), the checks excluded")
     cascade_backwards: int
-    without_cascade_forwards: int = Field(description="forward passes the same runs would cost on every query")
+    without_cascade_forwards: int = Field(
+        description="forward passes the same runs would cost on every query (a run the cascade skipped: at its full budget)"
+    )
     without_cascade_backwards: int
     seconds: float
 
