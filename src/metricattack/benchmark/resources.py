@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 CODE_DATA = ("data",)
 CODE_TRAIN = ("data", "models", "training")
-CODE_FEATURES = ("data", "models", "evaluation")
-CODE_ATTACK = ("data", "models", "metrics", "attacks")
+CODE_FEATURES = ("data", "models", "evaluation", "metrics")
+CODE_ATTACK = ("data", "models", "metrics", "attacks", "evaluation")
+CODE_LEARNED = ("metrics", "evaluation", "data", "models")
 
 
 def progress(ctx: RunContext, items: Sequence[T], desc: str) -> tqdm[T]:
@@ -232,7 +233,7 @@ def fit_metrics(ctx: RunContext, learned: list[tuple[str, str]]) -> None:
     options = ctx.cfg.learned_metrics.model_dump()
     for name, kind in progress(ctx, learned, "learned metrics"):
         spec = StageSpec(
-            "learned_metric", f"{kind}:{name}", {"kind": kind, **options}, upstream=(ctx.keys[f"features:{name}"],), code=("metrics",)
+            "learned_metric", f"{kind}:{name}", {"kind": kind, **options}, upstream=(ctx.keys[f"features:{name}"],), code=CODE_LEARNED
         )
 
         def work(folder: Path, name: str = name, kind: str = kind) -> dict[str, Any]:

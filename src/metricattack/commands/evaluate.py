@@ -115,6 +115,7 @@ def resolve_metric(spec: str, checkpoint: Path | None) -> tuple[Metric, dict[str
 
 
 FEATURES_FILE = "features.safetensors"
+CODE_FEATURES_CACHE = ("models", "data", "evaluation", "metrics")  # the packages the cached features come from (tests/test_stage_code.py)
 
 
 def _read_features(path: Path, count: int) -> torch.Tensor | None:
@@ -150,7 +151,7 @@ def cached_features(cache: Path | None, key: dict[str, Any], compute: Callable[[
             found["features"] = feats
         return feats is not None
 
-    spec = StageSpec("features", str(key.get("split", "")), key, code=("models", "data", "evaluation"))
+    spec = StageSpec("features", str(key.get("split", "")), key, code=CODE_FEATURES_CACHE)
     StageCache(cache).run(spec, work, valid=valid)
     return found["features"]
 
