@@ -40,7 +40,8 @@ class ReIDModel(ReIDNet):
         backbone: a name in :data:`~metricattack.models.backbones.BACKBONES`.
         num_classes: number of training identities C (classifier outputs).
         input_size: ``(H, W)`` the images are resized to inside ``forward``.
-        mean, std: per-channel normalisation applied after resizing (RGB, [0,1] units).
+        mean: per-channel mean subtracted after resizing (RGB, [0,1] units).
+        std: per-channel standard deviation divided by after resizing (RGB, [0,1] units).
         pretrained: ``False``, ``True`` (torchvision ImageNet weights) or a weights file path.
         last_stride: stride of the last ResNet stage (1 doubles its resolution).
         neck: ``"bnneck"`` (BatchNorm1d before the classifier) or ``"none"``.

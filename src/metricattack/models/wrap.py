@@ -75,7 +75,8 @@ def wrap(
         net: any ``nn.Module`` whose ``forward(x)`` takes ``(x - mean) / std`` of images resized to ``input_size``.
         input_size: ``(H, W)`` the images are resized to (antialiased bilinear, as every metricattack model);
             ``None`` for a network that takes any size (images are normalised only).
-        mean, std: per-channel normalisation, RGB in [0,1] units (default: ImageNet's).
+        mean: per-channel mean of the normalisation, RGB in [0,1] units (default: ImageNet's).
+        std: per-channel standard deviation of the normalisation, RGB in [0,1] units (default: ImageNet's).
         normalize: L2-normalise the returned features (the network's output is returned as it is otherwise).
         output: picks the features ``[B,D]`` from the network's output (for a network returning a tuple or a dict).
     """
