@@ -2,10 +2,11 @@
 
 A method or threat model registered later is covered by these tests without changing them:
 every pair a threat model accepts stays in the ε-ball and [0,1], leaves inactive images
-unchanged, moves the features of the images it attacks, gives the same images whatever the
-batching, resumes after a kill to the same bytes and records its resolved options; every pair
-it refuses is refused before any output folder exists. An image an accepted pair leaves unmoved
-must have seen only zero gradients, counted (e.g. DI under ``self`` when none of its random
+unchanged, moves the features of the images it attacks and gives the same images whatever the
+batching; a covering set of pairs (every method and every threat model at least once, see
+:func:`covering_pairs`) resumes after a kill to the same bytes and records its resolved options;
+every pair it refuses is refused before any output folder exists. An image an accepted pair leaves
+unmoved must have seen only zero gradients, counted (e.g. DI under ``self`` when none of its random
 transformations was applied): never a silent no-op. Methods run with their quick options
 (``AttackMethod.quick``: a small budget, or a small random file the method reads, e.g. ``uap``'s δ)
 on a micro synthetic dataset and a model whose output for an image is bit-for-bit independent of
@@ -78,6 +79,20 @@ def pairs(accepted: bool) -> list[tuple[str, str]]:
     return [(m, t) for m in METHODS for t in THREATS if (THREATS.get(t).refusal(quick_spec(m).build()) is None) == accepted]
 
 
+def covering_pairs() -> list[tuple[str, str]]:
+    """Accepted pairs that cover every method (with the first threat model it is accepted by) and every
+    threat model (with ``pgd``, whose random start draws from the seeded generator, when accepted).
+    The export's resumption is the same code for every pair; what a pair adds is its determinism per
+    batch, which ``test_stays_in_ball_moves_features_and_ignores_batching`` checks for every pair."""
+    accepted = pairs(accepted=True)
+    chosen = {next(p for p in accepted if p[0] == m) for m in METHODS if any(p[0] == m for p in accepted)}
+    for t in THREATS:
+        with_threat = [p for p in accepted if p[1] == t]
+        if with_threat and not any(p[1] == t for p in chosen):
+            chosen.add(next((p for p in with_threat if p[0] == "pgd"), with_threat[0]))
+    return sorted(chosen)
+
+
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory: pytest.TempPathFactory) -> ReIDDataset:
     """4 test identities x 2 cameras x 2 images at 32x16, 2 distractors, 1 junk image (19 gallery, 8 query)."""
@@ -127,7 +142,7 @@ def test_stays_in_ball_moves_features_and_ignores_batching(micro: ReIDDataset, m
     assert any(not torch.equal(adv[i], clean[i]) for i in clean if active[i])
 
 
-@pytest.mark.parametrize("method, threat", pairs(accepted=True))
+@pytest.mark.parametrize("method, threat", covering_pairs())
 def test_resumes_after_a_kill_to_the_same_bytes_and_records_options(micro: ReIDDataset, tmp_path: Path, method: str, threat: str) -> None:
     spec = quick_spec(method)
 
