@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 # The demo's numbers depend on the number of CPU threads (the summation order of the convolution
 # kernels changes with it), not on the machine's load (benchmarks/RESULTS.md, "Reproducible
-# numbers"): pinned, so that every machine computes the README's numbers.
+# numbers"): pinned, so that every machine computes the numbers of docs/how-to/report.md.
 DEMO_THREADS ?= 2
 # Tests run in TEST_WORKERS processes (pytest-xdist, one module per worker at a time so module
 # fixtures are made once; the session fixtures are shared through tests/conftest.py), each with

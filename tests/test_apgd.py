@@ -159,7 +159,7 @@ def test_parity_with_torchattacks_apgd() -> None:
 @pytest.mark.slow
 def test_apgd_is_at_least_as_strong_as_ifgsm_on_a_trained_model(tiny_dataset_root: Path, tiny_model_checkpoint: Path) -> None:
     """Query-side white-box attacks at ε = 8 on the tiny set's first 12 queries (ResNet-18 fixture):
-    APGD (20 iterations here, the default is 100: see README) on the paper's metric loss and on the
+    APGD (20 iterations here, the default is 100: see docs/how-to/attack.md) on the paper's metric loss and on the
     scale-free ranking margin reaches an adversarial mAP no higher than I-FGSM's (the paper's 10 steps).
     Features are those of the 8-bit adversarial images, as an attack writes them."""
     full = load_dataset("folder", tiny_dataset_root)

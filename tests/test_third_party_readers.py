@@ -1,12 +1,12 @@
 """torchreid's own Market-1501 reader and evaluator on an adversarial dataset written by ``metricattack attack``.
 
-The README tells users which folder to give torchreid's (and fast-reid's) reader: ``--out
+The documentation (docs/how-to/model-zoos.md) tells users which folder to give torchreid's (and fast-reid's) reader: ``--out
 X/market1501/Market-1501-v15.09.15``, then torchreid's ``root=X`` (it appends ``market1501``
 and, when that folder is missing, tries to download the dataset there) and fast-reid's
 ``FASTREID_DATASETS=X/market1501``. This checks that torchreid parses such an output into the
 splits, identities, cameras and pixels our own reader sees (torchreid drops junk images, pid -1),
 and that torchreid's evaluator ranks the attacked test split as ours does with ``ap="noninterp"``
-and ``ties="gallery-order"`` (the README's convention for comparing with torchreid).
+and ``ties="gallery-order"`` (the documentation's convention for comparing with torchreid).
 """
 
 from __future__ import annotations

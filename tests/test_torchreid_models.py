@@ -171,14 +171,14 @@ def test_wrap_options_and_refusals() -> None:
 
 
 OSNET_MODULE = """
-# osnet_reid.py, as README ("Any network that expects normalised tensors: ma.wrap") tells a user to write it
+# osnet_reid.py, as docs/how-to/model-zoos.md ("Any network that expects normalised tensors: ma.wrap") tells a user to write it
 import metricattack as ma
 import torchreid
 
 
 def build():
     net = torchreid.models.build_model("osnet_x0_25", num_classes=12, pretrained=False)  # 12: the classes of the checkpoint
-    return ma.wrap(net, mean=ma.IMAGENET_MEAN, std=ma.IMAGENET_STD, input_size=(64, 32))  # 64x32 (README: 256x128) keeps the test fast
+    return ma.wrap(net, mean=ma.IMAGENET_MEAN, std=ma.IMAGENET_STD, input_size=(64, 32))  # 64x32 (the docs: 256x128) keeps the test fast
 """
 
 
