@@ -1,9 +1,9 @@
 """The trap models of the robustness checks against the plain model: robust mAP and flags, with and without BPDA.
 
 Each deterministic trap of :data:`metricattack.robustness.traps.TRANSFORMS` (JPEG, 8-bit
-quantisation, resize chain) wraps the same model; every model is evaluated with the miniature
-protocol of ``tests/test_robustness_protocol.py`` (APGD 6 iterations, Square 20 queries, ε 8,
-reference I-FGSM, sweep ε 4 / 64) on the first ``--queries`` queries. The issue's criterion: each
+quantisation, resize chain) wraps the same model; every model is evaluated with the tests' miniature
+protocol (:data:`metricattack.robustness.traps.MINIATURE`: APGD 6 iterations, Square 20 queries, ε 8,
+reference FGSM and I-FGSM, sweep ε 4 / 64) on the first ``--queries`` queries. The issue's criterion: each
 trap is flagged, and its BPDA counterpart comes back within 2 points of the plain model's robust mAP.
 
 Run: ``.venv/bin/python benchmarks/bench_robustness_traps.py --data-root data/tiny --checkpoint model/model.safetensors``
@@ -23,23 +23,8 @@ import torch
 from metricattack.data.layouts import load_dataset
 from metricattack.models.checkpoint import load_model
 from metricattack.robustness.evaluate import run_protocol
-from metricattack.robustness.protocol import AttackStep, Protocol
-from metricattack.robustness.traps import Preprocessed
+from metricattack.robustness.traps import MINIATURE, Preprocessed
 
-MINI = Protocol(
-    version="mini",
-    epsilons=[8],
-    cascade=[
-        AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=6),
-        AttackStep(name="apgd-margin-t", method="apgd", objective="margin-targeted", steps=6),
-        AttackStep(name="apgd-self", method="apgd", objective="self", steps=6),
-        AttackStep(name="square", method="square", objective="margin", steps=20),
-    ],
-    reference_methods=["ifgsm"],
-    sweep_epsilons=[4, 64],
-    sweep_steps=4,
-    eot=2,
-)
 MODELS = ["clean", "jpeg", "jpeg+bpda", "resize", "resize+bpda", "quantize", "quantize+bpda"]
 
 
@@ -62,7 +47,7 @@ def main() -> None:
         transform, _, bpda = name.partition("+")
         model = base if name == "clean" else Preprocessed(base, transform, bpda=bool(bpda))
         start = time.process_time()
-        result, _ = run_protocol(model, dataset, protocol=MINI, batch_size=8)
+        result, _ = run_protocol(model, dataset, protocol=MINIATURE, batch_size=8)
         flagged = ", ".join(f.name for f in result.flagged()) or "none"
         print(
             f"| {name} | {result.headline.mAP.value:.2f} | {result.clean.value:.2f} | {flagged} | {time.process_time() - start:.0f} |",

@@ -3,7 +3,7 @@ checks passing on the clean model and tripping on models built to trip them (:mo
 BPDA / EOT bringing the trapped models back, the public function and the ``metricattack robustness`` command.
 
 The protocol versions' budgets (100 APGD iterations, 1,000+ Square queries) cost minutes per model
-on this machine; the tests run the same code with a miniature protocol (:data:`MINI`: one ε, two
+on this machine; the tests run the same code with a miniature protocol (:data:`MINIATURE`: one ε, two
 reference attacks) on eight queries of the tiny dataset (:data:`ONE_ATTACK`, a cascade of APGD on the
 metric loss alone, where a check needs no more), and the command with the ``smoke`` version
 (two ε) on a small untrained user network.
@@ -30,29 +30,14 @@ from metricattack.errors import MetricAttackError
 from metricattack.models.checkpoint import load_model
 from metricattack.robustness import gallery
 from metricattack.robustness.evaluate import evidence_key, gallery_key, query_subset, run_protocol
-from metricattack.robustness.protocol import AttackStep, GallerySide, Protocol
+from metricattack.robustness.protocol import GallerySide
 from metricattack.robustness.result import RobustnessResult
-from metricattack.robustness.traps import Preprocessed
+from metricattack.robustness.traps import MINIATURE, Preprocessed
 
-MINI = Protocol(
-    version="mini",
-    epsilons=[8],
-    cascade=[
-        AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=6),
-        AttackStep(name="apgd-margin-t", method="apgd", objective="margin-targeted", steps=6),
-        AttackStep(name="apgd-self", method="apgd", objective="self", steps=6),
-        AttackStep(name="square", method="square", objective="margin", steps=20),
-    ],
-    reference_methods=["fgsm", "ifgsm"],
-    sweep_epsilons=[4, 64],
-    sweep_steps=4,
-    eot=2,
-)
-
-WITH_GALLERY = MINI.model_copy(update={"gallery": GallerySide(steps=6)})  # the clean model's: the gallery-side figure too
-ONE_ATTACK = MINI.model_copy(update={"version": "one-attack", "cascade": MINI.cascade[:1], "sweep_epsilons": []})
-PROTOCOLS = {"clean": WITH_GALLERY, "off-grid": ONE_ATTACK, "noise": ONE_ATTACK, "jpeg": ONE_ATTACK, "jpeg+bpda": MINI} | {
-    f"{t}{b}": MINI for t in ("quantize", "resize") for b in ("", "+bpda")
+WITH_GALLERY = MINIATURE.model_copy(update={"gallery": GallerySide(steps=6)})  # the clean model's: the gallery-side figure too
+ONE_ATTACK = MINIATURE.model_copy(update={"version": "one-attack", "cascade": MINIATURE.cascade[:1], "sweep_epsilons": []})
+PROTOCOLS = {"clean": WITH_GALLERY, "off-grid": ONE_ATTACK, "noise": ONE_ATTACK, "jpeg": ONE_ATTACK, "jpeg+bpda": MINIATURE} | {
+    f"{t}{b}": MINIATURE for t in ("quantize", "resize") for b in ("", "+bpda")
 }
 
 

@@ -27,6 +27,9 @@ rounding of the quantised DCT coefficients: a perturbation JPEG would remove (hi
 chroma detail) gets little gradient. EOT
 (Expectation over Transformation) for ``noise``, gradients averaged over several passes (the
 attack's ``eot`` option), the model unchanged. :func:`counterpart` says which.
+
+:data:`MINIATURE` is the protocol the traps are checked with in the tests and in
+``benchmarks/bench_robustness_traps.py``: the versions' cascade and checks with budgets of seconds.
 """
 
 from __future__ import annotations
@@ -45,6 +48,26 @@ from torch import nn
 from ..errors import MetricAttackError
 from ..registry import Registry
 from .diffjpeg import differentiable_jpeg
+from .protocol import AttackStep, Protocol
+
+MINIATURE = Protocol(
+    version="miniature",
+    epsilons=[8],
+    cascade=[
+        AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=6),
+        AttackStep(name="apgd-margin-t", method="apgd", objective="margin-targeted", steps=6),
+        AttackStep(name="apgd-self", method="apgd", objective="self", steps=6),
+        AttackStep(name="square", method="square", objective="margin", steps=20),
+    ],
+    reference_methods=["fgsm", "ifgsm"],
+    sweep_epsilons=[4, 64],
+    sweep_steps=4,
+    eot=2,
+)
+"""The miniature protocol of the trap models' checks (the tests' and ``benchmarks/bench_robustness_traps.py``'s,
+one definition): the versions' cascade with 6 APGD iterations and 20 Square queries, ε 8, the paper's
+FGSM and I-FGSM as reference attacks, a sweep at ε 4 and 64 (4 iterations), 2 EOT samples. Too small
+for a robustness number (its ``convergence`` check flags on clean models); it shows which checks a trap trips."""
 
 
 def _to_uint8_levels(x: torch.Tensor) -> torch.Tensor:
