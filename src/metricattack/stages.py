@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import torch
 
+from .compute import active
 from .distributed import is_main_process
 from .errors import ConfigError
 from .io import append_line, atomic_write_json, environment_versions, sha256_json
@@ -65,8 +66,10 @@ def code_version(*packages: str) -> str:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What identifies a stage: its kind, a readable label, config, upstream keys, code packages
-    and the intra-op thread count it runs with (default: the process's, when the spec is made)."""
+    """What identifies a stage: its kind, a readable label, config, upstream keys, code packages,
+    the intra-op thread count it runs with (default: the process's, when the spec is made) and the
+    non-default fields of its :class:`~metricattack.compute.Compute` (default: the active one's;
+    ``{}`` for stages that run no model)."""
 
     kind: str
     label: str
@@ -74,6 +77,7 @@ class StageSpec:
     upstream: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
     threads: int = field(default_factory=torch.get_num_threads)
+    compute: Mapping[str, Any] = field(default_factory=lambda: active().key())
 
     @property
     def key(self) -> str:
@@ -85,6 +89,8 @@ class StageSpec:
             "code": code_version(*self.code) if self.code else "",
             "threads": self.threads,
         }
+        if self.compute:  # the default compute (fp32) adds nothing: keys made before it existed stay valid
+            payload["compute"] = {**self.compute, "code": code_version("compute")}
         return sha256_json(payload)[:24]
 
 

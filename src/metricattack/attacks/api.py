@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compute import make_compute
 from ..errors import MetricAttackError, MetricAttackWarning
 from ..metrics.distance import Metric, build_metric
 from ..metrics.learned import LEARNED_METRICS
@@ -67,6 +68,9 @@ class MetricAttack:
         targeted: pull each image toward its references (Eq. 8) instead of pushing it away.
         seed: seeds the per-image randomness (PGD's random start); image ``i`` of a batch draws
             from ``(seed, i)``.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model computes under
+            autocast in that dtype (:mod:`metricattack.compute`); gradients, steps, projection and
+            the result stay float32 (fp16: through a loss scale), so the result is within ε exactly.
         **options: the method's options, by name (``alpha``, ``steps``, ``mu``, ``random_start``, ...:
             ``METHODS.get(method).Options``; defaults: the paper's α = 1, n = min(ε + 4, 1.25 ε), μ = 1).
 
@@ -111,6 +115,7 @@ class MetricAttack:
         eps: float = 5,
         targeted: bool = False,
         seed: int = 0,
+        precision: str = "fp32",
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -120,15 +125,17 @@ class MetricAttack:
         if not isinstance(targeted, bool):
             raise MetricAttackError(f"MetricAttack: targeted must be True or False, got {targeted!r}")
         self.spec: AttackSpec = make_spec("MetricAttack", method=method, eps=eps, seed=seed, **options)
+        self.compute = make_compute("MetricAttack", precision=precision)
         self.targeted = targeted
         self.counts: CallCounts | None = None
 
     def __repr__(self) -> str:
         s = self.spec
         options = "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v!r}" for k, v in s.options.model_dump().items())
+        precision = "" if self.compute.is_default else f", precision={self.compute.precision!r}"
         return (
             f"MetricAttack(model={type(self.model).__name__}, metric={self.metric.name!r}, method={s.method!r}, "
-            f"eps={s.eps:g}, targeted={self.targeted}, seed={s.seed}{options})"
+            f"eps={s.eps:g}, targeted={self.targeted}, seed={s.seed}{precision}{options})"
         )
 
     def __call__(self, images: torch.Tensor, references: References) -> torch.Tensor:
@@ -145,15 +152,16 @@ class MetricAttack:
         was_training = self.model.training
         self.model.eval()
         try:
-            result = perturb(
-                images.detach().float(),
-                loss,
-                self.spec,
-                indices=torch.arange(images.shape[0]),
-                active=targets.active,
-                minimise=self.targeted,
-                models=(ModelInfo.of(self.model),),
-            )
+            with self.compute.applied([self.model]):
+                result = perturb(
+                    images.detach().float(),
+                    loss,
+                    self.spec,
+                    indices=torch.arange(images.shape[0]),
+                    active=targets.active,
+                    minimise=self.targeted,
+                    models=(ModelInfo.of(self.model),),
+                )
         finally:
             self.model.train(was_training)
         self.counts = result.counts

@@ -8,6 +8,7 @@ evaluation (:mod:`.evaluation`), written as ``attack_results.json``:
 
 * ``attack`` (the spec with the method's resolved options), ``threat_model``, ``mode``,
   ``attacked_split``, ``metric``, ``models``, ``num_images``, ``num_attacked``;
+* ``compute``: the precision and GPU switches the models ran with (:class:`~metricattack.compute.Compute`);
 * ``linf_255``: measured L∞ on disk and in memory (bound ε);
 * ``calls``: the method's cost per attacked image (forward / backward passes) and the images with
   a zero input gradient or left unchanged (also logged as warnings);
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..compute import Compute, active
 from ..data.layouts import dataset_fingerprint
 from ..data.loading import read_image
 from ..data.types import ReIDDataset
@@ -78,6 +80,7 @@ def export_attack(
     file_names: str = "source",
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    compute: Compute | None = None,
 ) -> dict[str, Any]:
     """Attack ``dataset`` with ``attack_models``, write the adversarial dataset to ``out``, evaluate it.
 
@@ -90,6 +93,8 @@ def export_attack(
         metric_record: provenance of the metric option (name, file, checksum).
         file_names: ``"source"`` (keep each name and extension) or ``"png"`` (``.png`` extension).
         on_batch: called with the batch number after each batch is completely written.
+        compute: precision and GPU switches of every model call (:mod:`metricattack.compute`; default:
+            the active one, fp32 outside a run that activated another); recorded in the run identity when not the default, and always in the results.
 
     Returns the content of ``attack_results.json`` (also written, by rank 0).
     """
@@ -116,10 +121,13 @@ def export_attack(
         "world_size": rank_and_world()[1],
         "file_names": file_names,
     }
+    compute = compute or active()
+    if compute.key():  # the default adds nothing: runs made before precision existed resume
+        identity_fields["compute"] = compute.key()
     identity = {**identity_fields, "key": sha256_json(identity_fields)}
 
     training = [e.model.training for e in everyone]
-    with claim_output(out, "attack"):
+    with claim_output(out, "attack"), compute.applied([e.model for e in everyone]):
         writer.claim_run(out, identity)
         try:
             for e in everyone:
@@ -226,6 +234,7 @@ def _finish(
         "metric": identity["metric"],
         "models": identity["models"],
         "ap_convention": ap,
+        "compute": Compute.model_validate(identity.get("compute", {})).record(),
         "num_images": len(plan.records),
         "num_attacked": int(active.sum()),
         "linf_255": {

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import compute
 from ..errors import MetricAttackError
 from .ops import image_generators, project
 
@@ -176,6 +177,8 @@ class AttackProblem:
 
         ``transform`` (e.g. input diversity, a scale copy) is applied to ``x`` inside the
         differentiated function: the loss is that of ``transform(x)``, the gradient w.r.t. ``x``.
+        In fp16 (:func:`~metricattack.compute.active`) the gradient is taken through a loss scale
+        (:meth:`~metricattack.compute.Compute.input_gradient`), in float32 either way.
         Counts one forward and one backward pass per image, and a zero gradient for each image
         whose gradient is exactly zero; a non-finite loss or gradient is an error naming the image.
         """
@@ -183,7 +186,7 @@ class AttackProblem:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             losses = self._signed(x if transform is None else transform(x), indices)
-            (grad,) = torch.autograd.grad(losses.sum(), x)
+            grad = compute.active().input_gradient(losses, x)
         active = self.active[rows].long()
         self.counts.forward[rows] += active
         self.counts.backward[rows] += active

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..compute import Compute
 from ..wording import counted
 from .spec import describe
 
@@ -18,6 +19,12 @@ def _model_label(row: dict[str, Any], index: int) -> str:
     return f"{name} ({'white' if row.get('white_box') else 'black'}-box)"
 
 
+def _compute(results: dict[str, Any]) -> str:
+    """`` | compute: bf16`` when the models ran other than in the default fp32 (nothing otherwise)."""
+    compute = Compute.model_validate(results.get("compute") or {})
+    return "" if compute.is_default else f" | compute: {compute.describe()}"
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """The attack (method options resolved), rank-1 / mAP clean → adversarial (disk and memory), true-positive
     distances, L∞, cost and zero gradients, targeted success, and the notes (an adversarial mAP
@@ -25,7 +32,7 @@ def format_summary(results: dict[str, Any]) -> str:
     calls = results["calls"]
     lines = [
         f"{describe(results['attack'])} | threat model={results['threat_model']} ({results['attacked_split']} attacked: "
-        f"{results['num_attacked']}/{results['num_images']} images) | AP: {results['ap_convention']}",
+        f"{results['num_attacked']}/{results['num_images']} images) | AP: {results['ap_convention']}{_compute(results)}",
         f"L-inf (0..255): max on disk {results['linf_255']['max_disk']:.0f}, in memory {results['linf_255']['max_memory']:.3f} "
         f"(bound {results['linf_255']['bound']})",
         f"cost per attacked image: {calls['forward']['mean']:.4g} forward + {calls['backward']['mean']:.4g} backward passes; "

@@ -50,6 +50,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..compute import Compute
+from ..compute import active as active_compute
 from ..config import StrictModel
 from ..data.layouts import dataset_fingerprint
 from ..data.loading import make_loader, save_png
@@ -185,12 +187,16 @@ def _objective(
     return EnsembleLoss(parts), active
 
 
-def _identity(cfg: UniversalConfig, size: tuple[int, int], models: Sequence[dict[str, Any]], dataset: ReIDDataset) -> dict[str, Any]:
+def _identity(
+    cfg: UniversalConfig, size: tuple[int, int], models: Sequence[dict[str, Any]], dataset: ReIDDataset, compute: Compute
+) -> dict[str, Any]:
     fields = {
         "config": {**cfg.model_dump(mode="json"), "size": list(size)},
         "models": list(models),
         "dataset_fingerprint": dataset_fingerprint(dataset),
     }
+    if compute.key():  # the default adds nothing: runs made before precision existed resume
+        fields["compute"] = compute.key()
     return {**fields, "key": sha256_json(fields)}
 
 
@@ -241,8 +247,12 @@ def train_universal(
     batch_size: int = 64,
     device: str = "cpu",
     on_epoch: Callable[[int], None] | None = None,
+    compute: Compute | None = None,
 ) -> dict[str, Any]:
     """Train δ on ``dataset.train`` (module docstring) into ``out``; returns the record (``uap.json``).
+
+    ``compute``: the models' precision and GPU switches (:mod:`metricattack.compute`, default: the active one;
+    δ, its gradient and steps stay float32), in the run's identity when not the default.
 
     Everything is checked before the folder is claimed; an interrupted run resumes from its last
     finished epoch (same config, models and data), a finished one returns its record.
@@ -254,9 +264,10 @@ def train_universal(
     per_model = metrics_per_model(models, metrics)
     check_output_folder("--out", out, command="universal", is_previous=is_universal_run, datasets=[dataset.root])
     records = list(model_records) or [{"model": type(m).__name__} for m in models]
-    identity = _identity(cfg, size, records, dataset)
+    compute = compute or active_compute()
+    identity = _identity(cfg, size, records, dataset, compute)
     training = [m.training for m in models]
-    with claim_output(out, "universal"):
+    with claim_output(out, "universal"), compute.applied(models):
         done, delta, momentum, losses = _read_state(out, identity)
         if done == cfg.epochs and (out / RECORD_FILE).is_file():
             return json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
@@ -283,7 +294,7 @@ def train_universal(
                     delta.requires_grad_(True)
                     with torch.enable_grad():
                         loss = objective(apply_delta(images, delta), indices)
-                        (grad,) = torch.autograd.grad(loss.mean(), delta)
+                        grad = compute.input_gradient(loss.mean(), delta)
                     delta = delta.detach()
                     if not bool(torch.isfinite(grad).all()):
                         raise MetricAttackError(f"universal perturbation: the gradient is not finite at epoch {epoch + 1}")
@@ -338,6 +349,7 @@ def _finish(
             "images": images,
             "identities": len({r.pid for r, a in zip(dataset.train, active.tolist(), strict=True) if a and is_identity(r.pid)}),
         },
+        "compute": Compute.model_validate(identity.get("compute", {})).record(),
         "losses": losses,
         "cost": {"forward_per_image": cfg.epochs, "backward_per_image": cfg.epochs, "seconds_this_run": round(seconds, 3)},
         "versions": environment_versions(),

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PositiveInt, model_validator
+from pydantic import AfterValidator, Field, PositiveInt, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from ..attacks.spec import AttackSpec, MethodName, MethodOptionTable, refuse_moved_options, spec_from_table
+from ..compute import Compute
 from ..config import StrictModel, apply_overrides, read_yaml, validate
 from ..data.layouts import DATASETS
 from ..data.synthetic import SynthConfig
@@ -420,12 +421,30 @@ class BenchmarkConfig(StrictModel):
     experiments: ExperimentsSection = ExperimentsSection()
     learned_metrics: LearnedMetricsSection = LearnedMetricsSection()
     confidence: ConfidenceSection = ConfidenceSection()
+    compute: Compute = Field(
+        default=Compute(),
+        description="precision (fp32 / bf16 / fp16), channels_last, cudnn_benchmark of every model of the run, trained or "
+        "loaded (metricattack.compute); in stage keys and results.json's config when not the default",
+    )
+
+    @model_serializer(mode="wrap")
+    def _default_compute_unrecorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The default compute is left out of dumps: an fp32 run's results.json is as before compute existed."""
+        data = handler(self)
+        if isinstance(data, dict) and self.compute.is_default:
+            data.pop("compute", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> BenchmarkConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        for m in self.models:
+            if m.train is not None and not m.train.compute.is_default:
+                raise ValueError(
+                    f"models.{m.name}.train.compute: set compute at the top level of a benchmark config (it applies to every model)"
+                )
         zoo = [m.name for m in self.experiments.zoo.models]
         if len(set(zoo)) != len(zoo) or set(zoo) & set(names):
             raise ValueError(f"experiments.zoo.models: names must be unique and differ from the base models' {names}, got {zoo}")

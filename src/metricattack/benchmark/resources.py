@@ -66,7 +66,7 @@ def open_run(cfg: BenchmarkConfig, out: Path) -> RunContext:
 
     cache = StageCache(Path(out))
     section = cfg.dataset
-    spec = StageSpec("dataset", section.name, section.model_dump(mode="json"), code=CODE_DATA)
+    spec = StageSpec("dataset", section.name, section.model_dump(mode="json"), code=CODE_DATA, compute={})  # no model runs
 
     def work(folder: Path) -> dict[str, Any]:
         if section.synthetic is None:
@@ -90,7 +90,8 @@ def train_config(ctx: RunContext, model: ModelSection) -> TrainConfig:
     if model.train is None:
         raise ConfigError(f"model {model.name} has no training recipe (it is given as a checkpoint)")
     cfg = model.train.train_config(ctx.cfg.dataset.layout, ctx.dataset_root, ctx.device, f"model {model.name} training config")
-    return cfg.model_copy(update={"progress": cfg.progress and ctx.cfg.progress})  # its epochs under the models bar
+    # its epochs under the models bar; the run's compute (precision) trains it
+    return cfg.model_copy(update={"progress": cfg.progress and ctx.cfg.progress, "compute": ctx.cfg.compute})
 
 
 def check_trainable(ctx: RunContext, model: ModelSection) -> None:
@@ -118,7 +119,7 @@ def add_model(ctx: RunContext, name: str, spec: StageSpec, outputs: dict[str, An
     ctx.records[name] = ModelRecord(
         outputs["checkpoint"], outputs["sha256"], description, train_seed, stage_seconds(ctx, spec), stage_seconds(ctx, spec, "cpu_seconds")
     )
-    ctx.models[name] = load_model(Path(outputs["checkpoint"]), device=ctx.device)
+    ctx.models[name] = ctx.cfg.compute.prepare(load_model(Path(outputs["checkpoint"]), device=ctx.device))
 
 
 def add_model_from_elsewhere(ctx: RunContext, m: ModelSection) -> None:
@@ -136,7 +137,7 @@ def add_model_from_elsewhere(ctx: RunContext, m: ModelSection) -> None:
     ctx.cache.run(spec, lambda _folder: {"source": loaded.record})
     ctx.keys[f"model:{m.name}"] = spec.key
     ctx.records[m.name] = ModelRecord(None, loaded.record["sha256"], m.description, None, None, source=loaded.record)
-    ctx.models[m.name] = loaded.model
+    ctx.models[m.name] = ctx.cfg.compute.prepare(loaded.model)
 
 
 def train_models(ctx: RunContext, models: Sequence[ModelSection] | None = None, desc: str = "base models") -> None:

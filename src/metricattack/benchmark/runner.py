@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from ..io import atomic_write_json, environment_versions, sha256_file, thread_settings
 from ..stages import read_stage_log
@@ -65,13 +66,19 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
     """Run (or resume) every selected experiment of ``cfg`` into ``out``; returns the results."""
     start = time.perf_counter()
     out = Path(out)
-    log_before = len(read_stage_log(out))
     selected = [EXPERIMENTS.get(name) for name in cfg.selected()]
     needs = Needs()
     for experiment in selected:
         needs.merge(experiment.needs(cfg))
     resources.check_jobs(cfg, needs.jobs)  # every method x threat model, before any work
 
+    with cfg.compute.activate():  # every stage key records a non-default compute
+        return _run(cfg, out, config_path, start, selected, needs)
+
+
+def _run(cfg: BenchmarkConfig, out: Path, config_path: str, start: float, selected: list[Any], needs: Needs) -> Results:
+    """:func:`run_benchmark` once the run's compute is active."""
+    log_before = len(read_stage_log(out))
     ctx = resources.open_run(cfg, out)
     resources.train_models(ctx)
     resources.extract_clean(ctx, cfg.model_names(), needs.train_features)

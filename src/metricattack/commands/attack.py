@@ -30,6 +30,7 @@ from ..attacks.engine import check_attack
 from ..attacks.export import FILE_NAMES, ModelEntry, check_output_location, export_attack
 from ..attacks.report import format_summary
 from ..attacks.spec import AttackSpec, check_savable
+from ..compute import add_compute_options, auto_batch_size, compute_of
 from ..data.layouts import DATASETS
 from ..distributed import is_main_process
 from ..errors import MetricAttackError
@@ -39,6 +40,8 @@ from ..io import sha256_file
 from ..metrics.distance import MahalanobisMetric, Metric
 from ..model_options import add_model_option, add_weights_option, model_sources
 from ..models.sources import ModelSource
+
+DEFAULT_BATCH = 32
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,7 +71,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="euclidean",
         help="euclidean, cosine, xqda / kissme (fitted beside each checkpoint), a metric .safetensors file, or a .npy PSD matrix [D, D]",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="images per attack batch (bounds memory)")
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market, as the paper)")
     parser.add_argument(
         "--file-names",
@@ -78,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(Market-1501 readers that list *.jpg load them), 'png' gives them a .png extension",
     )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    add_compute_options(parser, batch_size=DEFAULT_BATCH, batch_help="images per attack batch (bounds memory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
 
@@ -143,10 +146,9 @@ def run(args: argparse.Namespace) -> int:
     """Attack, export, evaluate; print the summary table."""
     from ..data.layouts import load_dataset
 
-    if args.batch_size < 1:
-        raise MetricAttackError(f"--batch-size must be a positive integer, got {args.batch_size}")
     spec = attack_spec(args)
-    check_attack([], args.threat, spec)  # the method x threat model pair, before loading anything (models: in export_attack)
+    compute = compute_of(args)
+    threat = check_attack([], args.threat, spec)  # the method x threat model pair, before loading anything (models: in export_attack)
     attack_sources = model_sources(args.checkpoint, args.model)
     if not attack_sources:
         raise MetricAttackError("give the model(s) to attack: --checkpoint FILE and/or --model SPEC (repeatable)")
@@ -158,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
     attack_entries = _entries(attack_sources, args.metric, args.device, shared, spec)
     eval_entries = _entries(model_sources(args.eval_checkpoint, args.eval_model), args.metric, args.device, shared)
     _refuse_same_models(attack_entries, eval_entries)
+    with compute.applied([e.model for e in attack_entries]):
+        batch_size = auto_batch_size(
+            args.batch_size, DEFAULT_BATCH, args.device, [e.model for e in attack_entries], dataset.split(threat.split), backward=True
+        )
     results = export_attack(
         attack_entries,
         dataset,
@@ -166,11 +172,12 @@ def run(args: argparse.Namespace) -> int:
         args.threat,
         eval_models=eval_entries,
         metric_record={"option": args.metric, "per_model": [e.record["metric"] for e in attack_entries]},
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         device=args.device,
         ap=args.ap,
         file_names=args.file_names,
         progress=not args.no_progress,
+        compute=compute,
     )
     if is_main_process():
         print(format_summary(results))

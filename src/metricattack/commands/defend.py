@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..compute import add_compute_options, compute_overrides
 from ..config import validate
 from ..data.layouts import load_dataset
 from ..defense.config import DefenseConfig, load_defense_config
@@ -49,13 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_option(parser)
     add_weights_option(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/defense-<config name>)")
+    add_compute_options(parser, config=True)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.schedule.epochs=5")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the defense and print the Table 5 cells and the adaptive rows."""
-    cfg = own_network(load_defense_config(args.config, [*args.overrides, *([f"method={args.method}"] if args.method else [])]), args)
+    overrides = [*args.overrides, *([f"method={args.method}"] if args.method else []), *compute_overrides(args, "train.compute")]
+    cfg = own_network(load_defense_config(args.config, overrides), args)
     out = args.out if args.out is not None else Path("runs") / f"defense-{args.config.stem}"
     check_output_folder(
         "--out",

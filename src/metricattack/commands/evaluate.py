@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..compute import add_compute_options, auto_batch_size, compute_of
 from ..data.layouts import DATASETS
 from ..distributed import is_main_process, rank_and_world
 from ..errors import MetricAttackError
@@ -76,13 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="equal distances: expected = the expectation over their orders (default; a constant model scores chance), "
         "gallery-order = ranked by gallery index (torchreid / fast-reid parity on tie-free distances)",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch size")
     parser.add_argument("--chunk-size", type=int, default=1024, help="queries per distance chunk (bounds memory)")
     parser.add_argument("--device", default="cpu", help="torch device for feature extraction (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--out", type=Path, default=None, help="write results + provenance to this JSON file")
     parser.add_argument(
         "--features-cache", type=Path, default=None, help="folder to reuse extracted features from (keyed by checkpoint and dataset)"
     )
+    add_compute_options(parser, batch_size=DEFAULT_BATCH, batch_help="feature extraction batch size")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
 
@@ -115,6 +116,7 @@ def resolve_metric(spec: str, checkpoint: Path | None) -> tuple[Metric, dict[str
 
 
 FEATURES_FILE = "features.safetensors"
+DEFAULT_BATCH = 64
 CODE_FEATURES_CACHE = ("models", "data", "evaluation", "metrics")  # the packages the cached features come from (tests/test_stage_code.py)
 
 
@@ -223,8 +225,9 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; print the table; write ``--out`` JSON on the main process."""
     from ..data.layouts import dataset_fingerprint, load_dataset
 
-    if args.batch_size < 1 or args.chunk_size < 1:
-        raise MetricAttackError(f"--batch-size and --chunk-size must be positive, got {args.batch_size} and {args.chunk_size}")
+    if args.chunk_size < 1:
+        raise MetricAttackError(f"--chunk-size must be positive, got {args.chunk_size}")
+    compute = compute_of(args)
     if args.baseline is not None:
         if args.metric.lower() not in parameter_free_metrics():
             raise MetricAttackError(f"--baseline works with --metric {' or '.join(parameter_free_metrics())}, not {args.metric!r}")
@@ -255,16 +258,18 @@ def run(args: argparse.Namespace) -> int:
     fingerprint = dataset_fingerprint(dataset)
     start = time.perf_counter()
     feats = {}
-    for split in ("query", "gallery"):
-        records = dataset.split(split)
-        feats[split] = cached_features(
-            args.features_cache,
-            {"checkpoint_sha256": ckpt_sha, "dataset_fingerprint": fingerprint, "split": split},
-            functools.partial(
-                extract_features, model, records, batch_size=args.batch_size, device=args.device, progress=not args.no_progress
-            ),
-            len(records),
-        )
+    with compute.applied([model]):
+        batch_size = auto_batch_size(args.batch_size, DEFAULT_BATCH, args.device, [model], dataset.gallery, backward=False)
+        for split in ("query", "gallery"):
+            records = dataset.split(split)
+            feats[split] = cached_features(
+                args.features_cache,
+                {"checkpoint_sha256": ckpt_sha, "dataset_fingerprint": fingerprint, "split": split},
+                functools.partial(
+                    extract_features, model, records, batch_size=batch_size, device=args.device, progress=not args.no_progress
+                ),
+                len(records),
+            )
     result = evaluate_split_features(
         feats["query"], feats["gallery"], dataset, metric, ap=args.ap, chunk_size=args.chunk_size, ties=args.ties
     )
@@ -273,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{dataset.name}: {counted(len(dataset.query), 'query', 'queries')}, {counted(len(dataset.gallery), 'gallery image')}, model {name}"
+        + ("" if compute.is_default else f", compute: {compute.describe()}")
     )
     print(format_table(result, metric_info["name"]))
     chance = dataset_chance(dataset, args.ap)
@@ -301,10 +307,11 @@ def run(args: argparse.Namespace) -> int:
                 "options": {
                     "ap": args.ap,
                     "ties": args.ties,
-                    "batch_size": args.batch_size,
+                    "batch_size": batch_size,
                     "chunk_size": args.chunk_size,
                     "device": args.device,
                     "world_size": rank_and_world()[1],
+                    "compute": compute.record(),
                 },
                 "seconds": round(seconds, 3),
                 "versions": environment_versions(),

@@ -24,6 +24,7 @@ import argparse
 from pathlib import Path
 
 from ..attack_options import add_attack_options
+from ..compute import Compute, add_compute_options, auto_batch_size, compute_of
 from ..data.layouts import DATASETS
 from ..distributed import is_main_process
 from ..errors import MetricAttackError
@@ -37,6 +38,7 @@ from ..robustness.protocol import VERSIONS
 from ..robustness.result import RobustnessResult
 
 RESULT_FILE, EVIDENCE_FILE, RUNS = "robustness.json", "evidence.safetensors", "runs"
+DEFAULT_BATCH = 32
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--metric", default="euclidean", help="euclidean (default), cosine, xqda / kissme (fitted beside the checkpoint) or a metric file"
     )
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market)")
-    parser.add_argument("--batch-size", type=int, default=32, help="query images per attack batch (bounds memory)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    add_compute_options(parser, batch_size=DEFAULT_BATCH, batch_help="query images per attack batch (bounds memory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
 
@@ -76,11 +78,17 @@ def _is_previous(folder: Path) -> bool:
     return (folder / RUNS / IDENTITY).is_file()
 
 
+def _compute(result: RobustnessResult) -> str:
+    """``, compute: bf16`` when the model ran other than in the default fp32."""
+    compute = Compute.model_validate(result.provenance.get("compute") or {})
+    return "" if compute.is_default else f", compute: {compute.describe()}"
+
+
 def format_result(result: RobustnessResult) -> str:
     """The plain-text summary ``metricattack robustness`` prints."""
     lines = [
         f"robustness ({result.protocol.version} protocol, query attack against the clean gallery, {result.metric} distance, "
-        f"{result.dataset.num_valid_queries} queries with a true match)",
+        f"{result.dataset.num_valid_queries} queries with a true match{_compute(result)})",
         f"  clean mAP {result.clean.value:.2f} [{result.clean.low:.2f}, {result.clean.high:.2f}]   chance mAP {result.chance_mAP:.2f}",
     ]
     for row in result.robust:
@@ -126,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from ..robustness.evaluate import run_protocol
     from .evaluate import resolve_metric
 
-    if args.batch_size < 1:
-        raise MetricAttackError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    compute = compute_of(args)
     if args.eps < 1:
         raise MetricAttackError(f"--eps {args.eps:g}: adversarial queries are 8-bit images (a pixel moves in steps of 1); use at least 1")
     source = single_model_source(args)
@@ -138,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = source.load(args.device)
     record = {**loaded.record, "metric": metric_info}
     protocol = VERSIONS.get(args.version).model_copy(update={"seed": args.seed})
+    with compute.applied([loaded.model]):
+        batch_size = auto_batch_size(args.batch_size, DEFAULT_BATCH, args.device, [loaded.model], dataset.query, backward=True)
     with claim_output(out, "robustness"):
         result, evidence = run_protocol(
             loaded.model,
@@ -146,11 +155,12 @@ def run(args: argparse.Namespace) -> int:
             protocol=protocol,
             metric=metric,
             ap=args.ap,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             device=args.device,
             records=out / RUNS,
             model_record=record,
             progress=not args.no_progress,
+            compute=compute,
         )
         if is_main_process():
             atomic_write_json(out / RESULT_FILE, result.model_dump(mode="json"))

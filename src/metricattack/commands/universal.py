@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..attacks.universal import DELTA_FILE, OBJECTIVES, UniversalConfig, train_universal
+from ..compute import Compute, add_compute_options, auto_batch_size, compute_of
 from ..data.layouts import DATASETS
 from ..errors import ConfigError, MetricAttackError
 from ..model_options import add_model_option, add_weights_option, model_sources
@@ -55,11 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help=fields["size"].description)
     parser.add_argument("--seed", type=int, default=fields["seed"].default, help=fields["seed"].description)
     parser.add_argument("--metric", default="euclidean", help="attack metric, as in metricattack attack (default euclidean)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch of the clean feature extraction")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    add_compute_options(parser, batch_size=DEFAULT_BATCH, batch_help="images per batch of the clean feature extraction")
     parser.set_defaults(func=run)
 
 
+DEFAULT_BATCH = 64
 OPTION_OF = {"batch_size": "step_batch"}  # config field -> command-line option, where they differ
 
 
@@ -79,9 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data.layouts import load_dataset
     from .attack import resolve_metric
 
-    if args.batch_size < 1:
-        raise MetricAttackError(f"--batch-size must be a positive integer, got {args.batch_size}")
     cfg = config_of(args)
+    compute = compute_of(args)
     sources = model_sources(args.checkpoint, args.model)
     if not sources:
         raise MetricAttackError("give the model(s) to train against: --checkpoint FILE and/or --model SPEC (repeatable)")
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         models.append(loaded.model)
         metrics.append(metric)
         records.append({**loaded.record, "metric": info})
+    with compute.applied(models):
+        batch_size = auto_batch_size(args.batch_size, DEFAULT_BATCH, args.device, models, dataset.train, backward=False)
     record = train_universal(
         models,
         metrics,
@@ -101,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         model_records=records,
         metric_record={"option": args.metric},
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         device=args.device,
+        compute=compute,
     )
     print(format_record(record, args.out))
     return 0
@@ -115,7 +119,8 @@ def format_record(record: dict[str, Any], out: Path) -> str:
     return "\n".join(
         [
             f"universal perturbation: {out / delta['file']} ({delta['shape'][1]}x{delta['shape'][2]}, "
-            f"L-inf {delta['linf_255']:.2f}/255, eps {cfg['eps']:g}), picture {out / delta['picture']}",
+            f"L-inf {delta['linf_255']:.2f}/255, eps {cfg['eps']:g}), picture {out / delta['picture']}"
+            + ("" if (compute := Compute.model_validate(record.get("compute") or {})).is_default else f", compute: {compute.describe()}"),
             f"trained on {data['images']} training images of {data['identities']} identities ({data['name']}), "
             f"objective {cfg['objective']}, mean objective per epoch: {losses}",
             f"apply it: metricattack attack ... --method uap --method-option file={out / delta['file']} --eps {cfg['eps']:g} --threat query",

@@ -83,8 +83,15 @@ def _source(cfg: DefenseConfig) -> ReIDDataset:
 
 
 def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], None] = _log.info) -> dict[str, Any]:
-    """Run (or resume) every stage; returns the defense results (also ``out/defense_results.json`` when evaluated)."""
-    out = Path(out)
+    """Run (or resume) every stage; returns the defense results (also ``out/defense_results.json`` when evaluated).
+    Everything runs at ``cfg.train.compute`` (precision: the trainings, attacks and evaluations; in the stage keys
+    when not the default)."""
+    with cfg.train.compute.activate():
+        return _run_defense(cfg, Path(out), log)
+
+
+def _run_defense(cfg: DefenseConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_defense` once its compute is active."""
     cache = StageCache(out, announce=lambda spec: log(f"defense stage {spec.kind} ..."))
 
     def stage(name: str, settings: dict[str, Any], work: Callable[[], dict[str, Any]], *, rerun_on_change: bool = False) -> dict[str, Any]:
@@ -263,8 +270,8 @@ def _evaluate(
     """Table 5 cells for F / F_adv and the adaptive white-box rows; writes ``defense_results.json``."""
     ev = cfg.evaluation
     metric = build_metric(ev.metric)
-    normal = load_model(Path(base_record["checkpoint"]), device=device)
-    defended = load_model(Path(final["checkpoint"]), device=device)
+    normal = cfg.train.compute.prepare(load_model(Path(base_record["checkpoint"]), device=device))
+    defended = cfg.train.compute.prepare(load_model(Path(final["checkpoint"]), device=device))
     defended_record = {"name": "F_adv", "checkpoint": final["checkpoint"], "sha256": final["sha256"]}
     folder = out / "transfer_gallery" / sha256_json([ev.transfer.model_dump(mode="json"), ev.metric, ev.ap, base_record, final])[:16]
     transfer = export_attack(

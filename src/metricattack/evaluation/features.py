@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..compute import make_compute
 from ..data.types import ImageRecord, ReIDDataset
 from ..distributed import gather_indexed, is_main_process
 from ..errors import MetricAttackError
@@ -35,6 +36,7 @@ def extract_features(
     device: str | torch.device = "cpu",
     progress: bool = True,
     name: str | None = None,
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Features ``[N, D]`` (float32, on CPU) of ``records`` in order, from ``model(images at native size)``.
 
@@ -47,8 +49,12 @@ def extract_features(
     The model is checked first (:func:`~metricattack.models.contract.check_model`, once per
     model) and every batch's output against the contract: an error names the model (``name``,
     default the name it was loaded under) and the image file; features equal for every image
-    are warned about (they score exactly the chance level).
+    are warned about (they score exactly the chance level). ``precision`` (``"fp32"``, ``"bf16"``,
+    ``"fp16"``): run the model at it (:mod:`metricattack.compute`); None: as it is.
     """
+    if precision is not None:
+        with make_compute("extract_features", precision=precision).applied([model]):
+            return extract_features(model, records, batch_size, device=device, progress=progress, name=name)
     from ..data.loading import make_loader  # the loader pulls in image I/O; keep ranking imports light
 
     if len(records) == 0:
@@ -136,10 +142,12 @@ def evaluate_model(
     chunk_size: int = 1024,
     progress: bool = True,
     ties: TieRule = "expected",
+    precision: str | None = None,
 ) -> RankingResult:
-    """Extract query and gallery features of ``dataset`` with ``model`` and evaluate them under ``metric``."""
-    q = extract_features(model, dataset.query, batch_size=batch_size, device=device, progress=progress)
-    g = extract_features(model, dataset.gallery, batch_size=batch_size, device=device, progress=progress)
+    """Extract query and gallery features of ``dataset`` with ``model`` (at ``precision``, as :func:`extract_features`)
+    and evaluate them under ``metric``."""
+    q = extract_features(model, dataset.query, batch_size=batch_size, device=device, progress=progress, precision=precision)
+    g = extract_features(model, dataset.gallery, batch_size=batch_size, device=device, progress=progress, precision=precision)
     return evaluate_split_features(q, g, dataset, metric, ap=ap, chunk_size=chunk_size, ties=ties)
 
 

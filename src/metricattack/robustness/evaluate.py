@@ -43,6 +43,7 @@ from ..attacks.perturb import perturb
 from ..attacks.problem import Objective
 from ..attacks.spec import make_spec
 from ..attacks.threats import THREATS, SplitFeatures
+from ..compute import Compute, active, make_compute
 from ..data.layouts import dataset_fingerprint
 from ..data.loading import read_image
 from ..data.types import ReIDDataset
@@ -293,9 +294,11 @@ def evaluate_robustness(
     records: Path | None = None,
     protocol: Protocol | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> RobustnessResult:
     """Robust mAP and rank-1 of ``model`` on ``dataset`` under the protocol ``version``: the public
-    ``metricattack.evaluate_robustness`` (arguments as :func:`run_protocol`'s; per-query APs: call that)."""
+    ``metricattack.evaluate_robustness`` (arguments as :func:`run_protocol`'s, ``precision`` its
+    ``compute``'s: ``"fp32"``, ``"bf16"`` or ``"fp16"``; per-query APs: call that)."""
     return run_protocol(
         model,
         dataset,
@@ -308,6 +311,7 @@ def evaluate_robustness(
         records=records,
         protocol=protocol,
         progress=progress,
+        compute=make_compute("evaluate_robustness", precision=precision),
     )[0]
 
 
@@ -343,6 +347,7 @@ def run_protocol(
     model_record: dict[str, Any] | None = None,
     protocol: Protocol | None = None,
     progress: bool = False,
+    compute: Compute | None = None,
 ) -> tuple[RobustnessResult, dict[str, np.ndarray]]:
     """Robust mAP and rank-1 of ``model`` on ``dataset``'s test split under the protocol ``version``,
     and the per-query evidence behind them (:func:`evidence_key` → ``[Q]``, NaN without a true match).
@@ -359,7 +364,31 @@ def run_protocol(
             (default: its class and :func:`state_digest`).
         protocol: a :class:`~.protocol.Protocol` to run instead of ``version``'s (tests, studies of the protocol itself).
         progress: tqdm bars on stderr (on the main process): the clean features, then one step per attack run.
+        compute: precision and GPU switches of the model (:mod:`metricattack.compute`; default: the active one), recorded
+            in ``provenance`` and, when not the default, in the records' identity.
     """
+    compute = compute or active()
+    with compute.applied([model]):
+        return _run_protocol(
+            model, dataset, eps, version, metric, ap, batch_size, device, records, model_record, protocol, progress, compute
+        )
+
+
+def _run_protocol(
+    model: nn.Module,
+    dataset: ReIDDataset,
+    eps: float,
+    version: str,
+    metric: Metric | None,
+    ap: APConvention,
+    batch_size: int,
+    device: str | torch.device,
+    records: Path | None,
+    model_record: dict[str, Any] | None,
+    protocol: Protocol | None,
+    progress: bool,
+    compute: Compute,
+) -> tuple[RobustnessResult, dict[str, np.ndarray]]:
     from ..metrics.distance import EuclideanMetric
 
     begin = time.perf_counter()
@@ -383,9 +412,14 @@ def run_protocol(
     model_record = model_record or {"class": type(model).__qualname__, "state": state_digest(model)}
     fingerprint = dataset_fingerprint(dataset)
     store = Records(records)
-    store.claim(
-        {"model": model_record, "dataset": fingerprint, "protocol": protocol.model_dump(mode="json"), "metric": metric.name, "ap": ap}
-    )
+    identity = {
+        "model": model_record,
+        "dataset": fingerprint,
+        "protocol": protocol.model_dump(mode="json"),
+        "metric": metric.name,
+        "ap": ap,
+    }
+    store.claim(identity | ({"compute": compute.key()} if compute.key() else {}))
     chance = side.chance_ap()
     runs = sum(s.runs for s in protocol.cascade) * len(protocol.epsilons) + sum(s.method == "apgd" for s in protocol.cascade)
     runs += len(protocol.reference_methods) * len(protocol.epsilons) + len(protocol.sweep_epsilons)
@@ -469,7 +503,12 @@ def run_protocol(
         flags=flag_list,
         randomized=randomized,
         cost=cost,
-        provenance={"versions": environment_versions(), "threads": thread_settings(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        provenance={
+            "versions": environment_versions(),
+            "threads": thread_settings(),
+            "compute": compute.record(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
     )
     return result, evidence
 

@@ -21,8 +21,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Discriminator, Field, NonNegativeInt, PositiveFloat, PositiveInt, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Discriminator,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    Tag,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from ..compute import Compute
 from ..config import StrictModel, load_config
 from ..data.layouts import DATASETS
 from ..models.backbones import BACKBONES
@@ -317,6 +330,19 @@ class TrainRecipe(StrictModel):
     num_workers: NonNegativeInt = 0
     checkpoint_every: PositiveInt = Field(1, description="save a resumable checkpoint every this many epochs")
     progress: bool = True
+    compute: Compute = Field(
+        Compute(),
+        description="precision (fp32 / bf16 / fp16 with loss scaling), channels_last, cudnn_benchmark (metricattack.compute); "
+        "recorded in the checkpoint when not the default",
+    )
+
+    @model_serializer(mode="wrap")
+    def _default_compute_unrecorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The default compute is left out of dumps: checkpoints, resume checks and stage keys of fp32 runs stay as they were."""
+        data = handler(self)
+        if isinstance(data, dict) and self.compute.is_default:
+            data.pop("compute", None)
+        return data
 
     @model_validator(mode="after")
     def _triplet_needs_pk(self) -> TrainRecipe:

@@ -255,10 +255,13 @@ def run_epoch(
     device: torch.device,
     bar: tqdm,
     epoch: int,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader`` (1-based ``epoch``); returns mean losses, the count of training
     images, wall seconds, CPU seconds of this process (``cpu_seconds``, all its threads) and images/s;
-    ``first_loss`` is the first step's loss (the reference of ``check_not_diverged``)."""
+    ``first_loss`` is the first step's loss (the reference of ``check_not_diverged``). ``scaler``: fp16's
+    loss scaling (:meth:`~metricattack.compute.Compute.scaler`; a disabled one changes nothing)."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     step.train()
     totals: dict[str, torch.Tensor] = {}
     images_seen, batches, start, cpu_start = 0, 0, time.perf_counter(), time.process_time()
@@ -267,8 +270,9 @@ def run_epoch(
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss, parts = objective(step, images, labels, epoch, number)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # in fp16: skipped when a gradient overflowed (the scale is then lowered)
+        scaler.update()
         if batches == 0:
             first = loss.detach()  # the reference of check_not_diverged
         for name, value in {"loss": loss, **parts}.items():
@@ -412,7 +416,11 @@ def _run(
         history, start_epoch = list(meta["history"]), int(meta["epoch"])
     model.to(device)
     losses = LossTerms(cfg)
-    step: nn.Module = _TrainStep(model)
+    step: nn.Module = cfg.compute.prepare(_TrainStep(model))  # the network at cfg.compute's precision, losses in float32
+    cfg.compute.prepare(model)  # what a variant's objective asks the model itself (adversarial training's attacks)
+    scaler = cfg.compute.scaler(device)
+    if latest is not None and "scaler" in (state := load_train_state(latest)):
+        scaler.load_state_dict(state["scaler"])
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         step = nn.parallel.DistributedDataParallel(step, device_ids=ids, find_unused_parameters=losses.leaves_parameters_unused())
@@ -440,15 +448,18 @@ def _run(
         lr = cfg.optimizer.lr * variant.lr_factor * cfg.schedule.lr_factor(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar:
-            stats = _across_ranks(run_epoch(step, loader, optimizer, objective, device, bar, epoch), device)
+        with (
+            tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar,
+            cfg.compute.activate(),
+        ):
+            stats = _across_ranks(run_epoch(step, loader, optimizer, objective, device, bar, epoch, scaler), device)
         check_not_diverged(model, stats, (history[0] if history else stats).get("first_loss", stats["first_loss"]), epoch, lr)
         history.append({"epoch": epoch, "lr": lr, **stats})
         epochs.update(1)
         if show:
             log.info("epoch %d/%d: loss %.4f, %.1f images/s", epoch, cfg.schedule.epochs, stats["loss"], stats["images_per_second"])
         if is_main_process() and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.schedule.epochs):
-            _save_epoch(model, optimizer, ckpt_dir, epoch, {**base, "epoch": epoch, "history": history})
+            _save_epoch(model, optimizer, ckpt_dir, epoch, {**base, "epoch": epoch, "history": history}, scaler)
         barrier()
     epochs.close()
     if is_main_process():
@@ -457,10 +468,15 @@ def _run(
     return final
 
 
-def _save_epoch(model: ReIDNet, optimizer: torch.optim.Optimizer, folder: Path, epoch: int, meta: dict[str, Any]) -> None:
-    """Write the resumable checkpoint of ``epoch`` (state, then weights + JSON), then drop older ones."""
+def _save_epoch(
+    model: ReIDNet, optimizer: torch.optim.Optimizer, folder: Path, epoch: int, meta: dict[str, Any], scaler: torch.amp.GradScaler
+) -> None:
+    """Write the resumable checkpoint of ``epoch`` (state with fp16's loss scale, then weights + JSON), then drop older ones."""
     path = folder / f"epoch-{epoch:03d}.safetensors"
-    save_train_state(path, {"epoch": epoch, "optimizer": optimizer.state_dict()})
+    state: dict[str, Any] = {"epoch": epoch, "optimizer": optimizer.state_dict()}
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    save_train_state(path, state)
     save_checkpoint(model, path, meta)
     for old in folder.glob("epoch-*.safetensors"):
         if old != path:
