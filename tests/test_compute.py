@@ -15,7 +15,7 @@ from torch import nn
 import metricattack as ma
 from metricattack.attacks.ops import quantize
 from metricattack.cli import main
-from metricattack.compute import Compute, active, largest_batch, resolve_batch_size
+from metricattack.compute import Compute, active, largest_batch, model_trial, resolve_batch_size
 from metricattack.errors import ConfigError, MetricAttackError
 from metricattack.stages import StageSpec
 from metricattack.training.config import TrainConfig
@@ -106,6 +106,25 @@ def test_bad_precision_is_refused(tiny_dataset_root: Path, tmp_path: Path, capsy
     assert not (tmp_path / "o").exists()
 
 
+def test_compute_in_configs_and_command_lines() -> None:
+    from argparse import Namespace
+
+    from metricattack.benchmark.config import load_benchmark_config
+    from metricattack.compute import compute_overrides
+
+    given = Namespace(precision="bf16", channels_last=True, cudnn_benchmark=False)
+    assert compute_overrides(given, "train.compute") == ["train.compute.precision=bf16", "train.compute.channels_last=true"]
+    assert compute_overrides(Namespace(precision=None, channels_last=False, cudnn_benchmark=False)) == []  # the config's stays
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    assert "compute" not in load_benchmark_config(quickstart, [], None).model_dump(mode="json")  # fp32: results.json as before
+    bf16 = load_benchmark_config(quickstart, ["compute.precision=bf16"], None)
+    assert bf16.model_dump(mode="json")["compute"]["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="models.B1.train.compute: set compute at the top level"):
+        load_benchmark_config(quickstart, ["models.B1.train.compute.precision=bf16"], None)
+    with pytest.raises(MetricAttackError, match="precision"):
+        ma.evaluate_robustness(TinyNet(), None, precision="half")  # type: ignore[arg-type]
+
+
 def test_fp16_training_step_with_a_loss_scaler_on_cpu() -> None:
     torch.manual_seed(0)
     net = TinyNet()
@@ -166,6 +185,7 @@ def test_batch_size_auto_with_a_fake_out_of_memory(caplog: pytest.LogCaptureFixt
         assert resolve_batch_size("auto", 32, "cpu", trial, limit=500) == 32
     assert not tried and "no GPU memory to fill; using the default batch size 32" in caplog.text
     assert resolve_batch_size(12, 32, "cuda", trial, limit=500) == 12 and not tried
+    model_trial([TinyNet()], (24, 12), "cpu", backward=True)(3)  # what a real search runs: forward + input backward
 
 
 def test_attack_command_records_precision(tiny_dataset_root: Path, tmp_path: Path, capsys) -> None:
