@@ -156,6 +156,15 @@ def test_fp16_training_step_with_a_loss_scaler_on_cpu() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))  # a step was taken (not all skipped)
 
 
+def test_fp16_attack_gradient_scale_backs_off_on_overflow() -> None:
+    x = torch.full((2, 3), 0.5, requires_grad=True)
+    losses = (x.half() * 30000.0).float().sum(1)  # the backward through fp16 overflows at every loss scale above 2
+    grad = Compute(precision="fp16").input_gradient(losses, x)
+    assert grad.dtype == torch.float32 and torch.equal(grad, torch.full((2, 3), 30000.0))
+    tiny = (x.half() * 1e-4).float().sum(1)  # an fp16 gradient of 1e-4 / 2**12 would underflow without the scale
+    assert torch.allclose(Compute(precision="fp16").input_gradient(tiny * 2.0**-12, x), torch.full((2, 3), 1e-4 * 2.0**-12), rtol=1e-3)
+
+
 def test_channels_last_is_applied_and_undone() -> None:
     torch.manual_seed(0)
     net, (images, _) = TinyNet(), _batch()

@@ -12,7 +12,7 @@ goes through the same three pieces:
 * :meth:`Compute.activate` makes the run's compute the :func:`active` one: stage keys
   (:class:`~metricattack.stages.StageSpec`) record it when it is not the default, and in
   ``fp16`` an attack's input gradient is taken of the loss × :data:`FP16_GRADIENT_SCALE`
-  (halved while the gradient overflows), then divided back in float32, so small gradients do
+  (smaller while the gradient overflows), then divided back in float32, so small gradients do
   not underflow in half precision (:meth:`Compute.input_gradient`).
 * training: :meth:`Compute.scaler` (a :class:`torch.amp.GradScaler`, enabled in ``fp16``: loss
   scaling) beside the same autocast.
@@ -51,7 +51,7 @@ PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloa
 
 FP16_GRADIENT_SCALE = 2.0**12
 """fp16 attacks: the per-image losses are multiplied by this before the input gradient is taken
-(a power of two: dividing back is exact), halved until the gradient is finite."""
+(a power of two: dividing back is exact), divided by 16 while the gradient overflows (down to no scale)."""
 
 _PATCHED = "_metricattack_compute"
 
