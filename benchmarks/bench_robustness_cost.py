@@ -37,7 +37,7 @@ def bound(protocol: Protocol) -> tuple[int, int]:
     gradient = sum((s.steps + 1) * s.runs for s in protocol.cascade if s.method == "apgd")
     search = sum(s.steps + 1 for s in protocol.cascade if s.method == "square")
     runs = sum(s.runs for s in protocol.cascade)
-    extra = sum(s.steps + 1 for s in protocol.cascade if s.method == "apgd")
+    extra = sum((s.steps + 1) * s.runs for s in protocol.cascade if s.method == "apgd")  # the convergence check doubles the starts
     references = sum(  # at every ε; FGSM is one step
         int(make_spec("bound", method=m, eps=e).resolved()["options"].get("steps", 1))
         for m in protocol.reference_methods
@@ -48,7 +48,7 @@ def bound(protocol: Protocol) -> tuple[int, int]:
     backward = eps * gradient + extra + references + sweep
     ranking = (
         eps * runs
-        + len([s for s in protocol.cascade if s.method == "apgd"])
+        + sum(s.runs for s in protocol.cascade if s.method == "apgd")
         + eps * len(protocol.reference_methods)
         + len(protocol.sweep_epsilons)
     )

@@ -15,7 +15,7 @@ from metricattack.errors import MetricAttackError
 from metricattack.robustness import flags
 from metricattack.robustness.cascade import CLEAN, RunOutcome, run_cascade, standing
 from metricattack.robustness.diffjpeg import differentiable_jpeg
-from metricattack.robustness.evaluate import evaluation_cost, step_budget
+from metricattack.robustness.evaluate import EXTRA_START, START_IDS, cascade_runs, evaluation_cost, step_budget
 from metricattack.robustness.protocol import VERSIONS
 from metricattack.robustness.result import RobustnessResult, epsilon_result, schema_markdown
 from metricattack.robustness.traps import TRANSFORMS, Preprocessed, counterpart, jpeg
@@ -151,7 +151,9 @@ def test_protocol_versions_and_schema() -> None:
     standard, fast = VERSIONS.get("standard"), VERSIONS.get("fast")
     assert [s.name for s in standard.cascade] == ["apgd-metric", "apgd-margin-t", "apgd-self", "square"]
     assert standard.step("square").steps == 5000 and fast.step("square").steps == 1000
-    assert standard.step("apgd-metric").runs > 1 and fast.step("apgd-metric").runs == 1
+    # two starts of the untargeted APGD attacks in both (fast had one: its convergence check flagged, RESULTS.md)
+    assert all(v.step(a).runs == 2 for v in (standard, fast) for a in ("apgd-metric", "apgd-self"))
+    assert standard.step("apgd-margin-t").runs == 3 and fast.step("apgd-margin-t").runs == 1
     assert standard.epsilons[0] == fast.epsilons[0] == 8 and 5 in standard.epsilons
     for version in VERSIONS.names():  # never-weaker compares with the paper's three attacks (and PGD)
         assert {"fgsm", "ifgsm", "mifgsm", "pgd"} <= set(VERSIONS.get(version).reference_methods), version
@@ -200,3 +202,22 @@ def test_cost_counts_the_runs_the_cascade_skipped() -> None:
     assert (cost.cascade_forwards, cost.cascade_backwards) == (306, 303)
     assert (cost.without_cascade_forwards, cost.without_cascade_backwards) == (306 + 3 * 102 + 3 * 1002, 303 + 3 * 101)
     assert step_budget(protocol.step("apgd-self"), 4) == (4 * 101 + 1, 4 * 101)  # EOT: every step's samples
+
+
+def test_the_convergence_check_doubles_every_apgd_attacks_starts() -> None:
+    """The cascade's runs, then one more start per start of every APGD attack (per target for the targeted
+    margin, each target's run from one start id), with start ids apart from the cascade's."""
+
+    class Recorder:
+        protocol = VERSIONS.get("standard")
+
+        def step_run(self, step, run, eps, start, tag=""):
+            return (step.name, run, start, tag)
+
+    runs = [run for _, run in cascade_runs(Recorder(), 8, extra=True)]
+    m, t, s = START_IDS["apgd-metric"], START_IDS["apgd-margin-t"], START_IDS["apgd-self"]
+    cascade = [("apgd-metric", 0, m, ""), ("apgd-metric", 1, m + 1, "")] + [("apgd-margin-t", r, t, "") for r in range(3)]
+    cascade += [("apgd-self", 0, s, ""), ("apgd-self", 1, s + 1, ""), ("square", 0, 0, "")]
+    extra = [(name, run, start + EXTRA_START, "extra") for name, run, start, _ in cascade if name != "square"]
+    assert runs == cascade + extra
+    assert len(cascade_runs(Recorder(), 8, extra=False)) == len(cascade)

@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 # Start ids (the second seed of every random start): one per attack and run, the same at every ε.
 START_IDS = {"apgd-metric": 0, "apgd-margin-t": 1000, "apgd-self": 2000, "sweep": 3000}
-EXTRA_START = 500  # the convergence check's extra start of an attack: its start id + 500
+EXTRA_START = 500  # the convergence check's extra starts of an attack: its start ids + 500
 IDENTITY = "run.json"  # a records folder's evaluation identity
 
 
@@ -268,16 +268,20 @@ class Setup:
 
 
 def cascade_runs(setup: Setup, eps: float, extra: bool) -> list[tuple[str, Callable[[np.ndarray], RunOutcome]]]:
-    """The protocol's cascade at ``eps`` as ``(attack, run)`` pairs; ``extra``: then one more start of every APGD attack."""
-    runs = []
-    for step in setup.protocol.cascade:
-        for r in range(step.runs):
-            start = START_IDS.get(step.name, 0) + (0 if step.objective == "margin-targeted" else r)
-            runs.append((step.name, setup.step_run(step, r, eps, start)))
+    """The protocol's cascade at ``eps`` as ``(attack, run)`` pairs; ``extra``: then the convergence check's
+    extra starts, doubling every APGD attack's (one more start per start, and per target of the targeted margin)."""
+
+    def start(step: AttackStep, r: int) -> int:
+        return START_IDS.get(step.name, 0) + (0 if step.objective == "margin-targeted" else r)
+
+    runs = [(step.name, setup.step_run(step, r, eps, start(step, r))) for step in setup.protocol.cascade for r in range(step.runs)]
     if extra:
-        for step in setup.protocol.cascade:
-            if step.method == "apgd":
-                runs.append((step.name, setup.step_run(step, 0, eps, START_IDS[step.name] + EXTRA_START, tag="extra")))
+        runs += [
+            (step.name, setup.step_run(step, r, eps, start(step, r) + EXTRA_START, tag="extra"))
+            for step in setup.protocol.cascade
+            if step.method == "apgd"
+            for r in range(step.runs)
+        ]
     return runs
 
 
@@ -421,7 +425,7 @@ def _run_protocol(
     }
     store.claim(identity | ({"compute": compute.key()} if compute.key() else {}))
     chance = side.chance_ap()
-    runs = sum(s.runs for s in protocol.cascade) * len(protocol.epsilons) + sum(s.method == "apgd" for s in protocol.cascade)
+    runs = sum(s.runs for s in protocol.cascade) * len(protocol.epsilons) + sum(s.runs for s in protocol.cascade if s.method == "apgd")
     runs += len(protocol.reference_methods) * len(protocol.epsilons) + len(protocol.sweep_epsilons)
     runs += 1 + len(protocol.gallery.reference_methods) if protocol.gallery is not None else 0  # the gallery side's attacks
     bar = tqdm(total=runs, desc="robustness", unit="run", disable=not (progress and is_main_process()), leave=False)

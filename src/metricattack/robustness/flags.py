@@ -9,8 +9,8 @@ summary) or ``not measured``. Thresholds are the module constants, stated in eve
 * **ε sweep** -- mAP does not rise with ε (by more than :data:`SWEEP_TOLERANCE` points) and, at
   the largest ε, is within :data:`NEAR_CHANCE` of the clean-to-chance gap above chance: a large
   enough perturbation must destroy retrieval, or the attack is not using it;
-* **convergence** -- one more start of every APGD attack lowers robust mAP by less than
-  :data:`CONVERGENCE_POINTS` points;
+* **convergence** -- doubling the starts of every APGD attack (one more start per start) lowers robust
+  mAP by less than :data:`CONVERGENCE_POINTS` points;
 * **black box** -- Square (forward passes only) lowers robust mAP by less than
   :data:`BLACK_BOX_POINTS` points after the white-box attacks: a gradient-free attack beating
   gradient attacks points at masked gradients (Carlini et al., 2019);
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SWEEP_TOLERANCE = 0.5  # points of mAP the sweep may rise from one ε to the next (bootstrap-free noise)
 NEAR_CHANCE = 0.10  # at the largest ε, mAP within this share of the clean-to-chance gap above chance
-CONVERGENCE_POINTS = 0.5  # an extra start may lower robust mAP by less than this
+CONVERGENCE_POINTS = 0.5  # doubling the APGD starts may lower robust mAP by less than this
 BLACK_BOX_POINTS = 0.5  # Square may lower the white-box robust mAP by less than this
 RANDOM_TOLERANCE = 1e-4  # largest L2 change of normalised features between two passes of one image
 
@@ -100,14 +100,14 @@ def eps_sweep(maps: Mapping[float, float], clean_map: float, chance_map: float) 
 
 
 def convergence(robust_map: float, with_extra_start: float) -> Flag:
-    """Robust mAP (%) before and after one more start of every APGD attack."""
+    """Robust mAP (%) before and after doubling the starts of every APGD attack."""
     drop = robust_map - with_extra_start
     return _flag(
         "convergence",
         drop >= CONVERGENCE_POINTS,
         drop,
         CONVERGENCE_POINTS,
-        f"one more start of every APGD attack lowers robust mAP by {drop:.2f} points ({robust_map:.2f} → {with_extra_start:.2f}); "
+        f"doubling the starts of every APGD attack lowers robust mAP by {drop:.2f} points ({robust_map:.2f} → {with_extra_start:.2f}); "
         + (
             "the attacks have not converged: more iterations or restarts are needed"
             if drop >= CONVERGENCE_POINTS
