@@ -3,6 +3,9 @@
 
     python benchmarks/report_screenshots.py runs/demo/report.html --out /tmp/report-shots --width 1020
 
+``--top FILE`` also writes the first crop as a small palette PNG: the README's picture of the report is
+``--crop 760 --top docs/img/report.png`` of the demo's report.
+
 Needs Chromium (``chromium`` on the PATH, or ``--browser``). Writes ``page-NN.png`` crops of the whole
 page (``--crop`` px tall each) to look at, and prints every table, figure, heading or paragraph whose
 right edge is beyond the window (it would be cut off or need sideways scrolling) and every figure the
@@ -85,12 +88,17 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1020, help="browser window width in px (default 1020)")
     parser.add_argument("--crop", type=int, default=1100, help="height of each screenshot crop in px")
     parser.add_argument("--browser", default=shutil.which("chromium") or "chromium")
+    parser.add_argument("--top", type=Path, help="also write the first crop here as a 64-colour PNG (small enough to commit)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     facts = probe(args.browser, args.report, args.width)
     height = int(facts.get("height", "20000")) + 50
     paths = screenshots(args.browser, args.report, args.width, height, args.crop, args.out)
     print(f"{args.report}: {facts.get('height')} px tall at {facts.get('viewport')} px wide; {len(paths)} crops in {args.out}")
+    if args.top:
+        with Image.open(paths[0]) as first:
+            first.convert("RGB").quantize(colors=64).save(args.top, optimize=True)
+        print(f"  the first crop: {args.top} ({args.top.stat().st_size // 1024} KiB)")
     wide, scaled = facts.get("wide", "").split(), facts.get("scaled", "").split()
     for item in wide:
         print(f"  wider than the window: {item}")
