@@ -25,6 +25,7 @@ from metricattack.io import sha256_file
 from metricattack.metrics.distance import EuclideanMetric, MahalanobisMetric
 from metricattack.models.checkpoint import load_model, save_checkpoint
 from metricattack.models.reid import ReIDModel
+from metricattack.outputs import LOCK_NAME
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,11 @@ def export(entries, data, out: Path, threat: str = "gallery", file_names: str = 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` except the resumption records, by relative path."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and ".attack" not in p.parts}
+
+
+def every_file(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``, the resumption records too, by relative path (not the lock, which names its holder)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +199,18 @@ def test_query_side_and_classification_settings(entry, data, tmp_path: Path) -> 
     assert 0 < cls["linf_255"]["max_disk"] <= 5
 
 
-def test_same_seed_gives_identical_bytes(entry, data, tmp_path: Path) -> None:
-    a = export([entry], data, tmp_path / "a", method="pgd", eps=4, steps=1, seed=7)
-    export([entry], data, tmp_path / "b", method="pgd", eps=4, steps=1, seed=7)
+def test_same_seed_gives_identical_bytes_with_and_without_overlap(entry, data, tmp_path: Path) -> None:
+    """Run ``a`` reads, attacks and writes on 3 host threads (:mod:`metricattack.overlap`), ``b`` in one thread
+    in turn: every file is the same, the batch records too (``attack_results.json`` names its own folder)."""
+    spec = AttackSpec(method="pgd", eps=4, steps=1, seed=7)
+    a = export_attack([entry], data, tmp_path / "a", spec, batch_size=8, progress=False, workers=3)
+    b = export_attack([entry], data, tmp_path / "b", spec, batch_size=8, progress=False, workers=0)
     export([entry], data, tmp_path / "c", method="pgd", eps=4, steps=1, seed=8)
-    files_a, files_b, files_c = (tree_bytes(tmp_path / n) for n in "abc")
+    files_a, files_b, files_c = (every_file(tmp_path / n) for n in "abc")
+    assert set(files_a) == set(files_b) and any(k.startswith(".attack/batches/") for k in files_a)
+    assert [k for k in files_a if files_a[k] != files_b[k]] == ["attack_results.json"]
+    assert {**a, "output": ""} == {**b, "output": ""}
     pngs = [k for k in files_a if k.endswith(".jpg")]
-    assert all(files_a[k] == files_b[k] for k in pngs) and set(files_a) == set(files_b)
     assert any(files_a[k] != files_c[k] for k in pngs)
     assert a["linf_255"]["max_disk"] <= 4
 

@@ -129,7 +129,7 @@ def test_full_disk_during_attack_names_the_file_and_a_rerun_resumes(
     argv += ["--out", str(out), "--method", "fgsm", "--eps", "2", "--no-progress", "--batch-size", "16"]
     victim = sorted((tiny_dataset_root / "bounding_box_test").iterdir())[20].name
     with monkeypatch.context() as patch:
-        refused = fail_writes(patch, Image.Image, "save", f".{victim}.")
+        refused = fail_writes(patch, Path, "write_bytes", f".{victim}.")  # its PNG, written on a worker thread
         assert main(argv) == 2
     err = one_message(capsys.readouterr().err)
     assert refused and f"could not write {out / 'bounding_box_test' / victim}: no space left" in err and "resumes" in err

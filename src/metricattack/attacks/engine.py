@@ -19,18 +19,19 @@ keep their clean features (not recomputed: distractors and junk are most of a Ma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..data.loading import make_loader
+from ..data.loading import make_loader, read_batches
 from ..data.types import ImageRecord, ReIDDataset
 from ..distributed import rank_and_world
 from ..errors import MetricAttackError
 from ..evaluation.features import extract_features
 from ..metrics.distance import Metric
+from ..overlap import DEFAULT_WORKERS, check_workers
 from .objectives import EnsembleLoss, metrics_per_model
 from .ops import linf_255, quantize
 from .perturb import perturb
@@ -40,13 +41,18 @@ from .threats import THREATS, Selection, SplitFeatures, ThreatModel
 
 
 def clean_features(
-    models: Sequence[nn.Module], dataset: ReIDDataset, *, batch_size: int = 32, device: str | torch.device = "cpu"
+    models: Sequence[nn.Module],
+    dataset: ReIDDataset,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    workers: int = DEFAULT_WORKERS,
 ) -> list[SplitFeatures]:
     """Clean query and gallery features of every model (models put in eval mode), by :func:`extract_features`."""
     return [
         SplitFeatures(
-            extract_features(model, dataset.query, batch_size=batch_size, device=device, progress=False),
-            extract_features(model, dataset.gallery, batch_size=batch_size, device=device, progress=False),
+            extract_features(model, dataset.query, batch_size=batch_size, device=device, progress=False, workers=workers),
+            extract_features(model, dataset.gallery, batch_size=batch_size, device=device, progress=False, workers=workers),
         )
         for model in models
     ]
@@ -162,22 +168,32 @@ class AttackBatches:
         skip: Callable[[int], bool],
         feature_models: Sequence[FeatureModel] = (),
         saved: bool = False,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
-        self.plan, self.spec, self.device, self.skip = plan, spec, device, skip
-        self.feature_models, self.saved = tuple(feature_models), saved
+        self.plan, self.spec, self.device, self.skip = plan, spec, torch.device(device), skip
+        self.feature_models, self.saved, self.workers = tuple(feature_models), saved, check_workers(workers)
         self.loader = make_loader(plan.records, batch_size, shard=True)
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[AttackedBatch]:
-        plan, dataset, batches = self.plan, self.loader.dataset, self.loader.batch_sampler
-        assert batches is not None  # make_loader always batches with a sampler
-        for number, batch in enumerate(batches):
-            if self.skip(number):
-                continue
+    def order(self) -> list[int]:
+        """The numbers of the batches to attack (not skipped), those without an active image spread
+        evenly between the others (:func:`interleave`): writing such a batch is host work only, which
+        overlaps with the model's work on its neighbours. Numbers and batches do not depend on the order."""
+        assert self.loader.batch_sampler is not None  # make_loader always batches with a sampler
+        todo = [(n, b) for n, b in enumerate(self.loader.batch_sampler) if not self.skip(n)]
+        active = [bool(self.plan.active[b].any()) for _, b in todo]
+        return interleave(
+            [n for (n, _), a in zip(todo, active, strict=True) if a], [n for (n, _), a in zip(todo, active, strict=True) if not a]
+        )
+
+    def __iter__(self) -> Generator[AttackedBatch, None, None]:
+        plan = self.plan
+        stream = read_batches(self.loader, self.order(), workers=self.workers, pin_memory=self.device.type == "cuda")
+        for number, batch, images in stream:
             indices = torch.tensor(batch, dtype=torch.long)
-            clean = torch.stack([dataset[i][0] for i in batch]).to(self.device)
+            clean = images.to(self.device, non_blocking=True)
             active = plan.active[indices]
             if active.any():
                 plan.objective.prepare(clean, indices)
@@ -208,6 +224,13 @@ class AttackBatches:
         return tuple(out)
 
 
+def interleave(busy: Sequence[int], idle: Sequence[int]) -> list[int]:
+    """``busy`` and ``idle`` merged, each in its order, ``idle`` spread evenly between ``busy``:
+    ``interleave([1, 2], [7, 8, 9, 10]) == [7, 1, 8, 9, 2, 10]`` (position ``(k + ½) / len`` in each list, ties to ``busy``)."""
+    keys = [((k + 0.5) / len(busy), 0, n) for k, n in enumerate(busy)] + [((k + 0.5) / len(idle), 1, n) for k, n in enumerate(idle)]
+    return [n for *_, n in sorted(keys)]
+
+
 def attack_batches(
     plan: AttackPlan,
     spec: AttackSpec,
@@ -217,14 +240,17 @@ def attack_batches(
     skip: Callable[[int], bool] = lambda number: False,
     feature_models: Sequence[FeatureModel] = (),
     saved: bool = False,
+    workers: int = DEFAULT_WORKERS,
 ) -> AttackBatches:
     """Stream ``plan.records`` (native sizes, this rank's shard) as adversarial batches.
 
     Batch ``number``s follow the loader's deterministic order; ``skip(number)`` True skips
     the batch without reading its images (resuming). Each batch carries the adversarial features
-    of every model of ``feature_models`` (``saved``: of the 8-bit images, as saved).
+    of every model of ``feature_models`` (``saved``: of the 8-bit images, as saved). The next
+    batches' images are decoded on ``workers`` threads while the model attacks this one
+    (:func:`~metricattack.data.loading.read_batches`; 0: no overlap); the batches do not depend on it.
     """
-    return AttackBatches(plan, spec, batch_size, device, skip, feature_models, saved)
+    return AttackBatches(plan, spec, batch_size, device, skip, feature_models, saved, workers)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..compute import Compute, active
 from ..data.layouts import dataset_fingerprint
@@ -42,8 +41,9 @@ from ..evaluation.ranking import APConvention
 from ..io import atomic_write_json, environment_versions, sha256_file, sha256_json
 from ..metrics.distance import Metric
 from ..outputs import claim_output
+from ..overlap import DEFAULT_WORKERS, check_workers
 from . import writer
-from .engine import AttackPlan, FeatureModel, attack_batches, check_attack, clean_features, plan_attack
+from .engine import AttackPlan, FeatureModel, check_attack, clean_features, plan_attack
 from .evaluation import call_summary, evaluate_attack_model
 from .objectives import metrics_per_model
 from .spec import AttackSpec, check_savable
@@ -81,6 +81,7 @@ def export_attack(
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
     compute: Compute | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> dict[str, Any]:
     """Attack ``dataset`` with ``attack_models``, write the adversarial dataset to ``out``, evaluate it.
 
@@ -95,6 +96,9 @@ def export_attack(
         on_batch: called with the batch number after each batch is completely written.
         compute: precision and GPU switches of every model call (:mod:`metricattack.compute`; default:
             the active one, fp32 outside a run that activated another); recorded in the run identity when not the default, and always in the results.
+        workers: host threads (:mod:`metricattack.overlap`) that decode the next batches and write
+            the previous ones (PNG, SHA-256, records) while the model attacks this one; 0: one
+            thread, read → attack → write in turn. The output is the same byte for byte.
 
     Returns the content of ``attack_results.json`` (also written, by rank 0).
     """
@@ -102,6 +106,7 @@ def export_attack(
     if file_names not in FILE_NAMES:
         raise MetricAttackError(f"unknown file_names {file_names!r}; expected one of {', '.join(FILE_NAMES)}")
     check_savable(spec, "eps")
+    check_workers(workers)
     models = [e.model for e in attack_models]
     rule = check_attack(models, threat, spec)
     require_valid_matches(dataset)
@@ -132,23 +137,36 @@ def export_attack(
         try:
             for e in everyone:
                 e.model.eval()
-            features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device)
+            features = clean_features([e.model for e in everyone], dataset, batch_size=batch_size, device=device, workers=workers)
             plan = plan_attack(models, [e.metric for e in attack_models], dataset, threat, spec, features[: len(models)])
             feature_models = [FeatureModel(e.model, f.of(plan.split)) for e, f in zip(everyone, features, strict=True)]
-            batches = attack_batches(
-                plan, spec, batch_size=batch_size, device=device, skip=lambda n: writer.batch_done(out, n), feature_models=feature_models
+            writer.write_attack(
+                out,
+                plan,
+                spec,
+                dataset.root,
+                feature_models,
+                batch_size=batch_size,
+                device=device,
+                file_names=file_names,
+                workers=workers,
+                progress=progress,
+                on_batch=on_batch,
             )
-            finished = sum(writer.batch_done(out, number) for number in range(len(batches)))
-            disable = not (progress and is_main_process())
-            for batch in tqdm(
-                batches, desc=f"attack {plan.split}", unit="batch", total=len(batches), initial=finished, disable=disable, leave=False
-            ):
-                writer.write_batch(out, batch, plan.records, dataset.root, spec.eps, file_names)
-                if on_batch is not None:
-                    on_batch(batch.number)
             barrier()
             return _finish(
-                out, dataset, plan, spec, everyone, len(attack_models), features, identity, batch_size=batch_size, device=device, ap=ap
+                out,
+                dataset,
+                plan,
+                spec,
+                everyone,
+                len(attack_models),
+                features,
+                identity,
+                batch_size=batch_size,
+                device=device,
+                ap=ap,
+                workers=workers,
             )
         finally:
             for e, was_training in zip(everyone, training, strict=True):
@@ -168,6 +186,7 @@ def _finish(
     batch_size: int,
     device: str | torch.device,
     ap: APConvention,
+    workers: int,
 ) -> dict[str, Any]:
     """Gather the batch records, copy the other splits, write the manifest, evaluate, write the results."""
     records = writer.gather_batch_records(out, len(plan.records), len(everyone))
@@ -205,7 +224,7 @@ def _finish(
         disk = features[m].of(plan.split).clone()  # unattacked files hold the clean pixels
         if attacked:
             chosen = [adv_records[i] for i in attacked]
-            disk[attacked] = extract_features(entry.model, chosen, batch_size=batch_size, device=device, progress=False)
+            disk[attacked] = extract_features(entry.model, chosen, batch_size=batch_size, device=device, progress=False, workers=workers)
         evaluations.append(
             evaluate_attack_model(
                 entry.model,

@@ -34,24 +34,31 @@ with the first one's pid, host and start time.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
-from ..data.loading import read_image, save_png
+from ..data.loading import png_bytes, read_image
 from ..data.types import SPLITS, ImageRecord, ReIDDataset
 from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
-from ..io import atomic_path, atomic_write_json, copy_file, environment_versions, sha256_file
+from ..io import atomic_path, atomic_write_bytes, atomic_write_json, copy_file, environment_versions, sha256_file
 from ..outputs import check_output_folder
-from .engine import AttackedBatch
+from ..overlap import DEFAULT_WORKERS, Background
+from .engine import AttackedBatch, AttackPlan, FeatureModel, attack_batches
 from .ops import linf_255, quantize
 from .problem import COUNT_NAMES
+from .spec import AttackSpec
 
 MANIFEST_FORMAT = "metricattack.adversarial-dataset/2"
 STATE_DIR = ".attack"
@@ -126,23 +133,90 @@ def batch_done(out: Path, number: int) -> bool:
     return (batch_dir(out) / f"{number:06d}.json").is_file()
 
 
-def write_batch(out: Path, batch: AttackedBatch, records: Sequence[ImageRecord], root: Path, eps: float, file_names: str) -> None:
-    """Write one attacked batch: its images as 8-bit PNG (:func:`~.ops.quantize`), then its record
-    (in-memory features of every evaluated model, in-memory L∞, call counts; safetensors), then the
-    JSON record with the files' checksums, last and atomically: the batch counts as done."""
-    pixels = quantize(batch.adversarial, batch.clean, eps).cpu()
-    files: dict[str, str] = {}
-    for i, index in enumerate(batch.indices.tolist()):
-        rel = output_name(relative(records[index], root), True, file_names)
-        save_png(pixels[i].float() / 255.0, out / rel)
-        files[rel.as_posix()] = sha256_file(out / rel)
+@dataclass(frozen=True)
+class PendingBatch:
+    """One attacked batch ready to be written (:func:`prepare_batch`), on the CPU.
+
+    Attributes:
+        out: the output folder.
+        stem: its record's path without suffix (``.attack/batches/rank*-of*/NNNNNN``).
+        number: the batch number.
+        images: per attacked image, its output path relative to the folder and its 8-bit pixels ``[H,W,3]``.
+        tensors: what the batch's ``.safetensors`` record holds (indices, in-memory features, L∞, call counts).
+    """
+
+    out: Path
+    stem: Path
+    number: int
+    images: tuple[tuple[Path, np.ndarray], ...]
+    tensors: dict[str, torch.Tensor]
+
+    def write(self) -> None:
+        """Write the images as PNG (atomically), then the tensor record, then the JSON record with the
+        files' SHA-256, last and atomically: the batch counts as done. Host work only (encoding,
+        hashing, writing), so it may run on a worker thread while the model computes the next batch."""
+        files: dict[str, str] = {}
+        for rel, pixels in self.images:
+            data = png_bytes(pixels)
+            atomic_write_bytes(self.out / rel, data)
+            files[rel.as_posix()] = hashlib.sha256(data).hexdigest()
+        with atomic_path(self.stem.with_suffix(".safetensors")) as tmp:
+            save_file(self.tensors, str(tmp))
+        atomic_write_json(self.stem.with_suffix(".json"), {"batch": self.number, "files": files})
+
+
+def prepare_batch(out: Path, batch: AttackedBatch, records: Sequence[ImageRecord], root: Path, eps: float, file_names: str) -> PendingBatch:
+    """The tensor work of writing ``batch`` (8-bit pixels by :func:`~.ops.quantize`, in-memory L∞, the
+    record's tensors, on the CPU), done in the caller's thread; :meth:`PendingBatch.write` writes it."""
+    pixels = quantize(batch.adversarial, batch.clean, eps).cpu().permute(0, 2, 3, 1).contiguous().numpy()
+    images = tuple(
+        (output_name(relative(records[index], root), True, file_names), pixels[i]) for i, index in enumerate(batch.indices.tolist())
+    )
     tensors = {"indices": batch.indices.clone(), "linf_memory": linf_255(batch.adversarial, batch.clean).cpu().contiguous()}
     tensors.update({f"calls.{name}": getattr(batch.counts, name).clone() for name in COUNT_NAMES})
     tensors.update({f"features.{m}": feats.contiguous() for m, feats in enumerate(batch.features)})
-    stem = batch_dir(out) / f"{batch.number:06d}"
-    with atomic_path(stem.with_suffix(".safetensors")) as tmp:
-        save_file(tensors, str(tmp))
-    atomic_write_json(stem.with_suffix(".json"), {"batch": batch.number, "files": files})
+    return PendingBatch(out, batch_dir(out) / f"{batch.number:06d}", batch.number, images, tensors)
+
+
+def write_attack(
+    out: Path,
+    plan: AttackPlan,
+    spec: AttackSpec,
+    root: Path,
+    feature_models: Sequence[FeatureModel],
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    file_names: str,
+    workers: int = DEFAULT_WORKERS,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """Attack ``plan``'s split (:func:`~.engine.attack_batches`) and write it batch by batch
+    (:func:`prepare_batch`, :meth:`PendingBatch.write`), skipping batches already written (resumption).
+
+    With ``workers`` > 0 the next batches are decoded, and the previous ones encoded, hashed and
+    written, on that many threads each while the model attacks this one (:mod:`metricattack.overlap`);
+    0: read, attack and write in turn in this thread. The files are the same byte for byte.
+    ``on_batch(number)`` runs after each batch is completely written; on any error the batches
+    being written are finished (complete, atomic) before it is raised, unchanged.
+    """
+    done = functools.partial(batch_done, out)
+    batches = attack_batches(plan, spec, batch_size=batch_size, device=device, skip=done, feature_models=feature_models, workers=workers)
+    finished = sum(done(number) for number in range(len(batches)))
+    disable = not (progress and is_main_process())
+    bar = tqdm(total=len(batches), initial=finished, desc=f"attack {plan.split}", unit="batch", disable=disable, leave=False)
+    with bar, Background(workers) as background, closing(iter(batches)) as stream:
+        for batch in stream:
+            pending = prepare_batch(out, batch, plan.records, root, spec.eps, file_names)
+            background.submit(pending.write, then=functools.partial(_written, bar, on_batch, batch.number))
+
+
+def _written(bar: tqdm, on_batch: Callable[[int], None] | None, number: int) -> None:
+    """A batch is completely written: count it, tell ``on_batch``."""
+    bar.update()
+    if on_batch is not None:
+        on_batch(number)
 
 
 @dataclass(frozen=True)

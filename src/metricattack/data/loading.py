@@ -6,9 +6,10 @@ the 1/255 grid, so ``read_image(save_png(x))`` returns ``round(x * 255) / 255`` 
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..distributed import shard_indices
 from ..errors import ConfigError, DatasetError
-from ..io import atomic_path
+from ..io import atomic_write_bytes
+from ..overlap import DEFAULT_WORKERS, prefetch
 from .types import ImageRecord
 
 PathLike = str | os.PathLike[str]
@@ -90,9 +92,14 @@ def save_png(image: torch.Tensor, path: PathLike) -> None:
     if not torch.isfinite(image).all():
         raise ValueError(f"save_png: image for {os.fspath(path)} contains NaN or infinite values")
     pixels = image.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
-    array = pixels.permute(1, 2, 0).contiguous().numpy()
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+    atomic_write_bytes(path, png_bytes(pixels.permute(1, 2, 0).contiguous().numpy()))
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """The PNG file (lossless, 8-bit RGB) of ``pixels`` ``[H,W,3]`` uint8, as Pillow encodes it."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class RecordImages(Dataset[tuple[torch.Tensor, int]]):
@@ -194,3 +201,32 @@ def make_loader(
         num_workers=num_workers,
         persistent_workers=False,
     )
+
+
+def read_batches(
+    loader: DataLoader,
+    numbers: Iterable[int] | None = None,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    pin_memory: bool = False,
+) -> Generator[tuple[int, list[int], torch.Tensor], None, None]:
+    """The batches ``numbers`` of ``loader`` (:func:`make_loader`; default: all, in order) as
+    ``(number, indices, images [B,3,H,W])``.
+
+    Images are decoded on ``workers`` threads ahead of the consumer
+    (:func:`metricattack.overlap.prefetch`; 0: in this thread, when the batch is reached), so the
+    next batches are read while the model computes on this one; the images are those of iterating
+    ``loader`` itself, bit for bit. ``pin_memory``: images in page-locked memory, for a GPU copy
+    with ``non_blocking=True``. A file that cannot be read raises its :class:`DatasetError` when
+    its batch is reached.
+    """
+    dataset, sampler = loader.dataset, loader.batch_sampler
+    assert sampler is not None  # make_loader always batches with a sampler
+    batches = [list(batch) for batch in sampler]
+
+    def load(number: int) -> torch.Tensor:
+        images = torch.stack([dataset[i][0] for i in batches[number]])
+        return images.pin_memory() if pin_memory else images
+
+    for number, images in prefetch(range(len(batches)) if numbers is None else numbers, load, workers):
+        yield number, batches[number], images

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from ..distributed import gather_indexed, is_main_process
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
 from ..models.contract import check_device, check_model, forward_features, model_name, warn_once
+from ..overlap import DEFAULT_WORKERS
 from .ranking import DEFAULT_RANKS, APConvention, RankingResult, TieRule, evaluate_distance_blocks
 
 
@@ -37,6 +39,7 @@ def extract_features(
     progress: bool = True,
     name: str | None = None,
     precision: str | None = None,
+    workers: int = DEFAULT_WORKERS,
 ) -> torch.Tensor:
     """Features ``[N, D]`` (float32, on CPU) of ``records`` in order, from ``model(images at native size)``.
 
@@ -51,11 +54,15 @@ def extract_features(
     default the name it was loaded under) and the image file; features equal for every image
     are warned about (they score exactly the chance level). ``precision`` (``"fp32"``, ``"bf16"``,
     ``"fp16"``): run the model at it (:mod:`metricattack.compute`); None: as it is.
+
+    The next batches are decoded on ``workers`` threads while the model computes
+    (:func:`~metricattack.data.loading.read_batches`; 0: in this thread), into page-locked memory
+    when ``device`` is a GPU; the features do not depend on it.
     """
     if precision is not None:
         with make_compute("extract_features", precision=precision).applied([model]):
-            return extract_features(model, records, batch_size, device=device, progress=progress, name=name)
-    from ..data.loading import make_loader  # the loader pulls in image I/O; keep ranking imports light
+            return extract_features(model, records, batch_size, device=device, progress=progress, name=name, workers=workers)
+    from ..data.loading import make_loader, read_batches  # the loader pulls in image I/O; keep ranking imports light
 
     if len(records) == 0:
         raise MetricAttackError("cannot extract features: no images given (empty split?)")
@@ -66,11 +73,14 @@ def extract_features(
     loader = make_loader(records, batch_size, shard=True)
     rows: list[torch.Tensor] = []
     placed: list[torch.Tensor] = []
-    bar = tqdm(loader, desc="features", unit="batch", disable=not (progress and is_main_process()), leave=False)
-    for images, indices in bar:
-        what = functools.partial(_files, records, indices.tolist())
-        rows.append(forward_features(model, images.to(device), label, what).float().cpu())
-        placed.append(indices)
+    target = torch.device(device)
+    stream = read_batches(loader, workers=workers, pin_memory=target.type == "cuda")
+    bar = tqdm(stream, desc="features", unit="batch", total=len(loader), disable=not (progress and is_main_process()), leave=False)
+    with closing(stream):
+        for _, indices, images in bar:
+            what = functools.partial(_files, records, indices)
+            rows.append(forward_features(model, images.to(target, non_blocking=True), label, what).float().cpu())
+            placed.append(torch.tensor(indices, dtype=torch.long))
     # a rank without a batch (fewer batches than ranks) contributes nothing
     local = torch.cat(rows) if rows else torch.zeros(0, 0)
     features = gather_indexed(local, torch.cat(placed) if placed else torch.zeros(0, dtype=torch.long), len(records))
