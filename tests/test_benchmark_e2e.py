@@ -6,7 +6,9 @@ then a re-run that must do no work, then an `--only` selection.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from metricattack.stages import read_stage_log
 from test_benchmark_framework import check_report
 
 REPO = Path(__file__).resolve().parents[1]
+LOG = "stderr.log"  # the run's stderr, beside its folder
 HEAVY = {
     "dataset",
     "model",
@@ -40,8 +43,53 @@ HEAVY = {
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "tiny"
-    assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out)]) == 0
+    with (out.parent / LOG).open("w", encoding="utf-8") as log, contextlib.redirect_stderr(log):  # not a terminal, as under nohup
+        assert main(["benchmark", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out)]) == 0
     return out
+
+
+# the stage groups of the run and the kind of stage each item is (the defenses' groups share their stages with table5's)
+GROUP_KINDS = {
+    "base models": "model",
+    "clean features": "features",
+    "defended features": "features",
+    "learned metrics": "learned_metric",
+    "adversarial sets": "attack",
+    "adversarial features": "adv_features",
+    "robust evaluation": "robust",
+    "robustness": "robustness",
+}
+GROUP_LINE = re.compile(
+    r"metricattack: (?P<group>[a-z ]+) (?P<k>\d+)/(?P<n>\d+): \S+( on \S+| of \S+)?( \(\d+:\d+ so far, ~\d+:\d+ left\))?"
+)
+OTHER_LINES = re.compile(
+    r"metricattack: (epoch \d+/\d+: loss .*|\S+: \d+ queries attacked in .*|warning: .*"
+    r"|[^:]+: \d+/\d+ \w+ \(\d+ %\)(, \d+:\d+ so far, ~\d+:\d+ left| in \d+:\d+).*)"  # a long loop's bounded lines
+)
+
+
+@pytest.mark.slow
+def test_log_without_a_terminal_has_a_line_per_stage_and_no_bars(tiny_run: Path) -> None:
+    """stderr redirected to a file (nohup, CI): no progress bar, one line as each stage of a group starts."""
+    log = (tiny_run.parent / LOG).read_text(encoding="utf-8")
+    assert "\r" not in log and "|" not in log
+    groups: list[list[re.Match[str]]] = []
+    for line in log.splitlines():
+        match = GROUP_LINE.fullmatch(line)
+        if match is None:
+            assert OTHER_LINES.fullmatch(line), line
+        elif match["k"] == "1":
+            groups.append([match])
+        else:
+            groups[-1].append(match)
+    for group in groups:  # each stage of a group once, in order
+        assert [(int(m["k"]), int(m["n"]), m["group"]) for m in group] == [
+            (k, len(group), group[0]["group"]) for k in range(1, len(group) + 1)
+        ]
+    lines = {kind: sum(len(g) for g in groups if GROUP_KINDS.get(g[0]["group"]) == kind) for kind in set(GROUP_KINDS.values())}
+    stages = {(e["kind"], e["label"]) for e in read_stage_log(tiny_run)}
+    assert lines == {kind: sum(k == kind for k, _ in stages) for kind in lines}
+    assert {g[0]["group"] for g in groups} == {*GROUP_KINDS, "defenses", "defended models"}
 
 
 @pytest.mark.slow

@@ -302,7 +302,7 @@ def test_train_command_runs_and_reports_bad_overrides(blob_root: Path, tmp_path:
     assert main(["train", "--config", str(config), "--out", str(out), "--no-progress", "schedule.epochs=1"]) == 0
     printed = capsys.readouterr()
     assert f"-> {out / 'model.safetensors'}" in printed.out and "training:" not in printed.err  # no epoch bar
-    assert checkpoint_meta(out / "model.safetensors")["meta"]["config"]["progress"] is False
+    assert "metricattack: epoch 1/1: loss " in printed.err  # its information line stays
     assert main(["train", "--config", str(config), "--out", str(out), "batch.batch_size=1"]) == 2
     assert "batch: Value error, batch_size must be at least 2" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--out", str(out), "data.root=/nonexistent"]) == 2

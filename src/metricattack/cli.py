@@ -17,6 +17,7 @@ from .distributed import launched_by_torchrun, process_group, resolve_device
 from .errors import MetricAttackError, MetricAttackWarning
 from .io import is_disk_full
 from .models.plugins import allowing
+from .progress import LINE_SECONDS, SECONDS_VARIABLE, allow_bars, line_seconds
 from .registry import Registry
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -86,11 +87,27 @@ class _LineFormatter(argparse.HelpFormatter):
 
 
 def add_log_options(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--log-level``, ``-q`` (warnings and errors only) and ``-v`` (debug) into ``args.log_level``."""
+    """``--log-level``, ``-q`` (warnings and errors only) and ``-v`` (debug) into ``args.log_level``;
+    ``--no-progress`` into ``args.no_progress`` (see :mod:`metricattack.progress`)."""
     group = parser.add_argument_group("logging")
     group.add_argument("--log-level", choices=LOG_LEVELS, default=default, help="messages shown on stderr (default info)")
-    group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="warning", default=default, help="warnings only")
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="log_level",
+        action="store_const",
+        const="warning",
+        default=default,
+        help="no progress bars and no information lines: warnings, errors and the results only",
+    )
     group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug", default=default, help="debug messages")
+    group.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=argparse.SUPPRESS if default == argparse.SUPPRESS else False,
+        help="no progress bars; the information lines stay (long loops: one line per stage or epoch, "
+        f"else at most one per ${SECONDS_VARIABLE} s, default {LINE_SECONDS:g}). Bars show only when stderr is a terminal",
+    )
 
 
 def add_allow_module_option(parser: argparse.ArgumentParser) -> None:
@@ -145,9 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    allow_bars(not args.no_progress and args.log_level in ("debug", "info"))  # bars are information too
     _SHOWN.clear()  # once per run, not per process (a notebook or test calls main() again)
     warnings.showwarning = _show_warning
     try:
+        line_seconds()  # a bad $METRICATTACK_PROGRESS_SECONDS stops here, before any work
         with allowing(args.allow_modules):
             return int(_run(args) or 0)
     except MetricAttackError as exc:

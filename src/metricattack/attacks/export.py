@@ -93,6 +93,7 @@ def export_attack(
         eval_models: further (black-box) models evaluated on the result.
         metric_record: provenance of the metric option (name, file, checksum).
         file_names: ``"source"`` (keep each name and extension) or ``"png"`` (``.png`` extension).
+        progress: report the batches (a bar on a terminal, else lines at a bounded rate: :mod:`metricattack.progress`).
         on_batch: called with the batch number after each batch is completely written.
         compute: precision and GPU switches of every model call (:mod:`metricattack.compute`; default:
             the active one, fp32 outside a run that activated another); recorded in the run identity when not the default, and always in the results.

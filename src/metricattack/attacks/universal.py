@@ -62,6 +62,7 @@ from ..io import atomic_path, atomic_write_json, environment_versions, sha256_fi
 from ..metrics.distance import Metric
 from ..models.preprocessing import resize_to_input
 from ..outputs import check_output_folder, claim_output
+from ..progress import Progress
 from .objectives import EnsembleLoss, MetricLoss, ReferenceTargets, is_identity, metrics_per_model
 from .ops import per_image_l1_normalise
 
@@ -286,7 +287,7 @@ def train_universal(
             for epoch in range(done, cfg.epochs):
                 total, count = 0.0, 0
                 loader = make_loader(list(dataset.train), cfg.batch_size, shuffle=True, seed=cfg.seed * 1_000_003 + epoch)
-                for images, indices in loader:
+                for images, indices in Progress(loader, desc=f"universal perturbation: epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
                     keep = active[indices]
                     if not bool(keep.any()):
                         continue

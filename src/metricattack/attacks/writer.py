@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from ..data.loading import png_bytes, read_image
 from ..data.types import SPLITS, ImageRecord, ReIDDataset
@@ -55,6 +54,7 @@ from ..errors import MetricAttackError
 from ..io import atomic_path, atomic_write_bytes, atomic_write_json, copy_file, environment_versions, sha256_file
 from ..outputs import check_output_folder
 from ..overlap import DEFAULT_WORKERS, Background
+from ..progress import Progress
 from .engine import AttackedBatch, AttackPlan, FeatureModel, attack_batches
 from .ops import linf_255, quantize
 from .problem import COUNT_NAMES
@@ -204,15 +204,14 @@ def write_attack(
     done = functools.partial(batch_done, out)
     batches = attack_batches(plan, spec, batch_size=batch_size, device=device, skip=done, feature_models=feature_models, workers=workers)
     finished = sum(done(number) for number in range(len(batches)))
-    disable = not (progress and is_main_process())
-    bar = tqdm(total=len(batches), initial=finished, desc=f"attack {plan.split}", unit="batch", disable=disable, leave=False)
+    bar = Progress(desc=f"attack {plan.split}", total=len(batches), unit="batch", initial=finished, report=progress)
     with bar, Background(workers) as background, closing(iter(batches)) as stream:
         for batch in stream:
             pending = prepare_batch(out, batch, plan.records, root, spec.eps, file_names)
             background.submit(pending.write, then=functools.partial(_written, bar, on_batch, batch.number))
 
 
-def _written(bar: tqdm, on_batch: Callable[[int], None] | None, number: int) -> None:
+def _written(bar: Progress[object], on_batch: Callable[[int], None] | None, number: int) -> None:
     """A batch is completely written: count it, tell ``on_batch``."""
     bar.update()
     if on_batch is not None:

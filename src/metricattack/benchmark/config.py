@@ -412,7 +412,9 @@ class BenchmarkConfig(StrictModel):
     seed: int = 0
     device: str = "cpu"
     progress: bool = Field(
-        default=True, description="progress bars: stage groups, each model's epochs (with its recipe's progress), each attack's batches"
+        default=True,
+        description="progress bars on a terminal (stage groups, each model's epochs with its recipe's progress, each attack's "
+        "batches); false: the information lines instead, as when stderr is not a terminal (metricattack.progress)",
     )
     dataset: DatasetSection
     models: list[ModelSection] = Field(min_length=1)

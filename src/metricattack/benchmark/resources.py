@@ -9,17 +9,17 @@ config, the keys of the stages it reads and the source of the packages it runs.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..data.types import ImageRecord, ReIDDataset
 from ..errors import ConfigError, MetricAttackError
 from ..io import atomic_path, sha256_file, sha256_json
+from ..progress import Progress
 from ..stages import MARKER, StageCache, StageSpec
 from .context import AttackOutput, Features, ModelRecord, RunContext
 from .jobs import AttackJob, is_learned
@@ -36,15 +36,18 @@ CODE_ATTACK = ("data", "models", "metrics", "attacks", "evaluation")
 CODE_LEARNED = ("metrics", "evaluation", "data", "models")
 
 
-def progress(ctx: RunContext, items: Sequence[T], desc: str) -> tqdm[T]:
-    """A tqdm bar (elapsed time, ETA) over one group of stages, unless the run's ``progress`` is off."""
-    return tqdm(
+def progress(items: Sequence[T], desc: str, label: Callable[[T], str] = str) -> Progress[T]:
+    """The progress of one group of stages: a bar (elapsed time, ETA) on a terminal, else one line as each
+    stage starts, named by ``label(item)`` (:mod:`metricattack.progress`; ``run_benchmark`` allows bars as the
+    config's ``progress`` says)."""
+    return Progress(
         items,
         desc=desc,
         unit="stage",
+        lines="each",
+        label=label,
         dynamic_ncols=True,
         leave=True,
-        disable=not ctx.cfg.progress,
         bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining} ETA",
     )
 
@@ -73,7 +76,7 @@ def open_run(cfg: BenchmarkConfig, out: Path) -> RunContext:
             return {"root": str(section.root)}
         from ..data.synthetic import generate
 
-        return {"root": str(Path(generate(folder / "data", section.synthetic)).resolve())}
+        return {"root": str(Path(generate(folder / "data", section.synthetic, progress=True)).resolve())}
 
     root = cache.run(spec, work)["root"]
     ds = load_dataset(section.layout, root)
@@ -146,9 +149,7 @@ def train_models(ctx: RunContext, models: Sequence[ModelSection] | None = None, 
     models = ctx.cfg.models if models is None else models
     for m in models:
         check_trainable(ctx, m)
-    bar = progress(ctx, models, desc)
-    for m in bar:
-        bar.set_description_str(f"{desc} ({m.name})")
+    for m in progress(models, desc, lambda m: m.name):
         if m.model is not None:
             add_model_from_elsewhere(ctx, m)
             continue
@@ -204,7 +205,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def extract_clean(ctx: RunContext, names: list[str], with_train: list[str], desc: str = "clean features") -> None:
     """Clean query/gallery features (and train, for ``with_train`` models) of each model in ``names``."""
-    for name in progress(ctx, names, desc):
+    for name in progress(names, desc):
         train = name in with_train
         spec = StageSpec(
             "features",
@@ -232,7 +233,7 @@ def fit_metrics(ctx: RunContext, learned: list[tuple[str, str]]) -> None:
     from ..metrics.learned import fit_learned, load_learned_metric, save_learned_metric
 
     options = ctx.cfg.learned_metrics.model_dump()
-    for name, kind in progress(ctx, learned, "learned metrics"):
+    for name, kind in progress(learned, "learned metrics", lambda pair: f"{pair[1]} of {pair[0]}"):
         spec = StageSpec(
             "learned_metric", f"{kind}:{name}", {"kind": kind, **options}, upstream=(ctx.keys[f"features:{name}"],), code=CODE_LEARNED
         )
@@ -290,7 +291,7 @@ def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
             check_attack([ctx.models[s] for s in job.sources], job.threat, ctx.cfg.attack.spec(job.method, job.epsilon, ctx.cfg.seed))
         except MetricAttackError as exc:
             raise ConfigError(f"attack {job.id} (models {', '.join(job.sources)}): {exc}") from None
-    for job in progress(ctx, jobs, "adversarial sets"):
+    for job in progress(jobs, "adversarial sets", lambda job: job.id):
         spec = attack_stage(ctx, job)
 
         def work(folder: Path, job: AttackJob = job) -> dict[str, Any]:
@@ -312,7 +313,6 @@ def run_attacks(ctx: RunContext, jobs: list[AttackJob]) -> None:
                 batch_size=ctx.cfg.attack.batch_size,
                 device=ctx.device,
                 ap=ctx.cfg.evaluation.ap,
-                progress=ctx.cfg.progress,
             )
             return {
                 "dataset_dir": str((folder / "data").resolve()),
@@ -328,7 +328,7 @@ def extract_adversarial(ctx: RunContext, evaluations: list[tuple[AttackJob, str]
     """Features of each (job, tested model): the tested model's view of the job's attacked split, the
     adversarial gallery (or queries, for a query-side job); only the images the attack perturbs are
     extracted again (a Market-like gallery is mostly others)."""
-    for job, tested in progress(ctx, evaluations, desc):
+    for job, tested in progress(evaluations, desc, lambda pair: f"{pair[0].id} on {pair[1]}"):
         spec = StageSpec(
             "adv_features",
             f"{job.id}@{tested}",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json, environment_versions, sha256_file, thread_settings
+from ..progress import bars_allowed
 from ..stages import read_stage_log
 from . import resources
 from .config import BenchmarkConfig
@@ -72,7 +73,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, config_path: str = "") -> Res
         needs.merge(experiment.needs(cfg))
     resources.check_jobs(cfg, needs.jobs)  # every method x threat model, before any work
 
-    with cfg.compute.activate():  # every stage key records a non-default compute
+    # every stage key records a non-default compute; bars where the process allows them (metricattack.progress)
+    with cfg.compute.activate(), bars_allowed(cfg.progress):
         return _run(cfg, out, config_path, start, selected, needs)
 
 

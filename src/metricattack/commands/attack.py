@@ -81,7 +81,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     add_compute_options(parser, batch_size=DEFAULT_BATCH, batch_help="images per attack batch (bounds memory)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
 
 
@@ -176,7 +175,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         ap=args.ap,
         file_names=args.file_names,
-        progress=not args.no_progress,
         compute=compute,
     )
     if is_main_process():

@@ -25,7 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, type=Path, help="benchmark YAML, e.g. configs/quickstart.yaml")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--only", default=None, help=f"comma-separated experiments to run: {','.join(EXPERIMENTS)}")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (same as --set progress=false)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     only = [o.strip() for o in (args.only or "").split(",") if o.strip()]
     if args.only is not None and not only:
         raise ConfigError(f"--only {args.only!r} names no experiment; give some of {','.join(EXPERIMENTS)} or leave it out to run all")
-    cfg = load_benchmark_config(args.config, [*args.overrides, *(["progress=false"] if args.no_progress else [])], only)
+    cfg = load_benchmark_config(args.config, args.overrides, only)
     out = args.out or Path("runs") / cfg.name
     check_output_folder("--out", out, command="benchmark", is_previous=_is_benchmark_run, inputs=[args.config], datasets=_sources(cfg))
     with claim_output(out, "benchmark"):

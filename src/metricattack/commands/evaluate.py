@@ -84,7 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--features-cache", type=Path, default=None, help="folder to reuse extracted features from (keyed by checkpoint and dataset)"
     )
     add_compute_options(parser, batch_size=DEFAULT_BATCH, batch_help="feature extraction batch size")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
 
 
@@ -265,9 +264,7 @@ def run(args: argparse.Namespace) -> int:
             feats[split] = cached_features(
                 args.features_cache,
                 {"checkpoint_sha256": ckpt_sha, "dataset_fingerprint": fingerprint, "split": split},
-                functools.partial(
-                    extract_features, model, records, batch_size=batch_size, device=args.device, progress=not args.no_progress
-                ),
+                functools.partial(extract_features, model, records, batch_size=batch_size, device=args.device),
                 len(records),
             )
     result = evaluate_split_features(

@@ -70,7 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ap", choices=AP_CONVENTIONS, default="market", help="AP convention (default market)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     add_compute_options(parser, batch_size=DEFAULT_BATCH, batch_help="query images per attack batch (bounds memory)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run, torchrun="group")
 
 
@@ -159,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             records=out / RUNS,
             model_record=record,
-            progress=not args.no_progress,
+            progress=True,
             compute=compute,
         )
         if is_main_process():

@@ -25,7 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config name>)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (same as the override progress=false)")
     add_compute_options(parser, config=True)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. schedule.epochs=5 data.root=/data")
     parser.set_defaults(func=run, torchrun="self")
@@ -33,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and print the final checkpoint and its last epoch's numbers."""
-    cfg = load_train_config(args.config, [*args.overrides, *(["progress=false"] if args.no_progress else []), *compute_overrides(args)])
+    cfg = load_train_config(args.config, [*args.overrides, *compute_overrides(args)])
     out = args.out if args.out is not None else Path("runs") / args.config.stem
     final = train(cfg, out)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports (the process group is gone by now)

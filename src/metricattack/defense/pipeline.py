@@ -43,6 +43,7 @@ from ..metrics.distance import Metric, build_metric
 from ..models.checkpoint import checkpoint_meta, load_model, save_checkpoint
 from ..models.python_net import PythonNet
 from ..models.weights import load_exact, read_state_dict
+from ..progress import bars_allowed
 from ..stages import StageCache, StageSpec
 from ..training import train
 from ..training.config import TrainConfig
@@ -85,8 +86,8 @@ def _source(cfg: DefenseConfig) -> ReIDDataset:
 def run_defense(cfg: DefenseConfig, out: str | Path, *, log: Callable[[str], None] = _log.info) -> dict[str, Any]:
     """Run (or resume) every stage; returns the defense results (also ``out/defense_results.json`` when evaluated).
     Everything runs at ``cfg.train.compute`` (precision: the trainings, attacks and evaluations; in the stage keys
-    when not the default)."""
-    with cfg.train.compute.activate():
+    when not the default); progress bars as ``cfg.train.progress`` allows (:mod:`metricattack.progress`)."""
+    with cfg.train.compute.activate(), bars_allowed(cfg.train.progress):
         return _run_defense(cfg, Path(out), log)
 
 
@@ -131,9 +132,7 @@ def _run_defense(cfg: DefenseConfig, out: Path, log: Callable[[str], None]) -> d
 
         def attack_work() -> dict[str, Any]:
             model = load_model(base_ckpt, device=device)
-            results = attack_training_set(
-                model, dataset, out / "train_adv", cfg.training_attack, model_record=base_record, device=device, progress=cfg.train.progress
-            )
+            results = attack_training_set(model, dataset, out / "train_adv", cfg.training_attack, model_record=base_record, device=device)
             adv = adversarial_training_records(dataset, out / "train_adv")
             y_adv = ReIDDataset("y_adv", out / "train_adv", adv, (), ())
             white = results["evaluations"][0]
@@ -285,7 +284,6 @@ def _evaluate(
         batch_size=ev.transfer.batch_size,
         device=device,
         ap=ev.ap,
-        progress=cfg.train.progress,
     )
     by_model = {row["model"]["name"]: row for row in transfer["evaluations"]}
     gallery = adversarial_gallery_name("F")

@@ -17,15 +17,16 @@ from contextlib import closing
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..compute import make_compute
 from ..data.types import ImageRecord, ReIDDataset
-from ..distributed import gather_indexed, is_main_process
+from ..distributed import gather_indexed
 from ..errors import MetricAttackError
 from ..metrics.distance import Metric
 from ..models.contract import check_device, check_model, forward_features, model_name, warn_once
 from ..overlap import DEFAULT_WORKERS
+from ..progress import Progress
+from ..wording import counted
 from .ranking import DEFAULT_RANKS, APConvention, RankingResult, TieRule, evaluate_distance_blocks
 
 
@@ -58,6 +59,8 @@ def extract_features(
     The next batches are decoded on ``workers`` threads while the model computes
     (:func:`~metricattack.data.loading.read_batches`; 0: in this thread), into page-locked memory
     when ``device`` is a GPU; the features do not depend on it.
+    ``progress``: report the batches (a bar on a terminal, else lines at a bounded rate:
+    :mod:`metricattack.progress`); False inside a loop that reports.
     """
     if precision is not None:
         with make_compute("extract_features", precision=precision).applied([model]):
@@ -75,9 +78,10 @@ def extract_features(
     placed: list[torch.Tensor] = []
     target = torch.device(device)
     stream = read_batches(loader, workers=workers, pin_memory=target.type == "cuda")
-    bar = tqdm(stream, desc="features", unit="batch", total=len(loader), disable=not (progress and is_main_process()), leave=False)
     with closing(stream):
-        for _, indices, images in bar:
+        for _, indices, images in Progress(
+            stream, desc=f"features ({counted(len(records), 'image')})", unit="batch", total=len(loader), report=progress
+        ):
             what = functools.partial(_files, records, indices)
             rows.append(forward_features(model, images.to(target, non_blocking=True), label, what).float().cpu())
             placed.append(torch.tensor(indices, dtype=torch.long))

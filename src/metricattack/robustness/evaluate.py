@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..attacks.margin import QueryGallery, RankingMargin, hardest_negatives
 from ..attacks.ops import quantize
@@ -54,6 +53,7 @@ from ..evaluation.features import extract_features
 from ..evaluation.ranking import APConvention
 from ..io import atomic_write_json, environment_versions, sha256_json, thread_settings
 from ..metrics.distance import Metric
+from ..progress import Progress
 from . import flags
 from .cascade import CascadeResult, RunOutcome, StageLog, run_cascade, standing
 from .gallery import gallery_side
@@ -168,7 +168,7 @@ class Setup:
     device: torch.device
     records: Records
     spent: list[int]  # [forwards, backwards] of every run so far, the checks' included
-    bar: tqdm  # one step per attack run (run or read back), the checks' included
+    bar: Progress[Any]  # one step per attack run (run or read back), the checks' included
 
     # ------------------------------------------------------------------ one run, sharded and recorded
     def run(
@@ -367,7 +367,8 @@ def run_protocol(
         model_record: how the model was loaded, recorded in the result and the records' identity
             (default: its class and :func:`state_digest`).
         protocol: a :class:`~.protocol.Protocol` to run instead of ``version``'s (tests, studies of the protocol itself).
-        progress: tqdm bars on stderr (on the main process): the clean features, then one step per attack run.
+        progress: report the progress (:mod:`metricattack.progress`: a bar on a terminal, else lines at a bounded
+            rate): the clean features, then one step per attack run.
         compute: precision and GPU switches of the model (:mod:`metricattack.compute`; default: the active one), recorded
             in ``provenance`` and, when not the default, in the records' identity.
     """
@@ -428,7 +429,7 @@ def _run_protocol(
     runs = sum(s.runs for s in protocol.cascade) * len(protocol.epsilons) + sum(s.runs for s in protocol.cascade if s.method == "apgd")
     runs += len(protocol.reference_methods) * len(protocol.epsilons) + len(protocol.sweep_epsilons)
     runs += 1 + len(protocol.gallery.reference_methods) if protocol.gallery is not None else 0  # the gallery side's attacks
-    bar = tqdm(total=runs, desc="robustness", unit="run", disable=not (progress and is_main_process()), leave=False)
+    bar = Progress[Any](desc="robustness", total=runs, unit="run", report=progress)
     setup = Setup(
         model,
         metric,

@@ -329,7 +329,7 @@ class TrainRecipe(StrictModel):
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N")
     num_workers: NonNegativeInt = 0
     checkpoint_every: PositiveInt = Field(1, description="save a resumable checkpoint every this many epochs")
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars on a terminal; false: the information lines only (metricattack.progress)")
     compute: Compute = Field(
         Compute(),
         description="precision (fp32 / bf16 / fp16 with loss scaling), channels_last, cudnn_benchmark (metricattack.compute); "

@@ -35,7 +35,6 @@ import torch.distributed as dist
 from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from .. import __version__
 from ..data.layouts import dataset_fingerprint, load_dataset
@@ -53,6 +52,7 @@ from ..models.checkpoint import (
     train_state_path,
 )
 from ..outputs import check_output_folder, claim_output
+from ..progress import Progress, bars_allowed
 from .config import TrainConfig
 from .data import TrainImages, relabel
 from .losses import (
@@ -253,7 +253,7 @@ def run_epoch(
     optimizer: torch.optim.Optimizer,
     objective: BatchObjective,
     device: torch.device,
-    bar: tqdm,
+    bar: Progress[Any],
     epoch: int,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
@@ -438,30 +438,32 @@ def _run(
         "variant": variant.identity,
         "init_checkpoint": str(variant.init_checkpoint) if variant.init_checkpoint else None,
     }
-    show = cfg.progress and is_main_process()
+    show = is_main_process()  # the information lines; cfg.progress: bars (metricattack.progress)
     if show and start_epoch:
         log.info("resuming from %s (epoch %d/%d)", latest, start_epoch, cfg.schedule.epochs)
-    epochs = tqdm(total=cfg.schedule.epochs, initial=start_epoch, desc="training", unit="epoch", disable=not show, leave=False)
-    for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
-        torch.manual_seed(cfg.seed + epoch)
-        loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        lr = cfg.optimizer.lr * variant.lr_factor * cfg.schedule.lr_factor(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with (
-            tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.schedule.epochs}", disable=not show, leave=False) as bar,
-            cfg.compute.activate(),
-        ):
-            stats = _across_ranks(run_epoch(step, loader, optimizer, objective, device, bar, epoch, scaler), device)
-        check_not_diverged(model, stats, (history[0] if history else stats).get("first_loss", stats["first_loss"]), epoch, lr)
-        history.append({"epoch": epoch, "lr": lr, **stats})
-        epochs.update(1)
-        if show:
-            log.info("epoch %d/%d: loss %.4f, %.1f images/s", epoch, cfg.schedule.epochs, stats["loss"], stats["images_per_second"])
-        if is_main_process() and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.schedule.epochs):
-            _save_epoch(model, optimizer, ckpt_dir, epoch, {**base, "epoch": epoch, "history": history}, scaler)
-        barrier()
-    epochs.close()
+    with (
+        bars_allowed(cfg.progress),
+        Progress[int](desc="training", total=cfg.schedule.epochs, initial=start_epoch, unit="epoch", lines="none") as epochs,
+    ):  # a bar; the epoch's line below
+        for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
+            torch.manual_seed(cfg.seed + epoch)
+            loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            lr = cfg.optimizer.lr * variant.lr_factor * cfg.schedule.lr_factor(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with (
+                Progress[Any](desc=f"epoch {epoch}/{cfg.schedule.epochs}", total=len(loader), unit="batch") as bar,
+                cfg.compute.activate(),
+            ):
+                stats = _across_ranks(run_epoch(step, loader, optimizer, objective, device, bar, epoch, scaler), device)
+            check_not_diverged(model, stats, (history[0] if history else stats).get("first_loss", stats["first_loss"]), epoch, lr)
+            history.append({"epoch": epoch, "lr": lr, **stats})
+            epochs.update(1)
+            if show:
+                log.info("epoch %d/%d: loss %.4f, %.1f images/s", epoch, cfg.schedule.epochs, stats["loss"], stats["images_per_second"])
+            if is_main_process() and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.schedule.epochs):
+                _save_epoch(model, optimizer, ckpt_dir, epoch, {**base, "epoch": epoch, "history": history}, scaler)
+            barrier()
     if is_main_process():
         save_checkpoint(model.eval(), final, {**base, "epoch": cfg.schedule.epochs, "history": history})
     barrier()

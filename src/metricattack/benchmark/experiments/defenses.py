@@ -196,7 +196,7 @@ class DefensesExperiment(Experiment):
         if not self._enabled(ctx.cfg):
             return
         base = ctx.cfg.defense_base()
-        names = [train_defense(ctx, base, m) for m in progress(ctx, ctx.cfg.experiments.defenses.methods, "defenses")]
+        names = [train_defense(ctx, base, m) for m in progress(ctx.cfg.experiments.defenses.methods, "defenses")]
         extract_clean(ctx, [n for n in names if n not in ctx.clean], [], "defended features")
 
     def compute(self, ctx: RunContext) -> Defenses:
@@ -210,7 +210,7 @@ class DefensesExperiment(Experiment):
         models = [(base, None), *((defended_name(base, m), m) for m in section.methods)]
         evaluations: dict[tuple[str, float], RobustEvaluation] = {}
         transfers = {eps: transfer_images(ctx, base, eps) for eps in section.epsilons}
-        for name, method in progress(ctx, models, "robust evaluation"):
+        for name, method in progress(models, "robust evaluation", lambda pair: pair[0]):
             for result in evaluate_robustly(ctx, name, None if method is None else transfers):
                 evaluations[(name, result.epsilon)] = result
                 for side in ("query", "gallery"):

@@ -91,7 +91,7 @@ class RobustnessExperiment(Experiment):
         if not section.enabled:
             return None
         rows = []
-        for name in progress(ctx, section.models or list(ctx.models), "robustness"):
+        for name in progress(section.models or list(ctx.models), "robustness"):
             result, file, seconds = evaluate(ctx, name, section.version, section.eps, section.queries, section.batch_size)
             head = result.headline
             rows.append(

@@ -39,7 +39,10 @@ def defended_name(base: str) -> str:
 def train_defended(ctx: RunContext) -> list[str]:
     """Train (or reuse) ``B#M`` for every defended base model; registers them in ``ctx``."""
     chosen = ctx.cfg.defended_models()
-    return [metric_preserving_model(ctx, m.name) for m in progress(ctx, [m for m in ctx.cfg.models if m.name in chosen], "defended models")]
+    return [
+        metric_preserving_model(ctx, m.name)
+        for m in progress([m for m in ctx.cfg.models if m.name in chosen], "defended models", lambda m: m.name)
+    ]
 
 
 def metric_preserving_model(ctx: RunContext, base: str) -> str:

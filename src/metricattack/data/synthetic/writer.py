@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ...errors import MetricAttackError
 from ...io import atomic_dir, atomic_write_json, environment_versions, remove_leftovers
 from ...outputs import check_writable
+from ...progress import Progress
 from .appearance import Camera, Fabric, Identity, sample_camera, sample_fabric, sample_identity, wear
 from .config import SynthConfig
 from .render import render_background, render_image, render_junk
@@ -232,6 +232,7 @@ def generate(out_dir: Path | str, cfg: SynthConfig, *, workers: int = 1, progres
     raises :class:`MetricAttackError`, and so does an unwritable location, before any image is
     drawn. The dataset is built in a temporary sibling and renamed into place, so an interrupted
     run leaves nothing half-written; the temporary folder of a killed run is removed by the next.
+    ``progress``: report the images written (:mod:`metricattack.progress`).
     """
     out_dir = Path(out_dir)
     if _existing(out_dir, cfg):
@@ -244,7 +245,7 @@ def generate(out_dir: Path | str, cfg: SynthConfig, *, workers: int = 1, progres
             (tmp / sub).mkdir()
         files: dict[str, str] = {}
         stream = _rendered(cfg, jobs, workers)
-        for job, blob in tqdm(stream, total=len(jobs), desc="synth", unit="img", disable=not progress):
+        for job, blob in Progress(stream, desc="synth", total=len(jobs), unit="image", report=progress):
             (tmp / job.relpath).write_bytes(blob)
             files[job.relpath] = hashlib.sha256(blob).hexdigest()
         atomic_write_json(
