@@ -151,7 +151,7 @@ def test_a_command_logged_to_a_file_has_lines_not_bars(tiny_dataset_root: Path, 
     assert len(lines) == 5 + 11 + 2 and lines[5] == "metricattack: features (36 images): 5/5 batches (100 %) in " + lines[5][-5:]
     assert len(log) < 100 * len(lines)
     monkeypatch.setenv(progress.SECONDS_VARIABLE, "1e9")  # a loop shorter than the interval writes nothing
-    for options in ([], ["--no-progress"], ["-q"]):
+    for options in ([], ["-q"]):
         code, out, log = _command([*argv, *options], tmp_path / "quiet.log")
         assert code == 0 and "rank-1" in out and log == "", options
 
