@@ -14,8 +14,10 @@ from metricattack.benchmark.experiments import robustness, table5
 from metricattack.commands import evaluate
 from metricattack.stages import PACKAGE_ROOT
 
-# Top-level modules (errors, io, registry, config, wording, distributed, ...) hold plumbing, not numerics:
-# they are not part of any stage's code.
+# Top-level modules (errors, io, registry, config, wording, distributed, overlap, progress, ...) hold
+# plumbing, not numerics: they are not part of any stage's code; except these, which change what a model
+# computes (autocast, the fp16 gradient scale) and so must be in the code of every stage that imports them.
+NUMERIC_TOP_LEVEL = {"compute"}
 CODES = {
     "data": resources.CODE_DATA,
     "train": resources.CODE_TRAIN,
@@ -47,7 +49,7 @@ def imported_modules(path: Path) -> set[str]:
             found.update("/".join([*module, alias.name]) for alias in node.names)
         elif isinstance(node, ast.Import):
             found.update("/".join(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "metricattack")
-    return {m for m in found if "/" in m or (m and (PACKAGE_ROOT / m).is_dir())}  # top-level modules left out
+    return {m for m in found if "/" in m or m in NUMERIC_TOP_LEVEL or (m and (PACKAGE_ROOT / m).is_dir())}  # plumbing left out
 
 
 def files_of(entry: str) -> list[Path]:
@@ -76,3 +78,9 @@ def test_the_check_sees_a_missing_package() -> None:
     """The defense code without ``robustness`` in it (as it once was) is caught."""
     importers = {m for p in files_of("defense") for m in imported_modules(p)}
     assert "robustness/evaluate" in importers and not covered("robustness/evaluate", ("data", "defense"))
+
+
+def test_the_check_sees_a_missing_numeric_module() -> None:
+    """Attack code imports ``compute`` (autocast, the fp16 gradient scale): a key without it is caught."""
+    importers = {m for p in files_of("attacks") for m in imported_modules(p)}
+    assert "compute" in importers and not covered("compute", ("data", "models", "metrics", "attacks", "evaluation"))

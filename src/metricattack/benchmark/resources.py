@@ -30,10 +30,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 CODE_DATA = ("data",)
-CODE_TRAIN = ("data", "models", "training")
-CODE_FEATURES = ("data", "models", "evaluation", "metrics")
-CODE_ATTACK = ("data", "models", "metrics", "attacks", "evaluation")
-CODE_LEARNED = ("metrics", "evaluation", "data", "models")
+CODE_TRAIN = ("data", "models", "training", "compute")
+CODE_FEATURES = ("data", "models", "evaluation", "metrics", "compute")
+CODE_ATTACK = ("data", "models", "metrics", "attacks", "evaluation", "compute")
+CODE_LEARNED = ("metrics", "evaluation", "data", "models", "compute")
 
 
 def progress(items: Sequence[T], desc: str, label: Callable[[T], str] = str) -> Progress[T]:

@@ -116,7 +116,8 @@ def resolve_metric(spec: str, checkpoint: Path | None) -> tuple[Metric, dict[str
 
 FEATURES_FILE = "features.safetensors"
 DEFAULT_BATCH = 64
-CODE_FEATURES_CACHE = ("models", "data", "evaluation", "metrics")  # the packages the cached features come from (tests/test_stage_code.py)
+# the packages the cached features come from (tests/test_stage_code.py)
+CODE_FEATURES_CACHE = ("models", "data", "evaluation", "metrics", "compute")
 
 
 def _read_features(path: Path, count: int) -> torch.Tensor | None:

@@ -28,7 +28,7 @@ from .base import Experiment
 if TYPE_CHECKING:
     from ..context import RunContext
 
-CODE = ("attacks", "robustness", "evaluation", "metrics", "models", "data", "benchmark/evidence")
+CODE = ("attacks", "robustness", "evaluation", "metrics", "models", "data", "benchmark/evidence", "compute")
 RESULT_FILE, EVIDENCE_FILE = "robustness.json", "evidence.safetensors"
 
 

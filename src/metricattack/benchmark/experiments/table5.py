@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..config import BenchmarkConfig
     from ..context import RunContext
 
-CODE_DEFENSE = ("data", "models", "training", "attacks", "metrics", "defense", "evaluation", "robustness", "benchmark/evidence")
+CODE_DEFENSE = ("data", "models", "training", "attacks", "metrics", "defense", "evaluation", "robustness", "benchmark/evidence", "compute")
 SUFFIX = "#M"
 
 
