@@ -204,7 +204,7 @@ def write_attack(
     done = functools.partial(batch_done, out)
     batches = attack_batches(plan, spec, batch_size=batch_size, device=device, skip=done, feature_models=feature_models, workers=workers)
     finished = sum(done(number) for number in range(len(batches)))
-    bar = Progress(desc=f"attack {plan.split}", total=len(batches), unit="batch", initial=finished, report=progress)
+    bar: Progress[object] = Progress(desc=f"attack {plan.split}", total=len(batches), unit="batch", initial=finished, report=progress)
     with bar, Background(workers) as background, closing(iter(batches)) as stream:
         for batch in stream:
             pending = prepare_batch(out, batch, plan.records, root, spec.eps, file_names)
