@@ -2,7 +2,8 @@
 
 Each deterministic trap of :data:`metricattack.robustness.traps.TRANSFORMS` (JPEG, 8-bit
 quantisation, resize chain) wraps the same model; every model is evaluated with the tests' miniature
-protocol (:data:`metricattack.robustness.traps.MINIATURE`: APGD 6 iterations, Square 20 queries, ε 8,
+protocol (:data:`metricattack.robustness.traps.MINIATURE`: APGD 6 iterations (two starts on the metric
+and self losses), Square 20 queries, ε 8,
 reference FGSM and I-FGSM, sweep ε 4 / 64) on the first ``--queries`` queries. The issue's criterion: each
 trap is flagged, and its BPDA counterpart comes back within 2 points of the plain model's robust mAP.
 

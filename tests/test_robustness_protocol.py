@@ -87,23 +87,18 @@ def test_worst_case_over_the_cascade_and_its_bookkeeping(evaluations: Evaluation
     assert np.all(robust[np.isfinite(clean)] <= clean[np.isfinite(clean)])
     assert head.mAP.value == pytest.approx(100 * np.nanmean(robust)) and head.mAP.low <= head.mAP.value <= head.mAP.high
     assert head.mAP.value < result.clean.value
-    # the log: the protocol's runs, then one extra start of each APGD attack; the first attacks every valid query
-    assert [a.attack for a in head.attacks] == [
-        "apgd-metric",
-        "apgd-margin-t",
-        "apgd-self",
-        "square",
-        "apgd-metric",
-        "apgd-margin-t",
-        "apgd-self",
-    ]
+    # the log: the protocol's runs (two starts of the metric and self attacks), then the convergence check's
+    # extra starts, one per start; the first run attacks every valid query
+    cascade = ["apgd-metric", "apgd-metric", "apgd-margin-t", "apgd-self", "apgd-self", "square"]
+    assert [a.attack for a in head.attacks] == cascade + [a for a in cascade if a != "square"]
+    assert [a.run for a in head.attacks] == [0, 1, 0, 0, 1, 0, 2, 3, 1, 2, 3]
     assert head.attacks[0].attacked == result.dataset.num_valid_queries
     assert all(later.attacked <= earlier.attacked for earlier, later in zip(head.attacks, head.attacks[1:], strict=False))
     assert sum(head.decisive.values()) == result.dataset.num_valid_queries
     # APGD: 1 + 6 forward and backward passes per attacked query, plus the forward pass that ranks it
     first = head.attacks[0]
     assert (first.forwards, first.backwards) == (8 * first.attacked, 7 * first.attacked)
-    square = head.attacks[3]
+    square = head.attacks[5]
     assert square.backwards == 0 and square.forwards <= 22 * square.attacked
     c = result.cost
     assert c.cascade_forwards <= c.without_cascade_forwards and c.forwards > c.cascade_forwards  # the checks cost too
@@ -208,18 +203,18 @@ def test_a_masking_model_is_flagged_and_bpda_brings_it_back(evaluations: Evaluat
 def test_jpeg_is_flagged_and_bpda_through_a_differentiable_jpeg_brings_it_close(evaluations: Evaluations) -> None:
     """JPEG (quality 75) before the model: a zero gradient (one APGD attack shows it, and the model looks
     robust). Its BPDA (the real JPEG forward, the gradient of :func:`~metricattack.robustness.diffjpeg.differentiable_jpeg`)
-    reaches 44.08 against the plain model's 39.36 on these eight queries (measured; the identity as
-    the backward pass: 48.95): 3.5 of the 4.7 points are one query (AP 19.8 on the plain model, 47.7
-    through JPEG; the luck of a random start: with three starts of APGD on the metric and self losses 25.39,
-    the plain model 22.70). On all 36 queries of the tiny set it is 1.67 points (benchmarks/RESULTS.md,
-    "The trap models"): within the issue's 2 there, not on these eight."""
+    comes back within the issue's 2 points of the plain model: 40.70 against 39.22 on these eight queries
+    (measured, benchmarks/RESULTS.md, "The trap models"). With one start per APGD attack it was 44.08
+    against 39.36: one query's start decided 3.5 points (the plain model's extra start of APGD on the self
+    loss reached AP 19.8, JPEG's 82.0 and its first 72.0); two starts of the metric and self attacks, as
+    in the protocol's versions, take that luck out on both sides."""
     clean, _ = evaluations("clean")
     masked, _ = evaluations("jpeg")
     assert flags_of(masked)["zero-gradient"] == "flagged"
     assert masked.headline.mAP.value > clean.headline.mAP.value + 20
     bpda, _ = evaluations("jpeg+bpda")
     assert flags_of(bpda)["zero-gradient"] == "ok"
-    assert abs(bpda.headline.mAP.value - clean.headline.mAP.value) <= 6, (bpda.headline.mAP, clean.headline.mAP)
+    assert abs(bpda.headline.mAP.value - clean.headline.mAP.value) <= 2, (bpda.headline.mAP, clean.headline.mAP)
 
 
 def test_off_grid_masking_trips_never_weaker(evaluations: Evaluations) -> None:

@@ -54,9 +54,9 @@ MINIATURE = Protocol(
     version="miniature",
     epsilons=[8],
     cascade=[
-        AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=6),
+        AttackStep(name="apgd-metric", method="apgd", objective="metric", steps=6, runs=2),
         AttackStep(name="apgd-margin-t", method="apgd", objective="margin-targeted", steps=6),
-        AttackStep(name="apgd-self", method="apgd", objective="self", steps=6),
+        AttackStep(name="apgd-self", method="apgd", objective="self", steps=6, runs=2),
         AttackStep(name="square", method="square", objective="margin", steps=20),
     ],
     reference_methods=["fgsm", "ifgsm"],
@@ -65,9 +65,10 @@ MINIATURE = Protocol(
     eot=2,
 )
 """The miniature protocol of the trap models' checks (the tests' and ``benchmarks/bench_robustness_traps.py``'s,
-one definition): the versions' cascade with 6 APGD iterations and 20 Square queries, ε 8, the paper's
-FGSM and I-FGSM as reference attacks, a sweep at ε 4 and 64 (4 iterations), 2 EOT samples. Too small
-for a robustness number (its ``convergence`` check flags on clean models); it shows which checks a trap trips."""
+one definition): the versions' cascade (two starts of APGD on the metric and self losses, as theirs) with
+6 APGD iterations and 20 Square queries, ε 8, the paper's FGSM and I-FGSM as reference attacks, a sweep at
+ε 4 and 64 (4 iterations), 2 EOT samples. Too small for a robustness number (its ``convergence`` check
+flags on clean models); it shows which checks a trap trips."""
 
 
 def _to_uint8_levels(x: torch.Tensor) -> torch.Tensor:
