@@ -175,3 +175,11 @@ def test_a_bad_line_interval_is_refused_before_any_work(tmp_path: Path, monkeypa
     assert main(["synth", "--out", str(tmp_path / "data")]) == 2
     assert "$METRICATTACK_PROGRESS_SECONDS is 'often'; expected a number of seconds >= 0" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+def test_no_progress_lasts_one_run(tmp_path: Path) -> None:
+    """`--no-progress` forbids bars for that run only: a later main() in the same process (a notebook, the
+    test suite) draws bars again."""
+    argv = ["--no-progress", "evaluate", "--baseline", "color-histogram-hsv", "--data-root", str(tmp_path / "none"), "--dataset", "folder"]
+    assert main(argv) == 2  # stops on the missing folder
+    assert progress._BARS.get() is True

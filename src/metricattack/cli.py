@@ -17,7 +17,7 @@ from .distributed import launched_by_torchrun, process_group, resolve_device
 from .errors import MetricAttackError, MetricAttackWarning
 from .io import is_disk_full
 from .models.plugins import allowing
-from .progress import LINE_SECONDS, SECONDS_VARIABLE, allow_bars, line_seconds
+from .progress import LINE_SECONDS, SECONDS_VARIABLE, bars_allowed, line_seconds
 from .registry import Registry
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -162,12 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    allow_bars(not args.no_progress and args.log_level in ("debug", "info"))  # bars are information too
     _SHOWN.clear()  # once per run, not per process (a notebook or test calls main() again)
     warnings.showwarning = _show_warning
     try:
         line_seconds()  # a bad $METRICATTACK_PROGRESS_SECONDS stops here, before any work
-        with allowing(args.allow_modules):
+        # bars are information too; for this run only (a notebook or a test calls main() again)
+        with allowing(args.allow_modules), bars_allowed(not args.no_progress and args.log_level in ("debug", "info")):
             return int(_run(args) or 0)
     except MetricAttackError as exc:
         print(f"metricattack {args.command}: error: {exc}", file=sys.stderr)
