@@ -34,10 +34,10 @@ import contextvars
 import logging
 import types
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import nn
 
 from .config import StrictModel, validate
@@ -149,6 +149,22 @@ class Compute(StrictModel):
             scale /= 16.0
         (grad,) = torch.autograd.grad(losses.sum(), x)
         return grad
+
+
+class DefaultComputeUnrecorded(StrictModel):
+    """Mixin of a config with a ``compute:`` field (declared by the config itself, with its own
+    description): its dumps leave the default compute out, so checkpoints, resume checks, stage keys
+    and results.json of fp32 runs stay as they were before compute existed."""
+
+    if TYPE_CHECKING:
+        compute: Compute
+
+    @model_serializer(mode="wrap")
+    def _default_compute_unrecorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if isinstance(data, dict) and self.compute.is_default:
+            data.pop("compute", None)
+        return data
 
 
 _ACTIVE: contextvars.ContextVar[Compute | None] = contextvars.ContextVar("metricattack_compute", default=None)

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PositiveInt, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
 from ..attacks.spec import AttackSpec, MethodName, MethodOptionTable, refuse_moved_options, spec_from_table
-from ..compute import Compute
+from ..compute import Compute, DefaultComputeUnrecorded
 from ..config import StrictModel, apply_overrides, read_yaml, validate
 from ..data.layouts import DATASETS
 from ..data.synthetic import SynthConfig
@@ -407,7 +407,7 @@ class ConfidenceSection(StrictModel):
     seed: int = Field(default=0, description="seeds the resampling (the same run gives the same intervals)")
 
 
-class BenchmarkConfig(StrictModel):
+class BenchmarkConfig(DefaultComputeUnrecorded):
     name: str = "benchmark"
     seed: int = 0
     device: str = "cpu"
@@ -428,14 +428,6 @@ class BenchmarkConfig(StrictModel):
         description="precision (fp32 / bf16 / fp16), channels_last, cudnn_benchmark of every model of the run, trained or "
         "loaded (metricattack.compute); in stage keys and results.json's config when not the default",
     )
-
-    @model_serializer(mode="wrap")
-    def _default_compute_unrecorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """The default compute is left out of dumps: an fp32 run's results.json is as before compute existed."""
-        data = handler(self)
-        if isinstance(data, dict) and self.compute.is_default:
-            data.pop("compute", None)
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> BenchmarkConfig:

@@ -28,14 +28,12 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    SerializerFunctionWrapHandler,
     Tag,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
-from ..compute import Compute
+from ..compute import Compute, DefaultComputeUnrecorded
 from ..config import StrictModel, load_config
 from ..data.layouts import DATASETS
 from ..models.backbones import BACKBONES
@@ -313,7 +311,7 @@ class AugmentSection(StrictModel):
     pad: NonNegativeInt = Field(10, description="zero-pad by this many pixels, then randomly crop back (0 = off)")
 
 
-class TrainRecipe(StrictModel):
+class TrainRecipe(DefaultComputeUnrecorded):
     """How to train, without the data source: what :class:`TrainConfig` holds besides ``data``.
 
     The benchmark's model entries embed it (their data is the benchmark's dataset).
@@ -335,14 +333,6 @@ class TrainRecipe(StrictModel):
         description="precision (fp32 / bf16 / fp16 with loss scaling), channels_last, cudnn_benchmark (metricattack.compute); "
         "recorded in the checkpoint when not the default",
     )
-
-    @model_serializer(mode="wrap")
-    def _default_compute_unrecorded(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """The default compute is left out of dumps: checkpoints, resume checks and stage keys of fp32 runs stay as they were."""
-        data = handler(self)
-        if isinstance(data, dict) and self.compute.is_default:
-            data.pop("compute", None)
-        return data
 
     @model_validator(mode="after")
     def _triplet_needs_pk(self) -> TrainRecipe:
