@@ -1,4 +1,12 @@
-"""Commands under ``torchrun``: two CPU processes (Gloo) shard the work and give the single-process result."""
+"""Commands under ``torchrun``: two CPU processes (Gloo) shard the work and give the single-process result.
+
+A torchrun launch costs three fresh interpreters (~5 s of CPU each to import torch and metricattack),
+so the sharded runs of feature extraction, ``attack``, ``evaluate``, ``fit-metric`` and ``robustness``
+share one launch (the module fixture ``sharded``): its script makes the process group from
+torchrun's environment (``metricattack.distributed.process_group``, as every command does) and
+calls the CLI's ``main`` once per command on each rank, inside that group; ``train`` below is
+launched as ``python -m metricattack``.
+"""
 
 from __future__ import annotations
 
@@ -16,28 +24,39 @@ from metricattack.cli import main
 ATTACK = ["--method", "ifgsm", "--eps", "4", "--method-option", "steps=2", "--batch-size", "8", "--no-progress"]
 
 
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 -m metricattack ...`` on one thread per process."""
+def torchrun(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` (``-m metricattack ...`` or a script) on one thread per process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "metricattack", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-FEATURES_SCRIPT = """
+SHARDED_SCRIPT = """
+import contextlib
+import io
+import json
+import os
 import sys
 import torch
+from metricattack.cli import main
 from metricattack.data.layouts import load_dataset
 from metricattack.distributed import is_main_process, process_group
 from metricattack.evaluation.features import extract_features
 from metricattack.models.checkpoint import load_model
 
-checkpoint, root, batch_size, out = sys.argv[1:]
-with process_group(torch.device("cpu")):
+checkpoint, root, commands = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+with process_group(torch.device("cpu")):  # one group for the whole launch; main() uses it (its own group would be a no-op)
     data = load_dataset("folder", root)
     model = load_model(checkpoint)
-    features = {split: extract_features(model, data.split(split), int(batch_size), progress=False) for split in ("query", "gallery")}
+    features = {split: extract_features(model, data.split(split), 8, progress=False) for split in ("query", "gallery")}
     if is_main_process():
-        torch.save(features, out)
+        torch.save(features, "features.pt")
+    for name, argv in commands.items():
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(argv)
+        with open(f"{name}.rank{os.environ['RANK']}.json", "w", encoding="utf-8") as f:
+            json.dump({"code": code, "stdout": printed.getvalue()}, f)
 """
 
 
@@ -51,8 +70,48 @@ def attacked_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "bounding_box_test").iterdir())}
 
 
+def common_args(command: str, checkpoint: Path, root: Path) -> list[str]:
+    return [command, "--checkpoint", str(checkpoint), "--data-root", str(root), "--dataset", "folder"]
+
+
+def robustness_args(root: Path) -> list[str]:
+    return ["robustness", "--model", "python:invariant_net:build", "--data-root", str(root), "--dataset", "folder", "--version", "smoke"]
+
+
+SHARDED_COMMANDS = {  # name -> the command's arguments but --out (the same in the one-process runs)
+    "attack": lambda ckpt, root: [*common_args("attack", ckpt, root), *ATTACK],
+    "evaluate": lambda ckpt, root: [*common_args("evaluate", ckpt, root), "--batch-size", "8", "--no-progress"],
+    "fit-metric": lambda ckpt, root: [*common_args("fit-metric", ckpt, root), "--kind", "xqda", "--batch-size", "8"],
+    "robustness": lambda ckpt, root: [*robustness_args(root), "--batch-size", "4"],
+}
+SHARDED_OUT = {"attack": "attack", "evaluate": "evaluate.json", "fit-metric": "fit-metric.safetensors", "robustness": "robustness"}
+
+
+@pytest.fixture(scope="module")
+def sharded(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of one ``torchrun --nproc_per_node 2`` launch of ``SHARDED_SCRIPT``: ``features.pt``
+    (query and gallery features, batches of 8), each command's output (``SHARDED_OUT``) and, per command
+    and rank, ``NAME.rankR.json`` (its exit status and what it printed)."""
+    folder = tmp_path_factory.mktemp("sharded")
+    (folder / "sharded.py").write_text(SHARDED_SCRIPT, encoding="utf-8")
+    (folder / "invariant_net.py").write_text(INVARIANT_NET, encoding="utf-8")
+    commands = {
+        n: [*args(tiny_model_checkpoint, tiny_dataset_root), "--out", str(folder / SHARDED_OUT[n])] for n, args in SHARDED_COMMANDS.items()
+    }
+    done = torchrun("sharded.py", str(tiny_model_checkpoint), str(tiny_dataset_root), json.dumps(commands), cwd=folder, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def sharded_run(sharded: Path, name: str) -> tuple[Path, list[str]]:
+    """``name``'s output under torchrun and what each rank printed, after checking that it exited 0 on both ranks."""
+    ranks = [json.loads((sharded / f"{name}.rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
+    assert [r["code"] for r in ranks] == [0, 0]
+    return sharded / SHARDED_OUT[name], [r["stdout"] for r in ranks]
+
+
 def test_features_under_torchrun_equal_one_process_byte_for_byte(
-    tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path
+    sharded: Path, tiny_model_checkpoint: Path, tiny_dataset_root: Path
 ) -> None:
     """Each rank extracts whole batches of the one-process batching, so every image is computed in
     the same batch (a one-image batch runs other kernels: its features differ in the last bits)."""
@@ -62,40 +121,29 @@ def test_features_under_torchrun_equal_one_process_byte_for_byte(
 
     data = load_dataset("folder", tiny_dataset_root)
     assert splits_one_image_off(len(data.gallery), 8)  # the case sharding by image got wrong
-    (tmp_path / "extract.py").write_text(FEATURES_SCRIPT, encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "extract.py"]
-    done = subprocess.run(
-        [*cmd, str(tiny_model_checkpoint), str(tiny_dataset_root), "8", "sharded.pt"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    sharded = torch.load(tmp_path / "sharded.pt", weights_only=True)
+    sharded_features = torch.load(sharded / "features.pt", weights_only=True)
     model = load_model(tiny_model_checkpoint)
     for split in ("query", "gallery"):
         single = extract_features(model, data.split(split), 8, progress=False)
-        assert sharded[split].dtype == single.dtype and sharded[split].numpy().tobytes() == single.numpy().tobytes(), split
+        assert sharded_features[split].dtype == single.dtype, split
+        assert sharded_features[split].numpy().tobytes() == single.numpy().tobytes(), split
 
 
-def test_attack_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
-    common = ["attack", "--checkpoint", str(tiny_model_checkpoint), "--data-root", str(tiny_dataset_root), "--dataset", "folder", *ATTACK]
+def test_attack_under_torchrun_equals_one_process(
+    sharded: Path, tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path
+) -> None:
     assert splits_one_image_off(82, 8)  # the tiny gallery: 82 images, --batch-size 8
-    assert main([*common, "--out", str(tmp_path / "single")]) == 0
-    done = torchrun(*common, "--out", str(tmp_path / "sharded"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("adversarial dataset written to") == 1  # only rank 0 reports
-    shards = sorted(p.name for p in (tmp_path / "sharded" / ".attack" / "batches").iterdir())
+    assert main([*SHARDED_COMMANDS["attack"](tiny_model_checkpoint, tiny_dataset_root), "--out", str(tmp_path / "single")]) == 0
+    out, printed = sharded_run(sharded, "attack")
+    assert [p.count("adversarial dataset written to") for p in printed] == [1, 0]  # only rank 0 reports
+    shards = sorted(p.name for p in (out / ".attack" / "batches").iterdir())
     assert shards == ["rank0-of2", "rank1-of2"]
-    assert all(any((tmp_path / "sharded" / ".attack" / "batches" / s).glob("*.json")) for s in shards)
-    assert attacked_bytes(tmp_path / "sharded") == attacked_bytes(tmp_path / "single")
-    one, two = (json.loads((tmp_path / n / "attack_results.json").read_text()) for n in ("single", "sharded"))
+    assert all(any((out / ".attack" / "batches" / s).glob("*.json")) for s in shards)
+    assert attacked_bytes(out) == attacked_bytes(tmp_path / "single")
+    one, two = (json.loads((folder / "attack_results.json").read_text()) for folder in (tmp_path / "single", out))
     for key in ("clean", "adversarial_disk", "adversarial_memory"):
         assert two["evaluations"][0][key] == one["evaluations"][0][key]
-    assert json.loads((tmp_path / "sharded" / "manifest.json").read_text())["world_size"] == 2
+    assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
 
 
 @pytest.mark.parametrize(
@@ -114,51 +162,28 @@ def test_single_process_commands_refuse_torchrun(
     assert not (tmp_path / "out").exists()
 
 
-def test_evaluate_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
-    common = [
-        "evaluate",
-        "--checkpoint",
-        str(tiny_model_checkpoint),
-        "--data-root",
-        str(tiny_dataset_root),
-        "--dataset",
-        "folder",
-        "--batch-size",
-        "8",
-        "--no-progress",
-    ]
-    assert main([*common, "--out", str(tmp_path / "single.json")]) == 0
-    done = torchrun(*common, "--out", str(tmp_path / "sharded.json"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "sharded"))
+def test_evaluate_under_torchrun_equals_one_process(
+    sharded: Path, tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path
+) -> None:
+    assert main([*SHARDED_COMMANDS["evaluate"](tiny_model_checkpoint, tiny_dataset_root), "--out", str(tmp_path / "single.json")]) == 0
+    one, two = (json.loads(path.read_text()) for path in (tmp_path / "single.json", sharded_run(sharded, "evaluate")[0]))
     assert two["results"] == one["results"]  # the same features, so the same numbers exactly
     assert one["options"]["world_size"] == 1 and two["options"]["world_size"] == 2  # the images were sharded
 
 
-def test_fit_metric_under_torchrun_equals_one_process(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path) -> None:
+def test_fit_metric_under_torchrun_equals_one_process(
+    sharded: Path, tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
 
-    common = [
-        "fit-metric",
-        "--checkpoint",
-        str(tiny_model_checkpoint),
-        "--data-root",
-        str(tiny_dataset_root),
-        "--dataset",
-        "folder",
-        "--kind",
-        "xqda",
-        "--batch-size",
-        "8",
-    ]
-    assert main([*common, "--out", str(tmp_path / "single.safetensors")]) == 0
-    done = torchrun(*common, "--out", str(tmp_path / "sharded.safetensors"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    one, two = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("single", "sharded"))
+    single = tmp_path / "single.safetensors"
+    assert main([*SHARDED_COMMANDS["fit-metric"](tiny_model_checkpoint, tiny_dataset_root), "--out", str(single)]) == 0
+    two_path = sharded_run(sharded, "fit-metric")[0]
+    one, two = load_file(str(single)), load_file(str(two_path))
     assert one.keys() == two.keys()
     for key in one:
         assert torch.equal(one[key], two[key]), key  # the same features (whole batches), so the same fit
-    sidecars = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "sharded"))
+    sidecars = (json.loads(path.with_suffix(".json").read_text()) for path in (single, two_path))
     assert [s["meta"]["world_size"] for s in sidecars] == [1, 2]
 
 
@@ -167,6 +192,8 @@ def test_train_under_torchrun_uses_distributed_data_parallel(tiny_dataset_root: 
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "tiny-fixture.yaml"
     done = torchrun(
+        "-m",
+        "metricattack",
         "train",
         "--config",
         str(recipe),
@@ -182,34 +209,6 @@ def test_train_under_torchrun_uses_distributed_data_parallel(tiny_dataset_root: 
     assert meta["world_size"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]
     model = load_model(tmp_path / "ddp" / "model.safetensors")
     assert torch.isfinite(model(torch.rand(2, 3, 128, 64))).all()
-
-
-def _claim_with_a_late_rank(rank: int, world: int, init_file: str, out: str) -> None:
-    """Rank 1 reaches ``claim_run`` a second after rank 0, then both meet in one more barrier."""
-    import datetime
-    import time
-
-    import torch.distributed as dist
-
-    from metricattack.attacks.writer import claim_run
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
-    try:
-        if rank == 1:
-            time.sleep(1.0)
-        claim_run(Path(out), {"key": "k"})
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def test_claiming_an_attack_run_keeps_ranks_in_step(tmp_path: Path) -> None:
-    """Regression: a late rank found the run record rank 0 had just written, skipped the barrier
-    and left rank 0 waiting in a collective the other rank never joined (a hang under torchrun)."""
-    import torch.multiprocessing as mp
-
-    mp.spawn(_claim_with_a_late_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
-    assert json.loads((tmp_path / "out" / ".attack" / "run.json").read_text()) == {"key": "k"}
 
 
 INVARIANT_NET = '''
@@ -234,31 +233,38 @@ def build():
 '''
 
 
-def test_robustness_under_torchrun_equals_one_process(tiny_dataset_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_robustness_under_torchrun_equals_one_process(
+    sharded: Path, tiny_dataset_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "invariant_net.py").write_text(INVARIANT_NET, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
-    common = ["robustness", "--model", "python:invariant_net:build", "--data-root", str(tiny_dataset_root), "--dataset", "folder"]
-    common += ["--version", "smoke", "--batch-size", "4"]
-    assert main([*common, "--out", str(tmp_path / "single")]) == 0
-    done = torchrun(*common, "--out", str(tmp_path / "sharded"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("written to") == 1  # only rank 0 reports
-    one, two = (json.loads((tmp_path / n / "robustness.json").read_text()) for n in ("single", "sharded"))
+    assert main([*SHARDED_COMMANDS["robustness"](Path(), tiny_dataset_root), "--out", str(tmp_path / "single")]) == 0
+    out, printed = sharded_run(sharded, "robustness")
+    assert [p.count("written to") for p in printed] == [1, 0]  # only rank 0 reports
+    one, two = (json.loads((folder / "robustness.json").read_text()) for folder in (tmp_path / "single", out))
     assert two["robust"] == one["robust"] and two["references"] == one["references"] and two["sweep"] == one["sweep"]
     assert two["gallery"] == one["gallery"] and one["gallery"]["attacked"] > 0  # the gallery side's batches sharded too
     assert two["cost"]["forwards"] == one["cost"]["forwards"]
 
 
-def _gather_uneven(rank: int, world: int, init_file: str, out: str) -> None:
-    """Rank 0 holds rows 3, 0 and 2 (in that order), rank 1 row 1; then rank 1 holds none (a rank left without a batch)."""
+def _claim_then_gather(rank: int, world: int, init_file: str, folder: str) -> None:
+    """Claiming an attack run: rank 1 reaches ``claim_run`` a second after rank 0, then both meet in
+    one more barrier. Gathering: rank 0 holds rows 3, 0 and 2 (in that order), rank 1 row 1; then
+    rank 1 holds none (a rank left without a batch)."""
     import datetime
+    import time
 
     import torch.distributed as dist
 
+    from metricattack.attacks.writer import claim_run
     from metricattack.distributed import gather_indexed
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
     try:
+        if rank == 1:
+            time.sleep(1.0)
+        claim_run(Path(folder) / "out", {"key": "k"})
+        dist.barrier()
         if rank == 0:
             rows, indices = torch.tensor([[3.0, 30.0], [0.0, 0.5], [2.0, 20.0]]), torch.tensor([3, 0, 2])
         else:
@@ -267,18 +273,33 @@ def _gather_uneven(rank: int, world: int, init_file: str, out: str) -> None:
         alone = (full, torch.arange(4)) if rank == 0 else (torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
         empty = gather_indexed(*alone, 4)
         if rank == 1:
-            torch.save({"full": full, "empty": empty}, out)
+            torch.save({"full": full, "empty": empty}, Path(folder) / "gathered.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_gather_indexed_places_rows_by_index_from_uneven_ranks(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of one pair of spawned Gloo processes running :func:`_claim_then_gather` (each
+    fresh interpreter costs seconds of CPU, so the two checks below share it; a rank that misses a
+    collective leaves the other waiting until the group's 20 s timeout, and the spawn fails)."""
     import torch.multiprocessing as mp
 
+    folder = tmp_path_factory.mktemp("spawned")
+    mp.spawn(_claim_then_gather, args=(2, str(folder / "init"), str(folder)), nprocs=2, join=True)
+    return folder
+
+
+def test_claiming_an_attack_run_keeps_ranks_in_step(spawned: Path) -> None:
+    """Regression: a late rank found the run record rank 0 had just written, skipped the barrier
+    and left rank 0 waiting in a collective the other rank never joined (a hang under torchrun)."""
+    assert json.loads((spawned / "out" / ".attack" / "run.json").read_text()) == {"key": "k"}
+
+
+def test_gather_indexed_places_rows_by_index_from_uneven_ranks(spawned: Path) -> None:
     from metricattack.distributed import gather_indexed
 
-    mp.spawn(_gather_uneven, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=2, join=True)
-    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    got = torch.load(spawned / "gathered.pt", weights_only=True)
     assert torch.equal(got["full"], torch.tensor([[0.0, 0.5], [1.0, 10.0], [2.0, 20.0], [3.0, 30.0]]))
     assert torch.equal(got["empty"], got["full"])  # rank 1 had no rows
     # one process: the rows placed by their indices
