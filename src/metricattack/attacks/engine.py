@@ -225,9 +225,11 @@ class AttackBatches:
 
 
 def interleave(busy: Sequence[int], idle: Sequence[int]) -> list[int]:
-    """``busy`` and ``idle`` merged, each in its order, ``idle`` spread evenly between ``busy``:
-    ``interleave([1, 2], [7, 8, 9, 10]) == [7, 1, 8, 9, 2, 10]`` (position ``(k + ½) / len`` in each list, ties to ``busy``)."""
-    keys = [((k + 0.5) / len(busy), 0, n) for k, n in enumerate(busy)] + [((k + 0.5) / len(idle), 1, n) for k, n in enumerate(idle)]
+    """``busy`` and ``idle`` merged, each in its order, ``idle`` spread evenly between ``busy`` and
+    none after the last ``busy``: ``interleave([1, 2], [7, 8, 9, 10]) == [7, 8, 9, 1, 10, 2]`` (position
+    ``(k + 1) / len`` in ``busy``, ``k / len`` in ``idle``, ties to ``idle``). What is written after the
+    model's last batch overlaps with nothing, so that is only the last busy batch."""
+    keys = [((k + 1) / len(busy), 1, n) for k, n in enumerate(busy)] + [(k / len(idle), 0, n) for k, n in enumerate(idle)]
     return [n for *_, n in sorted(keys)]
 
 

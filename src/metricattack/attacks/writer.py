@@ -34,6 +34,7 @@ with the first one's pid, host and start time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -167,7 +168,7 @@ class PendingBatch:
 
 def prepare_batch(out: Path, batch: AttackedBatch, records: Sequence[ImageRecord], root: Path, eps: float, file_names: str) -> PendingBatch:
     """The tensor work of writing ``batch`` (8-bit pixels by :func:`~.ops.quantize`, in-memory L∞, the
-    record's tensors, on the CPU), done in the caller's thread; :meth:`PendingBatch.write` writes it."""
+    record's tensors, on the CPU); :meth:`PendingBatch.write` writes it."""
     pixels = quantize(batch.adversarial, batch.clean, eps).cpu().permute(0, 2, 3, 1).contiguous().numpy()
     images = tuple(
         (output_name(relative(records[index], root), True, file_names), pixels[i]) for i, index in enumerate(batch.indices.tolist())
@@ -193,10 +194,10 @@ def write_attack(
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
     """Attack ``plan``'s split (:func:`~.engine.attack_batches`) and write it batch by batch
-    (:func:`prepare_batch`, :meth:`PendingBatch.write`), skipping batches already written (resumption).
+    (:func:`write_batch`), skipping batches already written (resumption).
 
-    With ``workers`` > 0 the next batches are decoded, and the previous ones encoded, hashed and
-    written, on that many threads each while the model attacks this one (:mod:`metricattack.overlap`);
+    With ``workers`` > 0 the next batches are decoded, and the previous ones quantised, encoded, hashed
+    and written, on that many threads each while the model attacks this one (:mod:`metricattack.overlap`);
     0: read, attack and write in turn in this thread. The files are the same byte for byte.
     ``on_batch(number)`` runs after each batch is completely written; on any error the batches
     being written are finished (complete, atomic) before it is raised, unchanged.
@@ -207,8 +208,16 @@ def write_attack(
     bar: Progress[object] = Progress(desc=f"attack {plan.split}", total=len(batches), unit="batch", initial=finished, report=progress)
     with bar, Background(workers) as background, closing(iter(batches)) as stream:
         for batch in stream:
-            pending = prepare_batch(out, batch, plan.records, root, spec.eps, file_names)
-            background.submit(pending.write, then=functools.partial(_written, bar, on_batch, batch.number))
+            on_cpu = dataclasses.replace(batch, clean=batch.clean.cpu(), adversarial=batch.adversarial.cpu())  # no device memory queued
+            job = functools.partial(write_batch, out, on_cpu, plan.records, root, spec.eps, file_names)
+            background.submit(job, then=functools.partial(_written, bar, on_batch, batch.number))
+
+
+def write_batch(out: Path, batch: AttackedBatch, records: Sequence[ImageRecord], root: Path, eps: float, file_names: str) -> None:
+    """Write ``batch`` completely (:func:`prepare_batch`, then :meth:`PendingBatch.write`): tensor and
+    host work only, so it runs on a worker thread while the model attacks the next batch, and the
+    model's thread does nothing per batch but hand it over."""
+    prepare_batch(out, batch, records, root, eps, file_names).write()
 
 
 def _written(bar: Progress[object], on_batch: Callable[[int], None] | None, number: int) -> None:
