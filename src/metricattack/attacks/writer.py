@@ -38,13 +38,13 @@ import dataclasses
 import functools
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -54,7 +54,7 @@ from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
 from ..io import atomic_path, atomic_write_bytes, atomic_write_json, copy_file, environment_versions, sha256_file
 from ..outputs import check_output_folder
-from ..overlap import DEFAULT_WORKERS, Background
+from ..overlap import DEFAULT_WORKERS, WRITE_QUEUE, Background
 from ..progress import Progress
 from .engine import AttackedBatch, AttackPlan, FeatureModel, attack_batches
 from .ops import linf_255, quantize
@@ -134,49 +134,55 @@ def batch_done(out: Path, number: int) -> bool:
     return (batch_dir(out) / f"{number:06d}.json").is_file()
 
 
-@dataclass(frozen=True)
-class PendingBatch:
-    """One attacked batch ready to be written (:func:`prepare_batch`), on the CPU.
+class BatchWriter:
+    """Writes one attacked batch (on the CPU) in ``parts`` jobs that may run on different threads, so the
+    writing of the model's last batch, which overlaps with nothing, is shared between the writer threads.
 
-    Attributes:
-        out: the output folder.
-        stem: its record's path without suffix (``.attack/batches/rank*-of*/NNNNNN``).
-        number: the batch number.
-        images: per attacked image, its output path relative to the folder and its 8-bit pixels ``[H,W,3]``.
-        tensors: what the batch's ``.safetensors`` record holds (indices, in-memory features, L∞, call counts).
+    Each part quantises its share of the images (:func:`~.ops.quantize`: per pixel, so the bytes do
+    not depend on ``parts``), encodes it as PNG, hashes and writes it (atomically); the part that
+    finishes last writes the tensor record (indices, in-memory features and L∞, call counts), then
+    the JSON record with every file's SHA-256, last and atomically: the batch counts as done. A part
+    that fails leaves the batch without records (redone on resumption). Tensor and host work only,
+    so the parts run on worker threads while the model attacks the next batch.
     """
 
-    out: Path
-    stem: Path
-    number: int
-    images: tuple[tuple[Path, np.ndarray], ...]
-    tensors: dict[str, torch.Tensor]
+    def __init__(
+        self, out: Path, batch: AttackedBatch, records: Sequence[ImageRecord], root: Path, eps: float, file_names: str, parts: int
+    ) -> None:
+        self.out, self.batch, self.records, self.root, self.eps, self.file_names = out, batch, records, root, eps, file_names
+        count = len(batch.indices)
+        self.parts = [range(count * k // parts, count * (k + 1) // parts) for k in range(parts)]
+        self.files: dict[str, str] = {}
+        self._remaining, self._lock = parts, threading.Lock()
 
-    def write(self) -> None:
-        """Write the images as PNG (atomically), then the tensor record, then the JSON record with the
-        files' SHA-256, last and atomically: the batch counts as done. Host work only (encoding,
-        hashing, writing), so it may run on a worker thread while the model computes the next batch."""
-        files: dict[str, str] = {}
-        for rel, pixels in self.images:
-            data = png_bytes(pixels)
+    def jobs(self) -> list[Callable[[], None]]:
+        """One job per part, in order."""
+        return [functools.partial(self._write_part, part) for part in self.parts]
+
+    def _write_part(self, part: range) -> None:
+        batch = self.batch
+        share = slice(part.start, part.stop)
+        pixels = quantize(batch.adversarial[share], batch.clean[share], self.eps).cpu().permute(0, 2, 3, 1).contiguous().numpy()
+        for i, index in enumerate(batch.indices[share].tolist()):
+            rel = output_name(relative(self.records[index], self.root), True, self.file_names)
+            data = png_bytes(pixels[i])
             atomic_write_bytes(self.out / rel, data)
-            files[rel.as_posix()] = hashlib.sha256(data).hexdigest()
-        with atomic_path(self.stem.with_suffix(".safetensors")) as tmp:
-            save_file(self.tensors, str(tmp))
-        atomic_write_json(self.stem.with_suffix(".json"), {"batch": self.number, "files": files})
+            self.files[rel.as_posix()] = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._write_records()
 
-
-def prepare_batch(out: Path, batch: AttackedBatch, records: Sequence[ImageRecord], root: Path, eps: float, file_names: str) -> PendingBatch:
-    """The tensor work of writing ``batch`` (8-bit pixels by :func:`~.ops.quantize`, in-memory L∞, the
-    record's tensors, on the CPU); :meth:`PendingBatch.write` writes it."""
-    pixels = quantize(batch.adversarial, batch.clean, eps).cpu().permute(0, 2, 3, 1).contiguous().numpy()
-    images = tuple(
-        (output_name(relative(records[index], root), True, file_names), pixels[i]) for i, index in enumerate(batch.indices.tolist())
-    )
-    tensors = {"indices": batch.indices.clone(), "linf_memory": linf_255(batch.adversarial, batch.clean).cpu().contiguous()}
-    tensors.update({f"calls.{name}": getattr(batch.counts, name).clone() for name in COUNT_NAMES})
-    tensors.update({f"features.{m}": feats.contiguous() for m, feats in enumerate(batch.features)})
-    return PendingBatch(out, batch_dir(out) / f"{batch.number:06d}", batch.number, images, tensors)
+    def _write_records(self) -> None:
+        batch = self.batch
+        tensors = {"indices": batch.indices.clone(), "linf_memory": linf_255(batch.adversarial, batch.clean).cpu().contiguous()}
+        tensors.update({f"calls.{name}": getattr(batch.counts, name).clone() for name in COUNT_NAMES})
+        tensors.update({f"features.{m}": feats.contiguous() for m, feats in enumerate(batch.features)})
+        stem = batch_dir(self.out) / f"{batch.number:06d}"
+        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(stem.with_suffix(".json"), {"batch": batch.number, "files": self.files})
 
 
 def write_attack(
@@ -194,10 +200,11 @@ def write_attack(
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
     """Attack ``plan``'s split (:func:`~.engine.attack_batches`) and write it batch by batch
-    (:func:`write_batch`), skipping batches already written (resumption).
+    (:class:`BatchWriter`), skipping batches already written (resumption).
 
     With ``workers`` > 0 the next batches are decoded, and the previous ones quantised, encoded, hashed
-    and written, on that many threads each while the model attacks this one (:mod:`metricattack.overlap`);
+    and written (each in ``workers`` parts), on that many threads each while the model attacks this one
+    (:mod:`metricattack.overlap`); the model's thread only hands the batches over;
     0: read, attack and write in turn in this thread. The files are the same byte for byte.
     ``on_batch(number)`` runs after each batch is completely written; on any error the batches
     being written are finished (complete, atomic) before it is raised, unchanged.
@@ -206,18 +213,15 @@ def write_attack(
     batches = attack_batches(plan, spec, batch_size=batch_size, device=device, skip=done, feature_models=feature_models, workers=workers)
     finished = sum(done(number) for number in range(len(batches)))
     bar: Progress[object] = Progress(desc=f"attack {plan.split}", total=len(batches), unit="batch", initial=finished, report=progress)
-    with bar, Background(workers) as background, closing(iter(batches)) as stream:
+    parts = max(workers, 1)
+    with bar, Background(workers, depth=WRITE_QUEUE * parts) as background, closing(iter(batches)) as stream:
         for batch in stream:
             on_cpu = dataclasses.replace(batch, clean=batch.clean.cpu(), adversarial=batch.adversarial.cpu())  # no device memory queued
-            job = functools.partial(write_batch, out, on_cpu, plan.records, root, spec.eps, file_names)
-            background.submit(job, then=functools.partial(_written, bar, on_batch, batch.number))
-
-
-def write_batch(out: Path, batch: AttackedBatch, records: Sequence[ImageRecord], root: Path, eps: float, file_names: str) -> None:
-    """Write ``batch`` completely (:func:`prepare_batch`, then :meth:`PendingBatch.write`): tensor and
-    host work only, so it runs on a worker thread while the model attacks the next batch, and the
-    model's thread does nothing per batch but hand it over."""
-    prepare_batch(out, batch, records, root, eps, file_names).write()
+            *first, last = BatchWriter(out, on_cpu, plan.records, root, spec.eps, file_names, parts).jobs()
+            for job in first:
+                background.submit(job)
+            # ``then`` runs after its job and every job before it, so after the batch's records are written
+            background.submit(last, then=functools.partial(_written, bar, on_batch, batch.number))
 
 
 def _written(bar: Progress[object], on_batch: Callable[[int], None] | None, number: int) -> None:
