@@ -13,13 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from metricattack.attacks.engine import attack_batches, clean_features, plan_attack
+from metricattack.attacks.engine import AttackedBatch, attack_batches, clean_features, plan_attack
 from metricattack.attacks.export import ModelEntry, export_attack
 from metricattack.attacks.ops import quantize
+from metricattack.attacks.problem import CallCounts
 from metricattack.attacks.spec import AttackSpec
+from metricattack.attacks.writer import BatchWriter, batch_done
 from metricattack.cli import main
 from metricattack.data.layouts import load_dataset
 from metricattack.data.loading import read_image
+from metricattack.data.types import ImageRecord
 from metricattack.errors import MetricAttackError
 from metricattack.io import sha256_file
 from metricattack.metrics.distance import EuclideanMetric, MahalanobisMetric
@@ -213,6 +216,30 @@ def test_same_seed_gives_identical_bytes_with_and_without_overlap(entry, data, t
     pngs = [k for k in files_a if k.endswith(".jpg")]
     assert any(files_a[k] != files_c[k] for k in pngs)
     assert a["linf_255"]["max_disk"] <= 4
+
+
+def test_a_batch_written_in_parts_counts_as_done_only_when_every_part_is(tmp_path: Path) -> None:
+    """The writer threads share a batch (``BatchWriter``): the records, which mark it done, are written by the
+    part that finishes last; a failed part leaves none (the batch is redone when resumed), its error unchanged."""
+    root, gen = tmp_path / "src", torch.Generator().manual_seed(0)
+    records = [ImageRecord(root / "bounding_box_test" / f"{i + 1:04d}_c1s1_{i:06d}_00.jpg", i + 1, 0) for i in range(5)]
+    clean = torch.randint(0, 256, (5, 3, 8, 4), generator=gen).float().div(255)
+    batch = AttackedBatch(
+        3, torch.arange(5), clean, clean + 0.01, torch.ones(5, dtype=torch.bool), CallCounts.zeros(5), (torch.ones(5, 2),)
+    )
+    one, three = tmp_path / "one", tmp_path / "three"
+    for out, parts in ((one, 1), (three, 3)):
+        jobs = BatchWriter(out, batch, records, root, 2.0, "source", parts).jobs()
+        for job in reversed(jobs):  # any order of finishing
+            assert not batch_done(out, 3)
+            job()
+    assert batch_done(three, 3) and every_file(one) == every_file(three) and len(every_file(one)) == 5 + 2
+    outside = [*records[:4], ImageRecord(tmp_path / "elsewhere.jpg", 5, 0)]
+    jobs = BatchWriter(tmp_path / "failed", batch, outside, root, 2.0, "source", 2).jobs()
+    jobs[0]()
+    with pytest.raises(MetricAttackError, match="not inside the dataset root"):
+        jobs[1]()
+    assert not batch_done(tmp_path / "failed", 3) and not (tmp_path / "failed" / ".attack").exists()
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(entry, data, tmp_path: Path) -> None:
