@@ -81,10 +81,12 @@ def test_closing_the_stream_early_stops_reading_and_leaves_no_thread() -> None:
 
 def test_batches_without_an_attacked_image_are_spread_between_the_others() -> None:
     """A Market-1501 gallery lists its distractors and junk first: without this their writing would find no
-    model work to overlap with. None comes after the last attacked batch: its writing would overlap with nothing."""
-    assert interleave([3, 4], [0, 1, 2]) == [0, 1, 3, 2, 4]
-    assert interleave([5, 6, 7, 8], [9]) == [9, 5, 6, 7, 8]
-    assert interleave([1, 2], [7, 8, 9, 10]) == [7, 8, 9, 1, 10, 2]
+    model work to overlap with. An attacked batch comes first (the model starts on the first batch read) and
+    last (what is written after it overlaps with nothing)."""
+    assert interleave([3, 4], [0, 1, 2]) == [3, 0, 1, 2, 4]
+    assert interleave([5, 6, 7, 8], [9]) == [5, 6, 9, 7, 8]
+    assert interleave([1, 2, 3, 4], [5, 6, 7, 8]) == [1, 5, 2, 6, 7, 3, 8, 4]
+    assert interleave([5], [1, 2]) == [5, 1, 2]
     assert interleave([], [0, 1]) == [0, 1] and interleave([0, 1], []) == [0, 1]
 
 

@@ -225,11 +225,11 @@ class AttackBatches:
 
 
 def interleave(busy: Sequence[int], idle: Sequence[int]) -> list[int]:
-    """``busy`` and ``idle`` merged, each in its order, ``idle`` spread evenly between ``busy`` and
-    none after the last ``busy``: ``interleave([1, 2], [7, 8, 9, 10]) == [7, 8, 9, 1, 10, 2]`` (position
-    ``(k + 1) / len`` in ``busy``, ``k / len`` in ``idle``, ties to ``idle``). What is written after the
-    model's last batch overlaps with nothing, so that is only the last busy batch."""
-    keys = [((k + 1) / len(busy), 1, n) for k, n in enumerate(busy)] + [(k / len(idle), 0, n) for k, n in enumerate(idle)]
+    """``busy`` and ``idle`` merged, each in its order, ``idle`` spread evenly between the first and the
+    last ``busy``: ``interleave([1, 2], [7, 8, 9, 10]) == [1, 7, 8, 9, 10, 2]`` (position ``k / (len - 1)``
+    in ``busy``, ``(k + 1) / (len + 1)`` in ``idle``, ties to ``busy``). The model starts on the first
+    batch read, and what is written after its last batch overlaps with nothing, so that is one batch."""
+    keys = [(k / max(len(busy) - 1, 1), 0, n) for k, n in enumerate(busy)] + [((k + 1) / (len(idle) + 1), 1, n) for k, n in enumerate(idle)]
     return [n for *_, n in sorted(keys)]
 
 
