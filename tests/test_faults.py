@@ -26,7 +26,7 @@ from metricattack.attacks.ops import quantize
 from metricattack.cli import main
 from metricattack.data.layouts import MAX_LABEL, load_dataset, parse_market_name
 from metricattack.errors import CheckpointError, DatasetError, MetricAttackError, WriteError
-from metricattack.io import atomic_dir, atomic_path, is_disk_full, sha256_file
+from metricattack.io import atomic_dir, atomic_path, current_umask, is_disk_full, sha256_file
 from metricattack.models.checkpoint import load_model, meta_path
 from metricattack.stages import read_stage_log
 
@@ -245,3 +245,23 @@ def test_torchrun_rank_0_never_starting_is_our_message_without_a_cpp_stack(tiny_
         f"metricattack evaluate: error: rank 1 of 2 could not reach the job's store at 127.0.0.1:{env['MASTER_PORT']}: "
         "rank 0 did not start or is unreachable (waited 2 s; set METRICATTACK_DIST_TIMEOUT to wait longer)"
     ]
+
+
+def test_an_artifact_gets_the_umask_mode_without_the_umask_being_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writer threads create files while another thread finishes an artifact: reading the umask by
+    setting it (``os.umask``) would give their files the wrong mode for a moment, so it is read from
+    ``/proc/self/status`` instead; the artifact still gets ``0o666 & ~umask``."""
+    previous = os.umask(0o027)
+    try:
+
+        def refuse(_mask: int) -> int:
+            raise AssertionError("the umask was changed to read it")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        assert current_umask() == 0o027
+        with atomic_path(tmp_path / "artifact.json") as tmp:
+            tmp.write_text("{}")
+        assert (tmp_path / "artifact.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)

@@ -66,6 +66,36 @@ def disk_full_error(path: str | os.PathLike[str]) -> WriteError:
     )
 
 
+def _umask_from_status() -> int | None:
+    """The process's umask from ``/proc/self/status`` (Linux), read without changing it; None elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _umask_by_setting() -> int:
+    """The umask read the only portable way: set it, then restore it. Between the two calls a file or
+    folder made by another thread gets mode bits from umask 0, so this runs only once, at import."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
+_UMASK_AT_IMPORT = _umask_by_setting() if _umask_from_status() is None else 0
+
+
+def current_umask() -> int:
+    """The process's umask (e.g. 0o022), read without a window where another thread's new files
+    would get other modes (the writer threads of ``metricattack.overlap`` create files meanwhile)."""
+    umask = _umask_from_status()
+    return _UMASK_AT_IMPORT if umask is None else umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
@@ -84,9 +114,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             yield tmp
             if tmp.exists():  # mkstemp creates 0600; give the artifact the usual umask-based mode
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(tmp, 0o666 & ~umask)
+                os.chmod(tmp, 0o666 & ~current_umask())
             os.replace(tmp, final)
         except Exception as exc:
             if is_disk_full(exc):
