@@ -57,6 +57,15 @@ with process_group(torch.device("cpu")):  # one group for the whole launch; main
             code = main(argv)
         with open(f"{name}.rank{os.environ['RANK']}.json", "w", encoding="utf-8") as f:
             json.dump({"code": code, "stdout": printed.getvalue()}, f)
+try:  # a second group in the same processes, as a script calling two commands one after the other makes
+    with process_group(torch.device("cpu")):
+        total = torch.tensor([float(os.environ["RANK"]) + 1.0])
+        torch.distributed.all_reduce(total)
+        second = {"sum": total.item()}
+except Exception as exc:
+    second = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+with open(f"second-group.rank{os.environ['RANK']}.json", "w", encoding="utf-8") as f:
+    json.dump(second, f)
 """
 
 
@@ -101,6 +110,12 @@ def sharded(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path_facto
     done = torchrun("sharded.py", str(tiny_model_checkpoint), str(tiny_dataset_root), json.dumps(commands), cwd=folder, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return folder
+
+
+def test_a_second_process_group_in_the_same_processes_works(sharded: Path) -> None:
+    """After the first group ends, a second one (the next command of a script) joins and all-reduces
+    (1 + 2 over the two ranks); it once read the first group's stale addresses and was refused."""
+    assert [json.loads((sharded / f"second-group.rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)] == [{"sum": 3.0}] * 2
 
 
 def sharded_run(sharded: Path, name: str) -> tuple[Path, list[str]]:

@@ -141,8 +141,11 @@ def process_group(device: torch.device) -> Iterator[None]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store = _joined_store(rank, world, join_timeout())
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
+    store, prefix = _joined_store(rank, world, join_timeout())
+    # the group's keys under this group's own prefix: a later group of the same job (a second command
+    # in one torchrun process) would otherwise read this one's stale addresses from the shared store
+    group_store = dist.PrefixStore(f"{prefix}/group", store)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", store=group_store, rank=rank, world_size=world)
     try:
         yield
     finally:
@@ -163,9 +166,10 @@ def join_timeout() -> float:
     return seconds
 
 
-def _joined_store(rank: int, world: int, timeout: float) -> dist.TCPStore:
-    """The job's key-value store once every rank has checked in; a clear error naming the ranks
-    that did not within ``timeout`` seconds (instead of the backend's 30-minute silent wait).
+def _joined_store(rank: int, world: int, timeout: float) -> tuple[dist.TCPStore, str]:
+    """The job's key-value store once every rank has checked in, and this join's key prefix (one per
+    group the process makes); a clear error naming the ranks that did not within ``timeout`` seconds
+    (instead of the backend's 30-minute silent wait).
 
     Under torchrun's agent the store already runs at ``MASTER_ADDR:MASTER_PORT`` and every rank
     is a client; launched by hand (``RANK``, ``WORLD_SIZE``, ``MASTER_*`` set), rank 0 hosts it.
@@ -194,7 +198,7 @@ def _joined_store(rank: int, world: int, timeout: float) -> dist.TCPStore:
             f"rank(s) {', '.join(map(str, missing))} of {world} did not join the job (rank {rank} on {socket.gethostname()} waited); "
             f"they failed to start or died early {hint}"
         )
-    return store
+    return store, prefix
 
 
 def _wait_until(deadline: float, ready: Callable[[], bool], pause: float = 0.05) -> bool:
