@@ -15,8 +15,11 @@ Steps of the model's (main) thread: ``read`` (the next batch from the reader thr
 with ``--workers 0``), ``attack`` (``perturb``: the I-FGSM forward + backward passes), ``features``
 (the adversarial features), ``hand over`` (``Background.submit``: queueing the write, waiting when the
 queue is full), ``drain`` (waiting for the last writes), ``other`` (the rest of the loop); of the
-reader and writer threads: ``decode`` (``read_image``) and ``write`` (a ``BatchWriter`` part: quantise, PNG,
-SHA-256, batch records). Numbers are per gallery image, summed over the rounds after a warm-up.
+reader and writer threads: ``decode`` (``read_image``; with workers, the call of a host process that decodes
+the batch: ``metricattack.overlap.on_host``) and ``write`` (a ``BatchWriter`` part: quantise, then PNG,
+SHA-256 and file writes, in a host process with workers; the batch records). A thread waiting for a host
+process is ``blocked``; the process's own CPU is not in these rows (it is another process). Numbers are per
+gallery image, summed over the rounds after a warm-up.
 
 Run (the tiny case costs a few CPU seconds per round)::
 
@@ -121,6 +124,7 @@ def instrument(recorder: Recorder) -> None:
     recorder.wrap(Background, "submit", "hand over")
     recorder.wrap(Background, "__exit__", "drain")
     recorder.wrap(loading, "read_image", "decode")
+    recorder.wrap(loading, "on_host", "decode")
     recorder.wrap(writer.BatchWriter, "_write_part", "write")
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 import metricattack
+from metricattack.attacks import writer
 from metricattack.attacks.ops import quantize
 from metricattack.cli import main
 from metricattack.data.layouts import MAX_LABEL, load_dataset, parse_market_name
@@ -40,20 +41,21 @@ def one_message(err: str) -> str:
     return err
 
 
-def fail_writes(monkeypatch: pytest.MonkeyPatch, owner: object, method: str, prefix: str) -> list[str]:
-    """Make ``owner.method`` raise OSError(ENOSPC) when it writes a temporary file named ``prefix*``
-    (the disk fills up there); returns the names it refused."""
-    original = getattr(owner, method)
+def fail_writes(monkeypatch: pytest.MonkeyPatch, prefix: str) -> list[str]:
+    """Make ``os.open`` raise OSError(ENOSPC) when it creates a temporary file named ``prefix*``
+    (the disk fills up there: ``atomic_write_bytes`` creates its temporary file with it); returns the
+    names it refused."""
+    original = os.open
     refused: list[str] = []
 
-    def write(self, target, *args, **kwargs):  # noqa: ANN001 - (self, path) of Path.write_bytes and Image.save
-        name = Path(target if isinstance(target, str | os.PathLike) else self).name
-        if name.startswith(prefix):
+    def create(path, flags, *args, **kwargs):  # noqa: ANN001 - os.open's signature
+        name = Path(path).name
+        if name.startswith(prefix) and flags & os.O_CREAT:
             refused.append(name)
             raise FULL
-        return original(self, target, *args, **kwargs)
+        return original(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(owner, method, write)
+    monkeypatch.setattr(os, "open", create)
     return refused
 
 
@@ -111,7 +113,7 @@ def test_full_disk_during_train_names_the_file_and_a_rerun_resumes(tiny_dataset_
     out = tmp_path / "run"
     argv = ["train", "--config", str(TRAIN_RECIPE), "--out", str(out), f"data.root={tiny_dataset_root}", "schedule.epochs=1"]
     with monkeypatch.context() as patch:
-        refused = fail_writes(patch, Path, "write_bytes", ".model.json.")  # the final model's sidecar, after the epoch was saved
+        refused = fail_writes(patch, ".model.json.")  # the final model's sidecar, after the epoch was saved
         assert main(argv) == 2
     err = one_message(capsys.readouterr().err)
     assert refused and f"could not write {out / 'model.json'}: no space left" in err and "resumes from the finished work" in err
@@ -129,7 +131,8 @@ def test_full_disk_during_attack_names_the_file_and_a_rerun_resumes(
     argv += ["--out", str(out), "--method", "fgsm", "--eps", "2", "--no-progress", "--batch-size", "16"]
     victim = sorted((tiny_dataset_root / "bounding_box_test").iterdir())[20].name
     with monkeypatch.context() as patch:
-        refused = fail_writes(patch, Path, "write_bytes", f".{victim}.")  # its PNG, written on a worker thread
+        patch.setattr(writer, "on_host", lambda workers, function, *args: function(*args))  # the PNGs in the threads, not in host processes
+        refused = fail_writes(patch, f".{victim}.")  # its PNG, written on a worker thread
         assert main(argv) == 2
     err = one_message(capsys.readouterr().err)
     assert refused and f"could not write {out / 'bounding_box_test' / victim}: no space left" in err and "resumes" in err
@@ -151,7 +154,7 @@ def test_full_disk_during_benchmark_names_the_file_and_a_rerun_resumes(
     out = tmp_path / "run"
     argv = ["benchmark", "--config", str(config), "--out", str(out), "--no-progress"]
     with monkeypatch.context() as patch:
-        refused = fail_writes(patch, Path, "write_bytes", ".results.json.")
+        refused = fail_writes(patch, ".results.json.")
         assert main(argv) == 2
     err = one_message(capsys.readouterr().err)
     assert refused and f"could not write {out / 'results.json'}: no space left" in err and "resumes" in err

@@ -1,10 +1,14 @@
 """Host work overlapped with the model (:mod:`metricattack.overlap`, issue #25): results in order and
-unchanged, a worker's exception raised unchanged in the caller, no thread left behind, no hang. The
+unchanged, a worker's exception raised unchanged in the caller, no thread left behind, no hang; the
+host processes kept, at the lowest priority, without torch, a dead one reported. The
 export's bytes with and without overlap: ``tests/test_attack_export.py``."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -12,12 +16,13 @@ import pytest
 import torch
 
 from metricattack.attacks.engine import interleave
+from metricattack.data.imagefiles import decode_batch
 from metricattack.data.loading import save_png
 from metricattack.data.types import ImageRecord
-from metricattack.errors import DatasetError, WriteError
+from metricattack.errors import DatasetError, MetricAttackError, WriteError
 from metricattack.evaluation.features import extract_features
 from metricattack.models.reid import ReIDModel
-from metricattack.overlap import READ_AHEAD, Background, prefetch
+from metricattack.overlap import HOST_NICE, READ_AHEAD, Background, on_host, prefetch
 
 WAIT = 60.0  # seconds a liveness check waits before it fails (never reached when the code is right)
 
@@ -156,3 +161,39 @@ def test_features_and_errors_are_the_same_with_and_without_overlap(tmp_path: Pat
             extract_features(model, records, batch_size=3, progress=False, workers=workers)
         messages.append(str(info.value))
     assert messages[0] == messages[1] and worker_threads() == []
+
+
+def test_host_processes_are_kept_run_at_the_lowest_priority_and_never_import_torch(tmp_path: Path) -> None:
+    path = tmp_path / "0001_c1s1_000001_00.png"
+    save_png(torch.rand(3, 8, 4, generator=torch.Generator().manual_seed(0)), path)
+    pixels = on_host(2, decode_batch, [path])  # a call runs in a host process, which stays for the next
+    assert pixels.tolist() == decode_batch([path]).tolist()
+    pid = on_host(2, os.getpid)
+    assert pid != os.getpid() and on_host(2, os.getpid) == pid
+    assert on_host(2, os.nice, 0) == min(os.nice(0) + HOST_NICE, 19)
+    assert on_host(2, eval, "'torch' in __import__('sys').modules") is False
+    assert on_host(0, os.getpid) == os.getpid()  # no workers: in this thread
+
+
+def test_a_host_process_that_dies_is_reported_and_the_next_call_gets_a_new_one() -> None:
+    first = on_host(2, os.getpid)
+    with pytest.raises(MetricAttackError, match="host worker process died while running _exit .*run the same command again"):
+        on_host(2, os._exit, 3)
+    assert on_host(2, os.getpid) not in (first, os.getpid())
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_host_processes(tmp_path: Path) -> None:
+    """multiprocessing's spawn would re-run this script's top level in every child (and fail there)."""
+    (tmp_path / "unguarded.py").write_text(
+        "import os\n"
+        "from metricattack.data.imagefiles import write_pngs\n"
+        "from metricattack.overlap import on_host\n"
+        "import numpy as np\n"
+        "with open('runs.txt', 'a') as log:\n"
+        "    log.write(f'{os.getpid()}\\n')\n"
+        "print(on_host(2, write_pngs, '.', ['a.png'], np.zeros((1, 4, 2, 3), np.uint8)))\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, "unguarded.py"], cwd=tmp_path, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert "'a.png'" in done.stdout and len((tmp_path / "runs.txt").read_text().split()) == 1 and (tmp_path / "a.png").is_file()

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import sys
 import tempfile
@@ -232,9 +233,34 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data`` to ``path`` atomically, as :func:`atomic_path` does (a temporary sibling held
+    with ``flock``, renamed onto ``path``; a full disk is a :class:`~metricattack.errors.WriteError`),
+    in fewer system calls: the temporary file is written through the descriptor that created it, and
+    gets its mode from the kernel (``0o666`` less the umask), so no ``chmod`` (the attack export
+    writes a few hundred thousand files this way)."""
+    final = os.fspath(path)
+    folder, name = os.path.split(final)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp, fd = "", -1
+    try:
+        while fd < 0:
+            tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+            with contextlib.suppress(FileExistsError):  # another writer drew the same name: draw again
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with open(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+        os.replace(tmp, final)
+    except BaseException as exc:
+        if fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise disk_full_error(final) from None
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

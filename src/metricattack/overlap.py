@@ -1,4 +1,4 @@
-"""Host work overlapped with the model: read the next batch and write the previous one on threads.
+"""Host work overlapped with the model: read the next batch and write the previous one meanwhile.
 
 An attack export spends host time per image on decoding the source, encoding the PNG, hashing
 it and writing it (2.2 ms per Market-1501 image here, ``benchmarks/RESULTS.md``); done between
@@ -8,23 +8,35 @@ writes of finished items while the caller computes the next one. ``workers=0`` r
 in the caller's thread, in the unpipelined order (the reference the tests and
 ``benchmarks/bench_export_pipeline.py`` compare with).
 
-Threads, not processes: Pillow's decoders and encoders, ``hashlib``, file writes and torch's
-kernels release the GIL, so the host work and the model run at the same time; a worker's
-exception reaches the caller unchanged (same type, same one-line message: a
-:class:`~metricattack.errors.WriteError` naming the file stays that error), where a DataLoader
-worker process wraps it in another text; and nothing is started per call (a process start per
-feature extraction would cost more than a small split's decoding). Results never depend on the
-number of workers: the work items are the same, only their timing changes.
+Both run their jobs on threads, and the jobs hand the image files' work to host processes
+(:func:`on_host`): Pillow's decoder and encoder release the GIL, but the Python code around them
+and the atomic writes' bookkeeping hold it ~70 % of their time, which made the model's thread wait
+(measured, ``benchmarks/RESULTS.md``); the processes run at the lowest priority (:data:`HOST_NICE`),
+so where they and the model want the same core, the model gets it. A job's exception reaches the
+caller unchanged (same type, same one-line message: a :class:`~metricattack.errors.WriteError` naming the file stays that error),
+and nothing is started per call (the threads are cheap, the processes are kept). Results never
+depend on the number of workers: the work items are the same, only their timing and place change.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
+import contextlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import TypeVar
+from typing import IO, Any, TypeVar, cast
+
+from .errors import MetricAttackError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -124,3 +136,130 @@ class Background:
             self._pending.clear()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+
+
+HOST_NICE = 19
+"""Niceness the host processes add to their own (the lowest priority): where they and the model's
+threads want the same core, the model runs (measured: at nice 0 the model's thread waited 0.25–0.37 ms
+per image for a core, benchmarks/RESULTS.md); they get every core the model leaves idle."""
+
+
+class HostProcess:
+    """A worker process for host work (:func:`on_host`): a fresh interpreter running :func:`serve`,
+    which imports only the modules of the functions it is sent (for :mod:`metricattack.data.imagefiles`:
+    NumPy and Pillow, no torch). Calls go one at a time, pickled over its stdin and stdout; it ends when
+    its stdin closes (:meth:`close`, or this process exited or was killed)."""
+
+    def __init__(self) -> None:
+        boot = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from metricattack.overlap import serve; serve()"
+        command = [sys.executable, "-c", boot, json.dumps(sys.path)]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def call(self, function: Callable[..., R], args: tuple[Any, ...]) -> R:
+        """``function(*args)`` in the process; its exception raised here; EOFError when the process died."""
+        requests, replies = cast(IO[bytes], self._process.stdin), cast(IO[bytes], self._process.stdout)
+        try:
+            pickle.dump((function, args), requests, protocol=pickle.HIGHEST_PROTOCOL)
+            requests.flush()
+        except BrokenPipeError:
+            raise EOFError(f"host process {self._process.pid} is gone") from None
+        ok, value = pickle.load(replies)
+        if ok:
+            return cast(R, value)
+        raise value
+
+    def close(self) -> None:
+        """End the process (a call in progress finishes first) and wait for it."""
+        with contextlib.suppress(OSError):
+            cast(IO[bytes], self._process.stdin).close()
+        self._process.wait()
+
+
+def serve() -> None:
+    """A :class:`HostProcess`'s loop: read ``(function, args)`` from stdin, write ``(True, result)`` or
+    ``(False, exception)`` to stdout, until stdin closes. Runs at :data:`HOST_NICE`; Ctrl-C is left to
+    the parent (a call in progress finishes); what the functions print goes to stderr."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(HOST_NICE)
+    requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    while True:
+        try:
+            function, args = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            reply: tuple[bool, Any] = (True, function(*args))
+        except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
+            reply = (False, exc)
+        try:
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as its text
+            data = pickle.dumps((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
+        replies.write(data)
+        replies.flush()
+
+
+_idle: list[HostProcess] = []
+_idle_lock = threading.Lock()
+
+
+def on_host(workers: int, function: Callable[..., R], *args: Any) -> R:
+    """``function(*args)``: in a :class:`HostProcess` (``workers`` > 0), else in this thread.
+
+    Called from the worker threads of :func:`prefetch` and :class:`Background`, which wait for the
+    process without holding the GIL while it does the GIL-bound Python work (Pillow's code around its
+    encoder and decoder, the atomic writes' bookkeeping), so the model's thread never waits for them.
+    The processes are kept between calls (one per concurrent caller) until this process exits.
+    ``function`` must be importable by name without torch, its arguments and result picklable. Its
+    exception is raised here with the same type and message; a process that died (killed, out of
+    memory) raises a :class:`~metricattack.errors.MetricAttackError`.
+
+    Processes started fresh (``subprocess``), not by ``multiprocessing``: its ``spawn`` and
+    ``forkserver`` children re-run the caller's main script (a script without a ``__main__`` guard
+    would run again in each), and forking a process that runs threads (torch's, these) is unsafe.
+    """
+    if check_workers(workers) == 0:
+        return function(*args)
+    with _idle_lock:
+        process = _idle.pop() if _idle else None
+    if process is None:
+        process = HostProcess()
+    try:
+        result = process.call(function, args)
+    except (EOFError, pickle.UnpicklingError):
+        process.close()
+        raise MetricAttackError(
+            f"a host worker process died while running {getattr(function, '__name__', function)} (killed? out of memory?); "
+            "run the same command again: it resumes from the finished work"
+        ) from None
+    except BaseException:
+        _give_back(process)
+        raise
+    _give_back(process)
+    return result
+
+
+def _give_back(process: HostProcess) -> None:
+    with _idle_lock:
+        _idle.append(process)
+
+
+def _forget_inherited() -> None:
+    """In a child forked from this process: the host processes (and their pipes) are the parent's."""
+    global _idle_lock
+    _idle_lock = threading.Lock()  # another thread may have held it at the fork
+    _inherited.extend(_idle)  # kept referenced: collecting them would wait for the parent's processes
+    _idle.clear()
+
+
+_inherited: list[HostProcess] = []
+os.register_at_fork(after_in_child=_forget_inherited)
+
+
+@atexit.register
+def _close_host_processes() -> None:
+    with _idle_lock:
+        processes, _idle[:] = _idle[:], []
+    for process in processes:
+        process.close()

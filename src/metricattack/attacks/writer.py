@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -48,13 +47,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data.loading import png_bytes, read_image
+from ..data.imagefiles import write_pngs
+from ..data.loading import read_image
 from ..data.types import SPLITS, ImageRecord, ReIDDataset
 from ..distributed import barrier, is_main_process, rank_and_world
 from ..errors import MetricAttackError
-from ..io import atomic_path, atomic_write_bytes, atomic_write_json, copy_file, environment_versions, sha256_file
+from ..io import atomic_path, atomic_write_json, copy_file, environment_versions, sha256_file
 from ..outputs import check_output_folder
-from ..overlap import DEFAULT_WORKERS, WRITE_QUEUE, Background
+from ..overlap import DEFAULT_WORKERS, WRITE_QUEUE, Background, on_host
 from ..progress import Progress
 from .engine import AttackedBatch, AttackPlan, FeatureModel, attack_batches
 from .ops import linf_255, quantize
@@ -147,9 +147,18 @@ class BatchWriter:
     """
 
     def __init__(
-        self, out: Path, batch: AttackedBatch, records: Sequence[ImageRecord], root: Path, eps: float, file_names: str, parts: int
+        self,
+        out: Path,
+        batch: AttackedBatch,
+        records: Sequence[ImageRecord],
+        root: Path,
+        eps: float,
+        file_names: str,
+        parts: int,
+        processes: int = 0,
     ) -> None:
         self.out, self.batch, self.records, self.root, self.eps, self.file_names = out, batch, records, root, eps, file_names
+        self.processes = processes
         count = len(batch.indices)
         self.parts = [range(count * k // parts, count * (k + 1) // parts) for k in range(parts)]
         self.files: dict[str, str] = {}
@@ -163,12 +172,10 @@ class BatchWriter:
         batch = self.batch
         share = slice(part.start, part.stop)
         pixels = quantize(batch.adversarial[share], batch.clean[share], self.eps).cpu().permute(0, 2, 3, 1).contiguous().numpy()
-        for i, index in enumerate(batch.indices[share].tolist()):
-            rel = output_name(relative(self.records[index], self.root), True, self.file_names)
-            data = png_bytes(pixels[i])
-            atomic_write_bytes(self.out / rel, data)
-            self.files[rel.as_posix()] = hashlib.sha256(data).hexdigest()
+        names = [output_name(relative(self.records[i], self.root), True, self.file_names).as_posix() for i in batch.indices[share].tolist()]
+        checksums = on_host(self.processes, write_pngs, self.out, names, pixels)
         with self._lock:
+            self.files.update(checksums)
             self._remaining -= 1
             last = self._remaining == 0
         if last:
@@ -217,7 +224,7 @@ def write_attack(
     with bar, Background(workers, depth=WRITE_QUEUE * parts) as background, closing(iter(batches)) as stream:
         for batch in stream:
             on_cpu = dataclasses.replace(batch, clean=batch.clean.cpu(), adversarial=batch.adversarial.cpu())  # no device memory queued
-            *first, last = BatchWriter(out, on_cpu, plan.records, root, spec.eps, file_names, parts).jobs()
+            *first, last = BatchWriter(out, on_cpu, plan.records, root, spec.eps, file_names, parts, workers).jobs()
             for job in first:
                 background.submit(job)
             # ``then`` runs after its job and every job before it, so after the batch's records are written

@@ -6,20 +6,18 @@ the 1/255 grid, so ``read_image(save_png(x))`` returns ``round(x * 255) / 255`` 
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from collections.abc import Generator, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..distributed import shard_indices
 from ..errors import ConfigError, DatasetError
 from ..io import atomic_write_bytes
-from ..overlap import DEFAULT_WORKERS, prefetch
+from ..overlap import DEFAULT_WORKERS, on_host, prefetch
+from .imagefiles import decode_batch, decode_rgb, open_image, png_bytes
 from .types import ImageRecord
 
 PathLike = str | os.PathLike[str]
@@ -28,54 +26,24 @@ PathLike = str | os.PathLike[str]
 def read_image(path: PathLike) -> torch.Tensor:
     """Decode ``path`` to an RGB float32 tensor ``[3,H,W]`` in [0,1], on the 1/255 grid.
 
-    16-bit images (grayscale PNG ``I;16``) are read at 8-bit precision (``round(v / 257)``), like
-    every other image. Raises :class:`DatasetError` naming the file when it is missing, not an
-    image, truncated (PIL's ``LOAD_TRUNCATED_IMAGES`` is forced off while decoding), of a pixel
-    type with no display range (32-bit integer or float), or larger than PIL's decompression-bomb
-    limit (:func:`image_size`).
+    The pixels of :func:`~metricattack.data.imagefiles.decode_rgb` (16-bit images at 8-bit
+    precision; a :class:`DatasetError` naming the file when it is missing, not an image, truncated,
+    of 32-bit pixels or a decompression bomb).
     """
-    allow_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with _open(path) as img:
-            img.load()
-            array = _rgb_array(img, path)
-    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
-        raise DatasetError(f"cannot read image {os.fspath(path)}: {exc} (expected a complete JPEG or PNG file)") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
-    return torch.from_numpy(array).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    return to_tensor(decode_rgb(path))
 
 
-def _open(path: PathLike) -> Image.Image:
-    """``Image.open`` with PIL's decompression-bomb warning and error turned into one :class:`DatasetError`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DatasetError(
-            f"image {os.fspath(path)} is larger than the {Image.MAX_IMAGE_PIXELS:,} pixels this tool decodes "
-            "(a decompression bomb?); expected a person crop (Market-1501: 128x64)"
-        ) from None
-
-
-def _rgb_array(img: Image.Image, path: PathLike) -> np.ndarray:
-    """``[H,W,3]`` uint8 RGB pixels of an opened image (16-bit grayscale scaled to 8 bits)."""
-    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):  # PNG holds at most 16 bits
-        gray = np.rint(np.asarray(img, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if img.mode in ("I", "F"):
-        raise DatasetError(
-            f"cannot read image {os.fspath(path)}: {img.mode!r} pixels (32-bit) have no display range; expected 8- or 16-bit"
-        )
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """``[..., H, W, 3]`` uint8 pixels as float32 ``[..., 3, H, W]`` in [0,1] (``v / 255``; a view of the
+    pixels' memory order, channels last)."""
+    tensor = torch.from_numpy(pixels)
+    return tensor.permute(*range(tensor.ndim - 3), -1, -3, -2).to(torch.float32).div_(255.0)
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
     """``(H, W)`` of the image at ``path``, read from the file header only."""
     try:
-        with _open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise DatasetError(f"cannot read image header of {os.fspath(path)}: {exc} (expected a JPEG or PNG file)") from None
@@ -93,13 +61,6 @@ def save_png(image: torch.Tensor, path: PathLike) -> None:
         raise ValueError(f"save_png: image for {os.fspath(path)} contains NaN or infinite values")
     pixels = image.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
     atomic_write_bytes(path, png_bytes(pixels.permute(1, 2, 0).contiguous().numpy()))
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """The PNG file (lossless, 8-bit RGB) of ``pixels`` ``[H,W,3]`` uint8, as Pillow encodes it."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class RecordImages(Dataset[tuple[torch.Tensor, int]]):
@@ -225,7 +186,11 @@ def read_batches(
     batches = [list(batch) for batch in sampler]
 
     def load(number: int) -> torch.Tensor:
-        images = torch.stack([dataset[i][0] for i in batches[number]])
+        if workers and isinstance(dataset, RecordImages):  # decoded in a host process; the same values as read_image
+            paths = [dataset.records[i].path for i in batches[number]]
+            images = to_tensor(on_host(workers, decode_batch, paths)).contiguous()
+        else:
+            images = torch.stack([dataset[i][0] for i in batches[number]])
         return images.pin_memory() if pin_memory else images
 
     for number, images in prefetch(range(len(batches)) if numbers is None else numbers, load, workers):
