@@ -163,12 +163,12 @@ def test_features_and_errors_are_the_same_with_and_without_overlap(tmp_path: Pat
     assert messages[0] == messages[1] and worker_threads() == []
 
 
-def test_host_processes_are_kept_run_at_the_lowest_priority_and_never_import_torch(tmp_path: Path) -> None:
+def test_host_processes_are_kept_run_at_the_lowest_priority_and_never_import_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "0001_c1s1_000001_00.png"
     save_png(torch.rand(3, 8, 4, generator=torch.Generator().manual_seed(0)), path)
-    pixels = on_host(2, decode_batch, [path])  # a call runs in a host process, which stays for the next
-    assert pixels.tolist() == decode_batch([path]).tolist()
-    pid = on_host(2, os.getpid)
+    pid = on_host(2, os.getpid)  # a call runs in a host process, which stays for the next
+    monkeypatch.chdir(tmp_path)  # after the process started: a relative path still names the caller's file
+    assert on_host(2, decode_batch, [path.name]).tolist() == decode_batch([path]).tolist()
     assert pid != os.getpid() and on_host(2, os.getpid) == pid
     assert on_host(2, os.nice, 0) == min(os.nice(0) + HOST_NICE, 19)
     assert on_host(2, eval, "'torch' in __import__('sys').modules") is False

@@ -156,10 +156,11 @@ class HostProcess:
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def call(self, function: Callable[..., R], args: tuple[Any, ...]) -> R:
-        """``function(*args)`` in the process; its exception raised here; EOFError when the process died."""
+        """``function(*args)`` in the process, in this process's current folder; its exception raised
+        here; EOFError when the process died."""
         requests, replies = cast(IO[bytes], self._process.stdin), cast(IO[bytes], self._process.stdout)
         try:
-            pickle.dump((function, args), requests, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((os.getcwd(), function, args), requests, protocol=pickle.HIGHEST_PROTOCOL)
             requests.flush()
         except BrokenPipeError:
             raise EOFError(f"host process {self._process.pid} is gone") from None
@@ -176,7 +177,7 @@ class HostProcess:
 
 
 def serve() -> None:
-    """A :class:`HostProcess`'s loop: read ``(function, args)`` from stdin, write ``(True, result)`` or
+    """A :class:`HostProcess`'s loop: read ``(folder, function, args)`` from stdin, write ``(True, result)`` or
     ``(False, exception)`` to stdout, until stdin closes. Runs at :data:`HOST_NICE`; Ctrl-C is left to
     the parent (a call in progress finishes); what the functions print goes to stderr."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -185,10 +186,11 @@ def serve() -> None:
     os.dup2(2, 1)
     while True:
         try:
-            function, args = pickle.load(requests)
+            folder, function, args = pickle.load(requests)
         except EOFError:
             return
         try:
+            os.chdir(folder)  # relative paths name what they name in the caller
             reply: tuple[bool, Any] = (True, function(*args))
         except Exception as exc:  # noqa: BLE001 - every error goes back to the caller
             reply = (False, exc)
