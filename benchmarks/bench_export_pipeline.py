@@ -7,9 +7,11 @@ For each case (a model attacking a synthetic gallery), rounds interleaved, each 
   written: per batch with an attacked image, the attack (``perturb``: I-FGSM's forward+backward
   passes) and the forward pass for the adversarial features, as ``attacks.engine.AttackBatches`` does;
 * ``unpipelined``: ``attacks.writer.write_attack(workers=0)``, the export's loop: read, attack,
-  write (PNG, SHA-256, batch records) in turn, in one thread;
+  write (PNG, SHA-256, batch records) in turn, in one thread, into a new folder (the previous
+  round's deleted before the clock starts);
 * ``pipelined``: the same with ``--workers`` host threads (the default of ``metricattack attack``):
-  the next batches decoded and the previous ones written while the model attacks.
+  the next batches decoded and the previous ones written (in host processes:
+  ``metricattack.overlap.on_host``) while the model attacks.
 
 Printed per case: median seconds per round, images/s ratios against ``bare`` (median of the
 per-round ratios), the host work per gallery image (unpipelined − bare), and whether the
@@ -107,7 +109,6 @@ def measure(
 
     def export(threads: int, folder: Path) -> Callable[[], None]:
         def run() -> None:
-            shutil.rmtree(folder, ignore_errors=True)
             writer.write_attack(
                 folder,
                 plan,
@@ -130,6 +131,8 @@ def measure(
     names = list(modes)
     for r in range(rounds):
         for mode in names[r % 3 :] + names[: r % 3]:  # each mode in each position once per three rounds
+            if mode in folders:
+                shutil.rmtree(folders[mode], ignore_errors=True)  # the previous round's output, deleted before the clock starts
             start = time.perf_counter()
             modes[mode]()
             times[mode].append(time.perf_counter() - start)

@@ -89,6 +89,19 @@ def test_unreadable_and_missing_images(tmp_path: Path) -> None:
         image_size(tmp_path / "x.jpg")
     with pytest.raises(DatasetError, match=r"cannot read image .*missing\.png"):
         read_image(tmp_path / "missing.png")
+    with pytest.raises(DatasetError, match=r"cannot read image header of .*missing\.png: .*No such file"):
+        image_size(tmp_path / "missing.png")
+
+
+def test_image_size_reads_a_replaced_or_rewritten_file_again(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    save_png(torch.zeros(3, 8, 4), path)
+    assert image_size(path) == (8, 4)
+    save_png(torch.zeros(3, 6, 2), path)  # replaced (a new file)
+    assert image_size(path) == (6, 2)
+    with path.open("r+b") as file:  # rewritten in place: the same inode
+        Image.new("RGB", (5, 7)).save(file, format="PNG")
+    assert image_size(path) == (7, 5)
 
 
 def test_save_png_round_trip_on_the_grid(tmp_path: Path) -> None:

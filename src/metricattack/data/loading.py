@@ -6,6 +6,7 @@ the 1/255 grid, so ``read_image(save_png(x))`` returns ``round(x * 255) / 255`` 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
 
@@ -41,12 +42,27 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
-    """``(H, W)`` of the image at ``path``, read from the file header only."""
+    """``(H, W)`` of the image at ``path``, read from the file header only.
+
+    Remembered per file version (device, inode, size, modification time), so the batching of a
+    split whose images were read before (clean features, then the attack) costs a ``stat`` per image
+    instead of parsing its header; a replaced or rewritten file is read again.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise DatasetError(f"cannot read image header of {os.fspath(path)}: {exc} (expected a JPEG or PNG file)") from None
+    return _header_size(os.fspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _header_size(path: str, device: int, inode: int, size: int, modified_ns: int) -> tuple[int, int]:
+    """``(H, W)`` from the header of ``path`` (one version of it: the other arguments are the cache key)."""
     try:
         with open_image(path) as img:
             width, height = img.size
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
-        raise DatasetError(f"cannot read image header of {os.fspath(path)}: {exc} (expected a JPEG or PNG file)") from None
+        raise DatasetError(f"cannot read image header of {path}: {exc} (expected a JPEG or PNG file)") from None
     return height, width
 
 
@@ -174,8 +190,9 @@ def read_batches(
     """The batches ``numbers`` of ``loader`` (:func:`make_loader`; default: all, in order) as
     ``(number, indices, images [B,3,H,W])``.
 
-    Images are decoded on ``workers`` threads ahead of the consumer
-    (:func:`metricattack.overlap.prefetch`; 0: in this thread, when the batch is reached), so the
+    Images are decoded on ``workers`` threads ahead of the consumer, each handing the files to a host
+    process (:func:`metricattack.overlap.prefetch`, :func:`~metricattack.overlap.on_host`; 0: in
+    this thread, when the batch is reached), so the
     next batches are read while the model computes on this one; the images are those of iterating
     ``loader`` itself, bit for bit. ``pin_memory``: images in page-locked memory, for a GPU copy
     with ``non_blocking=True``. A file that cannot be read raises its :class:`DatasetError` when
@@ -186,7 +203,7 @@ def read_batches(
     batches = [list(batch) for batch in sampler]
 
     def load(number: int) -> torch.Tensor:
-        if workers and isinstance(dataset, RecordImages):  # decoded in a host process; the same values as read_image
+        if workers and isinstance(dataset, RecordImages):  # decoded in host processes; the same values as read_image
             paths = [dataset.records[i].path for i in batches[number]]
             images = to_tensor(on_host(workers, decode_batch, paths)).contiguous()
         else:
