@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="host threads of the pipelined export")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="host threads (and processes) of the pipelined export")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--image", default="64x32", help="synthetic image size HxW (the quickstart's: 64x32; Market-1501's: 128x64)")
     args = parser.parse_args()

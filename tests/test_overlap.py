@@ -22,7 +22,7 @@ from metricattack.data.types import ImageRecord
 from metricattack.errors import DatasetError, MetricAttackError, WriteError
 from metricattack.evaluation.features import extract_features
 from metricattack.models.reid import ReIDModel
-from metricattack.overlap import HOST_NICE, READ_AHEAD, Background, on_host, prefetch
+from metricattack.overlap import HOST_NICE, READ_AHEAD, Background, HostProcess, on_host, prefetch
 
 WAIT = 60.0  # seconds a liveness check waits before it fails (never reached when the code is right)
 
@@ -173,6 +173,18 @@ def test_host_processes_are_kept_run_at_the_lowest_priority_and_never_import_tor
     assert on_host(2, os.nice, 0) == min(os.nice(0) + HOST_NICE, 19)
     assert on_host(2, eval, "'torch' in __import__('sys').modules") is False
     assert on_host(0, os.getpid) == os.getpid()  # no workers: in this thread
+
+
+def test_a_host_process_started_in_a_folder_imports_none_of_its_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("json", "signal", "pickle"):  # what the process imports while it boots
+        (tmp_path / f"{name}.py").write_text(f"open({str(tmp_path / 'MARKER')!r}, 'w').write({name!r})\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    process = HostProcess()
+    try:
+        assert process.call(os.getcwd, ()) == str(tmp_path)
+    finally:
+        process.close()
+    assert not (tmp_path / "MARKER").exists()
 
 
 def test_a_host_process_that_dies_is_reported_and_the_next_call_gets_a_new_one() -> None:

@@ -92,7 +92,7 @@ _UMASK_AT_IMPORT = _umask_by_setting() if _umask_from_status() is None else 0
 
 def current_umask() -> int:
     """The process's umask (e.g. 0o022), read without a window where another thread's new files
-    would get other modes (the writer threads of ``metricattack.overlap`` create files meanwhile)."""
+    would get other modes (the writer threads of ``metricattack.overlap`` may create files meanwhile)."""
     umask = _umask_from_status()
     return _UMASK_AT_IMPORT if umask is None else umask
 

@@ -147,12 +147,13 @@ per image for a core, benchmarks/RESULTS.md); they get every core the model leav
 class HostProcess:
     """A worker process for host work (:func:`on_host`): a fresh interpreter running :func:`serve`,
     which imports only the modules of the functions it is sent (for :mod:`metricattack.data.imagefiles`:
-    NumPy and Pillow, no torch). Calls go one at a time, pickled over its stdin and stdout; it ends when
+    NumPy and Pillow, no torch), from this process's ``sys.path`` (started isolated, ``-I``: a
+    ``json.py`` in the current folder is not imported while it boots). Calls go one at a time, pickled over its stdin and stdout; it ends when
     its stdin closes (:meth:`close`, or this process exited or was killed)."""
 
     def __init__(self) -> None:
         boot = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from metricattack.overlap import serve; serve()"
-        command = [sys.executable, "-c", boot, json.dumps(sys.path)]
+        command = [sys.executable, "-I", "-c", boot, json.dumps(sys.path)]  # -I: no module of the current folder before sys.path is set
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def call(self, function: Callable[..., R], args: tuple[Any, ...]) -> R:

@@ -98,8 +98,9 @@ def export_attack(
         compute: precision and GPU switches of every model call (:mod:`metricattack.compute`; default:
             the active one, fp32 outside a run that activated another); recorded in the run identity when not the default, and always in the results.
         workers: host threads (:mod:`metricattack.overlap`) that decode the next batches and write
-            the previous ones (PNG, SHA-256, records) while the model attacks this one; 0: one
-            thread, read → attack → write in turn. The output is the same byte for byte.
+            the previous ones (PNG, SHA-256, records; the image files' work in host processes)
+            while the model attacks this one; 0: one thread, read → attack → write in turn. The
+            output is the same byte for byte.
 
     Returns the content of ``attack_results.json`` (also written, by rank 0).
     """

@@ -139,7 +139,9 @@ class BatchWriter:
     writing of the model's last batch, which overlaps with nothing, is shared between the writer threads.
 
     Each part quantises its share of the images (:func:`~.ops.quantize`: per pixel, so the bytes do
-    not depend on ``parts``), encodes it as PNG, hashes and writes it (atomically); the part that
+    not depend on ``parts``), encodes it as PNG, hashes and writes it (atomically;
+    :func:`~metricattack.data.imagefiles.write_pngs`, in a host process when ``processes`` > 0:
+    :func:`~metricattack.overlap.on_host`); the part that
     finishes last writes the tensor record (indices, in-memory features and L∞, call counts), then
     the JSON record with every file's SHA-256, last and atomically: the batch counts as done. A part
     that fails leaves the batch without records (redone on resumption). Tensor and host work only,
@@ -211,7 +213,8 @@ def write_attack(
 
     With ``workers`` > 0 the next batches are decoded, and the previous ones quantised, encoded, hashed
     and written (each in ``workers`` parts), on that many threads each while the model attacks this one
-    (:mod:`metricattack.overlap`); the model's thread only hands the batches over;
+    (:mod:`metricattack.overlap`; the decoding, encoding, hashing and writing in host processes); the
+    model's thread only hands the batches over;
     0: read, attack and write in turn in this thread. The files are the same byte for byte.
     ``on_batch(number)`` runs after each batch is completely written; on any error the batches
     being written are finished (complete, atomic) before it is raised, unchanged.
