@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import pkgutil
 import sys
 import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import __version__, commands
@@ -167,7 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         line_seconds()  # a bad $METRICATTACK_PROGRESS_SECONDS stops here, before any work
         # bars are information too; for this run only (a notebook or a test calls main() again)
-        with allowing(args.allow_modules), bars_allowed(not args.no_progress and args.log_level in ("debug", "info")):
+        with (
+            allowing(args.allow_modules),
+            bars_allowed(not args.no_progress and args.log_level in ("debug", "info")),
+            _every_warning_reaches_the_run(),
+        ):
             return int(_run(args) or 0)
     except MetricAttackError as exc:
         print(f"metricattack {args.command}: error: {exc}", file=sys.stderr)
@@ -180,6 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"metricattack {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _every_warning_reaches_the_run() -> Iterator[None]:
+    """This package's warnings pass Python's filter every time during a run (:func:`_show_warning` shows
+    each once per run): its default keeps, per code location, the texts already shown in this process, so
+    a second run in one process (a notebook, a test) would hide a warning the first run showed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MetricAttackWarning)
+        warnings.showwarning = _show_warning
+        yield
 
 
 _PYTHON_SHOWWARNING = warnings.showwarning
