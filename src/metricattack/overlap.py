@@ -139,21 +139,31 @@ class Background:
 
 
 HOST_NICE = 19
-"""Niceness the host processes add to their own (the lowest priority): where they and the model's
-threads want the same core, the model runs (measured: at nice 0 the model's thread waited 0.25–0.37 ms
-per image for a core, benchmarks/RESULTS.md); they get every core the model leaves idle."""
+"""Niceness the host processes add to this process's (19: the lowest priority): where they and the model's
+threads want the same core, the model runs (at 0 the model's thread waited 0.25–0.37 ms per image for a
+core, ``benchmarks/RESULTS.md``); they get every core the model leaves idle. On a machine whose cores
+other jobs keep busy they wait for those jobs too: set a lower value before the first host process starts
+(or ``workers=0``)."""
 
 
 class HostProcess:
     """A worker process for host work (:func:`on_host`): a fresh interpreter running :func:`serve`,
     which imports only the modules of the functions it is sent (for :mod:`metricattack.data.imagefiles`:
     NumPy and Pillow, no torch), from this process's ``sys.path`` (started isolated, ``-I``: a
-    ``json.py`` in the current folder is not imported while it boots). Calls go one at a time, pickled over its stdin and stdout; it ends when
-    its stdin closes (:meth:`close`, or this process exited or was killed)."""
+    ``json.py`` in the current folder is not imported while it boots), at :data:`HOST_NICE`. Calls go
+    one at a time, pickled over its stdin and stdout; it ends when its stdin closes (:meth:`close`, or
+    this process exited or was killed)."""
 
     def __init__(self) -> None:
-        boot = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from metricattack.overlap import serve; serve()"
-        command = [sys.executable, "-I", "-c", boot, json.dumps(sys.path)]  # -I: no module of the current folder before sys.path is set
+        boot = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from metricattack.overlap import serve; serve(int(sys.argv[2]))"
+        command = [
+            sys.executable,
+            "-I",
+            "-c",
+            boot,
+            json.dumps(sys.path),
+            str(HOST_NICE),
+        ]  # -I: no module of the current folder before sys.path is set
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def call(self, function: Callable[..., R], args: tuple[Any, ...]) -> R:
@@ -177,12 +187,12 @@ class HostProcess:
         self._process.wait()
 
 
-def serve() -> None:
+def serve(nice: int = HOST_NICE) -> None:
     """A :class:`HostProcess`'s loop: read ``(folder, function, args)`` from stdin, write ``(True, result)`` or
-    ``(False, exception)`` to stdout, until stdin closes. Runs at :data:`HOST_NICE`; Ctrl-C is left to
+    ``(False, exception)`` to stdout, until stdin closes. Adds ``nice`` to its niceness; Ctrl-C is left to
     the parent (a call in progress finishes); what the functions print goes to stderr."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.nice(HOST_NICE)
+    os.nice(nice)
     requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     while True:
