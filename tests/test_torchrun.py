@@ -1,11 +1,11 @@
 """Commands under ``torchrun``: two CPU processes (Gloo) shard the work and give the single-process result.
 
-A torchrun launch costs three fresh interpreters (~5 s of CPU each to import torch and metricattack),
-so the sharded runs of feature extraction, ``attack``, ``evaluate``, ``fit-metric`` and ``robustness``
-share one launch (the module fixture ``sharded``): its script makes the process group from
-torchrun's environment (``metricattack.distributed.process_group``, as every command does) and
-calls the CLI's ``main`` once per command on each rank, inside that group; ``train`` below is
-launched as ``python -m metricattack``.
+A torchrun launch costs three fresh interpreters (~4 s of CPU each to import torch and metricattack),
+so every command here shares one launch (the module fixture ``sharded``): its script makes the process
+group from torchrun's environment (``metricattack.distributed.process_group``, as every command does)
+and calls the CLI's ``main`` once per command on each rank, inside that group, for feature extraction,
+``attack``, ``evaluate``, ``fit-metric`` and ``robustness``; then, after that group has ended, ``train``,
+whose ``main`` makes its own group from torchrun's environment, as ``torchrun -m metricattack train`` does.
 """
 
 from __future__ import annotations
@@ -44,20 +44,28 @@ from metricattack.distributed import is_main_process, process_group
 from metricattack.evaluation.features import extract_features
 from metricattack.models.checkpoint import load_model
 
-checkpoint, root, commands = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-with process_group(torch.device("cpu")):  # one group for the whole launch; main() uses it (its own group would be a no-op)
+checkpoint, root, commands, alone = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+
+
+def run(name, argv):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(argv)
+    with open(f"{name}.rank{os.environ['RANK']}.json", "w", encoding="utf-8") as f:
+        json.dump({"code": code, "stdout": printed.getvalue()}, f)
+
+
+with process_group(torch.device("cpu")):  # one group for these commands; main() uses it (its own group would be a no-op)
     data = load_dataset("folder", root)
     model = load_model(checkpoint)
     features = {split: extract_features(model, data.split(split), 8, progress=False) for split in ("query", "gallery")}
     if is_main_process():
         torch.save(features, "features.pt")
     for name, argv in commands.items():
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            code = main(argv)
-        with open(f"{name}.rank{os.environ['RANK']}.json", "w", encoding="utf-8") as f:
-            json.dump({"code": code, "stdout": printed.getvalue()}, f)
-try:  # a second group in the same processes, as a script calling two commands one after the other makes
+        run(name, argv)
+for name, argv in alone.items():  # no group any more: main() makes its own, as `torchrun -m metricattack ...` does
+    run(name, argv)
+try:  # one more group in the same processes, as a script calling commands one after the other makes
     with process_group(torch.device("cpu")):
         total = torch.tensor([float(os.environ["RANK"]) + 1.0])
         torch.distributed.all_reduce(total)
@@ -94,27 +102,37 @@ SHARDED_COMMANDS = {  # name -> the command's arguments but --out (the same in t
     "robustness": lambda ckpt, root: [*robustness_args(root), "--batch-size", "4"],
 }
 SHARDED_OUT = {"attack": "attack", "evaluate": "evaluate.json", "fit-metric": "fit-metric.safetensors", "robustness": "robustness"}
+TRAIN_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "tiny-fixture.yaml"
+ALONE_COMMANDS = {  # name -> arguments of a command run after the shared group has ended, in a group of its own
+    "train": lambda root, out: (
+        ["train", "--config", str(TRAIN_RECIPE), "--out", str(out), f"data.root={root}", "schedule.epochs=2"] + ["schedule.lr_steps=[]"]
+    ),
+}
+ALONE_OUT = {"train": "ddp"}
 
 
 @pytest.fixture(scope="module")
 def sharded(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of one ``torchrun --nproc_per_node 2`` launch of ``SHARDED_SCRIPT``: ``features.pt``
-    (query and gallery features, batches of 8), each command's output (``SHARDED_OUT``) and, per command
-    and rank, ``NAME.rankR.json`` (its exit status and what it printed)."""
+    (query and gallery features, batches of 8), each command's output (``SHARDED_OUT``, ``ALONE_OUT``) and,
+    per command and rank, ``NAME.rankR.json`` (its exit status and what it printed)."""
     folder = tmp_path_factory.mktemp("sharded")
     (folder / "sharded.py").write_text(SHARDED_SCRIPT, encoding="utf-8")
     (folder / "invariant_net.py").write_text(INVARIANT_NET, encoding="utf-8")
     commands = {
         n: [*args(tiny_model_checkpoint, tiny_dataset_root), "--out", str(folder / SHARDED_OUT[n])] for n, args in SHARDED_COMMANDS.items()
     }
-    done = torchrun("sharded.py", str(tiny_model_checkpoint), str(tiny_dataset_root), json.dumps(commands), cwd=folder, timeout=900)
+    alone = {n: args(tiny_dataset_root, folder / ALONE_OUT[n]) for n, args in ALONE_COMMANDS.items()}
+    arguments = (str(tiny_model_checkpoint), str(tiny_dataset_root), json.dumps(commands), json.dumps(alone))
+    done = torchrun("sharded.py", *arguments, cwd=folder, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return folder
 
 
 def test_a_second_process_group_in_the_same_processes_works(sharded: Path) -> None:
-    """After the first group ends, a second one (the next command of a script) joins and all-reduces
-    (1 + 2 over the two ranks); it once read the first group's stale addresses and was refused."""
+    """After the first group ends, later ones (the next commands of a script: ``train``'s own, then this
+    one) join; this one all-reduces (1 + 2 over the two ranks). A later group once read the first
+    group's stale addresses and was refused."""
     assert [json.loads((sharded / f"second-group.rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)] == [{"sum": 3.0}] * 2
 
 
@@ -122,7 +140,7 @@ def sharded_run(sharded: Path, name: str) -> tuple[Path, list[str]]:
     """``name``'s output under torchrun and what each rank printed, after checking that it exited 0 on both ranks."""
     ranks = [json.loads((sharded / f"{name}.rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert [r["code"] for r in ranks] == [0, 0]
-    return sharded / SHARDED_OUT[name], [r["stdout"] for r in ranks]
+    return sharded / {**SHARDED_OUT, **ALONE_OUT}[name], [r["stdout"] for r in ranks]
 
 
 def test_features_under_torchrun_equal_one_process_byte_for_byte(
@@ -202,27 +220,13 @@ def test_fit_metric_under_torchrun_equals_one_process(
     assert [s["meta"]["world_size"] for s in sidecars] == [1, 2]
 
 
-def test_train_under_torchrun_uses_distributed_data_parallel(tiny_dataset_root: Path, tmp_path: Path) -> None:
+def test_train_under_torchrun_uses_distributed_data_parallel(sharded: Path) -> None:
     from metricattack.models.checkpoint import checkpoint_meta, load_model
 
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "tiny-fixture.yaml"
-    done = torchrun(
-        "-m",
-        "metricattack",
-        "train",
-        "--config",
-        str(recipe),
-        "--out",
-        str(tmp_path / "ddp"),
-        f"data.root={tiny_dataset_root}",
-        "schedule.epochs=2",
-        "schedule.lr_steps=[]",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    meta = checkpoint_meta(tmp_path / "ddp" / "model.safetensors")["meta"]
+    out, _ = sharded_run(sharded, "train")
+    meta = checkpoint_meta(out / "model.safetensors")["meta"]
     assert meta["world_size"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2]
-    model = load_model(tmp_path / "ddp" / "model.safetensors")
+    model = load_model(out / "model.safetensors")
     assert torch.isfinite(model(torch.rand(2, 3, 128, 64))).all()
 
 
