@@ -5,11 +5,13 @@ so every command here shares one launch (the module fixture ``sharded``): its sc
 group from torchrun's environment (``metricattack.distributed.process_group``, as every command does)
 and calls the CLI's ``main`` once per command on each rank, inside that group, for feature extraction,
 ``attack``, ``evaluate``, ``fit-metric`` and ``robustness``; then, after that group has ended, ``train``,
-whose ``main`` makes its own group from torchrun's environment, as ``torchrun -m metricattack train`` does.
+whose ``main`` makes its own group from torchrun's environment, as ``torchrun -m metricattack train`` does,
+and the checks of claiming an attack run and gathering rows (:func:`_claim_then_gather`).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -65,6 +67,15 @@ with process_group(torch.device("cpu")):  # one group for these commands; main()
         run(name, argv)
 for name, argv in alone.items():  # no group any more: main() makes its own, as `torchrun -m metricattack ...` does
     run(name, argv)
+try:  # claim_then_gather.py: a group of its own (20 s timeout), so a missed collective fails it, not the whole launch
+    from claim_then_gather import _claim_then_gather
+
+    _claim_then_gather(int(os.environ["RANK"]), 2, os.path.abspath("claim-init"), os.path.abspath("claim"))
+    claimed = {"done": True}
+except Exception as exc:
+    claimed = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+with open(f"claim.rank{os.environ['RANK']}.json", "w", encoding="utf-8") as f:
+    json.dump(claimed, f)
 try:  # one more group in the same processes, as a script calling commands one after the other makes
     with process_group(torch.device("cpu")):
         total = torch.tensor([float(os.environ["RANK"]) + 1.0])
@@ -115,10 +126,13 @@ ALONE_OUT = {"train": "ddp"}
 def sharded(tiny_model_checkpoint: Path, tiny_dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of one ``torchrun --nproc_per_node 2`` launch of ``SHARDED_SCRIPT``: ``features.pt``
     (query and gallery features, batches of 8), each command's output (``SHARDED_OUT``, ``ALONE_OUT``) and,
-    per command and rank, ``NAME.rankR.json`` (its exit status and what it printed)."""
+    per command and rank, ``NAME.rankR.json`` (its exit status and what it printed); ``claim/`` and, per rank,
+    ``claim.rankR.json``: what :func:`_claim_then_gather` left."""
     folder = tmp_path_factory.mktemp("sharded")
     (folder / "sharded.py").write_text(SHARDED_SCRIPT, encoding="utf-8")
     (folder / "invariant_net.py").write_text(INVARIANT_NET, encoding="utf-8")
+    (folder / "claim_then_gather.py").write_text("from pathlib import Path\n\nimport torch\n\n\n" + inspect.getsource(_claim_then_gather))
+    (folder / "claim").mkdir()
     commands = {
         n: [*args(tiny_model_checkpoint, tiny_dataset_root), "--out", str(folder / SHARDED_OUT[n])] for n, args in SHARDED_COMMANDS.items()
     }
@@ -269,7 +283,9 @@ def test_robustness_under_torchrun_equals_one_process(
 def _claim_then_gather(rank: int, world: int, init_file: str, folder: str) -> None:
     """Claiming an attack run: rank 1 reaches ``claim_run`` a second after rank 0, then both meet in
     one more barrier. Gathering: rank 0 holds rows 3, 0 and 2 (in that order), rank 1 row 1; then
-    rank 1 holds none (a rank left without a batch)."""
+    rank 1 holds none (a rank left without a batch). Run on each rank of the shared launch (``sharded``,
+    its source copied beside the script: a fresh interpreter costs seconds of CPU) in a Gloo group of its
+    own: a rank that misses a collective leaves the other waiting until the group's 20 s timeout, and it fails."""
     import datetime
     import time
 
@@ -297,28 +313,17 @@ def _claim_then_gather(rank: int, world: int, init_file: str, folder: str) -> No
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of one pair of spawned Gloo processes running :func:`_claim_then_gather` (each
-    fresh interpreter costs seconds of CPU, so the two checks below share it; a rank that misses a
-    collective leaves the other waiting until the group's 20 s timeout, and the spawn fails)."""
-    import torch.multiprocessing as mp
-
-    folder = tmp_path_factory.mktemp("spawned")
-    mp.spawn(_claim_then_gather, args=(2, str(folder / "init"), str(folder)), nprocs=2, join=True)
-    return folder
-
-
-def test_claiming_an_attack_run_keeps_ranks_in_step(spawned: Path) -> None:
+def test_claiming_an_attack_run_keeps_ranks_in_step(sharded: Path) -> None:
     """Regression: a late rank found the run record rank 0 had just written, skipped the barrier
     and left rank 0 waiting in a collective the other rank never joined (a hang under torchrun)."""
-    assert json.loads((spawned / "out" / ".attack" / "run.json").read_text()) == {"key": "k"}
+    assert [json.loads((sharded / f"claim.rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)] == [{"done": True}] * 2
+    assert json.loads((sharded / "claim" / "out" / ".attack" / "run.json").read_text()) == {"key": "k"}
 
 
-def test_gather_indexed_places_rows_by_index_from_uneven_ranks(spawned: Path) -> None:
+def test_gather_indexed_places_rows_by_index_from_uneven_ranks(sharded: Path) -> None:
     from metricattack.distributed import gather_indexed
 
-    got = torch.load(spawned / "gathered.pt", weights_only=True)
+    got = torch.load(sharded / "claim" / "gathered.pt", weights_only=True)
     assert torch.equal(got["full"], torch.tensor([[0.0, 0.5], [1.0, 10.0], [2.0, 20.0], [3.0, 30.0]]))
     assert torch.equal(got["empty"], got["full"])  # rank 1 had no rows
     # one process: the rows placed by their indices
