@@ -5,8 +5,8 @@ BPDA / EOT bringing the trapped models back, the public function and the ``metri
 The protocol versions' budgets (100 APGD iterations, 1,000+ Square queries) cost minutes per model
 on this machine; the tests run the same code with a miniature protocol (:data:`MINIATURE`: one ε, two
 reference attacks) on eight queries of the tiny dataset (:data:`ONE_ATTACK`, a cascade of APGD on the
-metric loss alone, where a check needs no more), and the command with the ``smoke`` version
-(two ε) on a small untrained user network.
+metric loss alone, where a check needs no more; :data:`MASKED` for the masking traps), and the command
+with the ``smoke`` version (two ε) on a small untrained user network.
 """
 
 from __future__ import annotations
@@ -36,8 +36,15 @@ from metricattack.robustness.traps import MINIATURE, Preprocessed
 
 WITH_GALLERY = MINIATURE.model_copy(update={"gallery": GallerySide(steps=6)})  # the clean model's: the gallery-side figure too
 ONE_ATTACK = MINIATURE.model_copy(update={"version": "one-attack", "cascade": MINIATURE.cascade[:1], "sweep_epsilons": []})
+MASKED = MINIATURE.model_copy(
+    update={"version": "masked", "cascade": [MINIATURE.cascade[0].model_copy(update={"runs": 1}), MINIATURE.step("square")]}
+    | {"reference_methods": ["fgsm"]}
+)
+"""The masking traps' checks need one APGD start (zero gradient), Square after it (black box) and the sweep: on a
+model whose gradient is zero the other white-box runs move no query, and the traps' robust mAP comes out the same
+as with :data:`MINIATURE` (quantize 74.50, resize 73.06; same flags) in 3 s of CPU instead of 7.5 each."""
 PROTOCOLS = {"clean": WITH_GALLERY, "off-grid": ONE_ATTACK, "noise": ONE_ATTACK, "jpeg": ONE_ATTACK, "jpeg+bpda": MINIATURE} | {
-    f"{t}{b}": MINIATURE for t in ("quantize", "resize") for b in ("", "+bpda")
+    f"{t}{b}": MASKED if b == "" else MINIATURE for t in ("quantize", "resize") for b in ("", "+bpda")
 }
 
 
