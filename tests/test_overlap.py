@@ -6,6 +6,7 @@ export's bytes with and without overlap: ``tests/test_attack_export.py``."""
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import subprocess
 import sys
@@ -187,6 +188,26 @@ def test_a_host_process_started_in_a_folder_imports_none_of_its_modules(tmp_path
     finally:
         process.close()
     assert not (tmp_path / "MARKER").exists()
+
+
+def test_an_argument_that_does_not_pickle_fails_before_it_reaches_the_process() -> None:
+    pid = on_host(2, os.getpid)
+    with pytest.raises(TypeError, match="pickle"):
+        on_host(2, len, [threading.Lock()])
+    assert on_host(2, os.getpid) == pid and on_host(2, len, [1, 2]) == 2  # the same process, its stream intact
+
+
+def test_a_call_interrupted_before_its_reply_never_hands_that_reply_to_the_next_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(self: HostProcess, data: bytes) -> None:  # the request sent, then Ctrl-C before the reply is read
+        self._process.stdin.write(data)
+        self._process.stdin.flush()
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(HostProcess, "exchange", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            on_host(2, os.getpid)
+    assert on_host(2, operator.add, 1, 2) == 3  # not the interrupted call's reply (a pid)
 
 
 def test_a_host_process_that_dies_is_reported_and_the_next_call_gets_a_new_one() -> None:

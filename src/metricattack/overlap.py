@@ -167,18 +167,21 @@ class HostProcess:
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def call(self, function: Callable[..., R], args: tuple[Any, ...]) -> R:
-        """``function(*args)`` in the process, in this process's current folder; its exception raised
-        here; EOFError when the process died."""
-        requests, replies = cast(IO[bytes], self._process.stdin), cast(IO[bytes], self._process.stdout)
-        try:
-            pickle.dump((os.getcwd(), function, args), requests, protocol=pickle.HIGHEST_PROTOCOL)
-            requests.flush()
-        except BrokenPipeError:
-            raise EOFError(f"host process {self._process.pid} is gone") from None
-        ok, value = pickle.load(replies)
+        """``function(*args)`` in the process (:meth:`exchange` of :func:`request`); its exception raised here."""
+        ok, value = self.exchange(request(function, args))
         if ok:
             return cast(R, value)
         raise value
+
+    def exchange(self, data: bytes) -> tuple[bool, Any]:
+        """Send one pickled request, return its ``(ok, result or exception)``; EOFError when the process died."""
+        requests, replies = cast(IO[bytes], self._process.stdin), cast(IO[bytes], self._process.stdout)
+        try:
+            requests.write(data)
+            requests.flush()
+        except BrokenPipeError:
+            raise EOFError(f"host process {self._process.pid} is gone") from None
+        return cast(tuple[bool, Any], pickle.load(replies))
 
     def close(self) -> None:
         """End the process (a call in progress finishes first) and wait for it."""
@@ -234,23 +237,31 @@ def on_host(workers: int, function: Callable[..., R], *args: Any) -> R:
     """
     if check_workers(workers) == 0:
         return function(*args)
+    data = request(function, args)  # an argument that does not pickle fails here, before anything is sent
     with _idle_lock:
         process = _idle.pop() if _idle else None
     if process is None:
         process = HostProcess()
     try:
-        result = process.call(function, args)
+        ok, value = process.exchange(data)
     except (EOFError, pickle.UnpicklingError):
         process.close()
         raise MetricAttackError(
             f"a host worker process died while running {getattr(function, '__name__', function)} (killed? out of memory?); "
             "run the same command again: it resumes from the finished work"
         ) from None
-    except BaseException:
-        _give_back(process)
+    except BaseException:  # interrupted between request and reply (Ctrl-C): its reply would reach the next caller
+        process.close()
         raise
     _give_back(process)
-    return result
+    if ok:
+        return cast(R, value)
+    raise value
+
+
+def request(function: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
+    """The pickled call :func:`serve` runs: ``(this process's current folder, function, args)``."""
+    return pickle.dumps((os.getcwd(), function, args), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _give_back(process: HostProcess) -> None:
